@@ -1,0 +1,71 @@
+"""Every error remoteckpt raises, rooted at one class.
+
+    CheckpointError                      (Exception)   catch-all for this library
+    ├── CheckpointNotFoundError          (+ FileNotFoundError)  no .index / data file / tensor
+    │   └── TensorNotFoundError          (+ KeyError)   a name that is not in the checkpoint
+    ├── CorruptCheckpointError           (+ ValueError) checksum mismatch, bad magic, truncation,
+    │                                                   entries pointing outside their files
+    ├── UnsupportedDTypeError            (+ TypeError)  a dtype TF stores that numpy cannot hold,
+    │                                                   or a numpy dtype TF cannot store
+    ├── ShapeMismatchError               (+ ValueError) a box or an output array that does not fit
+    ├── CheckpointExistsError            (+ FileExistsError) a committed checkpoint is in the way
+    └── StorageError                     (+ OSError)    the backend failed; the cause is chained
+
+Messages name the tensor and the file they are about.  Backend exceptions are translated
+into these in one place (`remoteckpt.storage.errors`), with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointExistsError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "ShapeMismatchError",
+    "StorageError",
+    "TensorNotFoundError",
+    "UnsupportedDTypeError",
+]
+
+
+class CheckpointError(Exception):
+    """Root of every error raised by remoteckpt."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint, one of its files, or a tensor in it does not exist."""
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise print the errno tuple
+        return str(self.args[0]) if self.args else ""
+
+
+class TensorNotFoundError(CheckpointNotFoundError, KeyError):
+    """The checkpoint has no tensor of the requested name."""
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """The bytes on storage are not a valid checkpoint: checksum mismatch, bad magic,
+    truncated file, or metadata pointing outside the files."""
+
+
+class UnsupportedDTypeError(CheckpointError, TypeError):
+    """A dtype that cannot be stored in, or restored from, a TF tensor bundle."""
+
+
+class ShapeMismatchError(CheckpointError, ValueError):
+    """A shape, box or output array that does not agree with the checkpoint."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """A committed checkpoint already exists where a new one was to be written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StorageError(CheckpointError, OSError):
+    """The storage backend failed; the backend's own exception is the ``__cause__``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
