@@ -1,0 +1,46 @@
+"""remoteckpt: TensorFlow V2 checkpoints (tensor bundles) on local disk and object storage.
+
+    import remoteckpt
+    remoteckpt.save({"w": w, "b": b}, "s3://bucket/run/model.ckpt-1000")
+    reader = remoteckpt.CheckpointReader("s3://bucket/run/model.ckpt-1000")
+    w = reader.get_tensor("w")
+
+Files are byte-compatible with TensorFlow in both directions.
+"""
+
+from .api import list_variables, load, load_checkpoint, save
+from .errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    InvalidTensorsError,
+    ShapeMismatchError,
+    StorageError,
+    TensorNotFoundError,
+    UnsupportedDTypeError,
+)
+from .format.slices import Box
+from .reader import CheckpointReader
+from .writer import Slice
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Box",
+    "CheckpointError",
+    "CheckpointExistsError",
+    "CheckpointNotFoundError",
+    "CheckpointReader",
+    "CorruptCheckpointError",
+    "InvalidTensorsError",
+    "ShapeMismatchError",
+    "Slice",
+    "StorageError",
+    "TensorNotFoundError",
+    "UnsupportedDTypeError",
+    "list_variables",
+    "load",
+    "load_checkpoint",
+    "save",
+]

@@ -8,6 +8,8 @@
     ├── UnsupportedDTypeError            (+ TypeError)  a dtype TF stores that numpy cannot hold,
     │                                                   or a numpy dtype TF cannot store
     ├── ShapeMismatchError               (+ ValueError) a box or an output array that does not fit
+    ├── InvalidTensorsError              (+ ValueError) tensors that cannot form one checkpoint:
+    │                                                   duplicate or empty names, overlapping boxes
     ├── CheckpointExistsError            (+ FileExistsError) a committed checkpoint is in the way
     └── StorageError                     (+ OSError)    the backend failed; the cause is chained
 
@@ -22,6 +24,7 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "InvalidTensorsError",
     "ShapeMismatchError",
     "StorageError",
     "TensorNotFoundError",
@@ -55,6 +58,11 @@ class UnsupportedDTypeError(CheckpointError, TypeError):
 
 class ShapeMismatchError(CheckpointError, ValueError):
     """A shape, box or output array that does not agree with the checkpoint."""
+
+
+class InvalidTensorsError(CheckpointError, ValueError):
+    """Tensors given to a save that cannot form one checkpoint (duplicate or empty names,
+    overlapping boxes of one tensor, boxes that disagree on dtype or full shape)."""
 
 
 class CheckpointExistsError(CheckpointError, FileExistsError):

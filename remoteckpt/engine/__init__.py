@@ -1,0 +1,1 @@
+"""How bytes move: the background event loop (more to come: budgets, planners, executors)."""

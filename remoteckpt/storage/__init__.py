@@ -1,0 +1,10 @@
+"""Where bytes live: one async `Store` interface, a local-disk and an fsspec backend.
+
+`open_store(prefix, storage_options)` turns a checkpoint prefix (a path or URL) into the store
+of its directory and the prefix's name inside it.
+"""
+
+from .base import ByteRange, ObjectWriter, Store, StoreCapabilities
+from .url import open_store, split_prefix
+
+__all__ = ["ByteRange", "ObjectWriter", "Store", "StoreCapabilities", "open_store", "split_prefix"]

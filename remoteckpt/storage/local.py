@@ -1,0 +1,164 @@
+"""Local POSIX disk: aiofiles for file I/O, the default thread pool for the rest.
+
+A writer writes ``<key>.tempstate<random u64>`` beside the target (TF's temp naming), and on
+commit flushes, fsyncs, renames over the key and fsyncs the directory, so a crash leaves the
+old object or the new one, never a torn file.  Exclusive commits use ``link()``, which fails
+if the target exists, then unlink the temp name: atomic create-only on POSIX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from .base import Buffer, ObjectWriter, Store, StoreCapabilities
+from .errors import translate
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pread_into(path: str, start: int, out: memoryview) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(out):
+            n = os.preadv(fd, [out[done:]], start + done)
+            if n == 0:
+                break
+            done += n
+        return done
+    finally:
+        os.close(fd)
+
+
+class LocalWriter(ObjectWriter):
+    def __init__(self, store: "LocalStore", key: str, exclusive: bool) -> None:
+        self.key = key
+        self._store = store
+        self._path = store.path(key)
+        self._temp = self._path.with_name(f"{self._path.name}.tempstate{secrets.randbits(64)}")
+        self._exclusive = exclusive
+        self._file: Any = None
+        self._done = False
+
+    async def write(self, data: Buffer) -> None:
+        try:
+            if self._file is None:
+                await aiofiles.os.makedirs(self._path.parent, exist_ok=True)
+                self._file = await aiofiles.open(self._temp, "wb")
+            await self._file.write(data)
+        except Exception as exc:
+            await self.abort()
+            raise translate(exc, str(self._path)) from exc
+
+    async def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            if self._file is None:  # an empty object
+                await self.write(b"")
+            await self._file.flush()
+            await asyncio.to_thread(os.fsync, self._file.fileno())
+            await self._file.close()
+            if self._exclusive:
+                await asyncio.to_thread(os.link, self._temp, self._path)
+                await aiofiles.os.remove(self._temp)
+            else:
+                await aiofiles.os.replace(self._temp, self._path)
+            await asyncio.to_thread(_fsync_dir, self._path.parent)
+            self._done = True
+        except Exception as exc:
+            await self.abort()
+            raise translate(exc, str(self._path)) from exc
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._file is not None:
+            try:
+                await self._file.close()
+            except OSError:
+                pass
+        try:
+            await aiofiles.os.remove(self._temp)
+        except FileNotFoundError:
+            pass
+
+
+class LocalStore(Store):
+    """Files under a local directory."""
+
+    capabilities = StoreCapabilities(atomic_rename=True, conditional_put=True)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def describe(self, key: str) -> str:
+        return str(self.path(key))
+
+    async def size(self, key: str) -> int:
+        try:
+            return (await aiofiles.os.stat(self.path(key))).st_size
+        except Exception as exc:
+            raise translate(exc, self.describe(key)) from exc
+
+    async def exists(self, key: str) -> bool:
+        return await aiofiles.os.path.exists(self.path(key))
+
+    async def get(self, key: str) -> bytes:
+        try:
+            async with aiofiles.open(self.path(key), "rb") as f:
+                return await f.read()
+        except Exception as exc:
+            raise translate(exc, self.describe(key)) from exc
+
+    async def read_into(self, key: str, start: int, out: memoryview) -> int:
+        if len(out) == 0:
+            return 0
+        try:
+            return await asyncio.to_thread(_pread_into, str(self.path(key)), start, out)
+        except Exception as exc:
+            raise translate(exc, self.describe(key)) from exc
+
+    def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
+        return LocalWriter(self, key, exclusive)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await aiofiles.os.remove(self.path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise translate(exc, self.describe(key)) from exc
+
+    async def list(self, prefix: str = "") -> list[str]:
+        def walk() -> list[str]:
+            if not self.root.is_dir():
+                return []
+            keys = []
+            for dirpath, _, files in os.walk(self.root):
+                rel = os.path.relpath(dirpath, self.root)
+                for name in files:
+                    key = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+                    if key.startswith(prefix):
+                        keys.append(key)
+            return sorted(keys)
+
+        return await asyncio.to_thread(walk)

@@ -1,0 +1,140 @@
+"""Writing one bundle from one process: tensors -> one data file + the `.index`, index last.
+
+`plan_bundle` is pure: it turns the user's mapping into entries and the payload chunks of the
+data file, in the order given (what `tf.raw_ops.SaveV2` does with its inputs, so the bytes
+are identical).  `write_bundle` streams those chunks through a store writer and then writes the
+index; on local disk both go through temp names, fsync and rename, so the `.index` appears only
+once the data is durable.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import dtypes
+from .errors import InvalidTensorsError
+from .format.bundle import BundleEntry, data_filename, encode_index, index_filename, make_header
+from .format.coding import crc32c, mask_crc
+from .format.payload import encode_strings, numeric_bytes, string_elements
+from .format.slices import Box, box_in, box_to_proto, slice_key
+from .storage.base import Buffer, Store
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One box of a larger tensor: `array` holds the elements of the tensor of `full_shape`
+    starting at `offset` (one index per dimension).  Several `Slice`s saved under one name
+    make a partitioned tensor, which TensorFlow restores whole or in any box."""
+
+    array: Any
+    full_shape: tuple[int, ...]
+    offset: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "full_shape", tuple(int(d) for d in self.full_shape))
+        object.__setattr__(self, "offset", tuple(int(o) for o in self.offset))
+
+
+@dataclass
+class BundlePlan:
+    """What one data file holds and the entries that describe it."""
+
+    entries: dict[bytes, BundleEntry] = field(default_factory=dict)
+    chunks: list[Buffer] = field(default_factory=list)
+    size: int = 0
+
+
+def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int]:
+    """(dtype enum, chunks, size, masked crc) of one tensor's payload."""
+    if array.dtype.kind in "OSU":
+        try:
+            elements = string_elements(array)
+        except TypeError as exc:
+            raise InvalidTensorsError(f"tensor {name!r}: {exc}") from None
+        chunks, crc = encode_strings(elements)
+        return dtypes.DT_STRING, chunks, sum(len(c) for c in chunks), crc
+    try:
+        dtype_enum = dtypes.from_numpy(array.dtype)
+    except Exception as exc:
+        raise type(exc)(f"tensor {name!r}: {exc}") from None
+    view = numeric_bytes(array)
+    return dtype_enum, [view] if len(view) else [], len(view), mask_crc(crc32c(view))
+
+
+def _entry(dtype_enum: int, shape: tuple[int, ...]) -> BundleEntry:
+    entry = BundleEntry(dtype=dtype_enum)
+    entry.shape.SetInParent()  # TF always serializes the shape, even a scalar's
+    for d in shape:
+        entry.shape.dim.add(size=d)
+    return entry
+
+
+def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0) -> BundlePlan:
+    """Entries and payload chunks for `tensors` (name -> array-like or `Slice`), in order.
+
+    Raises `InvalidTensorsError` for empty names, overlapping boxes, or boxes of one name
+    that disagree on dtype or full shape; `UnsupportedDTypeError` for dtypes TF cannot store.
+    """
+    plan = BundlePlan()
+    boxes: dict[bytes, list[Box]] = {}
+    for name, value in tensors.items():
+        key = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+        if not key:
+            raise InvalidTensorsError("tensor names must not be empty")
+        box = None
+        if isinstance(value, Slice):
+            array = np.asarray(value.array)
+            try:
+                box = box_in(value.full_shape, value.offset, array.shape)
+            except Exception as exc:
+                raise InvalidTensorsError(f"tensor {name!r}: {exc}") from None
+            if box.covers(value.full_shape):
+                box = None  # TF stores a box that covers everything as a plain tensor
+        else:
+            array = np.asarray(value)
+        dtype_enum, chunks, size, crc = _payload(array, name)
+        entry = _entry(dtype_enum, tuple(array.shape))
+        if size:
+            entry.shard_id, entry.offset, entry.size = shard_id, plan.size, size
+        else:
+            entry.shard_id, entry.offset = shard_id, plan.size
+        entry.crc32c = crc
+        if box is None:
+            if key in plan.entries:
+                raise InvalidTensorsError(f"tensor {name!r} is given more than once")
+            plan.entries[key] = entry
+        else:
+            assert isinstance(value, Slice)
+            full = plan.entries.get(key)
+            if full is None:
+                full = plan.entries[key] = _entry(dtype_enum, value.full_shape)
+                boxes[key] = []
+            elif key not in boxes:
+                raise InvalidTensorsError(f"tensor {name!r} is given both whole and as slices")
+            elif full.dtype != dtype_enum or tuple(d.size for d in full.shape.dim) != value.full_shape:
+                raise InvalidTensorsError(f"slices of tensor {name!r} disagree on dtype or full shape")
+            for other in boxes[key]:
+                if other.intersect(box) is not None:
+                    raise InvalidTensorsError(
+                        f"slices of tensor {name!r} overlap: {other.spec()} and {box.spec()}")
+            boxes[key].append(box)
+            full.slices.append(box_to_proto(box))
+            plan.entries[slice_key(key, box)] = entry
+        plan.chunks.extend(chunks)
+        plan.size += size
+    return plan
+
+
+async def write_bundle(store: Store, name: str, plan: BundlePlan) -> None:
+    """Write `plan` as the single-shard bundle `name` in `store`: data first, index last."""
+    async with store.writer(data_filename(name, 0, 1)) as data:
+        for chunk in plan.chunks:
+            await data.write(chunk)
+    index = io.BytesIO()
+    encode_index(make_header(1), plan.entries, index)
+    await store.put(index_filename(name), index.getbuffer())
