@@ -9,7 +9,6 @@ verified.  Tensors stored in boxes are assembled from the boxes that intersect t
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -127,29 +126,27 @@ class CheckpointReader:
         except CheckpointError as exc:
             raise type(exc)(f"tensor {name!r} in {self._prefix}: {exc}") from None
         request = Box.whole(shape) if box is None else self._resolve_box(name, shape, box)
+        stored = self._index.slice_boxes(key) if entry.slices else [(Box.whole(shape), key)]
+        _check_disjoint(name, [b for b, _ in stored])
+        parts = [(b, k, p) for b, k in stored if request.num_elements and (p := b.intersect(request)) is not None]
+        if sum(p.num_elements for _, _, p in parts) != request.num_elements:
+            raise CorruptCheckpointError(
+                f"tensor {name!r} in {self._prefix}: the stored slices do not cover box {request.spec() or 'scalar'}")
+        # Every entry is checked against its data file before anything is allocated.
+        checked = [await self._checked_entry(name, k, b, dtype) for b, k, _ in parts]
         if out is None:
             out = np.empty(request.size, dtype=dtype)
         elif out.shape != tuple(request.size) or out.dtype != dtype:
             raise ShapeMismatchError(
                 f"tensor {name!r}: output array is {out.dtype}{list(out.shape)}, "
                 f"the checkpoint holds {dtype}{list(request.size)}")
-        stored = self._index.slice_boxes(key) if entry.slices else [(Box.whole(shape), key)]
-        _check_disjoint(name, [b for b, _ in stored])
-        covered = 0
-        for stored_box, stored_key in stored:
-            part = stored_box.intersect(request) if request.num_elements else None
-            if part is None:
-                continue
-            covered += part.num_elements
-            if part.size == tuple(request.size) and stored_box.size == tuple(request.size):
-                await self._read_entry(name, stored_key, stored_box, dtype, out)
+        for (stored_box, _, part), (stored_entry, data_key) in zip(parts, checked):
+            if stored_box.size == tuple(request.size):
+                await self._read_entry(name, stored_entry, data_key, out)
             else:
                 src = np.empty(stored_box.size, dtype=dtype)
-                await self._read_entry(name, stored_key, stored_box, dtype, src)
+                await self._read_entry(name, stored_entry, data_key, src)
                 out[part.relative_to(request)] = src[part.relative_to(stored_box)]
-        if covered != request.num_elements:
-            raise CorruptCheckpointError(
-                f"tensor {name!r} in {self._prefix}: the stored slices do not cover box {request.spec() or 'scalar'}")
         return out
 
     def _resolve_box(self, name: str, shape: tuple[int, ...], box: BoxLike) -> Box:
@@ -176,8 +173,9 @@ class CheckpointReader:
             self._data_sizes[shard_id] = await self._store.size(key)
         return key, self._data_sizes[shard_id]
 
-    async def _read_entry(self, name: str, key: bytes, box: Box, dtype: np.dtype, out: np.ndarray) -> None:
-        """Read entry `key` (holding `box` of tensor `name`) into `out`, verified."""
+    async def _checked_entry(self, name: str, key: bytes, box: Box, dtype: np.dtype) -> tuple[BundleEntry, str]:
+        """Entry `key` (holding `box` of tensor `name`) and its data file's key, after checking
+        that it agrees with the tensor and lies inside its data file."""
         entry = self._index.entries.get(key)
         where = f"tensor {name!r} in {self._prefix}"
         if entry is None:
@@ -192,34 +190,41 @@ class CheckpointReader:
         if entry.offset + entry.size > file_size:
             raise CorruptCheckpointError(
                 f"{where}: bytes {entry.offset}..{entry.offset + entry.size} lie outside {file} ({file_size} bytes)")
-        count = math.prod(box.size)
+        count = box.num_elements
         if dtype.kind == "O":
+            if entry.size < count + 4:  # a varint and the length checksum at the least
+                raise CorruptCheckpointError(f"{where}: {entry.size} bytes cannot hold {count} strings ({file})")
+        elif entry.size != count * dtype.itemsize:
+            raise CorruptCheckpointError(
+                f"{where}: entry size {entry.size} does not match {count} x {dtype.itemsize}-byte elements ({file})")
+        return entry, data_key
+
+    async def _read_entry(self, name: str, entry: BundleEntry, data_key: str, out: np.ndarray) -> None:
+        """Read a checked entry into `out` (its exact shape), verifying the checksum."""
+        where = f"tensor {name!r} in {self._prefix}"
+        file = self._store.describe(data_key)
+        if out.dtype.kind == "O":
             payload = bytearray(entry.size)
             await self._fill(data_key, file, where, entry.offset, memoryview(payload))
-            if entry.size == 0:
-                raise CorruptCheckpointError(f"{where}: empty string payload in {file}")
             try:
-                values, crc = decode_strings(payload, count, big_endian=self._index.big_endian)
+                values, crc = decode_strings(payload, out.size, big_endian=self._index.big_endian)
             except CorruptCheckpointError as exc:
                 raise CorruptCheckpointError(f"{where}, {file}: {exc}") from None
             flat = out.reshape(-1)
             for i, v in enumerate(values):
                 flat[i] = v
         else:
-            if entry.size != count * dtype.itemsize:
-                raise CorruptCheckpointError(
-                    f"{where}: entry size {entry.size} does not match {count} x {dtype.itemsize}-byte elements ({file})")
             view = memoryview(out.reshape(-1).view(np.uint8)) if out.flags.c_contiguous else None
             target = view if view is not None else memoryview(bytearray(entry.size))
             await self._fill(data_key, file, where, entry.offset, target)
             crc = crc32c(target)
             if view is None:
-                np.copyto(out, np.frombuffer(target, dtype=dtype).reshape(out.shape))
+                np.copyto(out, np.frombuffer(target, dtype=out.dtype).reshape(out.shape))
         if crc != unmask_crc(entry.crc32c):
             raise CorruptCheckpointError(
                 f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size}): "
                 f"stored {unmask_crc(entry.crc32c):#010x}, computed {crc:#010x}")
-        if self._index.big_endian and dtype.kind != "O":
+        if self._index.big_endian and out.dtype.kind != "O":
             _byteswap(out)
 
     async def _fill(self, data_key: str, file: str, where: str, offset: int, target: memoryview) -> None:

@@ -17,6 +17,7 @@ Example: tensor ``p``, rows 0..2 of a matrix: ``00 70 00 01 01 02 80 82 80 7f``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,8 +144,12 @@ def _signed_num_increasing(value: int) -> bytes:
     return bytes(raw)
 
 
+_ESCAPES = {b"\x00": b"\x00\xff", b"\xff": b"\xff\x00"}
+_NEEDS_ESCAPE = re.compile(rb"[\x00\xff]")
+
+
 def _ordered_string(data: bytes) -> bytes:
-    return data.replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()], data) + b"\x00\x01"
 
 
 def slice_key(name: bytes, box: Box) -> bytes:

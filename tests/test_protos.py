@@ -1,0 +1,54 @@
+"""The committed generated code is exactly what protoc makes of protos/, and the messages
+carry TensorFlow's field numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from remoteckpt._proto import checkpoint_state_pb2, tensor_bundle_pb2, tensor_shape_pb2, tensor_slice_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (the test extra) generates the code")
+    protos = sorted((ROOT / "protos").rglob("*.proto"))
+    assert protos
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", *map(str, protos)],
+        check=True,
+    )
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2.py*"))
+    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "remoteckpt" / "_proto").glob("*_pb2.py*"))
+    assert generated == committed
+    for rel in generated:
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), f"{rel} is stale: run `make protos`"
+
+
+def test_field_numbers_are_tensorflows() -> None:
+    entry = tensor_bundle_pb2.BundleEntryProto.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in entry.items()} == {
+        "dtype": 1, "shape": 2, "shard_id": 3, "offset": 4, "size": 5, "crc32c": 6, "slices": 7}
+    header = tensor_bundle_pb2.BundleHeaderProto.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in header.items()} == {"num_shards": 1, "endianness": 2, "version": 3}
+    assert tensor_shape_pb2.TensorShapeProto.DESCRIPTOR.fields_by_name["dim"].number == 2
+    extent = tensor_slice_pb2.TensorSliceProto.Extent.DESCRIPTOR.fields_by_name
+    assert (extent["start"].number, extent["length"].number) == (1, 2)
+    state = checkpoint_state_pb2.CheckpointState.DESCRIPTOR.fields_by_name
+    assert [state[n].number for n in ("model_checkpoint_path", "all_model_checkpoint_paths",
+                                      "all_model_checkpoint_timestamps", "last_preserved_timestamp")] == [1, 2, 3, 4]
+
+
+def test_same_wire_bytes_as_tensorflow() -> None:
+    tf_bundle = pytest.importorskip("tensorflow.core.protobuf.tensor_bundle_pb2")
+    ours = tensor_bundle_pb2.BundleEntryProto(dtype=7, shard_id=2, offset=9, size=4, crc32c=123)
+    ours.shape.dim.add(size=3)
+    ours.slices.add().extent.add(start=1, length=2)
+    theirs = tf_bundle.BundleEntryProto.FromString(ours.SerializeToString())
+    assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
+    assert theirs.shape.dim[0].size == 3 and theirs.slices[0].extent[0].length == 2
