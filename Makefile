@@ -1,0 +1,40 @@
+# remoteckpt: every target installs what it needs into a local virtual environment first.
+#   make test     the whole test suite (TensorFlow interop included: the `interop` extra)
+#   make bench    benchmarks; results go to bench-results/ (see docs/benchmarks.md)
+#   make demo     save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
+#   make protos   regenerate remoteckpt/_proto from protos/
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= test,interop
+comma := ,
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+PYTEST_ARGS ?=
+
+.PHONY: install test bench demo protos clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m remoteckpt.bench $(BENCH_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m remoteckpt.demo $(if $(STORE),--store $(STORE),)
+
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/remoteckpt/_proto/*.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench-results

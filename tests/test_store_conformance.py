@@ -1,0 +1,161 @@
+"""One contract, every backend: local disk, an in-memory fsspec store, and S3 (SeaweedFS).
+
+Each test is a coroutine run on remoteckpt's I/O loop against a fresh, empty store root.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remoteckpt.engine import loop
+from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError
+from remoteckpt.storage import Store, open_store
+from remoteckpt.storage.fsspec_store import PART_SIZE, S3Store
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "root")
+    if request.param == "memory":
+        return f"memory://conformance/{uuid.uuid4().hex}"
+    return request.getfixturevalue("s3_prefix")
+
+
+def run(url: str, body: Callable[[Store], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        store = open_store(url)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return loop.run(go())
+
+
+def test_put_get_size_exists(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        assert not await store.exists("a.bin")
+        await store.put("a.bin", b"hello world")
+        assert await store.exists("a.bin")
+        assert await store.get("a.bin") == b"hello world"
+        assert await store.size("a.bin") == 11
+        await store.put("a.bin", [b"new ", memoryview(b"contents")])  # overwrite, from chunks
+        assert await store.get("a.bin") == b"new contents"
+
+    run(store_url, body)
+
+
+def test_read_into(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.put("r", bytes(range(100)))
+        buf = bytearray(10)
+        assert await store.read_into("r", 20, memoryview(buf)) == 10
+        assert bytes(buf) == bytes(range(20, 30))
+        tail = bytearray(10)
+        assert await store.read_into("r", 95, memoryview(tail)) == 5  # short read is reported
+        assert bytes(tail[:5]) == bytes(range(95, 100))
+        assert await store.read_into("r", 50, memoryview(bytearray(0))) == 0  # no request at all
+
+    run(store_url, body)
+
+
+def test_missing_keys_are_not_found(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        for call in (store.get("nope"), store.size("nope"), store.read_into("nope", 0, memoryview(bytearray(4)))):
+            with pytest.raises(CheckpointNotFoundError, match="nope"):
+                await call
+        await store.delete("nope")  # not an error
+
+    run(store_url, body)
+
+
+def test_writer_is_invisible_until_commit(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        writer = store.writer("w.bin")
+        await writer.write(b"part one, ")
+        assert not await store.exists("w.bin")
+        await writer.write(b"part two")
+        await writer.commit()
+        assert await store.get("w.bin") == b"part one, part two"
+        assert await store.list() == ["w.bin"]  # no temp files left
+
+    run(store_url, body)
+
+
+def test_abort_leaves_nothing(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        with pytest.raises(RuntimeError):
+            async with store.writer("x.bin") as writer:
+                await writer.write(b"doomed")
+                raise RuntimeError("boom")
+        assert await store.list() == []
+
+    run(store_url, body)
+
+
+def test_exclusive_commit_refuses_existing_key(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.put("idx", b"first", exclusive=True)
+        with pytest.raises(CheckpointExistsError, match="idx"):
+            await store.put("idx", b"second", exclusive=True)
+        assert await store.get("idx") == b"first"
+        assert await store.list() == ["idx"]
+
+    run(store_url, body)
+
+
+def test_list_and_delete(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        for key in ("ck-1.index", "ck-1.data-00000-of-00001", "ck-2.index", "sub/x"):
+            await store.put(key, b"1")
+        assert await store.list("ck-1") == ["ck-1.data-00000-of-00001", "ck-1.index"]
+        assert "sub/x" in await store.list()
+        await store.delete("ck-1.index")
+        assert await store.list("ck-1") == ["ck-1.data-00000-of-00001"]
+
+    run(store_url, body)
+
+
+def test_large_streamed_object(store_url: str) -> None:
+    """Several multipart parts on S3 (cut across writes), one file elsewhere."""
+    chunk = bytes(range(256)) * (3 * 2**20 // 256)  # 3 MiB
+
+    async def body(store: Store) -> None:
+        async with store.writer("big") as writer:
+            for _ in range(PART_SIZE * 2 // len(chunk) + 2):
+                await writer.write(chunk)
+        expected = chunk * (PART_SIZE * 2 // len(chunk) + 2)
+        assert await store.size("big") == len(expected)
+        buf = bytearray(1000)
+        await store.read_into("big", PART_SIZE - 500, memoryview(buf))
+        assert bytes(buf) == expected[PART_SIZE - 500 : PART_SIZE + 500]
+        if isinstance(store, S3Store):  # no multipart upload left open
+            bucket, key, _ = store.fs.split_path(store.path(""))
+            uploads = await store.fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            assert not uploads.get("Uploads")
+
+    run(store_url, body)
+
+
+def test_aborted_multipart_upload_is_cleaned(store_url: str) -> None:
+    if not store_url.startswith("s3://"):
+        pytest.skip("multipart uploads exist on S3 only")
+
+    async def body(store: Store) -> None:
+        with pytest.raises(RuntimeError):
+            async with store.writer("partial") as writer:
+                await writer.write(bytes(PART_SIZE + 1))  # starts a multipart upload
+                raise RuntimeError("crash")
+        assert isinstance(store, S3Store)
+        bucket, key, _ = store.fs.split_path(store.path(""))
+        uploads = await store.fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        assert not uploads.get("Uploads")
+        assert await store.list() == []
+
+    run(store_url, body)
