@@ -24,7 +24,15 @@ from .errors import (
     ShapeMismatchError,
     TensorNotFoundError,
 )
-from .format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
+from .format.bundle import (
+    BundleEntry,
+    BundleIndex,
+    check_shape,
+    data_filename,
+    decode_index,
+    entry_shape,
+    index_filename,
+)
 from .format.coding import crc32c, unmask_crc
 from .format.payload import decode_strings
 from .format.slices import Box, box_in
@@ -120,7 +128,10 @@ class CheckpointReader:
     async def read(self, name: str, box: BoxLike | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Coroutine behind `get_tensor`/`get_slice`: run it on remoteckpt's loop."""
         key, entry = self._entry(name)
-        shape = entry_shape(entry)
+        try:
+            shape = check_shape(key, entry)
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{self._prefix}: {exc}") from None
         try:
             dtype = dtypes.to_numpy(entry.dtype)
         except CheckpointError as exc:

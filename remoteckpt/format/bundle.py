@@ -33,6 +33,9 @@ FORMAT_VERSION = 1
 CONSUMER_VERSION = 1
 """What we are as a consumer: refuse files whose min_consumer is newer, or that ban us."""
 
+MAX_ELEMENTS = 1 << 62
+"""No tensor has more elements than this (TF's limit is int64); beyond it a shape is hostile."""
+
 MAX_SHARDS = 1 << 24
 """Sanity bound on a header's num_shards: a hostile header must not make us iterate 2**31."""
 
@@ -111,19 +114,24 @@ def _check_header(header: BundleHeader) -> None:
 
 
 def _check_entry(key: bytes, entry: BundleEntry, num_shards: int) -> None:
-    if any(d.size < 0 for d in entry.shape.dim) or entry.shape.unknown_rank:
-        raise CorruptCheckpointError(f"tensor {key!r} has an invalid shape")
+    """Cheap checks of every entry at open; shapes and slices are checked by `check_shape`
+    before a tensor is read (listing a hostile shape is harmless, allocating it is not)."""
     if entry.slices:
-        shape = entry_shape(entry)
-        for s in entry.slices:
-            box_from_proto(s, shape)
         return
     if not 0 <= entry.shard_id < num_shards:
         raise CorruptCheckpointError(f"tensor {key!r} is in shard {entry.shard_id} of a {num_shards}-shard bundle")
     if entry.offset < 0 or entry.size < 0:
         raise CorruptCheckpointError(f"tensor {key!r} has a negative offset or size")
-    if math.prod(d.size for d in entry.shape.dim) > (1 << 62):
-        raise CorruptCheckpointError(f"tensor {key!r} claims more elements than can exist")
+
+
+def check_shape(key: bytes, entry: BundleEntry) -> tuple[int, ...]:
+    """The entry's shape, after checking it is one a tensor can have (and its slices fit)."""
+    shape = entry_shape(entry)
+    if entry.shape.unknown_rank or any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise CorruptCheckpointError(f"tensor {key!r} has an invalid shape {list(shape)}")
+    for s in entry.slices:
+        box_from_proto(s, shape)
+    return shape
 
 
 def decode_index(read_at: ReadAt, file_size: int) -> BundleIndex:

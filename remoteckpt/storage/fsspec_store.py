@@ -104,6 +104,13 @@ class FsspecStore(Store):
         return sorted(keys)
 
 
+    async def close(self) -> None:
+        creator = getattr(self.fs, "_s3creator", None)  # s3fs's client holder; others hold none
+        if creator is not None:
+            self.fs._s3creator = None
+            await creator.__aexit__(None, None, None)
+
+
 class _BufferedWriter(ObjectWriter):
     """Gathers chunks, writes them with one pipe_file at commit (non-S3 filesystems)."""
 
