@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class CheckpointReader:
         self._prefix = os.fspath(prefix)
         directory, self._name = split_prefix(self._prefix)
         self._store, self._index = loop.run(self._open(directory, storage_options))
+        self._finalizer = weakref.finalize(self, _close_soon, self._store)
         self._names = {_decode_name(k): k for k in self._index.tensor_keys()}
         self._data_sizes: dict[int, int] = {}
 
@@ -258,7 +260,9 @@ class CheckpointReader:
         return dict(zip(names, arrays))
 
     def close(self) -> None:
-        loop.run(self._store.close())
+        """Release the store's connections (also done when the reader is garbage-collected)."""
+        if self._finalizer.detach():
+            loop.run(self._store.close())
 
     def __enter__(self) -> "CheckpointReader":
         return self
@@ -268,6 +272,13 @@ class CheckpointReader:
 
     def __repr__(self) -> str:
         return f"CheckpointReader({self._prefix!r}, {len(self._names)} tensors)"
+
+
+def _close_soon(store: Store) -> None:
+    try:
+        loop.submit(store.close())
+    except RuntimeError:  # interpreter shutting down
+        pass
 
 
 def _check_disjoint(name: str, boxes: list[Box]) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the SeaweedFS S3 test server (tests/s3server.py) through s3fs.
+"""Tests of the SeaweedFS S3 test server (remoteckpt.devserver) through s3fs.
 
 s3fs is used with botocore's default (>= 1.36) request/response checksum
 settings on purpose: SeaweedFS 4.48 handles them, so no workaround is needed.
@@ -15,7 +15,7 @@ import botocore.session
 import pytest
 import s3fs
 
-from s3server import SeaweedServer
+from remoteckpt.devserver import SeaweedServer
 
 MiB = 2**20
 

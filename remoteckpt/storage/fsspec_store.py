@@ -22,6 +22,9 @@ PART_SIZE = 16 * 2**20
 """S3 multipart part size: above S3's 5 MiB minimum, and large enough that per-request
 overhead is small next to transfer time on loopback and in-region links."""
 
+MIN_PART_SIZE = 5 * 2**20
+"""S3 rejects smaller parts (all but the last) at CompleteMultipartUpload."""
+
 MAX_PARTS_IN_FLIGHT = 4
 """Parts uploading at once per writer: bounds a writer's buffers to 4 x PART_SIZE."""
 
@@ -143,6 +146,12 @@ class S3Store(FsspecStore):
 
     capabilities = StoreCapabilities(atomic_rename=False, conditional_put=True)
 
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, *, part_size: int = PART_SIZE) -> None:
+        super().__init__(fs, root, url)
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"S3 parts must be at least {MIN_PART_SIZE} bytes")
+        self.part_size = part_size
+
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _MultipartWriter(self, key, exclusive)
 
@@ -156,6 +165,9 @@ class _MultipartWriter(ObjectWriter):
         self._pending: list[Buffer] = []
         self._pending_size = 0
         self._upload_id: str | None = None
+        self._part_size = store.part_size
+        self._next_part = 1
+        self._written = 0
         self._parts: dict[int, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_PARTS_IN_FLIGHT)
@@ -164,11 +176,12 @@ class _MultipartWriter(ObjectWriter):
     async def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
         while len(view):
-            take = min(len(view), PART_SIZE - self._pending_size)
+            take = min(len(view), self._part_size - self._pending_size)
             self._pending.append(bytes(view[:take]))
             self._pending_size += take
+            self._written += take
             view = view[take:]
-            if self._pending_size == PART_SIZE:
+            if self._pending_size == self._part_size:
                 await self._upload_pending()
 
     async def _upload_pending(self) -> None:
@@ -181,7 +194,7 @@ class _MultipartWriter(ObjectWriter):
         except Exception as exc:
             await self.abort()
             raise translate(exc, self._store.describe(self.key)) from exc
-        number = len(self._parts) + len(self._tasks) + 1
+        number, self._next_part = self._next_part, self._next_part + 1
         await self._slots.acquire()
         self._raise_failed()
         task = asyncio.ensure_future(self._upload_part(number, body))
@@ -215,9 +228,16 @@ class _MultipartWriter(ObjectWriter):
                     await self._upload_pending()
                 await asyncio.gather(*self._tasks)
                 parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+                if len(parts) != self._next_part - 1:
+                    raise RuntimeError(f"{self._next_part - 1 - len(parts)} uploaded parts are missing")
                 await fs._call_s3(
                     "complete_multipart_upload", Bucket=self._bucket, Key=self._key,
                     UploadId=self._upload_id, MultipartUpload={"Parts": parts}, **match)
+                # CompleteMultipartUpload can answer 200 with an error body: check what landed.
+                head = await fs._call_s3("head_object", Bucket=self._bucket, Key=self._key)
+                if head["ContentLength"] != self._written:
+                    raise RuntimeError(
+                        f"multipart upload stored {head['ContentLength']} bytes, {self._written} were written")
             self._closed = True
         except Exception as exc:
             await self.abort()

