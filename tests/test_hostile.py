@@ -1,0 +1,140 @@
+"""Hostile and damaged input: only remoteckpt errors, quickly, with bounded memory."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import remoteckpt
+from remoteckpt.errors import CheckpointError, CorruptCheckpointError
+from remoteckpt.format.bundle import BundleEntry, BundleHeader, decode_index, encode_index, make_header
+from remoteckpt.format.coding import crc32c, encode_fixed32, encode_varint, mask_crc
+from remoteckpt.writer import plan_bundle
+
+
+def _valid_index() -> bytes:
+    plan = plan_bundle({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.array([b"x", b"yz"], object),
+                        "n": np.int64(3)})
+    out = io.BytesIO()
+    encode_index(make_header(1), plan.entries, out)
+    return out.getvalue()
+
+
+VALID = _valid_index()
+
+
+def _decode(data: bytes) -> None:
+    decode_index(lambda o, n: data[o : o + n], len(data))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_random_bytes_never_escape(data: bytes) -> None:
+    try:
+        _decode(data)
+    except CorruptCheckpointError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(VALID) - 1), st.integers(1, 255))
+def test_every_single_byte_change_is_detected(position: int, xor: int) -> None:
+    data = bytearray(VALID)
+    data[position] ^= xor
+    # Padding bytes in the footer are ignored by design (TF ignores them too).
+    footer_padding = range(len(VALID) - 48 + 4, len(VALID) - 8)
+    if position in footer_padding:
+        _decode(bytes(data))
+        return
+    with pytest.raises(CorruptCheckpointError):
+        _decode(bytes(data))
+
+
+def test_every_truncation_is_detected() -> None:
+    for cut in range(len(VALID)):
+        with pytest.raises(CorruptCheckpointError):
+            _decode(VALID[:cut])
+
+
+def _write_index(directory: Path, entries: dict[bytes, BundleEntry], header: BundleHeader | None = None) -> str:
+    out = io.BytesIO()
+    encode_index(header or make_header(1), entries, out)
+    (directory / "ck.index").write_bytes(out.getvalue())
+    (directory / "ck.data-00000-of-00001").write_bytes(bytes(64))
+    return str(directory / "ck")
+
+
+@pytest.mark.parametrize("shape,dtype,size", [
+    ([2**62], 1, 64),            # claims 2^62 floats
+    ([2**40, 2**40], 1, 64),     # element count overflows int64
+    ([-1], 1, 4),                # negative dimension
+    ([10**9], 7, 64),            # a billion strings in 64 bytes
+    ([4], 1, 2**60),             # size far beyond the file
+])
+def test_huge_claims_fail_before_allocating(tmp_path: Path, shape: list[int], dtype: int, size: int) -> None:
+    entry = BundleEntry(dtype=dtype, size=size)
+    for d in shape:
+        entry.shape.dim.add(size=d)
+    prefix = _write_index(tmp_path, {b"x": entry})
+    with pytest.raises(CheckpointError):
+        remoteckpt.CheckpointReader(prefix).get_tensor("x")
+
+
+def test_huge_shard_count_and_newer_version(tmp_path: Path) -> None:
+    header = make_header(2**30)
+    with pytest.raises(CorruptCheckpointError, match="shards"):
+        remoteckpt.CheckpointReader(_write_index(tmp_path, {}, header))
+    newer = make_header(1)
+    newer.version.min_consumer = 99
+    with pytest.raises(CorruptCheckpointError, match="newer"):
+        remoteckpt.CheckpointReader(_write_index(tmp_path, {}, newer))
+
+
+def test_unsupported_dtype_names_tensor(tmp_path: Path) -> None:
+    entry = BundleEntry(dtype=21, size=4)  # DT_VARIANT
+    entry.shape.SetInParent()
+    reader = remoteckpt.CheckpointReader(_write_index(tmp_path, {b"v": entry}))
+    with pytest.raises(remoteckpt.UnsupportedDTypeError, match="'v'.*variant"):
+        reader.get_tensor("v")
+
+
+def test_big_endian_bundle_reads(tmp_path: Path) -> None:
+    """A bundle from a big-endian host: payloads and the string length checksum are BE."""
+    floats = np.array([1.5, -2.0, 3.25], dtype=">f4")
+    cplx = np.array([1 + 2j], dtype=">c8")
+    data = bytearray()
+    entries = {}
+
+    def add(name: bytes, dtype: int, shape: list[int], payload: bytes) -> None:
+        entry = BundleEntry(dtype=dtype, offset=len(data), size=len(payload), crc32c=mask_crc(crc32c(payload)))
+        entry.shape.SetInParent()
+        for d in shape:
+            entry.shape.dim.add(size=d)
+        entries[name] = entry
+        data.extend(payload)
+
+    add(b"f", 1, [3], floats.tobytes())
+    add(b"c", 8, [1], cplx.tobytes())
+    strings = [b"hi", b"there"]
+    length_crc = crc32c(b"".join(len(s).to_bytes(4, "big") for s in strings))
+    lc = mask_crc(length_crc).to_bytes(4, "big")
+    crc = crc32c(b"".join(strings), crc32c(lc, length_crc))
+    payload = b"".join(encode_varint(len(s)) for s in strings) + lc + b"".join(strings)
+    add(b"s", 7, [2], payload)
+    entries[b"s"].crc32c = mask_crc(crc)
+    header = make_header(1)
+    header.endianness = BundleHeader.BIG
+    (tmp_path / "be.data-00000-of-00001").write_bytes(bytes(data))
+    out = io.BytesIO()
+    encode_index(header, entries, out)
+    (tmp_path / "be.index").write_bytes(out.getvalue())
+    got = remoteckpt.load(tmp_path / "be")
+    np.testing.assert_array_equal(got["f"], floats.astype("<f4"))
+    np.testing.assert_array_equal(got["c"], cplx.astype("<c8"))
+    assert list(got["s"]) == strings
+    assert encode_fixed32(1) == b"\x01\x00\x00\x00"
