@@ -16,7 +16,8 @@ from .writer import plan_bundle, write_bundle
 
 def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *,
          storage_options: dict[str, Any] | None = None) -> str:
-    """Save `tensors` (name -> array-like, or `Slice` for one box of a larger tensor) as a TF
+    """Save `tensors` (name -> array-like, a `Slice` for one box of a larger tensor, or a list
+    of `Slice`s for several boxes of one tensor) as a TF
     checkpoint at `prefix`; return the prefix.  Data is written first, the `.index` last;
     TensorFlow's `tf.train.load_checkpoint(prefix)` reads the result."""
     text = os.fspath(prefix)

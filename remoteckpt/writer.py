@@ -10,7 +10,7 @@ once the data is durable.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,16 @@ def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int]
     return dtype_enum, [view] if len(view) else [], len(view), mask_crc(crc32c(view))
 
 
+def _flatten(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(name, value) pairs; a list or tuple of `Slice`s is several boxes of one tensor."""
+    for name, value in tensors.items():
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Slice) for v in value):
+            for part in value:
+                yield name, part
+        else:
+            yield name, value
+
+
 def _entry(dtype_enum: int, shape: tuple[int, ...]) -> BundleEntry:
     entry = BundleEntry(dtype=dtype_enum)
     entry.shape.SetInParent()  # TF always serializes the shape, even a scalar's
@@ -75,14 +85,15 @@ def _entry(dtype_enum: int, shape: tuple[int, ...]) -> BundleEntry:
 
 
 def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0) -> BundlePlan:
-    """Entries and payload chunks for `tensors` (name -> array-like or `Slice`), in order.
+    """Entries and payload chunks for `tensors` (name -> array-like, `Slice`, or a list of
+    `Slice`s: the boxes of one partitioned tensor), in order.
 
     Raises `InvalidTensorsError` for empty names, overlapping boxes, or boxes of one name
     that disagree on dtype or full shape; `UnsupportedDTypeError` for dtypes TF cannot store.
     """
     plan = BundlePlan()
     boxes: dict[bytes, list[Box]] = {}
-    for name, value in tensors.items():
+    for name, value in _flatten(tensors):
         key = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
         if not key:
             raise InvalidTensorsError("tensor names must not be empty")

@@ -86,8 +86,7 @@ def test_slices_round_trip(base_url: str) -> None:
     parts = {"w": Slice(full[:4], (10, 6), (0, 0))}
     prefix = f"{base_url}/sliced"
     remoteckpt.save({"w": parts["w"], "other": np.ones(3)}, prefix + "-a")  # one box only
-    # Several boxes of one name need distinct keys in a mapping: use a list of pairs.
-    remoteckpt.save(_Pairs([("w", Slice(full[:4], (10, 6), (0, 0))), ("w", Slice(full[4:], (10, 6), (4, 0)))]), prefix)
+    remoteckpt.save({"w": [Slice(full[:4], (10, 6), (0, 0)), Slice(full[4:], (10, 6), (4, 0))]}, prefix)
     reader = remoteckpt.CheckpointReader(prefix)
     assert reader.get_variable_to_shape_map() == {"w": [10, 6]}
     np.testing.assert_array_equal(reader.get_tensor("w"), full)
@@ -95,17 +94,6 @@ def test_slices_round_trip(base_url: str) -> None:
     with pytest.raises(CorruptCheckpointError, match="do not cover"):
         remoteckpt.CheckpointReader(prefix + "-a").get_tensor("w")
     np.testing.assert_array_equal(remoteckpt.CheckpointReader(prefix + "-a").get_slice("w", ((0, 0), (4, 6))), full[:4])
-
-
-class _Pairs(dict):  # type: ignore[type-arg]
-    """A mapping whose items() repeats keys: how several boxes of one tensor are passed."""
-
-    def __init__(self, pairs: list[tuple[str, object]]) -> None:
-        super().__init__()
-        self._pairs = pairs
-
-    def items(self):  # type: ignore[override]
-        return iter(self._pairs)
 
 
 def test_missing_checkpoint_is_not_found(base_url: str) -> None:
@@ -183,7 +171,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         remoteckpt.save({"": np.ones(1)}, tmp_path / "a")
     with pytest.raises(UnsupportedDTypeError, match="'t'"):
         remoteckpt.save({"t": np.array([np.datetime64("2020-01-01")])}, tmp_path / "b")
-    overlap = _Pairs([("w", Slice(np.ones((3, 2)), (4, 2), (0, 0))), ("w", Slice(np.ones((2, 2)), (4, 2), (2, 0)))])
+    overlap = {"w": [Slice(np.ones((3, 2)), (4, 2), (0, 0)), Slice(np.ones((2, 2)), (4, 2), (2, 0))]}
     with pytest.raises(InvalidTensorsError, match="overlap"):
         remoteckpt.save(overlap, tmp_path / "c")
     with pytest.raises(InvalidTensorsError, match="outside"):

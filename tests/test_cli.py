@@ -19,7 +19,8 @@ def prefix(tmp_path: Path) -> str:
     return remoteckpt.save({
         "w": np.arange(6, dtype=np.float32).reshape(2, 3),
         "words": np.array([b"a", b"bc"], object),
-        "p": remoteckpt.Slice(np.ones((2, 2), np.int32), (4, 2), (2, 0)),
+        "p": [remoteckpt.Slice(np.ones((2, 2), np.int32), (4, 2), (2, 0)),
+              remoteckpt.Slice(np.zeros((2, 2), np.int32), (4, 2), (0, 0))],
     }, tmp_path / "ck")
 
 
@@ -27,7 +28,7 @@ def test_inspect_lists_tensors(prefix: str, capsys: pytest.CaptureFixture[str]) 
     assert main(["inspect", prefix]) == 0
     out = capsys.readouterr().out
     assert "tensor_name: w  float32[2, 3]  24 bytes" in out
-    assert "slices ['2,2:-']" in out
+    assert "slices ['2,2:-', '0,2:-']" in out
 
 
 def test_inspect_json_with_values(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,6 +38,7 @@ def test_inspect_json_with_values(prefix: str, capsys: pytest.CaptureFixture[str
     assert by_name["w"]["value"] == [[0, 1, 2], [3, 4, 5]]
     assert by_name["words"]["value"] == ["a", "bc"]
     assert by_name["words"]["dtype"] == "string"
+    assert by_name["p"]["value"] == [[0, 0], [0, 0], [1, 1], [1, 1]]
 
 
 def test_errors_exit_1_with_message(tmp_path: Path) -> None:
