@@ -28,7 +28,7 @@ class BundleHeaderProto(_message.Message):
     def __init__(self, num_shards: _Optional[int] = ..., endianness: _Optional[_Union[BundleHeaderProto.Endianness, str]] = ..., version: _Optional[_Union[_versions_pb2.VersionDef, _Mapping]] = ...) -> None: ...
 
 class BundleEntryProto(_message.Message):
-    __slots__ = ("dtype", "shape", "shard_id", "offset", "size", "crc32c", "slices")
+    __slots__ = ("dtype", "shape", "shard_id", "offset", "size", "crc32c", "slices", "chunk_size", "chunk_crc32c")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,8 @@ class BundleEntryProto(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CRC32C_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CRC32C_FIELD_NUMBER: _ClassVar[int]
     dtype: _types_pb2.DataType
     shape: _tensor_shape_pb2.TensorShapeProto
     shard_id: int
@@ -43,4 +45,6 @@ class BundleEntryProto(_message.Message):
     size: int
     crc32c: int
     slices: _containers.RepeatedCompositeFieldContainer[_tensor_slice_pb2.TensorSliceProto]
-    def __init__(self, dtype: _Optional[_Union[_types_pb2.DataType, str]] = ..., shape: _Optional[_Union[_tensor_shape_pb2.TensorShapeProto, _Mapping]] = ..., shard_id: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., crc32c: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_tensor_slice_pb2.TensorSliceProto, _Mapping]]] = ...) -> None: ...
+    chunk_size: int
+    chunk_crc32c: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[_Union[_types_pb2.DataType, str]] = ..., shape: _Optional[_Union[_tensor_shape_pb2.TensorShapeProto, _Mapping]] = ..., shard_id: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., crc32c: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_tensor_slice_pb2.TensorSliceProto, _Mapping]]] = ..., chunk_size: _Optional[int] = ..., chunk_crc32c: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import crc32c as _crc32c
@@ -87,3 +88,52 @@ def decode_varint(data: bytes | memoryview, pos: int, limit: int | None = None) 
             return result, i + 1
         shift += 7
     raise CorruptCheckpointError("malformed or truncated varint")
+
+
+_CASTAGNOLI_REFLECTED = 0x82F63B78
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    out = 0
+    i = 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_operator(length: int) -> list[int]:
+    """The GF(2) matrix that advances a CRC register over `length` zero bytes."""
+    odd = [_CASTAGNOLI_REFLECTED] + [1 << n for n in range(31)]  # one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    result = [1 << n for n in range(32)]  # identity
+    while True:
+        even = _gf2_square(odd)  # first pass: one zero byte
+        if length & 1:
+            result = [_gf2_times(even, row) for row in result]
+        length >>= 1
+        if not length:
+            return result
+        odd = _gf2_square(even)
+        if length & 1:
+            result = [_gf2_times(odd, row) for row in result]
+        length >>= 1
+        if not length:
+            return result
+
+
+def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """crc32c(a ++ b) from crc32c(a), crc32c(b) and len(b) (zlib's crc32_combine method),
+    so that chunks of one tensor read in parallel are verified without a second pass.
+    Chunks mostly share one length, whose operator is cached: a combine is then ~32 XORs."""
+    if length_b == 0:
+        return crc_a
+    return _gf2_times(_zeros_operator(length_b), crc_a) ^ crc_b

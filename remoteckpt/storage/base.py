@@ -106,6 +106,16 @@ class Store(abc.ABC):
     async def read_into(self, key: str, start: int, out: memoryview) -> int:
         """Read up to ``len(out)`` bytes at `start` into `out`; return the count read."""
 
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+        """Fill every ``(offset, view)`` of `targets` (sorted, disjoint, none before `start`)
+        from `key`, in one request where the backend allows (bytes between targets are
+        discarded).  Returns the bytes delivered: the sum of the views' lengths unless the
+        object ends early."""
+        total = 0
+        for offset, view in targets:
+            total += await self.read_into(key, offset, view)
+        return total
+
     @abc.abstractmethod
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter: ...
 

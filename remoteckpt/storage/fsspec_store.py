@@ -10,7 +10,10 @@ exclusive.  Elsewhere a writer gathers its chunks and writes them with one ``pip
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
+
+import aiohttp
 
 import fsspec
 
@@ -26,6 +29,13 @@ MIN_PART_SIZE = 5 * 2**20
 """S3 rejects smaller parts (all but the last) at CompleteMultipartUpload."""
 
 MAX_PARTS_IN_FLIGHT = 4
+
+STREAM_CHUNK = 1 * 2**20
+"""Bytes taken from a GET's body at a time: large enough for few event-loop turns, small
+enough to stay in cache while it is copied into place."""
+
+READ_ATTEMPTS = 3
+"""A GET whose body is cut is resumed from the first missing byte this many times in all."""
 """Parts uploading at once per writer: bounds a writer's buffers to 4 x PART_SIZE."""
 
 
@@ -69,15 +79,17 @@ class FsspecStore(Store):
             raise translate(exc, self.describe(key)) from exc
 
     async def read_into(self, key: str, start: int, out: memoryview) -> int:
-        if len(out) == 0:  # an empty range would fetch the whole object on S3
+        return await self.read_scatter(key, start, [(start, out)])
+
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+        end = max((offset + len(view) for offset, view in targets), default=start)
+        if end <= start:  # an empty range would fetch the whole object on S3
             return 0
         try:
-            data = await self._call("cat_file", self.path(key), start=start, end=start + len(out))
+            data = await self._call("cat_file", self.path(key), start=start, end=end)
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
-        n = min(len(data), len(out))
-        out[:n] = data[:n]
-        return n
+        return _scatter(memoryview(data), start, targets)
 
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _BufferedWriter(self, key, exclusive)
@@ -112,6 +124,15 @@ class FsspecStore(Store):
         if creator is not None:
             self.fs._s3creator = None
             await creator.__aexit__(None, None, None)
+
+
+def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+    delivered = 0
+    for offset, view in targets:
+        chunk = data[offset - start : offset - start + len(view)]
+        view[: len(chunk)] = chunk
+        delivered += len(chunk)
+    return delivered
 
 
 class _BufferedWriter(ObjectWriter):
@@ -154,6 +175,68 @@ class S3Store(FsspecStore):
 
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _MultipartWriter(self, key, exclusive)
+
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+        """One ranged GET, its body streamed straight into the targets (one copy, from the
+        socket buffer); a connection cut mid-body resumes from the first missing byte."""
+        end = max((offset + len(view) for offset, view in targets), default=start)
+        if end <= start:
+            return 0
+        bucket, path, _ = self.fs.split_path(self.path(key))
+        sink = _ScatterSink(start, targets)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                response = await self.fs._call_s3(
+                    "get_object", Bucket=bucket, Key=path, Range=f"bytes={sink.position}-{end - 1}")
+            except Exception as exc:
+                if _is_invalid_range(exc):  # starts at or past the end of the object
+                    return sink.delivered
+                raise translate(exc, self.describe(key)) from exc
+            body = response["Body"]
+            try:
+                while sink.position < end:
+                    chunk = await body.read(STREAM_CHUNK)
+                    if not chunk:
+                        return sink.delivered  # the object is shorter than asked
+                    sink.write(chunk)
+                return sink.delivered
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise translate(exc, self.describe(key)) from exc
+            finally:
+                body.close()
+        return sink.delivered
+
+
+class _ScatterSink:
+    """Consumes a byte stream that starts at `start`, copying the parts that targets want."""
+
+    def __init__(self, start: int, targets: Sequence[tuple[int, memoryview]]) -> None:
+        self.position = start
+        self.delivered = 0
+        self._targets = list(targets)
+        self._next = 0
+
+    def write(self, chunk: bytes) -> None:
+        data = memoryview(chunk)
+        while len(data) and self._next < len(self._targets):
+            offset, view = self._targets[self._next]
+            end = offset + len(view)
+            if self.position < offset:  # a gap between targets: discard
+                skip = min(len(data), offset - self.position)
+                data, self.position = data[skip:], self.position + skip
+                continue
+            take = min(len(data), end - self.position)
+            view[self.position - offset : self.position - offset + take] = data[:take]
+            data, self.position, self.delivered = data[take:], self.position + take, self.delivered + take
+            if self.position == end:
+                self._next += 1
+        self.position += len(data)
+
+
+def _is_invalid_range(exc: BaseException) -> bool:
+    text = f"{exc} {getattr(exc, '__cause__', '')}"
+    return "InvalidRange" in text or "416" in text
 
 
 class _MultipartWriter(ObjectWriter):

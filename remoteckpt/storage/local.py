@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _pread_into(path: str, start: int, out: memoryview) -> int:
+def _pread_all(fd: int, start: int, out: memoryview) -> int:
+    done = 0
+    while done < len(out):
+        n = os.preadv(fd, [out[done:]], start + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]]) -> int:
+    """Straight into the caller's buffers: no intermediate copy."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        done = 0
-        while done < len(out):
-            n = os.preadv(fd, [out[done:]], start + done)
-            if n == 0:
-                break
-            done += n
-        return done
+        return sum(_pread_all(fd, offset, view) for offset, view in targets)
     finally:
         os.close(fd)
 
@@ -132,8 +138,11 @@ class LocalStore(Store):
     async def read_into(self, key: str, start: int, out: memoryview) -> int:
         if len(out) == 0:
             return 0
+        return await self.read_scatter(key, start, [(start, out)])
+
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
         try:
-            return await asyncio.to_thread(_pread_into, str(self.path(key)), start, out)
+            return await asyncio.to_thread(_pread_scatter, str(self.path(key)), targets)
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 

@@ -1,0 +1,47 @@
+"""Tuning knobs, in one frozen value passed as ``options=`` to saves, loads and readers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class IOOptions:
+    """How remoteckpt moves bytes.  Every field has a default that suits S3 and local disk."""
+
+    memory_budget: int = 256 * MiB
+    """Bytes of buffers in flight at once (upload parts, staging copies, temporary read
+    buffers), per save or load.  Output arrays and the tensors being saved are not counted."""
+
+    max_concurrency: int = 16
+    """Requests in flight at once per save or load."""
+
+    read_chunk: int = 16 * MiB
+    """Largest single ranged read; bigger tensors are fetched in parallel pieces."""
+
+    coalesce_gap: int = 256 * 1024
+    """Neighbouring reads in one file are merged into one request when the bytes between
+    them are at most this many (cheaper than a second request on an object store)."""
+
+    crc_chunk: int = 1 * MiB
+    """Chunk size of the per-chunk CRC32C extension written for larger payloads, which lets
+    partial reads be verified.  0 disables it (indexes then match TF's byte for byte)."""
+
+    commit_timeout: float = 600.0
+    """Seconds the coordinator waits for every worker's table, and workers for the commit."""
+
+    poll_interval: float = 0.05
+    """First wait between polls of storage while waiting (grows to 1 s)."""
+
+    def __post_init__(self) -> None:
+        if self.memory_budget < MiB:
+            raise ValueError("memory_budget must be at least 1 MiB")
+        if self.max_concurrency < 1 or self.read_chunk < 64 * 1024:
+            raise ValueError("max_concurrency must be >= 1 and read_chunk >= 64 KiB")
+        if self.crc_chunk and self.crc_chunk < 4096:
+            raise ValueError("crc_chunk must be 0 or at least 4096")
+
+
+DEFAULT_OPTIONS = IOOptions()
