@@ -1,52 +1,135 @@
-"""The synchronous, one-call API: `save`, `load`, `list_variables`, `load_checkpoint`."""
+"""The synchronous API: `save`, `save_async`, `load`, `list_variables`, `load_checkpoint`.
+
+Every call runs its coroutine on remoteckpt's I/O loop (`engine.loop`) and waits; `save_async`
+returns as soon as the tensors are snapshotted.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
 from .engine import loop
+from .options import DEFAULT_OPTIONS, IOOptions
+from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
+from .protocol.layout import SaveLayout
+from .protocol.save import SaveReport, save_worker
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
-from .writer import plan_bundle, write_bundle
+from .writer import Slice, plan_bundle
+
+_in_flight_lock = threading.Lock()
+_in_flight: Future[str] | None = None
 
 
-def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *,
-         storage_options: dict[str, Any] | None = None) -> str:
-    """Save `tensors` (name -> array-like, a `Slice` for one box of a larger tensor, or a list
-    of `Slice`s for several boxes of one tensor) as a TF
-    checkpoint at `prefix`; return the prefix.  Data is written first, the `.index` last;
-    TensorFlow's `tf.train.load_checkpoint(prefix)` reads the result."""
+async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int = 0, world_size: int = 1,
+                          overwrite: bool = False, save_id: str | None = None,
+                          storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
+                          commit: CommitProtocol = DEFAULT_COMMIT) -> SaveReport:
+    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
+    directory, name = split_prefix(prefix)
+    layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
+    plan = plan_bundle(tensors, shard_id=0)
+    store = open_store(directory, storage_options, options)
+    try:
+        return await save_worker(store, layout, plan, overwrite=overwrite, options=options, commit=commit,
+                                 prefix=prefix)
+    finally:
+        await store.close()
+
+
+def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
+         overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
+         options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT) -> str:
+    """Save `tensors` as a TensorFlow checkpoint at `prefix`; return the prefix once committed.
+
+    `tensors` maps names to array-likes, to a `Slice` (one box of a larger tensor), or to a
+    list of `Slice`s.  With `world_size` > 1, every worker calls `save` with its own `rank`
+    and its own tensors (boxes of one tensor may come from different workers): each writes its
+    data file in parallel, rank 0 merges the tables and commits one `.index`, and every call
+    returns only after that commit (or raises if it failed).  A committed checkpoint at
+    `prefix` is never replaced unless `overwrite` is true.  `save_id` names this save attempt
+    for all workers (default ``$REMOTECKPT_SAVE_ID``); use a fresh one to retry a crashed save.
+    """
     text = os.fspath(prefix)
-    directory, name = split_prefix(text)
-    plan = plan_bundle(tensors)
-
-    async def run() -> None:
-        store = open_store(directory, storage_options)
-        try:
-            await write_bundle(store, name, plan)
-        finally:
-            await store.close()
-
-    loop.run(run())
+    _wait_for_async_save()
+    loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                             save_id=save_id, storage_options=storage_options, options=options, commit=commit))
     return text
 
 
-def load_checkpoint(prefix: str | os.PathLike[str], *,
-                    storage_options: dict[str, Any] | None = None) -> CheckpointReader:
+def snapshot(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """A private copy of every array (and of the arrays inside `Slice`s)."""
+    def copy(value: Any) -> Any:
+        if isinstance(value, Slice):
+            return Slice(np.array(value.array, copy=True, order="C"), value.full_shape, value.offset)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Slice) for v in value):
+            return [copy(v) for v in value]
+        return np.array(value, copy=True, order="C")
+
+    return {name: copy(value) for name, value in tensors.items()}
+
+
+def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
+               overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
+               options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT) -> "Future[str]":
+    """`save` in the background.  Returns a `concurrent.futures.Future` of the prefix as soon
+    as the tensors are copied, so the caller may change its arrays right away.  At most one
+    save is in flight per process: this call first waits for the previous one to finish
+    (its error, if any, stays in its own future).  Errors come out of the future."""
+    global _in_flight
+    text = os.fspath(prefix)
+    with _in_flight_lock:
+        _wait_for_async_save()
+        private = snapshot(tensors)
+        inner = loop.submit(save_checkpoint(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                                            save_id=save_id, storage_options=storage_options, options=options,
+                                            commit=commit))
+        outer: Future[str] = Future()
+
+        def done(f: "Future[SaveReport]") -> None:
+            if f.cancelled():
+                outer.cancel()
+            elif f.exception() is not None:
+                outer.set_exception(f.exception())  # type: ignore[arg-type]
+            else:
+                outer.set_result(text)
+
+        inner.add_done_callback(done)
+        _in_flight = outer
+        return outer
+
+
+def _wait_for_async_save() -> None:
+    previous = _in_flight
+    if previous is not None:
+        try:
+            previous.result()
+        except BaseException:
+            pass  # reported through its own future
+
+
+def load_checkpoint(prefix: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+                    options: IOOptions = DEFAULT_OPTIONS) -> CheckpointReader:
     """A `CheckpointReader` for `prefix` (as `tf.train.load_checkpoint`)."""
-    return CheckpointReader(prefix, storage_options=storage_options)
+    return CheckpointReader(prefix, storage_options=storage_options, options=options)
 
 
 def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
-         storage_options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint (or just `names`) as numpy arrays, each verified."""
-    with CheckpointReader(prefix, storage_options=storage_options) as reader:
-        wanted = list(reader.get_variable_to_shape_map()) if names is None else list(names)
-        return loop.run(reader.read_many(wanted))
+         out: Mapping[str, np.ndarray] | None = None, storage_options: dict[str, Any] | None = None,
+         options: IOOptions = DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
+    """Tensors of the checkpoint as numpy arrays, each verified: all of them, or `names`,
+    plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
+    and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges."""
+    with CheckpointReader(prefix, storage_options=storage_options, options=options) as reader:
+        wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
+        wanted += [n for n in (out or {}) if n not in wanted]
+        return loop.run(reader.read_many(wanted, out=out))
 
 
 def list_variables(prefix: str | os.PathLike[str], *,

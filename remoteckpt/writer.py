@@ -1,15 +1,14 @@
-"""Writing one bundle from one process: tensors -> one data file + the `.index`, index last.
+"""From the tensors a caller passes to the entries and payloads of one data file.
 
-`plan_bundle` is pure: it turns the user's mapping into entries and the payload chunks of the
-data file, in the order given (what `tf.raw_ops.SaveV2` does with its inputs, so the bytes
-are identical).  `write_bundle` streams those chunks through a store writer and then writes the
-index; on local disk both go through temp names, fsync and rename, so the `.index` appears only
-once the data is durable.
+`plan_bundle` is pure: it turns the user's mapping into entries and the payloads of the data
+file, in the order given (what `tf.raw_ops.SaveV2` does with its inputs, so the bytes are
+identical).  Numeric payloads are byte views of the caller's arrays (copied only when not
+C-contiguous little-endian); their CRC32C is filled in by `engine.stream` as they are written.
+String payloads are encoded here, CRC included.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +17,11 @@ import numpy as np
 
 from . import dtypes
 from .errors import InvalidTensorsError
-from .format.bundle import BundleEntry, data_filename, encode_index, index_filename, make_header
+from .format.bundle import BundleEntry
 from .format.coding import crc32c, mask_crc
 from .format.payload import encode_strings, numeric_bytes, string_elements
 from .format.slices import Box, box_in, box_to_proto, slice_key
-from .storage.base import Buffer, Store
+from .storage.base import Buffer
 
 
 @dataclass(frozen=True)
@@ -41,16 +40,31 @@ class Slice:
 
 
 @dataclass
+class Payload:
+    """The bytes of one entry, in data-file order.  `checksummed` is False for numeric
+    payloads, whose CRC is computed while they stream out."""
+
+    entry: BundleEntry
+    chunks: list[Buffer]
+    size: int
+    checksummed: bool
+
+
+@dataclass
 class BundlePlan:
     """What one data file holds and the entries that describe it."""
 
     entries: dict[bytes, BundleEntry] = field(default_factory=dict)
-    chunks: list[Buffer] = field(default_factory=list)
+    payloads: list[Payload] = field(default_factory=list)
     size: int = 0
 
+    @property
+    def chunks(self) -> list[Buffer]:
+        return [c for p in self.payloads for c in p.chunks]
 
-def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int]:
-    """(dtype enum, chunks, size, masked crc) of one tensor's payload."""
+
+def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int | None]:
+    """(dtype enum, chunks, size, masked crc or None if computed while streaming)."""
     if array.dtype.kind in "OSU":
         try:
             elements = string_elements(array)
@@ -63,7 +77,9 @@ def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int]
     except Exception as exc:
         raise type(exc)(f"tensor {name!r}: {exc}") from None
     view = numeric_bytes(array)
-    return dtype_enum, [view] if len(view) else [], len(view), mask_crc(crc32c(view))
+    if not len(view):
+        return dtype_enum, [], 0, mask_crc(0)
+    return dtype_enum, [view], len(view), None
 
 
 def _flatten(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -84,12 +100,13 @@ def _entry(dtype_enum: int, shape: tuple[int, ...]) -> BundleEntry:
     return entry
 
 
-def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0) -> BundlePlan:
+def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0, checksum: bool = False) -> BundlePlan:
     """Entries and payload chunks for `tensors` (name -> array-like, `Slice`, or a list of
     `Slice`s: the boxes of one partitioned tensor), in order.
 
     Raises `InvalidTensorsError` for empty names, overlapping boxes, or boxes of one name
     that disagree on dtype or full shape; `UnsupportedDTypeError` for dtypes TF cannot store.
+    With `checksum`, numeric CRCs are computed here too (for callers that do not stream).
     """
     plan = BundlePlan()
     boxes: dict[bytes, list[Box]] = {}
@@ -114,7 +131,10 @@ def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0) -> BundlePlan:
             entry.shard_id, entry.offset, entry.size = shard_id, plan.size, size
         else:
             entry.shard_id, entry.offset = shard_id, plan.size
-        entry.crc32c = crc
+        if crc is None and checksum:
+            crc = mask_crc(crc32c(chunks[0]))
+        if crc is not None:
+            entry.crc32c = crc
         if box is None:
             if key in plan.entries:
                 raise InvalidTensorsError(f"tensor {name!r} is given more than once")
@@ -136,16 +156,6 @@ def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0) -> BundlePlan:
             boxes[key].append(box)
             full.slices.append(box_to_proto(box))
             plan.entries[slice_key(key, box)] = entry
-        plan.chunks.extend(chunks)
+        plan.payloads.append(Payload(entry, chunks, size, crc is not None))
         plan.size += size
     return plan
-
-
-async def write_bundle(store: Store, name: str, plan: BundlePlan) -> None:
-    """Write `plan` as the single-shard bundle `name` in `store`: data first, index last."""
-    async with store.writer(data_filename(name, 0, 1)) as data:
-        for chunk in plan.chunks:
-            await data.write(chunk)
-    index = io.BytesIO()
-    encode_index(make_header(1), plan.entries, index)
-    await store.put(index_filename(name), index.getbuffer())

@@ -190,8 +190,18 @@ def test_get_slice_validates_box(tmp_path: Path) -> None:
         reader.get_slice("a", (slice(0, 3, 2),))
 
 
-def test_overwrite_replaces_atomically(tmp_path: Path) -> None:
+def test_never_overwrites_unless_asked(base_url: str) -> None:
+    prefix = f"{base_url}/ck"
+    remoteckpt.save({"a": np.zeros(3)}, prefix)
+    with pytest.raises(remoteckpt.CheckpointExistsError, match=r"ck\.index already exists") as info:
+        remoteckpt.save({"a": np.ones(3)}, prefix)
+    assert isinstance(info.value, FileExistsError)
+    np.testing.assert_array_equal(remoteckpt.load(prefix)["a"], np.zeros(3))  # untouched
+    remoteckpt.save({"a": np.ones(3)}, prefix, overwrite=True)
+    np.testing.assert_array_equal(remoteckpt.load(prefix)["a"], np.ones(3))
+
+
+def test_local_save_leaves_only_final_files(tmp_path: Path) -> None:
     remoteckpt.save({"a": np.zeros(3)}, tmp_path / "ck")
-    remoteckpt.save({"a": np.ones(3)}, tmp_path / "ck")
-    np.testing.assert_array_equal(remoteckpt.load(tmp_path / "ck")["a"], np.ones(3))
+    remoteckpt.save({"a": np.ones(3)}, tmp_path / "ck", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.data-00000-of-00001", "ck.index"]

@@ -18,7 +18,7 @@ from remoteckpt.writer import plan_bundle
 
 
 def _valid_index() -> bytes:
-    plan = plan_bundle({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.array([b"x", b"yz"], object),
+    plan = plan_bundle(checksum=True, tensors={"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.array([b"x", b"yz"], object),
                         "n": np.int64(3)})
     out = io.BytesIO()
     encode_index(make_header(1), plan.entries, out)

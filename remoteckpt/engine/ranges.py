@@ -90,3 +90,59 @@ def _op(pieces: list[Piece]) -> ReadOp:
 
 def plan_reads(requests: Iterable[ReadRequest], *, chunk: int, gap: int) -> list[ReadOp]:
     return coalesce(split(requests, chunk), gap=gap, max_length=chunk)
+
+
+MAX_RUNS = 1 << 20
+"""Beyond this many separate runs in one box, a planner reads the whole entry instead."""
+
+
+def box_byte_runs(outer: tuple[int, ...], start: tuple[int, ...], size: tuple[int, ...],
+                  itemsize: int) -> list[tuple[int, int]] | None:
+    """Byte runs ``(offset, length)`` that the box (`start`, `size`, relative to the array)
+    occupies in a C-ordered array of shape `outer`; None if there would be more than
+    `MAX_RUNS` (read it all instead).  Trailing dimensions the box spans fully merge into
+    longer runs."""
+    rank = len(outer)
+    if any(n == 0 for n in size):
+        return []
+    k = rank - 1
+    while k >= 0 and start[k] == 0 and size[k] == outer[k]:
+        k -= 1
+    if k < 0:
+        return [(0, itemsize * _prod(outer))]
+    strides = [_prod(outer[d + 1 :]) for d in range(rank)]
+    run = size[k] * strides[k] * itemsize
+    count = _prod(size[:k])
+    if count > MAX_RUNS:
+        return None
+    base = start[k] * strides[k]
+    offsets = [base]
+    for d in range(k - 1, -1, -1):  # expand the leading dimensions, innermost first
+        step = strides[d]
+        offsets = [(start[d] + i) * step + o for i in range(size[d]) for o in offsets]
+    return [(o * itemsize, run) for o in sorted(offsets)]
+
+
+def chunk_spans(runs: Iterable[tuple[int, int]], chunk: int, total: int) -> list[tuple[int, int]]:
+    """The byte spans ``(offset, length)`` of whole `chunk`-sized chunks (of a `total`-byte
+    payload) that the runs touch, adjacent chunks merged: what to read so every byte fetched
+    can be verified against its chunk's CRC."""
+    spans: list[tuple[int, int]] = []
+    for offset, length in runs:
+        if length <= 0:
+            continue
+        lo = offset // chunk * chunk
+        hi = min(total, -(-(offset + length) // chunk) * chunk)
+        if spans and lo <= spans[-1][0] + spans[-1][1]:
+            prev_lo, prev_len = spans[-1]
+            spans[-1] = (prev_lo, max(prev_lo + prev_len, hi) - prev_lo)
+        else:
+            spans.append((lo, hi - lo))
+    return spans
+
+
+def _prod(values: Iterable[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out

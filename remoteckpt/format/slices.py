@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._proto import tensor_slice_pb2
 from ..errors import CorruptCheckpointError, ShapeMismatchError
@@ -70,9 +71,10 @@ class Box:
             return None
         return Box(start, tuple(hi - lo for lo, hi in zip(start, stop)))
 
-    def relative_to(self, outer: "Box") -> tuple[slice, ...]:
-        """Index expression selecting this box inside an array holding `outer`."""
-        return tuple(slice(s - o, s - o + n) for s, o, n in zip(self.start, outer.start, self.size))
+    def relative_to(self, outer: "Box") -> tuple[Any, ...]:
+        """Index expression selecting this box inside an array holding `outer`; it always
+        yields a view (``(...,)`` for a scalar, where ``()`` would yield a copy)."""
+        return tuple(slice(s - o, s - o + n) for s, o, n in zip(self.start, outer.start, self.size)) or (Ellipsis,)
 
     def spec(self) -> str:
         """TF's slice spec string, e.g. ``0,4:-``."""

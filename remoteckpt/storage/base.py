@@ -7,9 +7,9 @@ bound to the loop it was first used on.
 
 Contract, per method (every backend passes `tests/test_store_conformance.py`):
 
-- Reads (`size`, `get`, `read_into`) raise `CheckpointNotFoundError` for a missing key and
-  never return fewer bytes silently: `read_into` returns how many bytes it read, which the
-  caller checks.  A zero-length read issues no request.
+- Reads (`size`, `get`, `read_scatter`, `read_into`) raise `CheckpointNotFoundError` for a
+  missing key and never return fewer bytes silently: they report how many bytes they
+  delivered, which the caller checks.  A zero-length read issues no request.
 - `writer(key)` streams one object.  Nothing is visible at `key` until `commit()` returns, and
   then the whole object is (local: temp file, fsync, rename, fsync of the directory; S3: one
   PUT or one CompleteMultipartUpload).  `abort()` (or leaving an ``async with`` block on an
@@ -44,6 +44,15 @@ class ByteRange:
         return self.start + self.length
 
 
+@dataclass(frozen=True)
+class ScatterResult:
+    """What `Store.read_scatter` delivered: bytes in all, and the CRC32C of each target as
+    filled (computed while the bytes were in cache, by whichever thread moved them)."""
+
+    delivered: int
+    crcs: tuple[int, ...]
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreCapabilities:
     atomic_rename: bool
@@ -59,7 +68,8 @@ class ObjectWriter(abc.ABC):
 
     @abc.abstractmethod
     async def write(self, data: Buffer) -> None:
-        """Append `data`.  The buffer may be kept until the call returns, not after."""
+        """Append `data`.  The writer may keep a reference to the buffer (not a copy) until
+        `commit` or `abort` returns: the caller must not change it before then."""
 
     @abc.abstractmethod
     async def commit(self) -> None:
@@ -102,19 +112,16 @@ class Store(abc.ABC):
     async def get(self, key: str) -> bytes:
         """The whole object."""
 
-    @abc.abstractmethod
     async def read_into(self, key: str, start: int, out: memoryview) -> int:
         """Read up to ``len(out)`` bytes at `start` into `out`; return the count read."""
+        return (await self.read_scatter(key, start, [(start, out)])).delivered
 
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+    @abc.abstractmethod
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
         """Fill every ``(offset, view)`` of `targets` (sorted, disjoint, none before `start`)
         from `key`, in one request where the backend allows (bytes between targets are
-        discarded).  Returns the bytes delivered: the sum of the views' lengths unless the
-        object ends early."""
-        total = 0
-        for offset, view in targets:
-            total += await self.read_into(key, offset, view)
-        return total
+        discarded).  `delivered` is the sum of the views' lengths unless the object ends
+        early; `crcs` are the CRC32C of each view's bytes.  No request for empty targets."""
 
     @abc.abstractmethod
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter: ...

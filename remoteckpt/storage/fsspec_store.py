@@ -18,7 +18,8 @@ import aiohttp
 import fsspec
 
 from ..errors import CheckpointExistsError, CheckpointNotFoundError
-from .base import Buffer, ObjectWriter, Store, StoreCapabilities
+from ..format.coding import crc32c
+from .base import Buffer, ObjectWriter, ScatterResult, Store, StoreCapabilities
 from .errors import translate
 
 PART_SIZE = 16 * 2**20
@@ -78,13 +79,10 @@ class FsspecStore(Store):
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    async def read_into(self, key: str, start: int, out: memoryview) -> int:
-        return await self.read_scatter(key, start, [(start, out)])
-
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
         end = max((offset + len(view) for offset, view in targets), default=start)
         if end <= start:  # an empty range would fetch the whole object on S3
-            return 0
+            return ScatterResult(0, tuple(0 for _ in targets))
         try:
             data = await self._call("cat_file", self.path(key), start=start, end=end)
         except Exception as exc:
@@ -126,13 +124,14 @@ class FsspecStore(Store):
             await creator.__aexit__(None, None, None)
 
 
-def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
-    delivered = 0
+def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+    delivered, crcs = 0, []
     for offset, view in targets:
         chunk = data[offset - start : offset - start + len(view)]
         view[: len(chunk)] = chunk
         delivered += len(chunk)
-    return delivered
+        crcs.append(crc32c(chunk))
+    return ScatterResult(delivered, tuple(crcs))
 
 
 class _BufferedWriter(ObjectWriter):
@@ -167,21 +166,24 @@ class S3Store(FsspecStore):
 
     capabilities = StoreCapabilities(atomic_rename=False, conditional_put=True)
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, *, part_size: int = PART_SIZE) -> None:
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str, *, part_size: int = PART_SIZE,
+                 parts_in_flight: int = MAX_PARTS_IN_FLIGHT) -> None:
         super().__init__(fs, root, url)
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"S3 parts must be at least {MIN_PART_SIZE} bytes")
         self.part_size = part_size
+        self.parts_in_flight = max(1, parts_in_flight)
 
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _MultipartWriter(self, key, exclusive)
 
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
         """One ranged GET, its body streamed straight into the targets (one copy, from the
-        socket buffer); a connection cut mid-body resumes from the first missing byte."""
+        socket buffer, checksummed as it is copied); a connection cut mid-body resumes from
+        the first missing byte."""
         end = max((offset + len(view) for offset, view in targets), default=start)
         if end <= start:
-            return 0
+            return ScatterResult(0, tuple(0 for _ in targets))
         bucket, path, _ = self.fs.split_path(self.path(key))
         sink = _ScatterSink(start, targets)
         for attempt in range(READ_ATTEMPTS):
@@ -190,22 +192,22 @@ class S3Store(FsspecStore):
                     "get_object", Bucket=bucket, Key=path, Range=f"bytes={sink.position}-{end - 1}")
             except Exception as exc:
                 if _is_invalid_range(exc):  # starts at or past the end of the object
-                    return sink.delivered
+                    return sink.result()
                 raise translate(exc, self.describe(key)) from exc
             body = response["Body"]
             try:
                 while sink.position < end:
                     chunk = await body.read(STREAM_CHUNK)
                     if not chunk:
-                        return sink.delivered  # the object is shorter than asked
+                        return sink.result()  # the object is shorter than asked
                     sink.write(chunk)
-                return sink.delivered
+                return sink.result()
             except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 if attempt + 1 == READ_ATTEMPTS:
                     raise translate(exc, self.describe(key)) from exc
             finally:
                 body.close()
-        return sink.delivered
+        return sink.result()
 
 
 class _ScatterSink:
@@ -215,7 +217,11 @@ class _ScatterSink:
         self.position = start
         self.delivered = 0
         self._targets = list(targets)
+        self._crcs = [0] * len(self._targets)
         self._next = 0
+
+    def result(self) -> ScatterResult:
+        return ScatterResult(self.delivered, tuple(self._crcs))
 
     def write(self, chunk: bytes) -> None:
         data = memoryview(chunk)
@@ -228,6 +234,7 @@ class _ScatterSink:
                 continue
             take = min(len(data), end - self.position)
             view[self.position - offset : self.position - offset + take] = data[:take]
+            self._crcs[self._next] = crc32c(data[:take], self._crcs[self._next])
             data, self.position, self.delivered = data[take:], self.position + take, self.delivered + take
             if self.position == end:
                 self._next += 1
@@ -253,14 +260,14 @@ class _MultipartWriter(ObjectWriter):
         self._written = 0
         self._parts: dict[int, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_PARTS_IN_FLIGHT)
+        self._slots = asyncio.Semaphore(store.parts_in_flight)
         self._closed = False
 
     async def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
         while len(view):
             take = min(len(view), self._part_size - self._pending_size)
-            self._pending.append(bytes(view[:take]))
+            self._pending.append(view[:take])  # a view: copied only if a part spans buffers
             self._pending_size += take
             self._written += take
             view = view[take:]
@@ -268,7 +275,7 @@ class _MultipartWriter(ObjectWriter):
                 await self._upload_pending()
 
     async def _upload_pending(self) -> None:
-        body = b"".join(self._pending)
+        body = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending, self._pending_size = [], 0
         try:
             if self._upload_id is None:
@@ -303,7 +310,7 @@ class _MultipartWriter(ObjectWriter):
         fs = self._store.fs
         try:
             if self._upload_id is None:
-                body = b"".join(self._pending)
+                body = b"".join(self._pending)  # one small object: a single PUT
                 self._pending = []
                 await fs._call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=body, **match)
             else:

@@ -18,7 +18,8 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from .base import Buffer, ObjectWriter, Store, StoreCapabilities
+from ..format.coding import crc32c
+from .base import Buffer, ObjectWriter, ScatterResult, Store, StoreCapabilities
 from .errors import translate
 
 
@@ -40,11 +41,17 @@ def _pread_all(fd: int, start: int, out: memoryview) -> int:
     return done
 
 
-def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]]) -> int:
-    """Straight into the caller's buffers: no intermediate copy."""
+def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+    """Straight into the caller's buffers (no intermediate copy), each checksummed right
+    after it lands, in this worker thread, while it is in cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return sum(_pread_all(fd, offset, view) for offset, view in targets)
+        total, crcs = 0, []
+        for offset, view in targets:
+            n = _pread_all(fd, offset, view)
+            total += n
+            crcs.append(crc32c(view[:n]))
+        return ScatterResult(total, tuple(crcs))
     finally:
         os.close(fd)
 
@@ -135,12 +142,7 @@ class LocalStore(Store):
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    async def read_into(self, key: str, start: int, out: memoryview) -> int:
-        if len(out) == 0:
-            return 0
-        return await self.read_scatter(key, start, [(start, out)])
-
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> int:
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
         try:
             return await asyncio.to_thread(_pread_scatter, str(self.path(key)), targets)
         except Exception as exc:
@@ -150,19 +152,28 @@ class LocalStore(Store):
         return LocalWriter(self, key, exclusive)
 
     async def delete(self, key: str) -> None:
+        """Remove `key`, then any directories it leaves empty (up to the root)."""
         try:
             await aiofiles.os.remove(self.path(key))
         except FileNotFoundError:
             pass
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
+        parent = self.path(key).parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                await aiofiles.os.rmdir(parent)
+            except OSError:
+                break
+            parent = parent.parent
 
     async def list(self, prefix: str = "") -> list[str]:
         def walk() -> list[str]:
-            if not self.root.is_dir():
+            top = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+            if not top.is_dir():
                 return []
             keys = []
-            for dirpath, _, files in os.walk(self.root):
+            for dirpath, _, files in os.walk(top):
                 rel = os.path.relpath(dirpath, self.root)
                 for name in files:
                     key = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")

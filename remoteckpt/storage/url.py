@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from ..options import DEFAULT_OPTIONS, IOOptions
 from .base import Store
 from .fsspec_store import PART_SIZE, FsspecStore, S3Store
 from .local import LocalStore
@@ -56,12 +57,13 @@ def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def open_store(directory: str, storage_options: dict[str, Any] | None = None) -> Store:
-    """The store rooted at `directory` (a local path or any fsspec URL).
+def open_store(directory: str, storage_options: dict[str, Any] | None = None,
+               options: IOOptions = DEFAULT_OPTIONS) -> Store:
+    """The store rooted at `directory` (a local path or any fsspec URL), sized by `options`.
 
     Call from the event loop that will use the store (async filesystems bind to it).
     """
-    options = dict(storage_options or {})
+    storage = dict(storage_options or {})
     if "://" not in directory:
         return LocalStore(directory)
     scheme, rest = directory.split("://", 1)
@@ -70,8 +72,9 @@ def open_store(directory: str, storage_options: dict[str, Any] | None = None) ->
     if scheme in _S3_SCHEMES:
         import s3fs
 
-        part_size = options.pop("part_size", PART_SIZE)
-        fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **_s3_options(options))
-        return S3Store(fs, rest, directory, part_size=part_size)
-    fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **options)
+        part_size = storage.pop("part_size", PART_SIZE)
+        in_flight = min(options.max_concurrency, max(1, options.memory_budget // part_size))
+        fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **_s3_options(storage))
+        return S3Store(fs, rest, directory, part_size=part_size, parts_in_flight=in_flight)
+    fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **storage)
     return FsspecStore(fs, root, directory)

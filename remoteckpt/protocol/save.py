@@ -1,0 +1,229 @@
+"""The save protocol: what each worker does, and what the coordinator (rank 0) adds.
+
+Every worker (rank r of n), the same steps whatever the store:
+  1. refuse if ``NAME.index`` exists (a committed checkpoint) unless overwriting
+  2. stream its tensors into ``NAME.data-r-of-n`` (CRC32C as the bytes go), commit that file
+  3. write its table ``staging/part-r-of-n.index``: its presence means "my data is durable"
+  4. wait for ``staging/outcome`` naming its table's CRC, delete its table, return or raise
+     (a failing worker writes ``staging/failed-r`` so nobody waits for it in vain)
+The coordinator, between 3 and 4:
+  a. poll the staging listing until all n tables are there (or a failure note, or timeout:
+     the error names the missing ranks), read and merge them (`format.merge`)
+  b. commit the merged index (`commit.CommitProtocol`): no data is copied or renamed
+  c. write the outcome; once every worker has deleted its table, delete the outcome
+No process group is needed: workers meet through the storage itself.  A single worker
+(n = 1) skips staging: data, then the index, committed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, StorageError
+from ..format.bundle import BundleIndex, decode_index, encode_index, make_header
+from ..format.coding import crc32c
+from ..format.merge import merge_indexes
+from ..options import IOOptions
+from ..storage.base import Store
+from ..writer import BundlePlan
+from ..engine.stream import stream_plan
+from .commit import DEFAULT_COMMIT, CommitProtocol
+from .layout import SaveLayout
+
+log = logging.getLogger("remoteckpt")
+
+ACK_TIMEOUT = 30.0
+"""How long the coordinator waits for workers to acknowledge the outcome before leaving the
+outcome file for `gc` (the checkpoint is committed either way)."""
+
+
+@dataclass
+class SaveReport:
+    """What one worker's save did, with timings in seconds."""
+
+    prefix: str
+    rank: int
+    world_size: int
+    bytes_written: int = 0
+    write_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    merge_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class SaveFailedError(StorageError):
+    """Another worker, or the coordinator, failed; this worker's save did not commit."""
+
+
+async def _backoff_polls(options: IOOptions, deadline: float):  # type: ignore[no-untyped-def]
+    delay = options.poll_interval
+    while True:
+        yield
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 1.0)
+
+
+def _table_bytes(plan: BundlePlan) -> bytes:
+    out = io.BytesIO()
+    encode_index(make_header(1), plan.entries, out)
+    return out.getvalue()
+
+
+async def save_worker(store: Store, layout: SaveLayout, plan: BundlePlan, *, overwrite: bool,
+                      options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "") -> SaveReport:
+    """Run one worker's side of the protocol (and the coordinator's on rank 0)."""
+    report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
+    if not overwrite and await store.exists(layout.index):
+        raise CheckpointExistsError(
+            f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
+            "(pass overwrite=True to replace it)")
+    multi = layout.world_size > 1
+    if multi:
+        await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))
+    start = time.monotonic()
+    try:
+        async with store.writer(layout.data(layout.rank)) as writer:
+            report.bytes_written = await stream_plan(writer, plan, options)
+        report.write_seconds = time.monotonic() - start
+        table = _table_bytes(plan)
+        if not multi:
+            start = time.monotonic()
+            await commit.commit(store, layout.index, table, overwrite=overwrite)
+            report.commit_seconds = time.monotonic() - start
+            return report
+        await store.put(layout.table(layout.rank), table)
+    except BaseException as exc:
+        if multi:
+            await _note_failure(store, layout, exc)
+            if layout.rank == 0:  # nobody else will tell the workers
+                await _put_outcome(store, layout, {"state": "failed", "tables": {},
+                                                   "message": f"{type(exc).__name__}: {exc}"})
+        raise
+    start = time.monotonic()
+    if layout.rank == 0:
+        await _coordinate(store, layout, table, overwrite=overwrite, options=options, commit=commit, report=report)
+    else:
+        await _await_outcome(store, layout, crc32c(table), options)
+    report.wait_seconds = time.monotonic() - start - report.merge_seconds - report.commit_seconds
+    return report
+
+
+async def _note_failure(store: Store, layout: SaveLayout, exc: BaseException) -> None:
+    try:
+        await store.put(layout.failure(layout.rank), f"{type(exc).__name__}: {exc}".encode())
+    except Exception:  # the original error matters more
+        log.warning("could not record worker %d's failure under %s", layout.rank, store.describe(layout.staging))
+
+
+async def _coordinate(store: Store, layout: SaveLayout, own_table: bytes, *, overwrite: bool,
+                      options: IOOptions, commit: CommitProtocol, report: SaveReport) -> None:
+    n = layout.world_size
+    digests: dict[int, int] = {0: crc32c(own_table)}
+    try:
+        await _wait_for_tables(store, layout, options)
+        start = time.monotonic()
+        tables = await asyncio.gather(*(store.get(layout.table(r)) for r in range(1, n)))
+        raw = [own_table, *tables]
+        digests = {r: crc32c(t) for r, t in enumerate(raw)}
+        decoded: list[BundleIndex] = []
+        for r, data in enumerate(raw):
+            view = memoryview(data)
+            try:
+                decoded.append(decode_index(lambda o, k: view[o : o + k], len(view)))
+            except CheckpointError as exc:
+                raise type(exc)(f"worker {r}'s table {store.describe(layout.table(r))}: {exc}") from None
+        merged = merge_indexes(decoded)
+        out = io.BytesIO()
+        encode_index(merged.header, merged.entries, out)
+        report.merge_seconds = time.monotonic() - start
+        start = time.monotonic()
+        await commit.commit(store, layout.index, out.getvalue(), overwrite=overwrite)
+        report.commit_seconds = time.monotonic() - start
+    except BaseException as exc:
+        await _put_outcome(store, layout, {"state": "failed", "message": f"{type(exc).__name__}: {exc}",
+                                           "tables": digests})
+        raise
+    await _put_outcome(store, layout, {"state": "committed", "tables": digests})
+    await store.delete(layout.table(0))
+    await _collect_acks(store, layout, options)
+
+
+async def _put_outcome(store: Store, layout: SaveLayout, outcome: dict[str, object]) -> None:
+    body = json.dumps(outcome, sort_keys=True).encode()
+    try:
+        await store.put(layout.outcome, body)
+    except Exception:
+        log.warning("could not publish the outcome under %s", store.describe(layout.staging))
+        if outcome["state"] == "committed":
+            raise
+
+
+async def _wait_for_tables(store: Store, layout: SaveLayout, options: IOOptions) -> None:
+    deadline = time.monotonic() + options.commit_timeout
+    missing = set(range(layout.world_size))
+    async for _ in _backoff_polls(options, deadline):
+        present, failed = set(), {}
+        for key in await store.list(layout.staging):
+            kind_rank = layout.rank_of(key)
+            if kind_rank is None:
+                continue
+            kind, rank = kind_rank
+            if kind == "table":
+                present.add(rank)
+            else:
+                failed[rank] = key
+        if failed:
+            notes = []
+            for rank, key in sorted(failed.items()):
+                try:
+                    notes.append(f"worker {rank}: {(await store.get(key)).decode(errors='replace')}")
+                except CheckpointNotFoundError:
+                    notes.append(f"worker {rank} failed")
+            raise SaveFailedError("save failed on other workers: " + "; ".join(notes))
+        missing = set(range(layout.world_size)) - present
+        if not missing:
+            return
+    raise SaveFailedError(
+        f"timed out after {options.commit_timeout:g} s waiting for the tables of worker(s) "
+        f"{sorted(missing)} under {store.describe(layout.staging)}")
+
+
+async def _await_outcome(store: Store, layout: SaveLayout, digest: int, options: IOOptions) -> None:
+    deadline = time.monotonic() + options.commit_timeout
+    async for _ in _backoff_polls(options, deadline):
+        try:
+            outcome = json.loads(await store.get(layout.outcome))
+        except CheckpointNotFoundError:
+            continue
+        except (ValueError, CheckpointError):
+            continue  # half-visible or unreadable: poll again
+        tables = {int(k): v for k, v in outcome.get("tables", {}).items()}
+        if outcome.get("state") == "committed":
+            if tables.get(layout.rank) != digest:
+                continue  # a stale outcome from an earlier save of this prefix
+            await store.delete(layout.table(layout.rank))
+            return
+        if outcome.get("state") == "failed" and tables.get(layout.rank, digest) == digest:
+            await store.delete(layout.table(layout.rank))
+            raise SaveFailedError(f"the coordinator (worker 0) failed: {outcome.get('message')}")
+    raise SaveFailedError(
+        f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) "
+        f"to commit {store.describe(layout.index)}")
+
+
+async def _collect_acks(store: Store, layout: SaveLayout, options: IOOptions) -> None:
+    deadline = time.monotonic() + min(ACK_TIMEOUT, options.commit_timeout)
+    async for _ in _backoff_polls(options, deadline):
+        if not any((k := layout.rank_of(key)) and k[0] == "table" for key in await store.list(layout.staging)):
+            await store.delete(layout.outcome)
+            return
+    log.info("workers did not acknowledge the commit of %s in time; `gc` will remove %s",
+             store.describe(layout.index), store.describe(layout.staging))
