@@ -21,7 +21,7 @@ from .protocol.layout import SaveLayout
 from .protocol.save import SaveReport, save_worker
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
-from .writer import Slice, plan_bundle
+from .writer import Slice
 
 _in_flight_lock = threading.Lock()
 _in_flight: Future[str] | None = None
@@ -34,10 +34,9 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
     """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
-    plan = plan_bundle(tensors, shard_id=0)
     store = open_store(directory, storage_options, options)
     try:
-        return await save_worker(store, layout, plan, overwrite=overwrite, options=options, commit=commit,
+        return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
                                  prefix=prefix)
     finally:
         await store.close()

@@ -22,7 +22,9 @@ import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, StorageError
 from ..format.bundle import BundleIndex, decode_index, encode_index, make_header
@@ -30,7 +32,7 @@ from ..format.coding import crc32c
 from ..format.merge import merge_indexes
 from ..options import IOOptions
 from ..storage.base import Store
-from ..writer import BundlePlan
+from ..writer import BundlePlan, plan_bundle
 from ..engine.stream import stream_plan
 from .commit import DEFAULT_COMMIT, CommitProtocol
 from .layout import SaveLayout
@@ -77,9 +79,11 @@ def _table_bytes(plan: BundlePlan) -> bytes:
     return out.getvalue()
 
 
-async def save_worker(store: Store, layout: SaveLayout, plan: BundlePlan, *, overwrite: bool,
+async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "") -> SaveReport:
-    """Run one worker's side of the protocol (and the coordinator's on rank 0)."""
+    """Run one worker's side of the protocol (and the coordinator's on rank 0) for `tensors`
+    (as `remoteckpt.save` takes them).  Any failure, even a bad tensor, is published so that
+    the other workers fail at once instead of waiting out the timeout."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     if not overwrite and await store.exists(layout.index):
         raise CheckpointExistsError(
@@ -90,6 +94,7 @@ async def save_worker(store: Store, layout: SaveLayout, plan: BundlePlan, *, ove
         await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))
     start = time.monotonic()
     try:
+        plan = plan_bundle(tensors)
         async with store.writer(layout.data(layout.rank)) as writer:
             report.bytes_written = await stream_plan(writer, plan, options)
         report.write_seconds = time.monotonic() - start
@@ -100,6 +105,8 @@ async def save_worker(store: Store, layout: SaveLayout, plan: BundlePlan, *, ove
             report.commit_seconds = time.monotonic() - start
             return report
         await store.put(layout.table(layout.rank), table)
+        log.debug("worker %d: data and table of %s written (%d bytes)", layout.rank,
+                  store.describe(layout.index), report.bytes_written)
     except BaseException as exc:
         if multi:
             await _note_failure(store, layout, exc)
@@ -128,10 +135,9 @@ async def _coordinate(store: Store, layout: SaveLayout, own_table: bytes, *, ove
     n = layout.world_size
     digests: dict[int, int] = {0: crc32c(own_table)}
     try:
-        await _wait_for_tables(store, layout, options)
+        collected = await _collect_tables(store, layout, options, own_table)
         start = time.monotonic()
-        tables = await asyncio.gather(*(store.get(layout.table(r)) for r in range(1, n)))
-        raw = [own_table, *tables]
+        raw = [collected[r] for r in range(n)]
         digests = {r: crc32c(t) for r, t in enumerate(raw)}
         decoded: list[BundleIndex] = []
         for r, data in enumerate(raw):
@@ -166,9 +172,19 @@ async def _put_outcome(store: Store, layout: SaveLayout, outcome: dict[str, obje
             raise
 
 
-async def _wait_for_tables(store: Store, layout: SaveLayout, options: IOOptions) -> None:
+async def _collect_tables(store: Store, layout: SaveLayout, options: IOOptions, own: bytes) -> dict[int, bytes]:
+    """Every worker's table, read as soon as it is listed.  A listed table that cannot be read
+    yet (some S3-compatible stores list a new key a moment before serving it) is retried."""
     deadline = time.monotonic() + options.commit_timeout
-    missing = set(range(layout.world_size))
+    tables: dict[int, bytes] = {0: own}
+
+    async def fetch(rank: int) -> None:
+        try:
+            tables[rank] = await store.get(layout.table(rank))
+        except CheckpointNotFoundError as exc:
+            log.debug("coordinator: table %d listed but not readable yet: %r (cause %r)", rank, exc, exc.__cause__)
+
+    missing = set(range(layout.world_size)) - set(tables)
     async for _ in _backoff_polls(options, deadline):
         present, failed = set(), {}
         for key in await store.list(layout.staging):
@@ -188,9 +204,11 @@ async def _wait_for_tables(store: Store, layout: SaveLayout, options: IOOptions)
                 except CheckpointNotFoundError:
                     notes.append(f"worker {rank} failed")
             raise SaveFailedError("save failed on other workers: " + "; ".join(notes))
-        missing = set(range(layout.world_size)) - present
+        log.debug("coordinator: tables listed %s, failed %s", sorted(present), sorted(failed))
+        await asyncio.gather(*(fetch(r) for r in present - set(tables)))
+        missing = set(range(layout.world_size)) - set(tables)
         if not missing:
-            return
+            return tables
     raise SaveFailedError(
         f"timed out after {options.commit_timeout:g} s waiting for the tables of worker(s) "
         f"{sorted(missing)} under {store.describe(layout.staging)}")

@@ -177,6 +177,18 @@ class S3Store(FsspecStore):
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _MultipartWriter(self, key, exclusive)
 
+    async def get(self, key: str) -> bytes:
+        """One GET (s3fs's `cat_file` would first ask for the size)."""
+        bucket, path, _ = self.fs.split_path(self.path(key))
+        try:
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
+            try:
+                return bytes(await response["Body"].read())
+            finally:
+                response["Body"].close()
+        except Exception as exc:
+            raise translate(exc, self.describe(key)) from exc
+
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
         """One ranged GET, its body streamed straight into the targets (one copy, from the
         socket buffer, checksummed as it is copied); a connection cut mid-body resumes from

@@ -54,6 +54,9 @@ def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
     config.setdefault("request_checksum_calculation", "when_required")
     config.setdefault("response_checksum_validation", "when_required")
     opts["config_kwargs"] = config
+    # Workers meet through listings: a cached listing would hide a key another process just
+    # wrote (and s3fs's `info` answers from that cache).
+    opts.setdefault("use_listings_cache", False)
     return opts
 
 
