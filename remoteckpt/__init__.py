@@ -2,13 +2,15 @@
 
     import remoteckpt
     remoteckpt.save({"w": w, "b": b}, "s3://bucket/run/model.ckpt-1000")
+    remoteckpt.save(my_part, prefix, rank=r, world_size=n)   # many workers, one checkpoint
+    future = remoteckpt.save_async(tensors, prefix)          # returns once snapshotted
     reader = remoteckpt.CheckpointReader("s3://bucket/run/model.ckpt-1000")
     w = reader.get_tensor("w")
 
 Files are byte-compatible with TensorFlow in both directions.
 """
 
-from .api import list_variables, load, load_checkpoint, save
+from .api import list_variables, load, load_checkpoint, save, save_async
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -21,6 +23,8 @@ from .errors import (
     UnsupportedDTypeError,
 )
 from .format.slices import Box
+from .options import IOOptions
+from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
 from .writer import Slice
 
@@ -32,6 +36,9 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CheckpointReader",
+    "CommitProtocol",
+    "CreateOnlyCommit",
+    "IOOptions",
     "CorruptCheckpointError",
     "InvalidTensorsError",
     "ShapeMismatchError",
@@ -43,4 +50,5 @@ __all__ = [
     "load",
     "load_checkpoint",
     "save",
+    "save_async",
 ]

@@ -343,7 +343,7 @@ def sample(dtype: Any, shape: Sequence[int], seed: int = 0) -> np.ndarray:
 # --- hypothesis strategies ------------------------------------------------------------------
 
 HYPOTHESIS = settings(
-    max_examples=25, deadline=None, derandomize=False,
+    max_examples=int(os.environ.get("REMOTECKPT_INTEROP_EXAMPLES", "25")),  # more for a bug hunt deadline=None, derandomize=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large, HealthCheck.large_base_example])
 
@@ -671,8 +671,11 @@ def _escape(name: str) -> str:
 def checkpoint_variables(draw: st.DrawFn, sharded: bool) -> dict[str, np.ndarray]:
     names = draw(st.lists(st.text("ab./", min_size=1, max_size=4).map(lambda s: "v_" + s), min_size=1,
                           max_size=5, unique=True))
-    if sharded:  # TF drops zero-size variables from a sharded checkpoint (it cannot restore it)
-        return {n: draw(tensors(n, SHARDABLE, sliced=False, min_side=1)).value for n in names}
+    if sharded:
+        # TF drops zero-size variables from a sharded checkpoint (so it cannot restore it), and
+        # fails on string variables of rank >= 2 ("truth value of an array ... is ambiguous").
+        out = {n: draw(tensors(n, SHARDABLE, sliced=False, min_side=1)).value for n in names}
+        return {n: v.reshape(-1) if v.dtype == STRING and v.ndim > 1 else v for n, v in out.items()}
     return {n: draw(tensors(n, VARIABLE_DTYPES, sliced=False)).value for n in names}
 
 
@@ -723,7 +726,7 @@ def test_remoteckpt_reads_a_variable_tf_cannot_reassemble(tmp_path: Path) -> Non
     assert len(reader.index.entries[key.encode()].slices) > 1
     assert reader.index.num_shards > 1
     assert_identical(reader.get_tensor(key), value)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Dtype half not supported"):
+    with pytest.raises(ValueError, match="Dtype half not supported"):  # TF's reader's translation
         tf.train.load_checkpoint(str(prefix)).get_tensor(key)
 
 
@@ -798,8 +801,10 @@ def test_tf_reads_exact_slices_of_other_dtypes_remoteckpt_wrote(tmp_path: Path, 
             expected.append(full[box_index(start, size)])
     for (name, spec, _), got, want in zip(requests, tf_restore(prefix, requests), expected):
         assert_identical(got, want, f"RestoreV2({name!r}, {spec!r})")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="not supported"):
+    with pytest.raises(ValueError, match="not supported"):
         tf.train.load_checkpoint(str(prefix)).get_tensor("rows")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not supported"):
+        tf_restore(prefix, [("rows", "", dtype)])
     # remoteckpt itself assembles them.
     for name, full in fulls.items():
         assert_identical(remoteckpt.CheckpointReader(prefix).get_tensor(name), full, name)
