@@ -173,26 +173,6 @@ class Tensor:
                 for start, size in self.boxes]
 
 
-class Pairs(Mapping):
-    """A mapping whose `items()` may repeat a name: the only way to hand `remoteckpt.save`
-    several `Slice`s of one tensor (a dict holds one value per name)."""
-
-    def __init__(self, pairs: Sequence[tuple[str | bytes, Any]]) -> None:
-        self._pairs = list(pairs)
-
-    def items(self):  # type: ignore[override]
-        return list(self._pairs)
-
-    def __iter__(self) -> Iterator[str | bytes]:
-        return iter(dict.fromkeys(name for name, _ in self._pairs))
-
-    def __len__(self) -> int:
-        return len(dict.fromkeys(name for name, _ in self._pairs))
-
-    def __getitem__(self, name: str | bytes) -> Any:
-        return dict(self._pairs)[name]
-
-
 def _name_bytes(name: str | bytes) -> bytes:
     return name.encode("utf-8") if isinstance(name, str) else name
 
@@ -209,8 +189,25 @@ def tf_save(prefix: str | Path, pieces: Sequence[Piece]) -> None:
         tensors=[to_tf(p.array) for p in pieces])
 
 
-def rc_save(prefix: str | Path, pieces: Sequence[Piece]) -> None:
-    assert remoteckpt.save(Pairs([(p.name, p.rc_value()) for p in pieces]), prefix) == os.fspath(prefix)
+def grouped(pieces: Sequence[Piece]) -> list[Piece]:
+    """The pieces with every tensor's boxes together, tensors in order of first appearance:
+    the data order `remoteckpt.save` produces from ``{name: [Slice, ...]}``."""
+    by_name: dict[str | bytes, list[Piece]] = {}
+    for p in pieces:
+        by_name.setdefault(p.name, []).append(p)
+    return [p for group in by_name.values() for p in group]
+
+
+def rc_save(prefix: str | Path, pieces: Sequence[Piece], options: Any = None) -> None:
+    """`remoteckpt.save` through its public API: a partitioned tensor as a list of `Slice`s."""
+    tensors: dict[str | bytes, Any] = {}
+    for p in grouped(pieces):
+        if p.full_shape is None:
+            tensors[p.name] = p.rc_value()
+        else:
+            tensors.setdefault(p.name, []).append(p.rc_value())
+    kwargs = {} if options is None else {"options": options}
+    assert remoteckpt.save(tensors, prefix, **kwargs) == os.fspath(prefix)
 
 
 # --- reading and comparing -----------------------------------------------------------------
@@ -266,12 +263,13 @@ def assert_same_bytes(tf_file: Path, rc_file: Path) -> None:
                 f"  TF         {want[lo:at + 32].hex(' ')}\n  remoteckpt {got[lo:at + 32].hex(' ')}")
 
 
-def assert_byte_identical(tmp_path: Path, pieces: Sequence[Piece]) -> tuple[Path, Path]:
+def assert_byte_identical(tmp_path: Path, pieces: Sequence[Piece], options: Any = None) -> tuple[Path, Path]:
+    """SaveV2 and remoteckpt.save, given the same tensors in the same order, write the same bytes."""
     (tmp_path / "tf").mkdir()
     (tmp_path / "rc").mkdir()
     tf_prefix, rc_prefix = tmp_path / "tf" / "ckpt", tmp_path / "rc" / "ckpt"
-    tf_save(tf_prefix, pieces)
-    rc_save(rc_prefix, pieces)
+    tf_save(tf_prefix, grouped(pieces))
+    rc_save(rc_prefix, pieces, options)
     assert checkpoint_files(rc_prefix) == ["ckpt" + DATA, "ckpt.index"], "remoteckpt left other files behind"
     assert checkpoint_files(tf_prefix) == checkpoint_files(rc_prefix)
     assert_same_bytes(Path(str(tf_prefix) + ".index"), Path(str(rc_prefix) + ".index"))
@@ -388,9 +386,11 @@ def tensors(draw: st.DrawFn, name: str, dtypes: Sequence[np.dtype] = ALL_DTYPES,
             explicit: bool = False, elements: st.SearchStrategy[bytes] = STRING_ELEMENTS,
             min_side: int = 0) -> Tensor:
     """A whole tensor (any rank 0..3, zero-size unless `min_side`) or one stored as boxes that tile it."""
-    dtype = draw(st.sampled_from(dtypes))
+    # Strings are one dtype of many but have the most format to get wrong: draw them more often.
+    dtype = draw(st.sampled_from([*dtypes, *([STRING] * 5 if STRING in dtypes else [])]))
     if not (sliced and draw(st.booleans())):
-        shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=min_side, max_side=4))
+        sides = [0, 1, 2, 3, 4, 1, 2, 3] if min_side == 0 else [1, 2, 3, 4]  # zero-size often
+        shape = draw(st.lists(st.sampled_from(sides), max_size=3))
         return Tensor(name, draw(values(dtype, shape, elements)))
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6))
     value = draw(values(dtype, shape, elements))
@@ -458,8 +458,8 @@ def _byte_cases() -> dict[str, list[Piece]]:
             p for i, d in enumerate(ALL_DTYPES)
             for p in (Piece(f"s_{d.name}", sample(d, (), i)), Piece(f"e_{d.name}", sample(d, (0, 2), i)))],
         "partitioned_float": [Piece("p", grid[:2], (4, 3), (0, 0)), Piece("p", grid[2:], (4, 3), (2, 0))],
-        "partitioned_interleaved": [
-            Piece("q", grid[:, 1:], (4, 3), (0, 1)), Piece("a", np.float64(1.5) * np.ones(2)),
+        "partitioned_among_others": [
+            Piece("a", np.float64(1.5) * np.ones(2)), Piece("q", grid[:, 1:], (4, 3), (0, 1)),
             Piece("q", grid[:, :1], (4, 3), (0, 0)), Piece("z", np.array(3, np.int32))],
         "partitioned_grid_3d": [
             Piece("cube", cube[box_index(s, n)], cube.shape, s)
@@ -468,8 +468,8 @@ def _byte_cases() -> dict[str, list[Piece]]:
             Piece("wide", wide[8192:], wide.shape, (8192, 0)), Piece("wide", wide[:64], wide.shape, (0, 0)),
             Piece("wide", wide[64:8192], wide.shape, (64, 0))],
         "partitioned_strings_and_half": [
-            Piece("ps", strings_2d[:1], (4, 2), (0, 0)), Piece("ph", halves[3:], (6,), (3,)),
-            Piece("ps", strings_2d[1:], (4, 2), (1, 0)), Piece("ph", halves[:3], (6,), (0,))],
+            Piece("ps", strings_2d[:1], (4, 2), (0, 0)), Piece("ps", strings_2d[1:], (4, 2), (1, 0)),
+            Piece("ph", halves[3:], (6,), (3,)), Piece("ph", halves[:3], (6,), (0,))],
         "partitioned_zero_size_columns": [
             Piece("cols0", np.zeros((2, 0), np.float32), (4, 0), (0, 0)),
             Piece("cols0", np.zeros((2, 0), np.float32), (4, 0), (2, 0))],
@@ -518,6 +518,60 @@ def test_savev2_and_remoteckpt_write_identical_bytes(tmp_path: Path, case: str) 
     assert set(loaded) == set(expected)
     for name, value in expected.items():
         assert_identical(loaded[name], value, repr(name))
+
+
+MiB = 1 << 20
+
+
+def _large_pieces() -> list[Piece]:
+    return [
+        Piece("exactly_one_chunk", sample(np.float32, (MiB // 4,), 9)),
+        Piece("just_over", sample(np.uint8, (MiB + 1,), 10)),
+        Piece("big_odd", sample(np.float64, (3, 131_075), 11)),
+        Piece("big_slices", sample(np.int16, (MiB, 2), 12)[:MiB // 2], (MiB, 2), (0, 0)),
+        Piece("big_slices", sample(np.int16, (MiB, 2), 12)[MiB // 2:], (MiB, 2), (MiB // 2, 0)),
+        Piece("big_strings", object_array([b"\xab" * 1_000_003, b"", b"z" * 2_000_000], (3,))),
+    ]
+
+
+def test_large_tensors_are_identical_without_chunk_crcs(tmp_path: Path) -> None:
+    """Multi-megabyte payloads: byte-identical once remoteckpt's per-chunk CRC extension is off."""
+    assert_byte_identical(tmp_path, _large_pieces(), options=remoteckpt.IOOptions(crc_chunk=0))
+
+
+def test_large_tensors_differ_only_by_chunk_crc_extension(tmp_path: Path) -> None:
+    """By default numeric payloads over one CRC chunk (1 MiB) carry remoteckpt's extension
+    fields: the data file is still TF's byte for byte, the index entries equal TF's once those
+    fields are cleared, and TF reads it (unknown proto fields are ignored)."""
+    pieces = _large_pieces()
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "rc").mkdir()
+    tf_prefix, rc_prefix = tmp_path / "tf" / "ckpt", tmp_path / "rc" / "ckpt"
+    tf_save(tf_prefix, pieces)
+    rc_save(rc_prefix, pieces)
+    assert_same_bytes(Path(str(tf_prefix) + DATA), Path(str(rc_prefix) + DATA))
+    tf_entries = remoteckpt.CheckpointReader(tf_prefix).index.entries
+    rc_entries = remoteckpt.CheckpointReader(rc_prefix).index.entries
+    assert tf_entries.keys() == rc_entries.keys()
+    extended = set()
+    for key, entry in rc_entries.items():
+        stripped = type(entry)()
+        stripped.CopyFrom(entry)
+        if stripped.chunk_size:
+            extended.add(key)
+            assert len(stripped.chunk_crc32c) == -(-stripped.size // stripped.chunk_size)
+        stripped.ClearField("chunk_size")
+        stripped.ClearField("chunk_crc32c")
+        assert stripped.SerializeToString() == tf_entries[key].SerializeToString(), key
+    slice_keys = {k for k in rc_entries if k.startswith(b"\x00")}
+    assert extended == {b"just_over", b"big_odd", *slice_keys}, "only numeric payloads over 1 MiB"
+    reader = tf.train.load_checkpoint(str(rc_prefix))
+    for p in pieces:
+        if p.full_shape is None:
+            assert_identical(tf_get(reader, p.name), p.array, p.name)
+        else:
+            got = tf_restore(rc_prefix, [(p.name, p.spec, p.array.dtype)])[0]
+            assert_identical(got, p.array, p.spec)
 
 
 def test_one_savev2_call_takes_several_slices_of_one_name(tmp_path: Path) -> None:
@@ -604,6 +658,11 @@ def test_tf_reads_unicode_and_str_elements_as_utf8(tmp_path: Path) -> None:
 # === 3. TensorFlow writes, remoteckpt reads =====================================================
 
 
+def python_slices() -> st.SearchStrategy[slice]:
+    bound = st.none() | st.integers(-7, 7)
+    return st.builds(slice, bound, bound, st.sampled_from([None, 1]))
+
+
 def _check_remoteckpt_reads(prefix: Path, expected: Mapping[str, np.ndarray], data: st.DataObject) -> None:
     tf_reader = tf.train.load_checkpoint(str(prefix))
     with remoteckpt.CheckpointReader(prefix) as reader:
@@ -616,13 +675,16 @@ def _check_remoteckpt_reads(prefix: Path, expected: Mapping[str, np.ndarray], da
             assert_identical(reader.get_tensor(name), value, f"get_tensor({name!r})")
             if not value.ndim:
                 continue
-            start, size = data.draw(boxes_in(value.shape), label=f"box of {name!r}")
-            want = value[box_index(start, size)]
-            if data.draw(st.booleans(), label="as slices"):
-                got = reader.get_slice(name, box_index(start, size))
+            form = data.draw(st.sampled_from(["start_size", "slices", "python_slices"]), label="box form")
+            if form == "python_slices":  # any bounds (negative, None, past the end), fewer than rank
+                box: Any = tuple(data.draw(st.lists(python_slices(), min_size=1, max_size=value.ndim),
+                                           label=f"slices of {name!r}"))
+                want = value[box]
             else:
-                got = reader.get_slice(name, (start, size))
-            assert_identical(got, want, f"get_slice({name!r}, start={start}, size={size})")
+                start, size = data.draw(boxes_in(value.shape), label=f"box of {name!r}")
+                box = box_index(start, size) if form == "slices" else (start, size)
+                want = value[box_index(start, size)]
+            assert_identical(reader.get_slice(name, box), want, f"get_slice({name!r}, {box})")
         assert not reader.has_tensor("no such tensor \x00")
     assert remoteckpt.list_variables(prefix) == tf.train.list_variables(str(prefix))
     loaded = remoteckpt.load(prefix)

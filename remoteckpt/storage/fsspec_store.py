@@ -10,6 +10,7 @@ exclusive.  Elsewhere a writer gathers its chunks and writes them with one ``pip
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -287,7 +288,9 @@ class _MultipartWriter(ObjectWriter):
                 await self._upload_pending()
 
     async def _upload_pending(self) -> None:
-        body = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        # A part inside one buffer is sent from it directly; only parts spanning buffers
+        # (small tensors packed together) are joined, a copy charged to parts_in_flight.
+        body: Any = _ViewFile(self._pending[0]) if len(self._pending) == 1 else b"".join(self._pending)
         self._pending, self._pending_size = [], 0
         try:
             if self._upload_id is None:
@@ -303,7 +306,7 @@ class _MultipartWriter(ObjectWriter):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _upload_part(self, number: int, body: bytes) -> None:
+    async def _upload_part(self, number: int, body: Any) -> None:
         try:
             out = await self._store.fs._call_s3(
                 "upload_part", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
@@ -363,6 +366,36 @@ class _MultipartWriter(ObjectWriter):
                     "abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
             except Exception:
                 pass  # `remoteckpt.gc` lists and aborts stale uploads
+
+
+class _ViewFile(io.RawIOBase):
+    """A seekable read-only file over a memoryview: botocore takes bytes or files, not views,
+    and a file lets it stream (and rewind for a retry) without copying the buffer first."""
+
+    def __init__(self, view: Buffer) -> None:
+        super().__init__()
+        self._view = memoryview(view).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), len(self._view) - self._pos))
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 def _is_precondition_failure(exc: BaseException) -> bool:
