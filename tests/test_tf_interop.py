@@ -565,6 +565,15 @@ def test_large_tensors_differ_only_by_chunk_crc_extension(tmp_path: Path) -> Non
         assert stripped.SerializeToString() == tf_entries[key].SerializeToString(), key
     slice_keys = {k for k in rc_entries if k.startswith(b"\x00")}
     assert extended == {b"just_over", b"big_odd", *slice_keys}, "only numeric payloads over 1 MiB"
+    # remoteckpt's ranged reads, with chunk CRCs (its file) and without (TF's file).
+    big = pieces[2].array
+    full = np.concatenate([pieces[3].array, pieces[4].array])
+    for prefix in (rc_prefix, tf_prefix):
+        with remoteckpt.CheckpointReader(prefix) as rc_reader:
+            for box in [(slice(1, 3), slice(65_530, 131_075)), (slice(0, 1), slice(3, 4)), (slice(2, 3),)]:
+                assert_identical(rc_reader.get_slice("big_odd", box), big[box], f"{prefix.parent.name} big_odd{box}")
+            for box in [(slice(MiB // 2 - 3, MiB // 2 + 70_000), slice(1, 2)), (slice(MiB - 1, MiB),)]:
+                assert_identical(rc_reader.get_slice("big_slices", box), full[box], f"{prefix.parent.name} big_slices{box}")
     reader = tf.train.load_checkpoint(str(rc_prefix))
     for p in pieces:
         if p.full_shape is None:
