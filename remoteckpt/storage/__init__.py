@@ -4,7 +4,7 @@
 of its directory and the prefix's name inside it.
 """
 
-from .base import ByteRange, ObjectWriter, Store, StoreCapabilities
+from .base import ByteRange, ObjectInfo, ObjectWriter, PendingUpload, Store, StoreCapabilities
 from .url import open_store, split_prefix
 
-__all__ = ["ByteRange", "ObjectWriter", "Store", "StoreCapabilities", "open_store", "split_prefix"]
+__all__ = ["ByteRange", "ObjectInfo", "ObjectWriter", "PendingUpload", "Store", "StoreCapabilities", "open_store", "split_prefix"]

@@ -53,6 +53,24 @@ class ScatterResult:
     crcs: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key, size in bytes and last-modified time (epoch seconds)."""
+
+    key: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An upload begun but neither completed nor aborted (S3 multipart)."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreCapabilities:
     atomic_rename: bool
@@ -138,6 +156,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list(self, prefix: str = "") -> list[str]:
         """Keys (relative to the root) that start with `prefix`, sorted."""
+
+    @abc.abstractmethod
+    async def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """`list` with sizes and modification times."""
+
+    async def pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+        """Uploads under `prefix` begun and never finished (none where the backend has none)."""
+        return []
+
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        """Discard a pending upload and its parts."""
 
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

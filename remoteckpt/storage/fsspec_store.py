@@ -10,6 +10,7 @@ exclusive.  Elsewhere a writer gathers its chunks and writes them with one ``pip
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import fsspec
 
 from ..errors import CheckpointExistsError, CheckpointNotFoundError
 from ..format.coding import crc32c
-from .base import Buffer, ObjectWriter, ScatterResult, Store, StoreCapabilities
+from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities
 from .errors import translate
 
 PART_SIZE = 16 * 2**20
@@ -102,20 +103,23 @@ class FsspecStore(Store):
             raise translate(exc, self.describe(key)) from exc
 
     async def list(self, prefix: str = "") -> list[str]:
+        return [info.key for info in await self.list_info(prefix)]
+
+    async def list_info(self, prefix: str = "") -> list[ObjectInfo]:
         base = self.path("")
         try:
-            found = await self._call("find", base.rstrip("/") or "/", withdirs=False)
+            found = await self._call("find", base.rstrip("/") or "/", withdirs=False, detail=True)
         except FileNotFoundError:
             return []
         except Exception as exc:
             raise translate(exc, self.url) from exc
-        keys = []
+        infos = []
         strip = len(base)
-        for path in found:
+        for path, info in found.items():
             key = path[strip:] if path.startswith(base) else path
             if key.startswith(prefix):
-                keys.append(key)
-        return sorted(keys)
+                infos.append(ObjectInfo(key, int(info.get("size") or 0), _mtime(info)))
+        return sorted(infos, key=lambda i: i.key)
 
 
     async def close(self) -> None:
@@ -133,6 +137,16 @@ def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryvi
         delivered += len(chunk)
         crcs.append(crc32c(chunk))
     return ScatterResult(delivered, tuple(crcs))
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    for field in ("LastModified", "mtime", "created"):
+        value = info.get(field)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+    return 0.0
 
 
 class _BufferedWriter(ObjectWriter):
@@ -189,6 +203,31 @@ class S3Store(FsspecStore):
                 response["Body"].close()
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
+
+    async def pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+        bucket, path, _ = self.fs.split_path(self.path(prefix))
+        strip = len(self.fs.split_path(self.path(""))[1])
+        uploads: list[PendingUpload] = []
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": path}
+        try:
+            while True:
+                page = await self.fs._call_s3("list_multipart_uploads", **kwargs)
+                for u in page.get("Uploads", []):
+                    initiated = u.get("Initiated")
+                    uploads.append(PendingUpload(u["Key"][strip:], u["UploadId"],
+                                                 initiated.timestamp() if initiated else 0.0))
+                if not page.get("IsTruncated"):
+                    return uploads
+                kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+        except Exception as exc:
+            raise translate(exc, self.describe(prefix)) from exc
+
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        bucket, path, _ = self.fs.split_path(self.path(upload.key))
+        try:
+            await self.fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=path, UploadId=upload.upload_id)
+        except Exception as exc:
+            raise translate(exc, self.describe(upload.key)) from exc
 
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
         """One ranged GET, its body streamed straight into the targets (one copy, from the

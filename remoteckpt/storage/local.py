@@ -19,7 +19,7 @@ import aiofiles
 import aiofiles.os
 
 from ..format.coding import crc32c
-from .base import Buffer, ObjectWriter, ScatterResult, Store, StoreCapabilities
+from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities
 from .errors import translate
 
 
@@ -168,7 +168,10 @@ class LocalStore(Store):
             parent = parent.parent
 
     async def list(self, prefix: str = "") -> list[str]:
-        def walk() -> list[str]:
+        return [info.key for info in await self.list_info(prefix)]
+
+    async def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        def walk() -> list[ObjectInfo]:
             top = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
             if not top.is_dir():
                 return []
@@ -178,7 +181,11 @@ class LocalStore(Store):
                 for name in files:
                     key = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
                     if key.startswith(prefix):
-                        keys.append(key)
-            return sorted(keys)
+                        try:
+                            st = os.stat(os.path.join(dirpath, name))
+                        except FileNotFoundError:
+                            continue  # removed while listing
+                        keys.append(ObjectInfo(key, st.st_size, st.st_mtime))
+            return sorted(keys, key=lambda i: i.key)
 
         return await asyncio.to_thread(walk)
