@@ -23,6 +23,10 @@ from .errors import (
     UnsupportedDTypeError,
 )
 from .format.slices import Box
+from .management.gc import GcReport, gc
+from .management.policy import CheckpointManager, SavePolicy
+from .management.saver import Saver, restore
+from .management.state import CheckpointState, get_checkpoint_state, latest_checkpoint
 from .options import IOOptions
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
@@ -32,6 +36,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Box",
+    "CheckpointManager",
+    "CheckpointState",
+    "GcReport",
+    "SavePolicy",
+    "Saver",
+    "gc",
+    "get_checkpoint_state",
+    "latest_checkpoint",
+    "restore",
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import remoteckpt
-from workers import COLS, ROWS, full_matrix, save_worker, worker_tensors
+from workers import COLS, ROWS, full_matrix, save_worker, saver_worker, worker_tensors
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -111,3 +111,17 @@ def test_tensorflow_reads_a_four_worker_checkpoint(base: str) -> None:
     np.testing.assert_array_equal(reader.get_tensor("shared/cols"), full_matrix() * 2)
     assert reader.get_tensor("worker3/step") == 1003
     assert sorted(reader.get_variable_to_shape_map()) == sorted(remoteckpt.CheckpointReader(prefix).get_variable_to_shape_map())
+
+
+def test_multiworker_saver_retention(base: str) -> None:
+    directory = f"{base}/saver"
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        futures = [pool.submit(saver_worker, directory, r, 2, 4) for r in range(2)]
+        results = [f.result(timeout=180) for f in futures]
+    expected = [f"{directory}/model.ckpt-2", f"{directory}/model.ckpt-3"]
+    assert results == [expected, expected]
+    assert remoteckpt.latest_checkpoint(directory) == expected[-1]
+    keys = loop_list(f"{directory}/model.ckpt")
+    assert not [k for k in keys if "ckpt-0" in k or "ckpt-1" in k]
+    assert remoteckpt.load(expected[-1], ["worker1/step"])["worker1/step"] == 3

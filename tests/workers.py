@@ -36,3 +36,14 @@ def save_worker(prefix: str, rank: int, world_size: int, timeout: float, fail: b
     remoteckpt.save(tensors, prefix, rank=rank, world_size=world_size,
                     options=IOOptions(commit_timeout=timeout, poll_interval=0.02))
     return prefix
+
+
+def saver_worker(directory: str, rank: int, world_size: int, steps: int) -> list[str]:
+    """A training loop's checkpointing: every worker saves its share each step."""
+    saver = remoteckpt.Saver(max_to_keep=2, rank=rank, world_size=world_size,
+                             options=IOOptions(commit_timeout=60, poll_interval=0.02))
+    for step in range(steps):
+        tensors = worker_tensors(rank, world_size)
+        tensors[f"worker{rank}/step"] = np.int64(step)
+        saver.save(tensors, f"{directory}/model.ckpt", global_step=step)
+    return saver.last_checkpoints

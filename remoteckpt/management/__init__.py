@@ -1,0 +1,7 @@
+"""Checkpoint management with TensorFlow's semantics, over any store.
+
+    state      the `checkpoint` state file: read TF's, write ours, never follow an escape
+    saver      `Saver`: tf.compat.v1.train.Saver's naming and retention, multi-worker, async
+    policy     when to save: every N steps and/or T seconds; `CheckpointManager`
+    gc         removal of what crashed saves leave behind, never of a committed checkpoint
+"""

@@ -1,0 +1,265 @@
+"""`Saver`: `tf.compat.v1.train.Saver`'s naming, state file and retention, for any framework.
+
+Per save, in this order (TF's, with the commit first):
+  1. save the tensors (multi-worker through the engine): the checkpoint is committed
+  2. record it: drop an equal path from the list, append (path, time.time()); past
+     `max_to_keep`, the oldest moves to the deletion queue
+  3. the coordinator writes the `checkpoint` state file (relative paths, with timestamps)
+  4. the coordinator takes ONE queued checkpoint: if it is newer than the next
+     keep-every-N-hours mark it is preserved (and the mark advances N hours), else deleted:
+     its `.index` first (so it stops existing at once), then its data files and `.meta`
+A Saver on a directory that already has a state file adopts the checkpoints it lists (with
+their timestamps) and keeps applying retention to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from .. import api
+from ..engine import loop
+from ..errors import CheckpointNotFoundError, ShapeMismatchError, TensorNotFoundError
+from ..format.bundle import index_filename
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..reader import CheckpointReader
+from ..storage import Store, open_store, split_prefix
+from .state import STATE_FILENAME, format_state, join, latest_checkpoint, read_state, write_state
+
+log = logging.getLogger("remoteckpt")
+
+_DATA_FILE = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
+
+
+async def delete_checkpoint(store: Store, name: str) -> list[str]:
+    """Remove checkpoint `name`: its index first, then data files and TF's `.meta`."""
+    removed = []
+    if await store.exists(index_filename(name)):
+        await store.delete(index_filename(name))
+        removed.append(index_filename(name))
+    for key in await store.list(name + "."):
+        rest = key[len(name):]
+        if _DATA_FILE.fullmatch(rest) or rest == ".meta":
+            await store.delete(key)
+            removed.append(key)
+    return removed
+
+
+class Saver:
+    """Saves and restores checkpoints the way `tf.compat.v1.train.Saver` does.
+
+    Every worker of a multi-worker job creates a Saver with its `rank` and `world_size` and
+    calls `save` with its own tensors; rank 0 also writes the state file and deletes old
+    checkpoints, after the commit.  Not thread-safe: one Saver per training loop.
+    """
+
+    def __init__(self, max_to_keep: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0, *,
+                 rank: int = 0, world_size: int = 1, storage_options: dict[str, Any] | None = None,
+                 options: IOOptions = DEFAULT_OPTIONS, latest_filename: str = STATE_FILENAME) -> None:
+        self.max_to_keep = max_to_keep
+        self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self.rank, self.world_size = rank, world_size
+        self.storage_options = storage_options
+        self.options = options
+        self.latest_filename = latest_filename
+        self._next_checkpoint_time = time.time() + keep_checkpoint_every_n_hours * 3600
+        self._last: list[tuple[str, float]] = []  # (prefix, timestamp), oldest first
+        self._to_delete: list[tuple[str, float]] = []
+        self._directory: str | None = None
+        self._adopted = False
+        self._lock = threading.Lock()
+        self._in_flight: Future[str] | None = None
+
+    # --- what it knows ----------------------------------------------------------------
+
+    @property
+    def last_checkpoints(self) -> list[str]:
+        """Prefixes of the checkpoints not yet deleted, oldest first (as TF's)."""
+        return [p for p, _ in self._last]
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        if self._last:
+            return self._last[-1][0]
+        if self._directory is not None:
+            return latest_checkpoint(self._directory, storage_options=self.storage_options,
+                                     latest_filename=self.latest_filename)
+        return None
+
+    # --- saving -----------------------------------------------------------------------
+
+    def prefix_for(self, save_path: str | os.PathLike[str], global_step: int | None = None) -> str:
+        text = os.fspath(save_path)
+        return text if global_step is None else f"{text}-{int(global_step)}"
+
+    def save(self, tensors: Mapping[str, Any], save_path: str | os.PathLike[str], global_step: int | None = None,
+             *, overwrite: bool = False) -> str:
+        """Save `tensors` at ``save_path`` or ``save_path-{global_step}``; returns that prefix
+        once the checkpoint is committed, recorded and old ones are swept."""
+        self._wait_in_flight()
+        prefix = self.prefix_for(save_path, global_step)
+        return loop.run(self._save(tensors, prefix, overwrite))
+
+    def save_async(self, tensors: Mapping[str, Any], save_path: str | os.PathLike[str],
+                   global_step: int | None = None, *, overwrite: bool = False) -> "Future[str]":
+        """`save` in the background: returns once the tensors are copied.  One save in flight
+        per Saver (this call first waits for the previous one)."""
+        with self._lock:
+            self._wait_in_flight()
+            prefix = self.prefix_for(save_path, global_step)
+            future = loop.submit(self._save(api.snapshot(tensors), prefix, overwrite))
+            self._in_flight = future
+            return future
+
+    def _wait_in_flight(self) -> None:
+        previous = self._in_flight
+        if previous is not None:
+            try:
+                previous.result()
+            except BaseException:
+                pass  # reported through its own future
+
+    async def _save(self, tensors: Mapping[str, Any], prefix: str, overwrite: bool) -> str:
+        directory, name = split_prefix(prefix)
+        store = open_store(directory, self.storage_options, self.options)
+        try:
+            if not self._adopted or self._directory != directory:
+                await self._adopt(store, directory)
+            await api.save_checkpoint(tensors, prefix, rank=self.rank, world_size=self.world_size,
+                                      overwrite=overwrite, storage_options=self.storage_options,
+                                      options=self.options)
+            self._record(join(directory, name))
+            if self.rank == 0:
+                await self._write_state(store, directory)
+                await self._sweep_one(store)
+        finally:
+            await store.close()
+        return prefix
+
+    async def _adopt(self, store: Store, directory: str) -> None:
+        self._directory, self._adopted = directory, True
+        state = await read_state(store, directory, self.latest_filename)
+        if state is None:
+            return
+        stamps = state.all_model_checkpoint_timestamps or tuple(
+            state.last_preserved_timestamp for _ in state.all_model_checkpoint_paths)
+        exists = await asyncio.gather(*(store.exists(index_filename(n)) for n in state.all_model_checkpoint_paths))
+        adopted = [(state.prefix(n), t) for n, t, ok in zip(state.all_model_checkpoint_paths, stamps, exists) if ok]
+        known = {p for p, _ in self._last}
+        self._last = [item for item in adopted if item[0] not in known] + self._last
+        log.info("adopted %d checkpoint(s) from %s", len(adopted), store.describe(self.latest_filename))
+
+    def _record(self, prefix: str) -> None:
+        if not self.max_to_keep:
+            self._last = [(prefix, time.time())]  # TF then lists only the latest
+            return
+        self._last = [(p, t) for p, t in self._last if p != prefix]
+        self._last.append((prefix, time.time()))
+        while len(self._last) > self.max_to_keep:
+            self._to_delete.append(self._last.pop(0))
+
+    async def _write_state(self, store: Store, directory: str) -> None:
+        names = [split_prefix(p)[1] for p, _ in self._last]
+        stamps = [t for _, t in self._last]
+        data = format_state(names[-1], names, stamps,
+                            self._next_checkpoint_time - self.keep_checkpoint_every_n_hours * 3600)
+        await write_state(store, data, self.latest_filename)
+
+    async def _sweep_one(self, store: Store) -> None:
+        if not self._to_delete:
+            return
+        prefix, stamp = self._to_delete.pop(0)
+        if stamp > self._next_checkpoint_time:
+            self._next_checkpoint_time += self.keep_checkpoint_every_n_hours * 3600
+            return
+        directory, name = split_prefix(prefix)
+        target = store if directory == self._directory else open_store(directory, self.storage_options)
+        try:
+            await delete_checkpoint(target, name)
+        except Exception as exc:  # as TF: a failed deletion is logged, not fatal
+            log.warning("could not delete old checkpoint %s: %s", prefix, exc)
+        finally:
+            if target is not store:
+                await target.close()
+
+    # --- restoring --------------------------------------------------------------------
+
+    def restore(self, prefix: str | os.PathLike[str] | None = None, *,
+                names: Mapping[str, str] | list[str] | None = None, out: Mapping[str, np.ndarray] | None = None,
+                allow_partial: bool = False) -> dict[str, np.ndarray]:
+        """Restore a checkpoint (the latest when `prefix` is None; a directory means its
+        latest).  `names` selects tensors, or maps saved names to target names (how TF restores
+        EMA shadow variables into live ones); results are keyed by target name.  `out` maps
+        target names to arrays to fill in place (shapes and dtypes are checked).  A name
+        missing from the checkpoint raises unless `allow_partial`."""
+        target = os.fspath(prefix) if prefix is not None else self.latest_checkpoint
+        if target is None:
+            raise CheckpointNotFoundError("no checkpoint to restore: none saved or found yet, and no prefix given")
+        return restore(target, names=names, out=out, allow_partial=allow_partial,
+                       storage_options=self.storage_options, options=self.options)
+
+
+def restore(prefix: str | os.PathLike[str], *, names: Mapping[str, str] | list[str] | None = None,
+            out: Mapping[str, np.ndarray] | None = None, allow_partial: bool = False,
+            storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
+    """`Saver.restore` without a Saver (see there)."""
+    text = os.fspath(prefix)
+    resolved = _resolve_directory(text, storage_options)
+    with CheckpointReader(resolved, storage_options=storage_options, options=options) as reader:
+        available = reader.get_variable_to_shape_map()
+        if names is None:
+            mapping = {n: n for n in (out or available)}
+        elif isinstance(names, Mapping):
+            mapping = dict(names)
+        else:
+            mapping = {n: n for n in names}
+        missing = [s for s in mapping if s not in available]
+        if missing and not allow_partial:
+            raise TensorNotFoundError(
+                f"{len(missing)} tensor(s) not found in checkpoint {resolved}: {', '.join(map(repr, missing[:10]))}"
+                + (" ..." if len(missing) > 10 else ""))
+        mapping = {s: t for s, t in mapping.items() if s in available}
+        targets = out or {}
+        dtype_map = reader.get_variable_to_dtype_map()
+        for saved, tgt in mapping.items():
+            array = targets.get(tgt)
+            if array is None:
+                continue
+            shape = available[saved]
+            if list(array.shape) != shape or array.dtype != dtype_map[saved]:
+                raise ShapeMismatchError(
+                    f"restoring tensor {saved!r} into {tgt!r}: the checkpoint holds {dtype_map[saved]}{shape}, "
+                    f"the target is {array.dtype}{list(array.shape)} ({resolved})")
+        saved_names = list(mapping)
+        arrays = loop.run(reader.read_many(saved_names, out={s: targets[t] for s, t in mapping.items() if t in targets}))
+        return {mapping[s]: arrays[s] for s in saved_names}
+
+
+def _resolve_directory(prefix: str, storage_options: dict[str, Any] | None) -> str:
+    """A directory (one with a state file) stands for its latest checkpoint, as in TF."""
+    if "://" not in prefix and not os.path.isdir(prefix):
+        return prefix
+    if "://" in prefix:
+        async def has_index() -> bool:
+            directory, name = split_prefix(prefix)
+            store = open_store(directory, storage_options)
+            try:
+                return await store.exists(index_filename(name))
+            finally:
+                await store.close()
+
+        if loop.run(has_index()):
+            return prefix
+    latest = latest_checkpoint(prefix, storage_options=storage_options)
+    if latest is None:
+        raise CheckpointNotFoundError(f"no checkpoint found in {prefix}: no state file, or its latest has no .index")
+    return latest
