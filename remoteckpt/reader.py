@@ -217,7 +217,9 @@ class CheckpointReader:
     def _resolve_box(self, name: str, shape: tuple[int, ...], box: BoxLike) -> Box:
         if isinstance(box, Box):
             start, size = box.start, box.size
-        elif box and all(isinstance(s, slice) for s in box):
+        elif isinstance(box, tuple) and len(box) == 0:  # `()`: the whole tensor (a scalar's only box)
+            start, size = [0] * len(shape), list(shape)
+        elif all(isinstance(s, slice) for s in box):
             if len(box) > len(shape):
                 raise ShapeMismatchError(f"tensor {name!r} has rank {len(shape)}, got {len(box)} slices")
             ranges = [s.indices(d) for s, d in zip(box, shape)]  # type: ignore[union-attr]

@@ -188,6 +188,9 @@ def test_get_slice_validates_box(tmp_path: Path) -> None:
         reader.get_slice("a", ((2, 0), (2, 4)))
     with pytest.raises(ShapeMismatchError, match="step"):
         reader.get_slice("a", (slice(0, 3, 2),))
+    np.testing.assert_array_equal(reader.get_slice("a", ()), reader.get_tensor("a"))
+    scalar = remoteckpt.CheckpointReader(remoteckpt.save({"s": np.int64(4)}, tmp_path / "sc"))
+    assert scalar.get_slice("s", ()) == 4 and scalar.get_slice("s", ((), ())) == 4
 
 
 def test_never_overwrites_unless_asked(base_url: str) -> None:
