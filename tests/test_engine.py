@@ -161,3 +161,36 @@ def test_box_runs_and_chunk_spans() -> None:
     assert box_byte_runs((4, 6), (0, 2), (2, 2), 4) == [(8, 8), (32, 8)]
     assert chunk_spans([(8, 8), (4000, 200)], 4096, 10000) == [(0, 8192)]
     assert chunk_spans([(9000, 10)], 4096, 10000) == [(8192, 1808)]
+
+
+def test_concurrent_saves_of_one_prefix_one_wins(base: str) -> None:
+    """Two savers racing for one prefix: exactly one commits, the other gets a clear error,
+    and the committed checkpoint is whole (its data was not overwritten by the loser)."""
+    import concurrent.futures
+
+    big = {f"t{i}": np.full(2**20, i, np.float32) for i in range(8)}
+    other = {f"t{i}": np.full(2**20, 100 + i, np.float32) for i in range(8)}
+    prefix = f"{base}/race"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(remoteckpt.save, big, prefix), pool.submit(remoteckpt.save, other, prefix)]
+        outcomes = [f.exception() for f in futures]
+    winners = [i for i, e in enumerate(outcomes) if e is None]
+    assert len(winners) == 1, outcomes
+    loser = outcomes[1 - winners[0]]
+    assert isinstance(loser, remoteckpt.CheckpointExistsError), loser
+    expected = (big, other)[winners[0]]
+    got = remoteckpt.load(prefix)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value)
+
+
+def test_orphaned_data_of_a_crashed_save(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "ck.data-00000-of-00001").write_bytes(b"half a save")
+    with pytest.raises(remoteckpt.CheckpointExistsError, match="may be running, or one crashed"):
+        remoteckpt.save({"a": np.ones(2)}, tmp_path / "ck")
+    old = time.time() - 3600
+    os.utime(tmp_path / "ck.data-00000-of-00001", (old, old))  # older than commit_timeout: dead
+    remoteckpt.save({"a": np.ones(2)}, tmp_path / "ck")
+    np.testing.assert_array_equal(remoteckpt.load(tmp_path / "ck")["a"], np.ones(2))

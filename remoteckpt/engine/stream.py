@@ -9,6 +9,7 @@ the per-chunk CRC extension (see protos/), which lets later partial reads be ver
 
 from __future__ import annotations
 
+from ..faults import crash_point
 from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
 from ..storage.base import ObjectWriter
@@ -23,7 +24,11 @@ async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions
     """Write every payload of `plan` to `writer` in order, filling in each numeric entry's
     CRC32C (and chunk CRCs).  Returns the bytes written.  Does not commit."""
     written = 0
+    halfway_passed = False
     for payload in plan.payloads:
+        if not halfway_passed and written >= plan.size // 2:
+            halfway_passed = True
+            crash_point("mid-upload")
         if payload.checksummed:
             for chunk in payload.chunks:
                 await writer.write(chunk)

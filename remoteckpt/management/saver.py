@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import api
 from ..engine import loop
+from ..faults import crash_point
 from ..errors import CheckpointNotFoundError, ShapeMismatchError, TensorNotFoundError
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
@@ -46,6 +47,7 @@ async def delete_checkpoint(store: Store, name: str) -> list[str]:
     if await store.exists(index_filename(name)):
         await store.delete(index_filename(name))
         removed.append(index_filename(name))
+        crash_point("deleting")
     for key in await store.list(name + "."):
         rest = key[len(name):]
         if _DATA_FILE.fullmatch(rest) or rest == ".meta":
@@ -139,6 +141,7 @@ class Saver:
                                       options=self.options)
             self._record(join(directory, name))
             if self.rank == 0:
+                crash_point("state-writing")
                 await self._write_state(store, directory)
                 await self._sweep_one(store)
         finally:
@@ -181,6 +184,7 @@ class Saver:
         if stamp > self._next_checkpoint_time:
             self._next_checkpoint_time += self.keep_checkpoint_every_n_hours * 3600
             return
+        crash_point("retention")
         directory, name = split_prefix(prefix)
         target = store if directory == self._directory else open_store(directory, self.storage_options)
         try:

@@ -34,6 +34,7 @@ from ..options import IOOptions
 from ..storage.base import Store
 from ..writer import BundlePlan, plan_bundle
 from ..engine.stream import stream_plan
+from ..faults import crash_point
 from .commit import DEFAULT_COMMIT, CommitProtocol
 from .layout import SaveLayout
 
@@ -95,8 +96,18 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     start = time.monotonic()
     try:
         plan = plan_bundle(tensors)
-        async with store.writer(layout.data(layout.rank)) as writer:
-            report.bytes_written = await stream_plan(writer, plan, options)
+        crash_point("staged")
+        data_key = layout.data(layout.rank)
+        if not overwrite:
+            await _clear_orphan(store, layout, data_key, options)
+        try:
+            async with store.writer(data_key, exclusive=not overwrite) as writer:
+                report.bytes_written = await stream_plan(writer, plan, options)
+        except CheckpointExistsError:
+            raise CheckpointExistsError(
+                f"{store.describe(data_key)} appeared while this save was writing it: another save of "
+                f"{store.describe(layout.index)} is running; this one gave up and left the other's files alone") from None
+        crash_point("data-written")
         report.write_seconds = time.monotonic() - start
         table = _table_bytes(plan)
         if not multi:
@@ -105,6 +116,7 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
             report.commit_seconds = time.monotonic() - start
             return report
         await store.put(layout.table(layout.rank), table)
+        crash_point("table-written")
         log.debug("worker %d: data and table of %s written (%d bytes)", layout.rank,
                   store.describe(layout.index), report.bytes_written)
     except BaseException as exc:
@@ -121,6 +133,25 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         await _await_outcome(store, layout, crc32c(table), options)
     report.wait_seconds = time.monotonic() - start - report.merge_seconds - report.commit_seconds
     return report
+
+
+async def _clear_orphan(store: Store, layout: SaveLayout, data_key: str, options: IOOptions) -> None:
+    """A data file with no index is a save that never committed.  Older than `commit_timeout`
+    it is certainly dead (its coordinator gave up by then): remove it.  Younger, it may be a
+    save still running: refuse rather than write over it."""
+    found = [i for i in await store.list_info(data_key) if i.key == data_key]
+    if not found:
+        return
+    if await store.exists(layout.index):
+        return  # a committed checkpoint: step 1 already decided (only reached with overwrite)
+    age = time.time() - found[0].mtime
+    if age > options.commit_timeout:
+        log.info("removing %s, left by a save that never committed", store.describe(data_key))
+        await store.delete(data_key)
+        return
+    raise CheckpointExistsError(
+        f"{store.describe(data_key)} exists but {store.describe(layout.index)} does not: another save of this "
+        f"prefix may be running, or one crashed {age:.0f} s ago. Wait, run remoteckpt.gc, or pass overwrite=True.")
 
 
 async def _note_failure(store: Store, layout: SaveLayout, exc: BaseException) -> None:
@@ -150,9 +181,11 @@ async def _coordinate(store: Store, layout: SaveLayout, own_table: bytes, *, ove
         out = io.BytesIO()
         encode_index(merged.header, merged.entries, out)
         report.merge_seconds = time.monotonic() - start
+        crash_point("merged")
         start = time.monotonic()
         await commit.commit(store, layout.index, out.getvalue(), overwrite=overwrite)
         report.commit_seconds = time.monotonic() - start
+        crash_point("committed")
     except BaseException as exc:
         await _put_outcome(store, layout, {"state": "failed", "message": f"{type(exc).__name__}: {exc}",
                                            "tables": digests})
