@@ -28,6 +28,7 @@ from .management.policy import CheckpointManager, SavePolicy
 from .management.saver import Saver, restore
 from .management.state import CheckpointState, get_checkpoint_state, latest_checkpoint
 from .options import IOOptions
+from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
 from .writer import Slice
@@ -52,6 +53,8 @@ __all__ = [
     "CommitProtocol",
     "CreateOnlyCommit",
     "IOOptions",
+    "ProgressBar",
+    "ProgressEvent",
     "CorruptCheckpointError",
     "InvalidTensorsError",
     "ShapeMismatchError",

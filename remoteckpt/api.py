@@ -19,6 +19,7 @@ from .options import DEFAULT_OPTIONS, IOOptions
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from .protocol.layout import SaveLayout
 from .protocol.save import SaveReport, save_worker
+from .progress import ProgressCallback, Reporter
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
 from .writer import Slice
@@ -30,21 +31,23 @@ _in_flight: Future[str] | None = None
 async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int = 0, world_size: int = 1,
                           overwrite: bool = False, save_id: str | None = None,
                           storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
-                          commit: CommitProtocol = DEFAULT_COMMIT) -> SaveReport:
+                          commit: CommitProtocol = DEFAULT_COMMIT,
+                          progress: ProgressCallback | None = None) -> SaveReport:
     """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
     store = open_store(directory, storage_options, options)
     try:
         return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                                 prefix=prefix)
+                                 prefix=prefix, progress=Reporter(progress, prefix, rank, world_size))
     finally:
         await store.close()
 
 
 def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
-         options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT) -> str:
+         options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
+         progress: ProgressCallback | None = None) -> str:
     """Save `tensors` as a TensorFlow checkpoint at `prefix`; return the prefix once committed.
 
     `tensors` maps names to array-likes, to a `Slice` (one box of a larger tensor), or to a
@@ -54,11 +57,13 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     returns only after that commit (or raises if it failed).  A committed checkpoint at
     `prefix` is never replaced unless `overwrite` is true.  `save_id` names this save attempt
     for all workers (default ``$REMOTECKPT_SAVE_ID``); use a fresh one to retry a crashed save.
+    `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
     """
     text = os.fspath(prefix)
     _wait_for_async_save()
     loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
-                             save_id=save_id, storage_options=storage_options, options=options, commit=commit))
+                             save_id=save_id, storage_options=storage_options, options=options, commit=commit,
+                             progress=progress))
     return text
 
 
@@ -76,7 +81,8 @@ def snapshot(tensors: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
                overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
-               options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT) -> "Future[str]":
+               options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
+               progress: ProgressCallback | None = None) -> "Future[str]":
     """`save` in the background.  Returns a `concurrent.futures.Future` of the prefix as soon
     as the tensors are copied, so the caller may change its arrays right away.  At most one
     save is in flight per process: this call first waits for the previous one to finish
@@ -88,7 +94,7 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
         private = snapshot(tensors)
         inner = loop.submit(save_checkpoint(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
                                             save_id=save_id, storage_options=storage_options, options=options,
-                                            commit=commit))
+                                            commit=commit, progress=progress))
         outer: Future[str] = Future()
 
         def done(f: "Future[SaveReport]") -> None:
@@ -121,14 +127,14 @@ def load_checkpoint(prefix: str | os.PathLike[str], *, storage_options: dict[str
 
 def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
          out: Mapping[str, np.ndarray] | None = None, storage_options: dict[str, Any] | None = None,
-         options: IOOptions = DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
+         options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
     """Tensors of the checkpoint as numpy arrays, each verified: all of them, or `names`,
     plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
     and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges."""
     with CheckpointReader(prefix, storage_options=storage_options, options=options) as reader:
         wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
         wanted += [n for n in (out or {}) if n not in wanted]
-        return loop.run(reader.read_many(wanted, out=out))
+        return loop.run(reader.read_many(wanted, out=out, progress=progress))
 
 
 def list_variables(prefix: str | os.PathLike[str], *,

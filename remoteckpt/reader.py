@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,10 @@ from .format.coding import crc32c_combine, unmask_crc
 from .format.payload import decode_strings
 from .format.slices import Box, box_in
 from .options import DEFAULT_OPTIONS, IOOptions
+from .progress import ProgressCallback, Reporter
 from .storage import Store, open_store, split_prefix
+
+OnBytes = Callable[[int], None] | None
 
 BoxLike = tuple[Sequence[int], Sequence[int]] | tuple[slice, ...] | Box
 """A box: ``(start, size)`` per dimension, a tuple of Python slices, or a `Box`."""
@@ -157,16 +160,18 @@ class CheckpointReader:
         """Coroutine behind `get_tensor`/`get_slice`: run it on remoteckpt's loop."""
         return (await self.read_boxes([(name, box)], [out]))[0]
 
-    async def read_many(self, names: Iterable[str], out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    async def read_many(self, names: Iterable[str], out: Mapping[str, np.ndarray] | None = None,
+                        progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
         """Read several whole tensors at once (into `out`'s arrays where given)."""
         names = list(names)
-        arrays = await self.read_boxes([(n, None) for n in names], [(out or {}).get(n) for n in names])
+        arrays = await self.read_boxes([(n, None) for n in names], [(out or {}).get(n) for n in names], progress)
         return dict(zip(names, arrays))
 
     async def read_boxes(self, requests: Sequence[tuple[str, BoxLike | None]],
-                         outs: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+                         outs: Sequence[np.ndarray | None] | None = None,
+                         progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
-        destination arrays (shape and dtype must match)."""
+        destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
         outs = list(outs) if outs is not None else [None] * len(requests)
         resolved = [self._resolve(name, box) for name, box in requests]
         await self._load_sizes({e.shard_id for r in resolved for _, _, e, _ in r[3]})
@@ -183,9 +188,13 @@ class CheckpointReader:
             results.append(out)
             parts += [_Part(name, e, data_key, b, p, request, out) for (e, data_key), b, p in checked]
         direct = [p for p in parts if self._is_direct(p)]
-        buffered = [p for p in parts if not self._is_direct(p)]
+        buffered = [(p, self._spans(p)) for p in parts if not self._is_direct(p)]
+        total = sum(p.entry.size for p in direct) + sum(n for _, spans in buffered for _, n in spans)
+        reporter = Reporter(progress, self._prefix)
+        on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
         budget = MemoryBudget(self._options.memory_budget)
-        await asyncio.gather(self._read_direct(direct), *(self._read_buffered(p, budget) for p in buffered))
+        await asyncio.gather(self._read_direct(direct, on_bytes),
+                             *(self._read_buffered(p, spans, budget, on_bytes) for p, spans in buffered))
         return results
 
     def _resolve(self, name: str, box: BoxLike | None) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
@@ -304,12 +313,13 @@ class CheckpointReader:
                 f"stored {unmask_crc(entry.crc32c):#010x}, computed {crc:#010x}")
 
     async def _fetch(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
-                     names: Mapping[int, str]) -> dict[tuple[int, int], int]:
+                     names: Mapping[int, str], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
         ops = coalesce(pieces, gap=self._options.coalesce_gap, max_length=self._options.read_chunk)
         return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
-                             describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}")
+                             describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}",
+                             on_bytes=on_bytes)
 
-    async def _read_direct(self, parts: list[_Part]) -> None:
+    async def _read_direct(self, parts: list[_Part], on_bytes: OnBytes) -> None:
         """Whole entries straight into their regions of the output arrays, in one plan."""
         pieces: list[Piece] = []
         views: dict[tuple[int, int], memoryview] = {}
@@ -324,24 +334,28 @@ class CheckpointReader:
             per_part.append(mine)
         if not pieces:
             return
-        crcs = await self._fetch(pieces, views, {t: p.name for t, p in enumerate(parts)})
+        crcs = await self._fetch(pieces, views, {t: p.name for t, p in enumerate(parts)}, on_bytes)
         for p, mine in zip(parts, per_part):
             self._verify(p, mine, crcs)
             if self._index.big_endian:
                 _byteswap(p.out[p.part.relative_to(p.request)])
 
-    async def _read_buffered(self, p: _Part, budget: MemoryBudget) -> None:
+    def _spans(self, p: _Part) -> list[tuple[int, int]]:
+        """Byte spans of the entry to fetch for a buffered part: the CRC chunks holding the
+        box where the entry has chunk CRCs, else all of it (so that it can be verified)."""
+        if p.out.dtype.kind != "O" and p.entry.chunk_crc32c:
+            relative = tuple(a - b for a, b in zip(p.part.start, p.stored.start))
+            runs = box_byte_runs(p.stored.size, relative, p.part.size, p.out.dtype.itemsize)
+            if runs is not None:
+                return chunk_spans(runs, p.entry.chunk_size, p.entry.size)
+        return [(0, p.entry.size)]
+
+    async def _read_buffered(self, p: _Part, spans: list[tuple[int, int]], budget: MemoryBudget,
+                             on_bytes: OnBytes) -> None:
         """A partial box of an entry, or a string entry: via a temporary buffer."""
         if p.out.dtype.kind == "O":
-            await self._read_strings(p, budget)
+            await self._read_strings(p, budget, on_bytes)
             return
-        itemsize = p.out.dtype.itemsize
-        relative = tuple(a - b for a, b in zip(p.part.start, p.stored.start))
-        runs = box_byte_runs(p.stored.size, relative, p.part.size, itemsize)
-        if p.entry.chunk_crc32c and runs is not None:
-            spans = chunk_spans(runs, p.entry.chunk_size, p.entry.size)
-        else:
-            spans = [(0, p.entry.size)]
         need = sum(length for _, length in spans)
         async with budget.hold(need):
             # Pages of `temp` that no span touches are never written, so never resident.
@@ -354,7 +368,7 @@ class CheckpointReader:
                     start = piece.offset - p.entry.offset
                     views[0, piece.index] = raw[start : start + piece.length]
                     pieces.append(piece)
-            crcs = await self._fetch(pieces, views, {0: p.name})
+            crcs = await self._fetch(pieces, views, {0: p.name}, on_bytes)
             self._verify(p, pieces, crcs)
             source = temp[p.part.relative_to(p.stored)]
             if self._index.big_endian:
@@ -362,7 +376,7 @@ class CheckpointReader:
             p.out[p.part.relative_to(p.request)] = source
             del temp, raw, views
 
-    async def _read_strings(self, p: _Part, budget: MemoryBudget) -> None:
+    async def _read_strings(self, p: _Part, budget: MemoryBudget, on_bytes: OnBytes) -> None:
         entry = p.entry
         file = self._store.describe(p.data_key)
         where = f"tensor {p.name!r} in {self._prefix}"
@@ -372,7 +386,7 @@ class CheckpointReader:
             raw = memoryview(payload)
             views = {(0, piece.index): raw[piece.offset - entry.offset : piece.offset - entry.offset + piece.length]
                      for piece in pieces}
-            await self._fetch(pieces, views, {0: p.name})
+            await self._fetch(pieces, views, {0: p.name}, on_bytes)
             try:
                 values, crc = decode_strings(payload, p.stored.num_elements, big_endian=self._index.big_endian)
             except CorruptCheckpointError as exc:

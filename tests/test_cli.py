@@ -52,3 +52,96 @@ def test_errors_exit_1_with_message(tmp_path: Path) -> None:
 def test_unknown_tensor_exits_1(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", prefix, "--tensor", "nope"]) == 1
     assert "'nope' not found" in capsys.readouterr().err
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(tmp_path / "d") if request.param == "local" else request.getfixturevalue("s3_prefix")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "remoteckpt", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_every_command_on_local_and_s3(base: str, tmp_path: Path) -> None:
+    saver = remoteckpt.Saver(max_to_keep=5)
+    for step in (100, 200):
+        saver.save({"w": np.full((300, 300), step, np.float32), "words": np.array([b"a"], object)},
+                   f"{base}/model.ckpt", global_step=step)
+
+    listing = _cli("ls", base, "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = json.loads(listing.stdout)
+    assert [(r["step"], r["latest"]) for r in rows] == [(100, False), (200, True)]
+    assert "*" in _cli("ls", base).stdout
+
+    checked = _cli("verify", f"{base}/model.ckpt-200", "--json")
+    assert checked.returncode == 0 and json.loads(checked.stdout)["ok"] is True
+
+    copied_to = str(tmp_path / "copy" / "model.ckpt-200")
+    copy = _cli("cp", f"{base}/model.ckpt-200", copied_to, "--json")
+    assert copy.returncode == 0, copy.stderr
+    assert json.loads(copy.stdout)["tensors_verified"] == 2
+    np.testing.assert_array_equal(remoteckpt.load(copied_to)["w"], np.full((300, 300), 200, np.float32))
+    assert _cli("cp", f"{base}/model.ckpt-200", copied_to).returncode == 1  # never over a committed one
+    back = _cli("cp", copied_to, f"{base}/copied-back")
+    assert back.returncode == 0, back.stderr
+    assert _cli("verify", f"{base}/copied-back").returncode == 0
+
+    swept = _cli("gc", base, "--older-than", "0", "--json")
+    assert swept.returncode == 0 and json.loads(swept.stdout)["removed"] == []
+    assert _cli("inspect", f"{base}/model.ckpt-100").returncode == 0
+
+
+def test_verify_reports_every_damaged_tensor(tmp_path: Path) -> None:
+    prefix = remoteckpt.save({"a": np.arange(1000, dtype=np.float32), "b": np.arange(1000.0),
+                              "c": np.ones(10)}, tmp_path / "ck")
+    data = tmp_path / "ck.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[10] ^= 1  # in a
+    raw[4000 + 10] ^= 1  # in b
+    data.write_bytes(bytes(raw))
+    result = _cli("verify", prefix)
+    assert result.returncode == 1
+    assert "2 PROBLEM(S)" in result.stdout and "'a'" in result.stdout and "'b'" in result.stdout
+
+
+def test_copy_refuses_a_damaged_source(tmp_path: Path) -> None:
+    prefix = remoteckpt.save({"a": np.arange(1000, dtype=np.float32)}, tmp_path / "ck")
+    data = tmp_path / "ck.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[99] ^= 4
+    data.write_bytes(bytes(raw))
+    result = _cli("cp", prefix, str(tmp_path / "out" / "ck"))
+    assert result.returncode == 1 and "checksum mismatch" in result.stderr
+    assert not (tmp_path / "out" / "ck.index").exists()
+
+
+def test_progress_events(tmp_path: Path) -> None:
+    events: list[remoteckpt.ProgressEvent] = []
+    tensors = {f"t{i}": np.ones(2**20, np.float32) for i in range(4)}
+    remoteckpt.save(tensors, tmp_path / "p", progress=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "staged" and kinds[-1] == "committed"
+    written = [e for e in events if e.kind == "written"]
+    assert written[-1].done == written[-1].total == 16 * 2**20
+    assert all(a.done <= b.done for a, b in zip(written, written[1:]))
+    reads: list[remoteckpt.ProgressEvent] = []
+    remoteckpt.load(tmp_path / "p", progress=reads.append)
+    assert reads[-1].kind == "read" and reads[-1].done == reads[-1].total == 16 * 2**20
+
+
+def test_progress_bar_draws_on_a_terminal_only() -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = remoteckpt.ProgressBar("save", stream, min_interval=0)
+        bar(remoteckpt.ProgressEvent("p", 0, 1, "written", 512, 1024))
+        bar.close()
+    assert "written" in tty.getvalue() and "512B/1.0KiB" in tty.getvalue()
+    assert pipe.getvalue() == ""

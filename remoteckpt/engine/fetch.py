@@ -20,7 +20,8 @@ PieceId = tuple[int, int]
 
 
 async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, memoryview], *,
-                  max_concurrency: int, describe: Callable[[Piece], str]) -> dict[PieceId, int]:
+                  max_concurrency: int, describe: Callable[[Piece], str],
+                  on_bytes: Callable[[int], None] | None = None) -> dict[PieceId, int]:
     """Fetch every op; return {piece id: crc32c of its bytes}.  Raises `CorruptCheckpointError`
     (naming the tensor via `describe` and the file) if an object is shorter than planned."""
     slots = asyncio.Semaphore(max_concurrency)
@@ -36,6 +37,8 @@ async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, m
                 f"(bytes {op.start}..{op.end} requested, {result.delivered} delivered)")
         for piece, crc in zip(op.pieces, result.crcs):
             crcs[piece.task, piece.index] = crc
+        if on_bytes is not None:
+            on_bytes(result.delivered)
 
     tasks = [asyncio.ensure_future(run(op)) for op in ops]
     try:

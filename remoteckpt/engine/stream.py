@@ -9,6 +9,8 @@ the per-chunk CRC extension (see protos/), which lets later partial reads be ver
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..faults import crash_point
 from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
@@ -20,9 +22,11 @@ WRITE_BLOCK = 8 * 2**20
 vanishes, small enough to keep the next block's checksum work close behind the I/O."""
 
 
-async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions) -> int:
+async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions,
+                      on_bytes: Callable[[int], None] | None = None) -> int:
     """Write every payload of `plan` to `writer` in order, filling in each numeric entry's
-    CRC32C (and chunk CRCs).  Returns the bytes written.  Does not commit."""
+    CRC32C (and chunk CRCs); `on_bytes(n)` after each block handed over.  Returns the bytes
+    written.  Does not commit."""
     written = 0
     halfway_passed = False
     for payload in plan.payloads:
@@ -32,13 +36,16 @@ async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions
         if payload.checksummed:
             for chunk in payload.chunks:
                 await writer.write(chunk)
+            if on_bytes is not None:
+                on_bytes(payload.size)
         else:
-            await _stream_numeric(writer, payload, options.crc_chunk)
+            await _stream_numeric(writer, payload, options.crc_chunk, on_bytes)
         written += payload.size
     return written
 
 
-async def _stream_numeric(writer: ObjectWriter, payload: Payload, crc_chunk: int) -> None:
+async def _stream_numeric(writer: ObjectWriter, payload: Payload, crc_chunk: int,
+                          on_bytes: Callable[[int], None] | None) -> None:
     (view,) = payload.chunks
     view = memoryview(view).cast("B")
     size = len(view)
@@ -56,6 +63,8 @@ async def _stream_numeric(writer: ObjectWriter, payload: Payload, crc_chunk: int
             # (shorter) chunk is cheaper to fold in directly than to build an operator for.
             running = crc32c_combine(running, crc, len(chunk)) if len(chunk) == step else crc32c(chunk, running)
         await writer.write(piece)
+        if on_bytes is not None:
+            on_bytes(len(piece))
     entry = payload.entry
     entry.crc32c = mask_crc(running)
     if crc_chunk and size > crc_chunk:

@@ -35,6 +35,7 @@ from ..storage.base import Store
 from ..writer import BundlePlan, plan_bundle
 from ..engine.stream import stream_plan
 from ..faults import crash_point
+from ..progress import Reporter
 from .commit import DEFAULT_COMMIT, CommitProtocol
 from .layout import SaveLayout
 
@@ -81,11 +82,13 @@ def _table_bytes(plan: BundlePlan) -> bytes:
 
 
 async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
-                      options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "") -> SaveReport:
+                      options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "",
+                      progress: Reporter | None = None) -> SaveReport:
     """Run one worker's side of the protocol (and the coordinator's on rank 0) for `tensors`
     (as `remoteckpt.save` takes them).  Any failure, even a bad tensor, is published so that
     the other workers fail at once instead of waiting out the timeout."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
+    progress = progress or Reporter(None, report.prefix)
     if not overwrite and await store.exists(layout.index):
         raise CheckpointExistsError(
             f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
@@ -96,13 +99,15 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     start = time.monotonic()
     try:
         plan = plan_bundle(tensors)
+        progress.emit("staged", plan.size, plan.size)
         crash_point("staged")
         data_key = layout.data(layout.rank)
         if not overwrite:
             await _clear_orphan(store, layout, data_key, options)
         try:
             async with store.writer(data_key, exclusive=not overwrite) as writer:
-                report.bytes_written = await stream_plan(writer, plan, options)
+                report.bytes_written = await stream_plan(
+                    writer, plan, options, lambda n: progress.add("written", n, plan.size))
         except CheckpointExistsError:
             raise CheckpointExistsError(
                 f"{store.describe(data_key)} appeared while this save was writing it: another save of "
@@ -114,6 +119,7 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
             start = time.monotonic()
             await commit.commit(store, layout.index, table, overwrite=overwrite)
             report.commit_seconds = time.monotonic() - start
+            progress.emit("committed", plan.size, plan.size)
             return report
         await store.put(layout.table(layout.rank), table)
         crash_point("table-written")
@@ -132,6 +138,7 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     else:
         await _await_outcome(store, layout, crc32c(table), options)
     report.wait_seconds = time.monotonic() - start - report.merge_seconds - report.commit_seconds
+    progress.emit("committed", plan.size, plan.size)
     return report
 
 

@@ -1,0 +1,1 @@
+"""Operations on whole checkpoints, behind the CLI: list a directory, verify, copy."""

@@ -1,0 +1,176 @@
+"""`copy_checkpoint`: one checkpoint from any store to any other, verified, committed like a save.
+
+Every data file is streamed in `read_chunk` pieces (a few in flight, bounded by the memory
+budget) from the source into a writer at the destination; as the bytes pass, each tensor's
+CRC32C is recomputed and compared with the index, so a damaged source is never copied as if
+it were sound.  The data files are committed first (create-only unless overwriting), then the
+index, byte for byte, through the commit protocol: the copy appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine import loop
+from ..engine.budget import MemoryBudget
+from ..errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
+from ..format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
+from ..format.coding import crc32c, unmask_crc
+from ..format.payload import decode_strings
+from ..dtypes import DT_STRING
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..progress import ProgressCallback, Reporter
+from ..protocol.commit import DEFAULT_COMMIT
+from ..storage import Store, open_store, split_prefix
+
+READ_AHEAD = 4
+"""Chunks of one data file being fetched while earlier ones are written."""
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    source: str
+    destination: str
+    files: int
+    bytes: int
+    tensors_verified: int
+
+
+class _Verifier:
+    """Recomputes each entry's CRC as a data file's bytes stream past, in order."""
+
+    def __init__(self, entries: list[tuple[bytes, BundleEntry]], describe: str) -> None:
+        self._todo = sorted(((e.offset, k, e) for k, e in entries if e.size), key=lambda t: (t[0], t[1]))
+        self._next = 0
+        self._describe = describe
+        self._active: list[list[Any]] = []  # [key, entry, crc or bytearray]
+        self.verified = sum(1 for _, e in entries if not e.size)
+
+    def feed(self, start: int, chunk: memoryview) -> None:
+        end = start + len(chunk)
+        while self._next < len(self._todo) and self._todo[self._next][0] < end:
+            _, key, entry = self._todo[self._next]
+            self._next += 1
+            self._active.append([key, entry, bytearray() if entry.dtype == DT_STRING else 0])
+        still = []
+        for item in self._active:
+            key, entry, state = item
+            lo, hi = max(start, entry.offset), min(end, entry.offset + entry.size)
+            if lo < hi:
+                piece = chunk[lo - start : hi - start]
+                if isinstance(state, bytearray):
+                    state += piece
+                else:
+                    item[2] = crc32c(piece, state)
+            if entry.offset + entry.size <= end:
+                self._finish(key, entry, item[2])
+            else:
+                still.append(item)
+        self._active = still
+
+    def _finish(self, key: bytes, entry: BundleEntry, state: Any) -> None:
+        where = f"tensor {key.decode('utf-8', 'backslashreplace')!r} in {self._describe}"
+        if isinstance(state, bytearray):
+            _, crc = decode_strings(state, math.prod(entry_shape(entry)))
+        else:
+            crc = state
+        if crc != unmask_crc(entry.crc32c):
+            raise CorruptCheckpointError(f"{where}: checksum mismatch; the source is damaged, nothing was committed")
+        self.verified += 1
+
+    def close(self) -> None:
+        if self._next < len(self._todo) or self._active:
+            raise CorruptCheckpointError(f"{self._describe} ends before the tensors it should hold")
+
+
+async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries: list[tuple[bytes, BundleEntry]],
+                     *, overwrite: bool, options: IOOptions, budget: MemoryBudget, reporter: Reporter,
+                     total: int) -> tuple[int, int]:
+    try:
+        size = await src.size(src_key)
+    except CheckpointNotFoundError:
+        if entries:
+            raise
+        return 0, 0  # TF opens data files lazily: an unreferenced missing shard is no loss
+    verifier = _Verifier(entries, src.describe(src_key))
+    chunk = options.read_chunk
+    starts = list(range(0, size, chunk))
+
+    async def fetch(start: int) -> bytearray:
+        await budget.acquire(min(chunk, size - start))
+        buf = bytearray(min(chunk, size - start))
+        got = await src.read_into(src_key, start, memoryview(buf))
+        if got != len(buf):
+            raise CorruptCheckpointError(f"{src.describe(src_key)} is shorter than it was a moment ago")
+        return buf
+
+    pending = [asyncio.ensure_future(fetch(s)) for s in starts[:READ_AHEAD]]
+    try:
+        async with dst.writer(dst_key, exclusive=not overwrite) as writer:
+            for i, start in enumerate(starts):
+                buf = await pending[i]
+                if i + READ_AHEAD < len(starts):
+                    pending.append(asyncio.ensure_future(fetch(starts[i + READ_AHEAD])))
+                verifier.feed(start, memoryview(buf))
+                await writer.write(buf)
+                await budget.release(len(buf))
+                reporter.add("written", len(buf), total)
+            verifier.close()
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    return size, verifier.verified
+
+
+async def copy_async(source: str, destination: str, *, overwrite: bool = False,
+                     source_options: dict[str, Any] | None = None, destination_options: dict[str, Any] | None = None,
+                     options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> CopyReport:
+    src_dir, src_name = split_prefix(source)
+    dst_dir, dst_name = split_prefix(destination)
+    src = open_store(src_dir, source_options, options)
+    dst = open_store(dst_dir, destination_options, options)
+    try:
+        raw = await src.get(index_filename(src_name))
+        view = memoryview(raw)
+        try:
+            index: BundleIndex = decode_index(lambda o, n: view[o : o + n], len(view))
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{src.describe(index_filename(src_name))}: {exc}") from None
+        if not overwrite and await dst.exists(index_filename(dst_name)):
+            raise CheckpointExistsError(f"{dst.describe(index_filename(dst_name))} already exists (pass overwrite=True)")
+        by_shard: dict[int, list[tuple[bytes, BundleEntry]]] = {s: [] for s in range(index.num_shards)}
+        for key, entry in index.entries.items():
+            if not entry.slices:
+                by_shard[entry.shard_id].append((key, entry))
+        total = sum(e.size for items in by_shard.values() for _, e in items)
+        reporter = Reporter(progress, destination)
+        budget = MemoryBudget(options.memory_budget)
+        slots = asyncio.Semaphore(max(1, options.max_concurrency // READ_AHEAD))
+        n = index.num_shards
+
+        async def one(shard: int) -> tuple[int, int]:
+            async with slots:
+                return await _copy_file(src, dst, data_filename(src_name, shard, n), data_filename(dst_name, shard, n),
+                                        by_shard[shard], overwrite=overwrite, options=options, budget=budget,
+                                        reporter=reporter, total=total)
+
+        results = await asyncio.gather(*(one(s) for s in range(n)))
+        await DEFAULT_COMMIT.commit(dst, index_filename(dst_name), bytes(raw), overwrite=overwrite)
+        reporter.emit("committed", total, total)
+        return CopyReport(source, destination, sum(1 for b, _ in results if b) + 1,
+                          sum(b for b, _ in results) + len(raw), sum(v for _, v in results))
+    finally:
+        await src.close()
+        await dst.close()
+
+
+def copy_checkpoint(source: str | os.PathLike[str], destination: str | os.PathLike[str], **kwargs: Any) -> CopyReport:
+    """Copy the checkpoint at `source` to `destination` (any two stores), verified, committed
+    at the destination like a save.  Keyword arguments as `copy_async`."""
+    return loop.run(copy_async(os.fspath(source), os.fspath(destination), **kwargs))
