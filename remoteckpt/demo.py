@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     shapes = model_shapes(args.mib)
     nbytes = sum(4 * int(np.prod(s)) for s in shapes.values())
     with contextlib.ExitStack() as stack:
+        env: dict[str, str] = {}
         if args.store:
-            base, env = args.store.rstrip("/"), {}
+            base = args.store.rstrip("/")
         else:
             base, env = stack.enter_context(_s3())
             os.environ.update(env)

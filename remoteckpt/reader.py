@@ -224,22 +224,26 @@ class CheckpointReader:
         return name, dtype, request, chosen
 
     def _resolve_box(self, name: str, shape: tuple[int, ...], box: BoxLike) -> Box:
+        start: list[int]
+        size: list[int]
         if isinstance(box, Box):
-            start, size = box.start, box.size
+            start, size = list(box.start), list(box.size)
         elif isinstance(box, tuple) and len(box) == 0:  # `()`: the whole tensor (a scalar's only box)
             start, size = [0] * len(shape), list(shape)
         elif all(isinstance(s, slice) for s in box):
-            if len(box) > len(shape):
-                raise ShapeMismatchError(f"tensor {name!r} has rank {len(shape)}, got {len(box)} slices")
-            ranges = [s.indices(d) for s, d in zip(box, shape)]  # type: ignore[union-attr]
+            slices = [s for s in box if isinstance(s, slice)]
+            if len(slices) > len(shape):
+                raise ShapeMismatchError(f"tensor {name!r} has rank {len(shape)}, got {len(slices)} slices")
+            ranges = [s.indices(d) for s, d in zip(slices, shape)]
             if any(step != 1 for _, _, step in ranges):
                 raise ShapeMismatchError(f"tensor {name!r}: only slices with step 1 are supported")
-            start = [a for a, _, _ in ranges] + [0] * (len(shape) - len(box))
-            size = [max(0, b - a) for a, b, _ in ranges] + list(shape[len(box):])
+            start = [a for a, _, _ in ranges] + [0] * (len(shape) - len(slices))
+            size = [max(0, b - a) for a, b, _ in ranges] + list(shape[len(slices):])
         else:
-            start, size = box  # type: ignore[misc]
+            first, second = box  # type: ignore[misc]
+            start, size = [int(v) for v in first], [int(v) for v in second]
         try:
-            return box_in(shape, list(start), list(size))
+            return box_in(shape, start, size)
         except ShapeMismatchError as exc:
             raise ShapeMismatchError(f"tensor {name!r}: {exc}") from None
 

@@ -57,7 +57,7 @@ def encode_strings(elements: Sequence[bytes]) -> tuple[list[bytes | memoryview],
     return [header, lc_bytes, *elements], mask_crc(crc)
 
 
-def decode_strings(payload: bytes | memoryview, count: int, *, big_endian: bool = False) -> tuple[list[bytes], int]:
+def decode_strings(payload: bytes | bytearray | memoryview, count: int, *, big_endian: bool = False) -> tuple[list[bytes], int]:
     """Parse a string payload of `count` elements; return (elements, unmasked crc).
 
     The length checksum is verified here; the caller compares the returned crc with the
@@ -76,8 +76,7 @@ def decode_strings(payload: bytes | memoryview, count: int, *, big_endian: bool 
         total += n
     if pos + 4 + total > limit:
         raise CorruptCheckpointError("string lengths run past the end of the payload")
-    order = "big" if big_endian else "little"
-    stored = int.from_bytes(view[pos : pos + 4], order)
+    stored = int.from_bytes(view[pos : pos + 4], "big" if big_endian else "little")
     if big_endian:
         expected = 0
         for n in lengths:

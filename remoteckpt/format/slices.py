@@ -119,12 +119,16 @@ def box_from_proto(proto: tensor_slice_pb2.TensorSliceProto, shape: Sequence[int
         if not has_length or extent.length == FULL:
             if extent.start != 0:
                 raise CorruptCheckpointError("full slice extent with non-zero start")
-            start.append(0), size.append(dim), full.append(True)
+            start.append(0)
+            size.append(dim)
+            full.append(True)
             continue
         if extent.start < 0 or extent.length < 0 or extent.start + extent.length > dim:
             raise CorruptCheckpointError(
                 f"slice extent {extent.start},{extent.length} outside dimension of size {dim}")
-        start.append(extent.start), size.append(extent.length), full.append(False)
+        start.append(extent.start)
+        size.append(extent.length)
+        full.append(False)
     return Box(tuple(start), tuple(size), tuple(full))
 
 

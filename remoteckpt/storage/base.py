@@ -23,6 +23,8 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
 
 from __future__ import annotations
 
+import builtins
+
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,14 +156,14 @@ class Store(abc.ABC):
     async def delete(self, key: str) -> None: ...
 
     @abc.abstractmethod
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "") -> builtins.list[str]:
         """Keys (relative to the root) that start with `prefix`, sorted."""
 
     @abc.abstractmethod
-    async def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+    async def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """`list` with sizes and modification times."""
 
-    async def pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    async def pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         """Uploads under `prefix` begun and never finished (none where the backend has none)."""
         return []
 

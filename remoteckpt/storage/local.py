@@ -8,6 +8,8 @@ if the target exists, then unlink the temp name: atomic create-only on POSIX.
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import os
 import secrets
@@ -167,11 +169,11 @@ class LocalStore(Store):
                 break
             parent = parent.parent
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "") -> builtins.list[str]:
         return [info.key for info in await self.list_info(prefix)]
 
-    async def list_info(self, prefix: str = "") -> list[ObjectInfo]:
-        def walk() -> list[ObjectInfo]:
+    async def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        def walk() -> builtins.list[ObjectInfo]:
             top = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
             if not top.is_dir():
                 return []
