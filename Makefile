@@ -1,12 +1,15 @@
 # remoteckpt: every target installs what it needs into a local virtual environment first.
-#   make test     the whole test suite (TensorFlow interop included: the `interop` extra)
+#   make test     the whole test suite (TensorFlow, PyTorch and JAX included, so every test runs)
 #   make bench    benchmarks; results go to bench-results/ (see docs/benchmarks.md)
 #   make demo     save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
 #   make protos   regenerate remoteckpt/_proto from protos/
 
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= test,interop
+# The test run installs every framework the plugins serve, so their tests run too.  torch is
+# pinned here (not in the extras): 2.13.0 is the CPU build; an unpinned torch is a CUDA build.
+EXTRAS ?= test,interop,jax
+PINNED ?= torch==2.13.0
 comma := ,
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -19,7 +22,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" $(PINNED)
 	touch $@
 
 install: $(STAMP)
@@ -28,6 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m remoteckpt.bench $(BENCH_ARGS)
 
 demo: $(STAMP)

@@ -138,6 +138,14 @@ class CheckpointReader:
         dtype numpy cannot hold raises `UnsupportedDTypeError` here and on read."""
         return {n: dtypes.to_numpy(self._index.entries[k].dtype) for n, k in self._names.items()}
 
+    def get_dtype(self, name: str) -> np.dtype:
+        """The numpy dtype of one tensor (raises `UnsupportedDTypeError` for one numpy lacks)."""
+        _, entry = self._entry(name)
+        try:
+            return dtypes.to_numpy(entry.dtype)
+        except CheckpointError as exc:
+            raise type(exc)(f"tensor {name!r} in {self._prefix}: {exc}") from None
+
     def _entry(self, name: str) -> tuple[bytes, BundleEntry]:
         key = self._names.get(name)
         if key is None:

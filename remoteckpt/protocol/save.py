@@ -22,7 +22,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,64 @@ def _table_bytes(plan: BundlePlan) -> bytes:
     return out.getvalue()
 
 
+async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
+                     options: IOOptions, progress: Reporter | None = None,
+                     report: SaveReport | None = None) -> bytes:
+    """Phase one, for every worker: refuse an existing checkpoint (unless `overwrite`), stream
+    `tensors` into ``layout.data(layout.rank)`` and commit that file.  Returns the worker's
+    table (a one-shard TF index of its entries) for `commit_tables`.  Public for callers with
+    a rendezvous of their own (e.g. the PyTorch DCP plugin): `save_worker` is this plus the
+    storage rendezvous."""
+    progress = progress or Reporter(None, layout.name)
+    start = time.monotonic()
+    if not overwrite and await store.exists(layout.index):
+        raise CheckpointExistsError(
+            f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
+            "(pass overwrite=True to replace it)")
+    plan = plan_bundle(tensors)
+    progress.emit("staged", plan.size, plan.size)
+    crash_point("staged")
+    data_key = layout.data(layout.rank)
+    if not overwrite:
+        await _clear_orphan(store, layout, data_key, options)
+    try:
+        async with store.writer(data_key, exclusive=not overwrite) as writer:
+            written = await stream_plan(writer, plan, options, lambda n: progress.add("written", n, plan.size))
+    except CheckpointExistsError:
+        raise CheckpointExistsError(
+            f"{store.describe(data_key)} appeared while this save was writing it: another save of "
+            f"{store.describe(layout.index)} is running; this one gave up and left the other's files alone") from None
+    crash_point("data-written")
+    if report is not None:
+        report.bytes_written = written
+        report.write_seconds = time.monotonic() - start
+    return _table_bytes(plan)
+
+
+async def commit_tables(store: Store, layout: SaveLayout, tables: Sequence[bytes], *, overwrite: bool,
+                        commit: CommitProtocol = DEFAULT_COMMIT, report: SaveReport | None = None) -> None:
+    """Phase two, on the coordinator only, once every table is at hand (rank order): merge them
+    into one index and commit it.  No data is read, copied or renamed."""
+    start = time.monotonic()
+    decoded: list[BundleIndex] = []
+    for rank, data in enumerate(tables):
+        view = memoryview(data)
+        try:
+            decoded.append(decode_index(lambda o, k: view[o : o + k], len(view)))
+        except CheckpointError as exc:
+            raise type(exc)(f"worker {rank}'s table for {store.describe(layout.index)}: {exc}") from None
+    merged = merge_indexes(decoded)
+    out = io.BytesIO()
+    encode_index(merged.header, merged.entries, out)
+    merged_at = time.monotonic()
+    crash_point("merged")
+    await commit.commit(store, layout.index, out.getvalue(), overwrite=overwrite)
+    crash_point("committed")
+    if report is not None:
+        report.merge_seconds = merged_at - start
+        report.commit_seconds = time.monotonic() - merged_at
+
+
 async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "",
                       progress: Reporter | None = None) -> SaveReport:
@@ -89,37 +147,15 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     the other workers fail at once instead of waiting out the timeout."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
-    if not overwrite and await store.exists(layout.index):
-        raise CheckpointExistsError(
-            f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
-            "(pass overwrite=True to replace it)")
     multi = layout.world_size > 1
-    if multi:
-        await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))
-    start = time.monotonic()
     try:
-        plan = plan_bundle(tensors)
-        progress.emit("staged", plan.size, plan.size)
-        crash_point("staged")
-        data_key = layout.data(layout.rank)
-        if not overwrite:
-            await _clear_orphan(store, layout, data_key, options)
-        try:
-            async with store.writer(data_key, exclusive=not overwrite) as writer:
-                report.bytes_written = await stream_plan(
-                    writer, plan, options, lambda n: progress.add("written", n, plan.size))
-        except CheckpointExistsError:
-            raise CheckpointExistsError(
-                f"{store.describe(data_key)} appeared while this save was writing it: another save of "
-                f"{store.describe(layout.index)} is running; this one gave up and left the other's files alone") from None
-        crash_point("data-written")
-        report.write_seconds = time.monotonic() - start
-        table = _table_bytes(plan)
+        if multi:
+            await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))
+        table = await write_part(store, layout, tensors, overwrite=overwrite, options=options, progress=progress,
+                                 report=report)
         if not multi:
-            start = time.monotonic()
-            await commit.commit(store, layout.index, table, overwrite=overwrite)
-            report.commit_seconds = time.monotonic() - start
-            progress.emit("committed", plan.size, plan.size)
+            await commit_tables(store, layout, [table], overwrite=overwrite, commit=commit, report=report)
+            progress.emit("committed", report.bytes_written, report.bytes_written)
             return report
         await store.put(layout.table(layout.rank), table)
         crash_point("table-written")
@@ -138,7 +174,7 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     else:
         await _await_outcome(store, layout, crc32c(table), options)
     report.wait_seconds = time.monotonic() - start - report.merge_seconds - report.commit_seconds
-    progress.emit("committed", plan.size, plan.size)
+    progress.emit("committed", report.bytes_written, report.bytes_written)
     return report
 
 
@@ -174,25 +210,9 @@ async def _coordinate(store: Store, layout: SaveLayout, own_table: bytes, *, ove
     digests: dict[int, int] = {0: crc32c(own_table)}
     try:
         collected = await _collect_tables(store, layout, options, own_table)
-        start = time.monotonic()
         raw = [collected[r] for r in range(n)]
         digests = {r: crc32c(t) for r, t in enumerate(raw)}
-        decoded: list[BundleIndex] = []
-        for r, data in enumerate(raw):
-            view = memoryview(data)
-            try:
-                decoded.append(decode_index(lambda o, k: view[o : o + k], len(view)))
-            except CheckpointError as exc:
-                raise type(exc)(f"worker {r}'s table {store.describe(layout.table(r))}: {exc}") from None
-        merged = merge_indexes(decoded)
-        out = io.BytesIO()
-        encode_index(merged.header, merged.entries, out)
-        report.merge_seconds = time.monotonic() - start
-        crash_point("merged")
-        start = time.monotonic()
-        await commit.commit(store, layout.index, out.getvalue(), overwrite=overwrite)
-        report.commit_seconds = time.monotonic() - start
-        crash_point("committed")
+        await commit_tables(store, layout, raw, overwrite=overwrite, commit=commit, report=report)
     except BaseException as exc:
         await _put_outcome(store, layout, {"state": "failed", "message": f"{type(exc).__name__}: {exc}",
                                            "tables": digests})

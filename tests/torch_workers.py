@@ -1,0 +1,132 @@
+"""Code that runs in spawned processes of tests/test_plugin_torch.py (importable by name).
+
+Each job joins a gloo process group through a file:// rendezvous, runs DCP with
+remoteckpt.torch's storage and checks what it loaded itself; assertion errors travel back to
+the test through the process pool's future.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor, init_device_mesh
+
+import remoteckpt.torch as rt
+
+warnings.filterwarnings("ignore")
+
+
+# --- the model's full tensors (what every rank's shards add up to) ---------------------------
+
+def full_state() -> dict[str, torch.Tensor]:
+    return {
+        # 2 MiB: saved by 4 ranks as 512 KiB row slices; each of 2 loading ranks needs 2 of them
+        "model.weight": torch.arange(ROWS * COLS, dtype=torch.float32).reshape(ROWS, COLS) / 3,
+        "model.emb": (torch.arange(10 * 3, dtype=torch.float32).reshape(10, 3) - 7).to(torch.bfloat16),
+        "model.cols": torch.arange(4 * 8, dtype=torch.float64).reshape(4, 8) * 1.5,
+        "model.bias": torch.linspace(-1, 1, 6),
+        "model.count": torch.tensor(12345, dtype=torch.int64),
+        "model.mask": torch.tensor([True, False, True]),
+    }
+
+
+EXTRA = {"step": 100, "note": "remoteckpt", "lr": [0.1, 0.01]}
+ROWS, COLS = 2048, 256
+KiB = 1024
+
+
+def count_reads(reader: Any) -> dict[str, int]:
+    """Counts the bytes a CheckpointReader's store is asked for (as tests/test_engine.py does)."""
+    counts = {"bytes": 0, "requests": 0}
+    store = reader.store
+    inner = store.read_scatter
+
+    async def counted(key: str, start: int, targets: list[tuple[int, memoryview]]) -> Any:
+        counts["requests"] += 1
+        counts["bytes"] += max(o + len(v) for o, v in targets) - start
+        return await inner(key, start, targets)
+
+    store.read_scatter = counted
+    return counts
+
+
+def _join(init_file: str, rank: int, world_size: int) -> Any:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    return init_device_mesh("cpu", (world_size,))
+
+
+def sharded_state(mesh: Any, zeros: bool = False, cols: str = "shard") -> dict[str, Any]:
+    """The state_dict as a training job holds it: DTensors sharded over `mesh` (rows of
+    `weight`, uneven rows of `emb`, columns of `cols`), replicated plain tensors, objects."""
+    full = full_state()
+    if zeros:
+        full = {k: torch.zeros_like(v) for k, v in full.items()}
+    cols_placement = [Shard(1)] if cols == "shard" else [Replicate()]
+    model = {
+        "weight": distribute_tensor(full["model.weight"], mesh, [Shard(0)]),
+        "emb": distribute_tensor(full["model.emb"], mesh, [Shard(0)]),
+        "cols": distribute_tensor(full["model.cols"], mesh, cols_placement),
+        "bias": full["model.bias"],
+        "count": full["model.count"],
+        "mask": full["model.mask"],
+    }
+    extra = {"step": 0, "note": "", "lr": []} if zeros else dict(EXTRA)
+    return {"model": model, **extra}
+
+
+def save_then_load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], async_prefix: str,
+                       load_world_size: int) -> list[str]:
+    """Saves the sharded state with `world_size` ranks (dcp.save to every prefix, then
+    dcp.async_save), then the first `load_world_size` ranks form a new, smaller world and load
+    every checkpoint resharded.  (One pool of processes for both: spawning is the slow part.)"""
+    mesh = _join(init_file, rank, world_size)
+    try:
+        state = sharded_state(mesh)
+        for prefix in prefixes:
+            dcp.save(state, storage_writer=rt.StorageWriter(prefix))
+        future = dcp.async_save(state, storage_writer=rt.StorageWriter(async_prefix))
+        future.result(timeout=120)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    if rank >= load_world_size:
+        return []
+    return load_job(init_file + "-load", rank, load_world_size, [*prefixes, async_prefix])
+
+
+def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str]) -> list[str]:
+    """Loads each prefix into a state sharded over this job's world, checks every value;
+    returns the prefixes checked."""
+    mesh = _join(init_file, rank, world_size)
+    try:
+        full = full_state()
+        for i, prefix in enumerate(prefixes):
+            # Alternate the layout of `cols`: its column slices resharded, or read whole.
+            state = sharded_state(mesh, zeros=True, cols="shard" if i % 2 == 0 else "replicate")
+            storage = rt.StorageReader(prefix)
+            counts = count_reads(storage.reader)
+            dcp.load(state, storage_reader=storage)
+            # Ranged reads of just the needed boxes: this rank's half of `weight` (2 of the 4
+            # stored slices, 1 MiB) plus the small tensors, never the other ranks' slices.
+            weight_half = ROWS * COLS * 4 // world_size
+            assert weight_half <= counts["bytes"] < weight_half + 64 * KiB, (prefix, counts)
+            model = state["model"]
+            for key in ("weight", "emb", "cols"):
+                dt = model[key]
+                assert isinstance(dt, DTensor)
+                got = dt.full_tensor()
+                assert got.dtype == full[f"model.{key}"].dtype, (prefix, key, got.dtype)
+                assert torch.equal(got, full[f"model.{key}"]), (prefix, key)
+            for key in ("bias", "count", "mask"):
+                assert torch.equal(model[key], full[f"model.{key}"]), (prefix, key)
+            assert {k: state[k] for k in EXTRA} == EXTRA, (prefix, {k: state[k] for k in EXTRA})
+        dist.barrier()
+        return prefixes
+    finally:
+        dist.destroy_process_group()
