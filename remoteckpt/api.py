@@ -60,7 +60,7 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
     """
     text = os.fspath(prefix)
-    _wait_for_async_save()
+    wait_for_saves()
     loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
                              save_id=save_id, storage_options=storage_options, options=options, commit=commit,
                              progress=progress))
@@ -82,16 +82,18 @@ def snapshot(tensors: Mapping[str, Any]) -> dict[str, Any]:
 def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
                overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
                options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
-               progress: ProgressCallback | None = None) -> "Future[str]":
+               progress: ProgressCallback | None = None, copy: bool = True) -> "Future[str]":
     """`save` in the background.  Returns a `concurrent.futures.Future` of the prefix as soon
     as the tensors are copied, so the caller may change its arrays right away.  At most one
     save is in flight per process: this call first waits for the previous one to finish
-    (its error, if any, stays in its own future).  Errors come out of the future."""
+    (its error, if any, stays in its own future).  Errors come out of the future.
+    With ``copy=False`` the arrays are used as they are: for callers that already hold an
+    immutable snapshot (framework plugins), who must not change them until the future is done."""
     global _in_flight
     text = os.fspath(prefix)
     with _in_flight_lock:
-        _wait_for_async_save()
-        private = snapshot(tensors)
+        wait_for_saves()
+        private = snapshot(tensors) if copy else dict(tensors)
         inner = loop.submit(save_checkpoint(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
                                             save_id=save_id, storage_options=storage_options, options=options,
                                             commit=commit, progress=progress))
@@ -110,7 +112,9 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
         return outer
 
 
-def _wait_for_async_save() -> None:
+def wait_for_saves() -> None:
+    """Block until this process's background save (if any) has finished, successfully or not
+    (its error stays in its own future)."""
     previous = _in_flight
     if previous is not None:
         try:

@@ -143,8 +143,7 @@ def save(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None
                     storage_options=storage_options, options=options)
 
 
-_in_flight_lock = threading.Lock()
-_in_flight: Future[str] | None = None
+_snapshot_lock = threading.Lock()
 
 
 def save_async(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None,
@@ -153,34 +152,13 @@ def save_async(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None 
     """`save` in the background: returns a `concurrent.futures.Future` of `prefix` once every
     shard is copied to host memory (one copy per shard; the arrays may then be donated or
     deleted).  One save of this module is in flight at a time; errors come out of the future."""
-    global _in_flight
     rank, world_size = _job(rank, world_size)
     text = os.fspath(prefix)
-    with _in_flight_lock:
-        previous = _in_flight
-        if previous is not None:
-            try:
-                previous.result()
-            except BaseException:
-                pass  # reported through its own future
-        api._wait_for_async_save()  # pylint: disable=protected-access  # core's one-in-flight rule
+    with _snapshot_lock:
+        api.wait_for_saves()  # the previous save's buffers are freed before this snapshot is taken
         tensors = tensors_of(pytree, rank=rank, copy=True)
-        inner = loop.submit(api.save_checkpoint(tensors, text, rank=rank, world_size=world_size,
-                                                overwrite=overwrite, storage_options=storage_options,
-                                                options=options))
-        outer: Future[str] = Future()
-
-        def done(f: Future[Any]) -> None:
-            if f.cancelled():
-                outer.cancel()
-            elif f.exception() is not None:
-                outer.set_exception(f.exception())  # type: ignore[arg-type]
-            else:
-                outer.set_result(text)
-
-        inner.add_done_callback(done)
-        _in_flight = outer
-        return outer
+        return api.save_async(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                              storage_options=storage_options, options=options, copy=False)
 
 
 # --- restore --------------------------------------------------------------------------------

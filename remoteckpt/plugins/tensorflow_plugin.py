@@ -228,17 +228,7 @@ def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: 
                     storage_options=storage_options, options=options)
 
 
-_in_flight_lock = threading.Lock()
-_in_flight: Future[str] | None = None
-
-
-def _wait_for_previous() -> None:
-    previous = _in_flight
-    if previous is not None:
-        try:
-            previous.result()
-        except BaseException:
-            pass  # reported through its own future
+_snapshot_lock = threading.Lock()
 
 
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
@@ -249,29 +239,12 @@ def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, 
     update the variables at once.  The snapshot is not copied again: a read of a resource
     variable is already immutable.  One save of this module is in flight at a time (this call
     waits for the previous one); errors come out of the future."""
-    global _in_flight
     text = os.fspath(prefix)
-    with _in_flight_lock:
-        _wait_for_previous()
-        api._wait_for_async_save()  # pylint: disable=protected-access  # core's one-in-flight rule
+    with _snapshot_lock:
+        api.wait_for_saves()  # the previous save's buffers are freed before this snapshot is taken
         tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
-        inner = loop.submit(api.save_checkpoint(tensors, text, rank=rank, world_size=world_size,
-                                                overwrite=overwrite, storage_options=storage_options,
-                                                options=options))
-        outer: Future[str] = Future()
-
-        def done(f: Future[Any]) -> None:
-            if f.cancelled():
-                outer.cancel()
-            elif f.exception() is not None:
-                outer.set_exception(f.exception())  # type: ignore[arg-type]
-            else:
-                outer.set_result(text)
-            # the tensors (and the TF buffers they view) are released with `inner`
-
-        inner.add_done_callback(done)
-        _in_flight = outer
-        return outer
+        return api.save_async(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                              storage_options=storage_options, options=options, copy=False)
 
 
 # --- restore ------------------------------------------------------------------------------
