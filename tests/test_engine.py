@@ -194,3 +194,25 @@ def test_orphaned_data_of_a_crashed_save(tmp_path: Path) -> None:
     os.utime(tmp_path / "ck.data-00000-of-00001", (old, old))  # older than commit_timeout: dead
     remoteckpt.save({"a": np.ones(2)}, tmp_path / "ck")
     np.testing.assert_array_equal(remoteckpt.load(tmp_path / "ck")["a"], np.ones(2))
+
+
+def test_whole_tensors_are_read_straight_into_the_output(tmp_path: Path) -> None:
+    """A whole stored entry lands in the result array itself: no temporary buffer, no copy."""
+    prefix = remoteckpt.save({"w": np.ones((1024, 1024), np.float32)}, tmp_path / "ck")
+    reader = remoteckpt.CheckpointReader(prefix)
+    addresses: list[int] = []
+    inner = reader.store.read_scatter
+
+    async def spy(key: str, start: int, targets: list[tuple[int, memoryview]]) -> ScatterResult:
+        addresses.extend(np.frombuffer(v, np.uint8).ctypes.data for _, v in targets)
+        return await inner(key, start, targets)
+
+    reader.store.read_scatter = spy  # type: ignore[method-assign]
+    target = np.zeros((1024, 1024), np.float32)
+    got = remoteckpt.load(prefix, out={"w": target})["w"]  # a fresh reader: spy on this one instead
+    assert got is target and (target == 1).all()
+    target[:] = 0
+    loop.run(reader.read("w", out=target))
+    assert (target == 1).all() and addresses
+    low, high = target.ctypes.data, target.ctypes.data + target.nbytes
+    assert all(low <= a < high for a in addresses)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._proto import tensor_slice_pb2
@@ -43,7 +43,7 @@ class Box:
 
     start: tuple[int, ...]
     size: tuple[int, ...]
-    full_dims: tuple[bool, ...] = ()
+    full_dims: tuple[bool, ...] = field(default=(), compare=False)  # how it is spelled, not where
 
     @staticmethod
     def whole(shape: Sequence[int]) -> "Box":
