@@ -17,7 +17,9 @@ comes back as an "n/a" row with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -284,11 +286,25 @@ def suite_raw_s3(cfg: Config, target: str = "s3") -> list[dict[str, Any]]:
 # --- TensorFlow ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def suite_tf(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     label_save, label_restore = "TF: tf.train.Checkpoint.write", "TF: tf.train.Checkpoint.read"
     try:
-        with quiet_warnings():
+        with quiet_warnings(), _stderr_silenced():  # TF's C++ start-up logging ignores the env var
             import tensorflow as tf
     except Exception as exc:
         why = f"tensorflow not importable: {short_error(exc)}"
@@ -361,6 +377,8 @@ def suite_dcp(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
             import torch
             import torch.distributed.checkpoint as dcp
 
+            writer_cls: Any
+            reader_cls: Any
             if target == "local":
                 writer_cls, reader_cls = dcp.FileSystemWriter, dcp.FileSystemReader
                 options: dict[str, Any] = {}

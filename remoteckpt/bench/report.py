@@ -79,7 +79,7 @@ def _filesystem(path: str) -> str:
 # --- ratios -------------------------------------------------------------------------------
 
 def _ok(row: dict[str, Any] | None) -> bool:
-    return row is not None and row.get("status") == "ok" and row.get("seconds")
+    return row is not None and row.get("status") == "ok" and bool(row.get("seconds"))
 
 
 def find(rows: list[dict[str, Any]], target: str, op: str, impl: str) -> dict[str, Any] | None:
@@ -117,19 +117,26 @@ def table(record: dict[str, Any]) -> str:
              f"best of {cfg['repeat']}  ({record['when']})"]
     for note in record.get("notes", []):
         lines.append(f"  {note}")
+    load = record.get("load_average")
+    if load:
+        lines.append(f"  load average (1 min) before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f} "
+                     f"on {record.get('machine', {}).get('cores', '?')} cores")
     lines.append("")
-    head = f"{'target':<7}{'operation':<21}{'implementation':<44}{'best s':>9}{'GiB/s':>8}  {'cache':<6} notes"
+    head = (f"{'target':<7}{'operation':<21}{'implementation':<44}{'best s':>9}{'GiB/s':>8}  {'cache':<6}"
+            f"{'load':>5}  notes")
     lines += [head, "-" * len(head)]
     main = [r for r in rows if not r["op"].startswith("rss-")]
     for r in main:
+        load = f"{r['load_avg_1m']:.1f}" if r.get("load_avg_1m") is not None else ""
         if _ok(r):
             speed = f"{r['gib_per_s']:.2f}" if r.get("gib_per_s") else ""
             lines.append(f"{r['target']:<7}{r['op']:<21}{r['label']:<44}{r['seconds']:>9.3f}{speed:>8}  "
-                         f"{r.get('cache') or '':<6} {r.get('detail', '')}")
+                         f"{r.get('cache') or '':<6}{load:>5}  {r.get('detail', '')}")
         else:
-            lines.append(f"{r['target']:<7}{r['op']:<21}{r['label']:<44}{'n/a':>9}{'':>8}  {'':<6} "
+            lines.append(f"{r['target']:<7}{r['op']:<21}{r['label']:<44}{'n/a':>9}{'':>8}  {'':<6}{load:>5}  "
                          f"{r.get('reason', '')}")
-    lines += ["", "ratios: remoteckpt's throughput / the other's (above 1: remoteckpt is faster; raw = best raw row)",
+    lines += ["(load: the machine's 1-minute load average when the row's suite ended)",
+              "", "ratios: remoteckpt's throughput / the other's (above 1: remoteckpt is faster; raw = best raw row)",
               f"{'':<18}" + "".join(f"{t + ' ' + o:>15}" for t, o in COLUMNS)]
     for name, line in record["ratios"].items():
         lines.append(f"{name:<18}" + "".join(f"{('n/a' if v is None else f'{v:.2f}x'):>15}" for v in line.values()))
@@ -158,15 +165,13 @@ def summaries(rows: list[dict[str, Any]]) -> list[str]:
         blocking = find(rows, target, "save_async-blocking", "remoteckpt")
         if blocking is None:
             continue
-        if _ok(blocking) and _ok(copy):
+        if _ok(blocking) and copy is not None and _ok(copy):
             out.append(f"save_async ({target}): returns after {blocking['seconds']:.3f} s; an in-memory copy takes "
                        f"{copy['seconds']:.3f} s ({blocking['seconds'] / copy['seconds']:.2f}x the copy)")
         elif not _ok(blocking):
             out.append(f"save_async ({target}): n/a ({blocking.get('reason', '')})")
-    for target in ("local", "s3"):
-        mw = find(rows, target, "save-multiworker", "remoteckpt")
-        if mw is None:
-            continue
+    for mw in (r for r in rows if r["op"] == "save-multiworker"):
+        target = mw["target"] + ("" if mw["impl"] == "remoteckpt" else ", " + mw["label"].split(", ", 2)[-1])
         if _ok(mw):
             commit = mw.get("commit_seconds")
             out.append(f"multi-worker save ({target}, {mw.get('workers')} processes): {mw['seconds']:.3f} s total, "
@@ -174,3 +179,50 @@ def summaries(rows: list[dict[str, Any]]) -> list[str]:
         else:
             out.append(f"multi-worker save ({target}): n/a ({mw.get('reason', '')})")
     return out
+
+
+# --- markdown (for docs/benchmarks.md) ------------------------------------------------------
+
+def markdown(record: dict[str, Any]) -> str:
+    """The record's tables as Markdown: ``python -m remoteckpt.bench.report RESULT.json``."""
+    rows = record["rows"]
+    out = ["| target | operation | implementation | best s | GiB/s | every run, s | cache | load | notes |",
+           "|---|---|---|--:|--:|---|---|--:|---|"]
+    for r in rows:
+        if r["op"].startswith("rss-"):
+            continue
+        load = f"{r['load_avg_1m']:.1f}" if r.get("load_avg_1m") is not None else ""
+        if _ok(r):
+            runs = " ".join(f"{t:.2f}" for t in r["times"])
+            speed = f"{r['gib_per_s']:.2f}" if r.get("gib_per_s") else ""
+            out.append(f"| {r['target']} | {r['op']} | {r['label']} | {r['seconds']:.3f} | {speed} | {runs} | "
+                       f"{r.get('cache') or ''} | {load} | {r.get('detail', '')} |")
+        else:
+            out.append(f"| {r['target']} | {r['op']} | {r['label']} | n/a | | | | {load} | {r.get('reason', '')} |")
+    out += ["", "| remoteckpt's throughput / the other's | " + " | ".join(f"{t} {o}" for t, o in COLUMNS) + " |",
+            "|---|" + "--:|" * len(COLUMNS)]
+    for name, line in record["ratios"].items():
+        out.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.2f}x" for v in line.values()) + " |")
+    rss = [r for r in rows if r["op"].startswith("rss-")]
+    if rss:
+        out += ["", "| peak RSS | tensors | baseline RSS | peak RSS | peak - baseline | / tensors | seconds |",
+                "|---|--:|--:|--:|--:|--:|--:|"]
+        for r in rss:
+            name = f"{r['target']} {r['op'][4:]}"
+            if _ok(r):
+                extra = max(0, r["extra_rss"])
+                out.append(f"| {name} | {_gib(r['bytes'])} | {_gib(r['baseline_rss'])} | {_gib(r['peak_rss'])} | "
+                           f"{_gib(extra)} | {extra / r['bytes']:.2f}x | {r['seconds']:.2f} |")
+            else:
+                out.append(f"| {name} | n/a | | | | | {r.get('reason', '')} |")
+    summary = summaries(rows)
+    if summary:
+        out += [""] + [f"- {line}" for line in summary]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+
+    for arg in sys.argv[1:]:
+        print(markdown(json.loads(Path(arg).read_text())))

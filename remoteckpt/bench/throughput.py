@@ -30,6 +30,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,10 @@ def suite_remoteckpt(cfg: Config, target: str, with_copy: bool = False) -> list[
             times = []
             for _ in range(cfg.repeat):
                 start = perf()
-                copy = {k: v.copy() for k, v in tensors.items()}
+                snapshot = {k: v.copy() for k, v in tensors.items()}
                 times.append(perf() - start)
-                del copy
+                assert len(snapshot) == len(tensors)
+                del snapshot
             rows.append(row("memory", "copy", "numpy", times, size, label="{k: v.copy() ...}",
                             detail="in-memory snapshot of the tensors"))
         # save_async
@@ -285,7 +287,8 @@ def _timings(result: Any) -> dict[str, float]:
     return out
 
 
-def _mw_worker(cfg: Config, rank: int, prefix: str, save_id: str, barrier: Any, queue: Any) -> None:
+def _mw_worker(cfg: Config, rank: int, prefix: str, save_id: str, options: dict[str, Any] | None,
+               barrier: Any, queue: Any) -> None:
     try:
         import remoteckpt
         import remoteckpt.api as api
@@ -293,6 +296,8 @@ def _mw_worker(cfg: Config, rank: int, prefix: str, save_id: str, barrier: Any, 
         tensors = make_tensors(cfg, _worker_indices(cfg, rank))
         kw = accepted_kwargs(remoteckpt.save, overwrite=True, save_id=save_id) or {}
         kw.update(rank=rank, world_size=cfg.workers)
+        if options:
+            kw["storage_options"] = options
         # The coroutine behind save() returns the worker's report (with the commit time);
         # save() itself returns only the prefix.  Use it when it exists.
         coroutine = getattr(api, "save_checkpoint", None)
@@ -303,8 +308,8 @@ def _mw_worker(cfg: Config, rank: int, prefix: str, save_id: str, barrier: Any, 
             via = "remoteckpt.api.save_checkpoint (the coroutine behind save)"
         barrier.wait()
         start = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes on Linux
-        if via == "remoteckpt.save":
-            result = remoteckpt.save(tensors, prefix, **kw)
+        if coroutine is None or via == "remoteckpt.save":
+            result: Any = remoteckpt.save(tensors, prefix, **kw)
         else:
             result = loop.run(coroutine(tensors, prefix, **kw))
         end = time.monotonic()
@@ -318,6 +323,12 @@ def _mw_worker(cfg: Config, rank: int, prefix: str, save_id: str, barrier: Any, 
             pass
 
 
+NO_LISTING_CACHE = {"use_listings_cache": False}
+"""s3fs option: no directory-listing cache.  A workaround for a stale-listing failure of the
+multi-worker commit (the coordinator's polls fill s3fs's listing cache; a later whole-object
+GET sizes the object from that stale listing and reports it missing)."""
+
+
 def suite_multiworker(cfg: Config, target: str) -> list[dict[str, Any]]:
     import remoteckpt
 
@@ -325,16 +336,30 @@ def suite_multiworker(cfg: Config, target: str) -> list[dict[str, Any]]:
     save = getattr(remoteckpt, "save", None)
     if save is None or not accepts(save, "rank", "world_size"):
         return [na(target, op, "remoteckpt", "remoteckpt.save takes no rank/world_size (yet)", label=label)]
+    rows = [_multiworker(cfg, target, op, "remoteckpt", label, None)]
+    if rows[0]["status"] != "ok" and target == "s3" and accepts(save, "storage_options"):
+        rows.append(_multiworker(cfg, target, op, "remoteckpt-nolistcache",
+                                 label + ", use_listings_cache=False", NO_LISTING_CACHE))
+    return rows
+
+
+def _multiworker(cfg: Config, target: str, op: str, impl: str, label: str,
+                 options: dict[str, Any] | None) -> dict[str, Any]:
+    import remoteckpt
+
     ctx = multiprocessing.get_context("spawn")
     base = run_dir(cfg, target, "mw")
-    totals, commits, kinds, vias = [], [], set(), set()
+    totals: list[float] = []
+    commits: list[float | None] = []
+    kinds: set[str] = set()
+    vias: set[str] = set()
     rank0: list[dict[str, float]] = []
     try:
         for r in range(cfg.repeat):
             prefix = f"{base}/mw-{r}/model.ckpt"
             save_id = f"bench-{os.getpid()}-{r}-{int(time.time())}"
             barrier, queue = ctx.Barrier(cfg.workers + 1), ctx.Queue()
-            procs = [ctx.Process(target=_mw_worker, args=(cfg, rank, prefix, save_id, barrier, queue))
+            procs = [ctx.Process(target=_mw_worker, args=(cfg, rank, prefix, save_id, options, barrier, queue))
                      for rank in range(cfg.workers)]
             for p in procs:
                 p.start()
@@ -352,9 +377,9 @@ def suite_multiworker(cfg: Config, target: str) -> list[dict[str, Any]]:
                     if p.is_alive():
                         p.terminate()
                         p.join()
-            errors = [f"rank {x['rank']}: {x['error']}" for x in results if "error" in x]
+            errors = [f"rank {x['rank']}: {x['error']}" for x in sorted(results, key=lambda x: x["rank"]) if "error" in x]
             if errors:
-                return [na(target, op, "remoteckpt", "; ".join(errors)[:300], label=label)]
+                return na(target, op, impl, f"run {r + 1}: " + "; ".join(errors)[:300], label=label)
             totals.append(max(x["end"] for x in results) - min(x["start"] for x in results))
             got = [x["commit"] for x in results if x["commit"] is not None]
             commits.append(max(got) if got else None)
@@ -362,7 +387,7 @@ def suite_multiworker(cfg: Config, target: str) -> list[dict[str, Any]]:
             vias.update(x["via"] for x in results)
             rank0.append(next(x["timings"] for x in results if x["rank"] == 0))
             if r == 0:
-                names = {n for n, _ in remoteckpt.list_variables(prefix)}
+                names = {n for n, _ in remoteckpt.list_variables(prefix, storage_options=options)}
                 if names != {tensor_name(i) for i in range(cfg.tensors)}:
                     raise AssertionError(f"the checkpoint holds {len(names)} tensors, expected {cfg.tensors}")
             remove(f"{base}/mw-{r}")
@@ -373,8 +398,8 @@ def suite_multiworker(cfg: Config, target: str) -> list[dict[str, Any]]:
     detail = "first start to last return, " + ", ".join(sorted(vias))
     detail += f"; commit {commit:.3f} s" if commit is not None else \
         f"; commit time n/a (the result, {', '.join(sorted(kinds))}, does not expose it)"
-    return [row(target, op, "remoteckpt", totals, cfg.total_bytes, label=label, detail=detail,
-                extra={"commit_seconds": commit, "workers": cfg.workers, "rank0_timings": rank0[best]})]
+    return row(target, op, impl, totals, cfg.total_bytes, label=label, detail=detail,
+               extra={"commit_seconds": commit, "workers": cfg.workers, "rank0_timings": rank0[best]})
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -428,6 +453,9 @@ def run_throughput(cfg: Config, progress: Any = sys.stderr) -> list[dict[str, An
             print(f" {time.monotonic() - start:.1f} s" + (f"  (failed: {why})" if why else ""), file=progress, flush=True)
             if got is None:
                 got = [na(target, op, impl, why or "failed", label=label) for op, impl, label in _PLACEHOLDERS[name]]
+            load = round(os.getloadavg()[0], 2)  # how busy the machine was: context for the numbers
+            for r in got:
+                r.setdefault("load_avg_1m", load)
             rows.extend(got)
         if func == "suite_rss_save":
             remove(directory)
@@ -480,10 +508,19 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
     from . import report
     from .harness import drop_caches
 
+    import signal
+
     cfg, notes = configure(url, cfg)
     own_local = url is None
     server = None
     started = time.time()
+    load_before = os.getloadavg()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def terminated(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")  # so that the finally below stops SeaweedFS
+
+        previous = signal.signal(signal.SIGTERM, terminated)
     try:
         if url is None:
             try:
@@ -506,9 +543,11 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
             server.stop()
         if own_local and cfg.local_dir:
             remove(cfg.local_dir)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     from .harness import GiB
 
-    record = {
+    record: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_seconds": round(time.time() - started, 1),
         "argv": sys.argv[1:] if argv is None else argv,
@@ -517,6 +556,8 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
         "tensor_shape": [cfg.total_bytes // cfg.tensors // 4 // 1024, 1024],
         "notes": notes,
         "machine": report.machine_info(cfg.local_dir if not own_local else tempfile.gettempdir()),
+        "load_average": {"before": [round(x, 2) for x in load_before],
+                         "after": [round(x, 2) for x in os.getloadavg()]},
         "rows": rows,
     }
     record["ratios"] = report.ratios(rows)
