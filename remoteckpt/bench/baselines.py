@@ -369,9 +369,15 @@ def suite_tf(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
 # --- PyTorch DCP --------------------------------------------------------------------------
 
 
-def suite_dcp(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
-    kind = "FileSystem" if target == "local" else "Fsspec"
-    label_save, label_restore = f"DCP: dcp.save, {kind}Writer", f"DCP: dcp.load, {kind}Reader"
+def suite_dcp(cfg: Config, target: str = "local", via: str = "dcp") -> list[dict[str, Any]]:
+    """DCP's own storage (`via="dcp"`: FileSystem*/Fsspec*), or remoteckpt's plugin behind the
+    same `dcp.save`/`dcp.load` calls (`via="dcp-remoteckpt"`: remoteckpt.torch.StorageWriter)."""
+    impl = via
+    if via == "dcp":
+        kind = "FileSystem" if target == "local" else "Fsspec"
+        label_save, label_restore = f"DCP: dcp.save, {kind}Writer", f"DCP: dcp.load, {kind}Reader"
+    else:
+        label_save, label_restore = "DCP + remoteckpt.torch.StorageWriter", "DCP + remoteckpt.torch.StorageReader"
     try:
         with quiet_warnings():
             import torch
@@ -379,9 +385,17 @@ def suite_dcp(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
 
             writer_cls: Any
             reader_cls: Any
-            if target == "local":
+            options: dict[str, Any] = {}
+            if via != "dcp":
+                import remoteckpt.torch as plugin
+
+                def writer_cls(path: str, **_: Any) -> Any:
+                    return plugin.StorageWriter(path)
+
+                def reader_cls(path: str, **_: Any) -> Any:
+                    return plugin.StorageReader(path)
+            elif target == "local":
                 writer_cls, reader_cls = dcp.FileSystemWriter, dcp.FileSystemReader
-                options: dict[str, Any] = {}
             else:
                 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
@@ -389,13 +403,14 @@ def suite_dcp(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
                 options = s3fs_options()
     except Exception as exc:
         why = f"torch DCP not importable: {short_error(exc)}"
-        return [na(target, "save", "dcp", why, label=label_save), na(target, "restore", "dcp", why, label=label_restore)]
+        return [na(target, "save", impl, why, label=label_save), na(target, "restore", impl, why, label=label_restore)]
     tensors = make_tensors(cfg)
     size = nbytes(tensors)
     state = {name: torch.from_numpy(value) for name, value in tensors.items()}  # shares memory
-    base = run_dir(cfg, target, "dcp")
+    base = run_dir(cfg, target, impl)
     rows: list[dict[str, Any]] = []
-    detail = f"torch {torch.__version__}, one process, no process group, thread_count={cfg.dcp_threads}"
+    detail = f"torch {torch.__version__}, one process, no process group" + (
+        f", thread_count={cfg.dcp_threads}" if via == "dcp" else ", remoteckpt's engine underneath")
     try:
         try:
             times = []
@@ -407,9 +422,10 @@ def suite_dcp(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
                     dcp.save(state, storage_writer=writer_cls(path, thread_count=cfg.dcp_threads, **options))
                     times.append(perf() - start)
                 remove(path)
-            rows.append(row(target, "save", "dcp", times, size, label=label_save, detail=detail + ", sync_files=True"))
+            rows.append(row(target, "save", impl, times, size, label=label_save,
+                            detail=detail + (", sync_files=True" if via == "dcp" else "")))
         except Exception as exc:
-            rows.append(na(target, "save", "dcp", short_error(exc), label=label_save))
+            rows.append(na(target, "save", impl, short_error(exc), label=label_save))
         try:
             path = f"{base}/restore"
             with quiet_warnings():
@@ -427,10 +443,10 @@ def suite_dcp(cfg: Config, target: str = "local") -> list[dict[str, Any]]:
                     if bad:
                         raise AssertionError(f"DCP loaded different values: {bad}")
                 del dest
-            rows.append(row(target, "restore", "dcp", times, size, cache=cache, label=label_restore,
+            rows.append(row(target, "restore", impl, times, size, cache=cache, label=label_restore,
                             detail=f"torch {torch.__version__}, into preallocated torch.empty tensors"))
         except Exception as exc:
-            rows.append(na(target, "restore", "dcp", short_error(exc), label=label_restore))
+            rows.append(na(target, "restore", impl, short_error(exc), label=label_restore))
     finally:
         remove(base)
     return rows

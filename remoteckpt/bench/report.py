@@ -101,6 +101,14 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
             line[f"{target} {op}"] = (theirs["seconds"] / ours["seconds"]  # type: ignore[index]
                                       if _ok(ours) and _ok(theirs) else None)
         out[f"remoteckpt/{title}"] = line
+    # The PyTorch plugin: DCP with remoteckpt underneath, against the raw limit and DCP's own.
+    for title, impl in (("raw", "raw"), ("DCP", "dcp")):
+        line = {}
+        for target, op in COLUMNS:
+            ours, theirs = find(rows, target, op, "dcp-remoteckpt"), find(rows, target, op, impl)
+            line[f"{target} {op}"] = (theirs["seconds"] / ours["seconds"]  # type: ignore[index]
+                                      if _ok(ours) and _ok(theirs) else None)
+        out[f"DCP+remoteckpt/{title}"] = line
     return out
 
 

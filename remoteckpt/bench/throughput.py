@@ -429,6 +429,7 @@ def plan(cfg: Config) -> list[tuple[str, str, tuple[Any, ...]]]:
             ("throughput", "suite_remoteckpt", (target, with_copy)),
             ("baselines", "suite_tf", (target,)),
             ("baselines", "suite_dcp", (target,)),
+            ("baselines", "suite_dcp", (target, "dcp-remoteckpt")),
             ("throughput", "suite_rss_save", (target,)),  # + suite_rss_load, same directory
         ]
     mw_target = "s3" if cfg.s3_url else "local"
