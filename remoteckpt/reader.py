@@ -101,16 +101,18 @@ class CheckpointReader:
         store = open_store(directory, storage_options, self._options)
         key = index_filename(self._name)
         try:
-            data = await store.get(key)
-        except CheckpointNotFoundError:
-            await store.close()
-            raise CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist") from None
-        view = memoryview(data)
-        try:
-            return store, decode_index(lambda o, n: view[o : o + n], len(view))
-        except CorruptCheckpointError as exc:
-            await store.close()
-            raise CorruptCheckpointError(f"{store.describe(key)}: {exc}") from None
+            try:
+                data = await store.get(key)
+            except CheckpointNotFoundError:
+                raise CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist") from None
+            view = memoryview(data)
+            try:
+                return store, decode_index(lambda o, n: view[o : o + n], len(view))
+            except CorruptCheckpointError as exc:
+                raise CorruptCheckpointError(f"{store.describe(key)}: {exc}") from None
+        except BaseException:
+            await store.close()  # whatever failed, the store's connections are released
+            raise
 
     # --- what is in it -------------------------------------------------------------------
 

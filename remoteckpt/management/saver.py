@@ -136,8 +136,11 @@ class Saver:
         try:
             if not self._adopted or self._directory != directory:
                 await self._adopt(store, directory)
+            # As TF's Saver: a checkpoint this Saver has not recorded at the target prefix (left
+            # by a run that crashed before updating the state file) is replaced, not an error.
+            recorded = join(directory, name) in {p for p, _ in self._last}
             await api.save_checkpoint(tensors, prefix, rank=self.rank, world_size=self.world_size,
-                                      overwrite=overwrite, storage_options=self.storage_options,
+                                      overwrite=overwrite or not recorded, storage_options=self.storage_options,
                                       options=self.options)
             self._record(join(directory, name))
             if self.rank == 0:

@@ -72,6 +72,7 @@ from torch.futures import Future
 from ..engine import loop
 from ..errors import (
     CheckpointExistsError,
+    CorruptCheckpointError,
     InvalidTensorsError,
     ShapeMismatchError,
     UnsupportedDTypeError,
@@ -448,7 +449,10 @@ class StorageReader(_DCPStorageReader):
         reader = self.reader
         if reader.has_tensor(METADATA_TENSOR):
             blob = reader.get_tensor(METADATA_TENSOR)
-            metadata = decode_metadata(blob.item() if isinstance(blob, np.ndarray) else blob)
+            try:
+                metadata = decode_metadata(blob.item() if isinstance(blob, np.ndarray) else blob)
+            except CorruptCheckpointError as exc:
+                raise CorruptCheckpointError(f"{reader.prefix}, tensor {METADATA_TENSOR!r}: {exc}") from None
         else:
             metadata = metadata_from_index(reader)
         if metadata.storage_meta is None:

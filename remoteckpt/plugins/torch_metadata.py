@@ -36,6 +36,8 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from ..errors import CorruptCheckpointError
+
 FORMAT = "remoteckpt.torch-dcp"
 FORMAT_VERSION = 1
 
@@ -207,7 +209,18 @@ def encode_metadata(metadata: Metadata) -> bytes:
 
 
 def decode_metadata(data: bytes | str) -> Metadata:
-    """The `Metadata` that `encode_metadata` stored.  Raises `ValueError` for anything else."""
+    """The `Metadata` that `encode_metadata` stored.  Raises `CorruptCheckpointError` (a
+    `ValueError`) for anything else, however malformed: it is read from storage."""
+    try:
+        return _decode_metadata(data)
+    except CorruptCheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, RecursionError,
+            OverflowError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"invalid DCP metadata: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _decode_metadata(data: bytes | str) -> Metadata:
     body = json.loads(data)
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise ValueError("not remoteckpt's DCP metadata")

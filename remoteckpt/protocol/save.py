@@ -91,10 +91,14 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
     storage rendezvous."""
     progress = progress or Reporter(None, layout.name)
     start = time.monotonic()
-    if not overwrite and await store.exists(layout.index):
-        raise CheckpointExistsError(
-            f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
-            "(pass overwrite=True to replace it)")
+    if await store.exists(layout.index):
+        if not overwrite:
+            raise CheckpointExistsError(
+                f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
+                "(pass overwrite=True to replace it)")
+        # Un-commit the old checkpoint before touching any of its data files: a crash from here
+        # on leaves no index that reads as committed but points at half-replaced data.
+        await store.delete(layout.index)
     plan = plan_bundle(tensors)
     progress.emit("staged", plan.size, plan.size)
     crash_point("staged")

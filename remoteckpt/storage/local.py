@@ -71,12 +71,23 @@ class LocalWriter(ObjectWriter):
     async def write(self, data: Buffer) -> None:
         try:
             if self._file is None:
-                await aiofiles.os.makedirs(self._path.parent, exist_ok=True)
-                self._file = await aiofiles.open(self._temp, "wb")
+                self._file = await self._open_temp()
             await self._file.write(data)
         except Exception as exc:
             await self.abort()
             raise translate(exc, str(self._path)) from exc
+
+    async def _open_temp(self) -> Any:
+        """Create the directory and the temp file; another task's `delete` may prune the
+        directory between the two (it removes directories it empties), so retry."""
+        for attempt in range(5):
+            await aiofiles.os.makedirs(self._path.parent, exist_ok=True)
+            try:
+                return await aiofiles.open(self._temp, "wb")
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
 
     async def commit(self) -> None:
         if self._done:
@@ -158,7 +169,7 @@ class LocalStore(Store):
         try:
             await aiofiles.os.remove(self.path(key))
         except FileNotFoundError:
-            pass
+            return  # nothing removed: leave the directories to whoever may be filling them
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
         parent = self.path(key).parent
