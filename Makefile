@@ -2,6 +2,7 @@
 #   make test     the whole test suite (TensorFlow, PyTorch and JAX included, so every test runs)
 #   make bench    benchmarks; results go to bench-results/ (see docs/benchmarks.md)
 #   make demo     save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
+#   make soak     reliability soak (crash, network, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
 #   make protos   regenerate remoteckpt/_proto from protos/
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test bench demo protos clean
+.PHONY: install test bench demo protos clean soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +43,6 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench-results
+
+soak: $(STAMP)
+	$(PY) -m remoteckpt.bench.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)

@@ -9,17 +9,24 @@ exclusive.  Elsewhere a writer gathers its chunks and writes them with one ``pip
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import datetime
+import hashlib
 import io
+import logging
+import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import botocore.exceptions
 
 import fsspec
 
-from ..errors import CheckpointExistsError, CheckpointNotFoundError
+from ..errors import CheckpointExistsError, CheckpointNotFoundError, StorageError
 from ..format.coding import crc32c
 from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities
 from .errors import translate
@@ -32,14 +39,26 @@ MIN_PART_SIZE = 5 * 2**20
 """S3 rejects smaller parts (all but the last) at CompleteMultipartUpload."""
 
 MAX_PARTS_IN_FLIGHT = 4
+"""Parts uploading at once per writer: bounds a writer's buffers to 4 x PART_SIZE."""
 
 STREAM_CHUNK = 1 * 2**20
 """Bytes taken from a GET's body at a time: large enough for few event-loop turns, small
 enough to stay in cache while it is copied into place."""
 
-READ_ATTEMPTS = 3
-"""A GET whose body is cut is resumed from the first missing byte this many times in all."""
-"""Parts uploading at once per writer: bounds a writer's buffers to 4 x PART_SIZE."""
+READ_ATTEMPTS = 5
+"""A GET whose body is cut is resumed from the first missing byte this many times in all
+(on top of botocore's own retries of requests that fail before their body)."""
+
+_BODY_ERRORS = (OSError, asyncio.TimeoutError, aiohttp.ClientError, botocore.exceptions.BotoCoreError)
+"""What reading a response body raises when the connection is cut or stalls (aiobotocore
+wraps some aiohttp errors in botocore's `ResponseStreamingError`, `IncompleteReadError`)."""
+
+log = logging.getLogger("remoteckpt")
+
+
+async def _pause(attempt: int) -> None:
+    """Backoff before re-reading a cut body: 50 ms, 100 ms, ... at most 2 s, with jitter."""
+    await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 class FsspecStore(Store):
@@ -102,10 +121,10 @@ class FsspecStore(Store):
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def list(self, prefix: str = "") -> builtins.list[str]:
         return [info.key for info in await self.list_info(prefix)]
 
-    async def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+    async def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = self.path("")
         try:
             found = await self._call("find", base.rstrip("/") or "/", withdirs=False, detail=True)
@@ -116,7 +135,11 @@ class FsspecStore(Store):
         infos = []
         strip = len(base)
         for path, info in found.items():
-            key = path[strip:] if path.startswith(base) else path
+            if not path.startswith(base) or info.get("type") == "directory":
+                # s3fs answers a listing that finds nothing with the root itself when the
+                # server reports it as an object (SeaweedFS does, for an emptied directory)
+                continue
+            key = path[strip:]
             if key.startswith(prefix):
                 infos.append(ObjectInfo(key, int(info.get("size") or 0), _mtime(info)))
         return sorted(infos, key=lambda i: i.key)
@@ -156,7 +179,7 @@ class _BufferedWriter(ObjectWriter):
         self.key = key
         self._store = store
         self._exclusive = exclusive
-        self._chunks: list[bytes] = []
+        self._chunks: builtins.list[bytes] = []
 
     async def write(self, data: Buffer) -> None:
         self._chunks.append(bytes(data))
@@ -193,21 +216,37 @@ class S3Store(FsspecStore):
         return _MultipartWriter(self, key, exclusive)
 
     async def get(self, key: str) -> bytes:
-        """One GET (s3fs's `cat_file` would first ask for the size)."""
+        """One GET (s3fs's `cat_file` would first ask for the size); a body cut short is
+        fetched again (the whole object: `get` is for small ones)."""
         bucket, path, _ = self.fs.split_path(self.path(key))
-        try:
-            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
+        for attempt in range(READ_ATTEMPTS):
             try:
-                return bytes(await response["Body"].read())
+                response = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
+            except Exception as exc:
+                raise translate(exc, self.describe(key)) from exc
+            body = response["Body"]
+            try:
+                data = bytes(await body.read())  # checks the length against Content-Length
+            except _BODY_ERRORS as exc:
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise translate(exc, self.describe(key)) from exc
+                log.debug("GET %s: body cut (%s), fetching again", self.describe(key), type(exc).__name__)
+                await _pause(attempt)
+                continue
             finally:
-                response["Body"].close()
-        except Exception as exc:
-            raise translate(exc, self.describe(key)) from exc
+                body.close()
+            return data
+        raise AssertionError("unreachable")
 
-    async def pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    def __reduce__(self) -> Any:
+        # fsspec filesystems pickle their constructor arguments, credentials included.
+        raise TypeError(f"{type(self).__name__} cannot be pickled: it holds connections and credentials "
+                        "(pickle the prefix and open the store again)")
+
+    async def pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         bucket, path, _ = self.fs.split_path(self.path(prefix))
         strip = len(self.fs.split_path(self.path(""))[1])
-        uploads: list[PendingUpload] = []
+        uploads: builtins.list[PendingUpload] = []
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": path}
         try:
             while True:
@@ -238,14 +277,19 @@ class S3Store(FsspecStore):
             return ScatterResult(0, tuple(0 for _ in targets))
         bucket, path, _ = self.fs.split_path(self.path(key))
         sink = _ScatterSink(start, targets)
+        pinned: dict[str, str] = {}  # resumed GETs must read the same version of the object
         for attempt in range(READ_ATTEMPTS):
             try:
                 response = await self.fs._call_s3(
-                    "get_object", Bucket=bucket, Key=path, Range=f"bytes={sink.position}-{end - 1}")
+                    "get_object", Bucket=bucket, Key=path, Range=f"bytes={sink.position}-{end - 1}", **pinned)
             except Exception as exc:
                 if _is_invalid_range(exc):  # starts at or past the end of the object
                     return sink.result()
+                if pinned and _is_precondition_failure(exc):
+                    raise StorageError(f"{self.describe(key)} changed while it was being read") from exc
                 raise translate(exc, self.describe(key)) from exc
+            if response.get("ETag"):
+                pinned = {"IfMatch": response["ETag"]}
             body = response["Body"]
             try:
                 while sink.position < end:
@@ -254,9 +298,12 @@ class S3Store(FsspecStore):
                         return sink.result()  # the object is shorter than asked
                     sink.write(chunk)
                 return sink.result()
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            except _BODY_ERRORS as exc:
                 if attempt + 1 == READ_ATTEMPTS:
                     raise translate(exc, self.describe(key)) from exc
+                log.debug("GET %s: body cut at byte %d (%s), resuming", self.describe(key), sink.position,
+                          type(exc).__name__)
+                await _pause(attempt)
             finally:
                 body.close()
         return sink.result()
@@ -299,12 +346,26 @@ def _is_invalid_range(exc: BaseException) -> bool:
 
 
 class _MultipartWriter(ObjectWriter):
+    """One S3 object: a single PUT when it fits in one part, else a multipart upload.
+
+    Requests are retried by botocore (see `url._s3_options`); what a retry cannot settle by
+    itself is settled here:
+      - a commit whose acknowledgement was lost (the retried PUT or CompleteMultipartUpload
+        answers PreconditionFailed or NoSuchUpload, because the first one DID land) is
+        recognised by the object's ETag, which S3 derives from our bytes (MD5, or MD5 of the
+        parts' MD5s): ours is a success, anything else is the other writer's;
+      - a CreateMultipartUpload that was retried may have created an upload whose id we
+        never heard of: after the commit or abort, uploads of this key begun by this writer
+        (since it started) other than ours are aborted;
+      - a failed writer aborts its upload, so no parts are left to pay for.
+    """
+
     def __init__(self, store: S3Store, key: str, exclusive: bool) -> None:
         self.key = key
         self._store = store
         self._exclusive = exclusive
         self._bucket, self._key, _ = store.fs.split_path(store.path(key))
-        self._pending: list[Buffer] = []
+        self._pending: builtins.list[Buffer] = []
         self._pending_size = 0
         self._upload_id: str | None = None
         self._part_size = store.part_size
@@ -314,6 +375,9 @@ class _MultipartWriter(ObjectWriter):
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(store.parts_in_flight)
         self._closed = False
+        self._started = time.time()
+        self._stray_uploads = False
+        self._expected_etag: str | None = None
 
     async def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
@@ -335,7 +399,11 @@ class _MultipartWriter(ObjectWriter):
             if self._upload_id is None:
                 mpu = await self._store.fs._call_s3("create_multipart_upload", Bucket=self._bucket, Key=self._key)
                 self._upload_id = mpu["UploadId"]
+                if mpu.get("ResponseMetadata", {}).get("RetryAttempts"):
+                    self._stray_uploads = True  # an earlier attempt may have created one too
         except Exception as exc:
+            if self._upload_id is None:
+                self._stray_uploads = True  # an attempt whose answer was lost may have created one
             await self.abort()
             raise translate(exc, self._store.describe(self.key)) from exc
         number, self._next_part = self._next_part, self._next_part + 1
@@ -347,6 +415,8 @@ class _MultipartWriter(ObjectWriter):
 
     async def _upload_part(self, number: int, body: Any) -> None:
         try:
+            if isinstance(body, _ViewFile):
+                body.seek(0)
             out = await self._store.fs._call_s3(
                 "upload_part", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
                 PartNumber=number, Body=body)
@@ -356,32 +426,41 @@ class _MultipartWriter(ObjectWriter):
 
     def _raise_failed(self) -> None:
         for task in list(self._tasks):
-            if task.done() and task.exception() is not None:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 raise translate(task.exception(), self._store.describe(self.key)) from task.exception()  # type: ignore[misc]
 
     async def commit(self) -> None:
         match = {"IfNoneMatch": "*"} if self._exclusive else {}
         fs = self._store.fs
         try:
-            if self._upload_id is None:
-                body = b"".join(self._pending)  # one small object: a single PUT
-                self._pending = []
-                await fs._call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=body, **match)
-            else:
-                if self._pending_size:
-                    await self._upload_pending()
-                await asyncio.gather(*self._tasks)
-                parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
-                if len(parts) != self._next_part - 1:
-                    raise RuntimeError(f"{self._next_part - 1 - len(parts)} uploaded parts are missing")
-                await fs._call_s3(
-                    "complete_multipart_upload", Bucket=self._bucket, Key=self._key,
-                    UploadId=self._upload_id, MultipartUpload={"Parts": parts}, **match)
-                # CompleteMultipartUpload can answer 200 with an error body: check what landed.
-                head = await fs._call_s3("head_object", Bucket=self._bucket, Key=self._key)
-                if head["ContentLength"] != self._written:
-                    raise RuntimeError(
-                        f"multipart upload stored {head['ContentLength']} bytes, {self._written} were written")
+            try:
+                if self._upload_id is None:
+                    body = b"".join(self._pending)  # one small object: a single PUT
+                    self._pending = []
+                    self._expected_etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                    await fs._call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=body, **match)
+                else:
+                    if self._pending_size:
+                        await self._upload_pending()
+                    await asyncio.gather(*self._tasks)
+                    parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+                    if len(parts) != self._next_part - 1:
+                        raise RuntimeError(f"{self._next_part - 1 - len(parts)} uploaded parts are missing")
+                    self._expected_etag = _multipart_etag([p["ETag"] for p in parts])
+                    await fs._call_s3(
+                        "complete_multipart_upload", Bucket=self._bucket, Key=self._key,
+                        UploadId=self._upload_id, MultipartUpload={"Parts": parts}, **match)
+                    # CompleteMultipartUpload can answer 200 with an error body: check what landed.
+                    head = await fs._call_s3("head_object", Bucket=self._bucket, Key=self._key)
+                    if head["ContentLength"] != self._written:
+                        raise RuntimeError(
+                            f"multipart upload stored {head['ContentLength']} bytes, {self._written} were written")
+            except Exception as exc:
+                if (_is_precondition_failure(exc) or _is_no_such_upload(exc)) and await self._landed():
+                    log.info("%s: the commit's acknowledgement was lost, but the object holds our bytes",
+                             self._store.describe(self.key))
+                else:
+                    raise
             self._closed = True
         except Exception as exc:
             await self.abort()
@@ -390,6 +469,18 @@ class _MultipartWriter(ObjectWriter):
             raise translate(exc, self._store.describe(self.key)) from exc
         finally:
             fs.invalidate_cache(self._store.path(self.key))
+            await self._abort_strays()
+
+    async def _landed(self) -> bool:
+        """Whether the object at our key is the one this writer committed (its ETag, and
+        size, are those of our bytes)."""
+        if self._expected_etag is None:
+            return False
+        try:
+            head = await self._store.fs._call_s3("head_object", Bucket=self._bucket, Key=self._key)
+        except Exception:
+            return False
+        return head.get("ETag", "").strip('"') == self._expected_etag and head.get("ContentLength") == self._written
 
     async def abort(self) -> None:
         if self._closed:
@@ -403,8 +494,40 @@ class _MultipartWriter(ObjectWriter):
             try:
                 await self._store.fs._call_s3(
                     "abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
-            except Exception:
-                pass  # `remoteckpt.gc` lists and aborts stale uploads
+            except Exception as exc:
+                if not _is_no_such_upload(exc):  # gone already: completed, or aborted by a retry
+                    log.warning("could not abort the upload of %s (remoteckpt.gc will): %s",
+                                self._store.describe(self.key), type(exc).__name__)
+        await self._abort_strays()
+
+    async def _abort_strays(self) -> None:
+        """Abort uploads of our key that a retried CreateMultipartUpload may have begun."""
+        if not self._stray_uploads:
+            return
+        self._stray_uploads = False
+        try:
+            page = await self._store.fs._call_s3("list_multipart_uploads", Bucket=self._bucket, Prefix=self._key)
+            for upload in page.get("Uploads", []):
+                initiated = upload.get("Initiated")
+                began = initiated.timestamp() if initiated else 0.0
+                if (upload["Key"] == self._key and upload["UploadId"] != self._upload_id
+                        and began >= self._started - 5.0):  # 5 s: clocks of client and server
+                    await self._store.fs._call_s3("abort_multipart_upload", Bucket=self._bucket, Key=self._key,
+                                                  UploadId=upload["UploadId"])
+        except Exception as exc:
+            log.warning("could not clear stray uploads of %s (remoteckpt.gc will): %s",
+                        self._store.describe(self.key), type(exc).__name__)
+
+
+def _multipart_etag(part_etags: builtins.list[str]) -> str:
+    """S3's ETag of a completed multipart upload: MD5 of the parts' binary MD5s, "-" count."""
+    digest = hashlib.md5(b"".join(bytes.fromhex(e.strip('"')) for e in part_etags), usedforsecurity=False)
+    return f"{digest.hexdigest()}-{len(part_etags)}"
+
+
+def _is_no_such_upload(exc: BaseException) -> bool:
+    text = f"{exc} {getattr(exc, '__cause__', '')}"
+    return "NoSuchUpload" in text
 
 
 class _ViewFile(io.RawIOBase):

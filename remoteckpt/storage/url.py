@@ -10,12 +10,19 @@ the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles: botocore's chain).  One option is
 remoteckpt's own: ``part_size`` (bytes per multipart part, default 16 MiB, at least 5 MiB).  The filesystem is
 created fresh (never from fsspec's instance cache) and asynchronous, on the calling loop.
+
+Requests have bounded timeouts and are retried with backoff (`S3_CONFIG_DEFAULTS`, overridable
+with ``storage_options={"config_kwargs": {...}}``; ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` in
+the environment are respected).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import posixpath
+import weakref
 from typing import Any
 
 import fsspec
@@ -26,6 +33,48 @@ from .fsspec_store import PART_SIZE, FsspecStore, S3Store
 from .local import LocalStore
 
 _S3_SCHEMES = ("s3", "s3a")
+
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "read_timeout": 30,
+    "retries": {"max_attempts": 8, "mode": "standard"},
+}
+"""botocore `Config` defaults for S3 (each overridable through ``storage_options={"config_kwargs":
+{...}}``): bounded timeouts, retries with backoff."""
+
+S3FS_RETRIES = 1
+"""s3fs's own retry loop around each call (``S3FileSystem.retries``), on top of botocore's:
+off (one call), because botocore already retries, and s3fs's loop would re-send a streamed
+part from wherever the failed attempt left its file position.  ``storage_options={"retries":
+N}`` sets it."""
+
+
+_SESSION_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _shared_session(session_kwargs: dict[str, Any]) -> Any:
+    """One aiobotocore session per event loop (and AWS environment, and session arguments),
+    shared by the stores opened on it: a session parses botocore's S3 model once (~0.1 s of
+    CPU), and caches the credentials it resolved.  None when not called on a running loop."""
+    try:
+        running = asyncio.get_running_loop()
+        key = (os.getpid(), hashlib.sha256(repr([os.environ.get(n) for n in _SESSION_ENV]).encode()).digest(),
+               tuple(sorted(session_kwargs.items())))
+        hash(key)
+    except (RuntimeError, TypeError):
+        return None
+    import aiobotocore.session
+
+    per_loop = _sessions.setdefault(running, {})
+    session = per_loop.get(key)
+    if session is None:
+        session = per_loop[key] = aiobotocore.session.AioSession(**session_kwargs)
+    return session
 
 
 def split_prefix(prefix: str | os.PathLike[str]) -> tuple[str, str]:
@@ -53,6 +102,15 @@ def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
     # remoteckpt checks its own CRC32C end to end.
     config.setdefault("request_checksum_calculation", "when_required")
     config.setdefault("response_checksum_validation", "when_required")
+    # Bounded waits and retries with backoff: a dead or stalled endpoint fails a request in
+    # connect_timeout / read_timeout (seconds without a byte), and transient failures
+    # (connection cut or refused, timeouts, 5xx, SlowDown) are retried up to max_attempts
+    # with exponential backoff and jitter (botocore's "standard" mode, which also keeps a
+    # retry budget per client so that an outage is not hammered).
+    for name, value in S3_CONFIG_DEFAULTS.items():
+        if name == "retries" and (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+            continue  # the user's own AWS retry configuration wins
+        config.setdefault(name, value)
     opts["config_kwargs"] = config
     # Workers meet through listings: a cached listing would hide a key another process just
     # wrote (and s3fs's `info` answers from that cache).
@@ -76,8 +134,12 @@ def open_store(directory: str, storage_options: dict[str, Any] | None = None,
         import s3fs
 
         part_size = storage.pop("part_size", PART_SIZE)
+        retries = int(storage.pop("retries", S3FS_RETRIES))
         in_flight = min(options.max_concurrency, max(1, options.memory_budget // part_size))
         fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **_s3_options(storage))
+        fs.retries = max(1, retries)
+        if fs.session is None:
+            fs.session = _shared_session(fs.kwargs)  # what s3fs would create, shared
         return S3Store(fs, rest, directory, part_size=part_size, parts_in_flight=in_flight)
     fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **storage)
     return FsspecStore(fs, root, directory)

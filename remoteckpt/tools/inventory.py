@@ -60,7 +60,7 @@ def list_checkpoints(directory: str | os.PathLike[str], *,
             name = info.key[: -len(".index")]
             step = _STEP.search(name)
             found.append((name, info.size + sizes.get(name, 0), info.mtime, int(step.group(1)) if step else None))
-        found.sort(key=lambda f: (f[2], f[0]))
+        found.sort(key=lambda f: (f[2], -1 if f[3] is None else f[3], f[0]))  # S3 mtimes: 1 s resolution
         latest = state.model_checkpoint_path if state else (found[-1][0] if found else None)
         return [CheckpointInfo(join(root, n), n, step, size, mtime, n == latest) for n, size, mtime, step in found]
 

@@ -1,0 +1,460 @@
+"""A fault-injecting HTTP/1.1 reverse proxy for S3 on loopback, for reliability tests.
+
+    with FaultProxy(server.endpoint_url, seed=7, slowdown=0.1, cut_response=0.05) as proxy:
+        opts = {"endpoint_url": proxy.endpoint_url}
+        remoteckpt.save(tensors, "s3://bucket/x", storage_options=opts)
+        print(proxy.counters)          # {"requests": 40, "slowdown": 4, "cut-response": 2, ...}
+
+It listens on 127.0.0.1 only, forwards raw HTTP to one upstream (``http://127.0.0.1:PORT``,
+loopback only) and, per request, may inject one fault:
+
+  slowdown        answer ``503 SlowDown`` with S3's XML error body (the request is consumed,
+                  never forwarded)
+  cut-request     read part of the request body, then close the connection (never forwarded)
+  cut-response    forward the request, relay the response head and part of its body (or part
+                  of the head when there is no body), then close
+  drop-response   forward the request whole, read the whole response, close without sending
+                  a byte of it: the lost acknowledgement (the server DID act)
+  stall           hold the request without answering for `stall_seconds`, then close
+  latency         (in addition to the above) sleep a random 0..`latency` seconds first
+
+Faults are drawn from a `random.Random(seed)` in request arrival order, so one seed gives one
+sequence of decisions.  `Rule`s target specific requests first (e.g. "drop the response of
+the PUT of *.index"), each for a limited number of matches.  `counters` counts requests and
+injected faults; `log` keeps (method, path, fault) of every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+FAULTS = ("slowdown", "cut-request", "cut-response", "drop-response", "stall")
+
+SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                 b"<Message>Please reduce your request rate.</Message>"
+                 b"<RequestId>FAULTPROXY</RequestId><HostId>faultproxy</HostId></Error>")
+
+_MAX_HEAD = 64 * 1024
+_CHUNK = 256 * 1024
+
+
+@dataclass
+class Rule:
+    """Inject `fault` into requests whose method and path (with query) match, `times` times."""
+
+    fault: str
+    method: str | None = None
+    path: str | None = None  # a regular expression searched in the request target
+    times: int = 1
+    matched: int = 0
+
+    def matches(self, method: str, target: str) -> bool:
+        if self.matched >= self.times:
+            return False
+        if self.method is not None and method != self.method:
+            return False
+        return self.path is None or re.search(self.path, target) is not None
+
+
+@dataclass
+class _Request:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    head: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+@dataclass
+class _Response:
+    status: int
+    head: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+class _Closed(Exception):
+    """The peer closed (or sent garbage): drop the connection."""
+
+
+def _parse_headers(lines: list[bytes]) -> list[tuple[str, str]]:
+    headers = []
+    for line in lines:
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise _Closed(f"bad header line {line[:80]!r}")
+        headers.append((name.decode("latin-1").strip(), value.decode("latin-1").strip()))
+    return headers
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise _Closed("connection closed inside a message head") from None
+    except (asyncio.LimitOverrunError, ConnectionError) as exc:
+        raise _Closed(str(exc)) from None
+    if len(head) > _MAX_HEAD:
+        raise _Closed("message head too large")
+    return head
+
+
+async def _body_chunks(reader: asyncio.StreamReader, length: int | None, chunked: bool, until_eof: bool = False):  # type: ignore[no-untyped-def]
+    """The raw bytes of a message body as they arrive (chunked framing included, so that it
+    can be relayed as is)."""
+    try:
+        if chunked:
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                yield size_line
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:  # trailers, up to the empty line
+                        line = await reader.readuntil(b"\r\n")
+                        yield line
+                        if line == b"\r\n":
+                            return
+                remaining = size + 2
+                while remaining:
+                    data = await reader.read(min(_CHUNK, remaining))
+                    if not data:
+                        raise _Closed("connection closed inside a chunk")
+                    remaining -= len(data)
+                    yield data
+        elif length is not None:
+            remaining = length
+            while remaining:
+                data = await reader.read(min(_CHUNK, remaining))
+                if not data:
+                    raise _Closed("connection closed inside a body")
+                remaining -= len(data)
+                yield data
+        elif until_eof:
+            while data := await reader.read(_CHUNK):
+                yield data
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError) as exc:
+        raise _Closed(str(exc)) from None
+
+
+class FaultProxy:
+    """See the module docstring.  Probabilities are per request; at most one fault each."""
+
+    def __init__(self, upstream: str, *, seed: int = 0, slowdown: float = 0.0, cut_request: float = 0.0,
+                 cut_response: float = 0.0, drop_response: float = 0.0, stall: float = 0.0,
+                 latency: float = 0.0, latency_probability: float = 0.0, stall_seconds: float = 30.0,
+                 rules: list[Rule] | None = None) -> None:
+        parts = urlsplit(upstream)
+        if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("FaultProxy forwards to a plain-http loopback endpoint only")
+        self.upstream = (parts.hostname, parts.port or 80)
+        self.seed = seed
+        self.probabilities = {"slowdown": slowdown, "cut-request": cut_request, "cut-response": cut_response,
+                              "drop-response": drop_response, "stall": stall}
+        if sum(self.probabilities.values()) > 1:
+            raise ValueError("fault probabilities add up to more than 1")
+        self.latency = latency
+        self.latency_probability = latency_probability
+        self.stall_seconds = stall_seconds
+        self.rules = list(rules or [])
+        self.counters: Counter[str] = Counter()
+        self.log: list[tuple[str, str, str]] = []
+        self.enabled = True
+        self._random = random.Random(seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    # --- life cycle -------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FaultProxy":
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._handle, "127.0.0.1", 0, limit=_MAX_HEAD * 2))
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="faultproxy", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            assert self._server is not None
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def faults_injected(self) -> int:
+        return sum(self.counters[f] for f in FAULTS)
+
+    def reset(self, *, seed: int | None = None, **probabilities: float) -> None:
+        """Change fault probabilities (keys as in `__init__`) between operations."""
+        def apply() -> None:
+            if seed is not None:
+                self._random.seed(seed)
+            for key, value in probabilities.items():
+                name = key.replace("_", "-")
+                if name in self.probabilities:
+                    self.probabilities[name] = value
+                elif key in ("latency", "latency_probability", "stall_seconds"):
+                    setattr(self, key, value)
+                else:
+                    raise TypeError(f"unknown option {key}")
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(apply)
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop).result(10)
+        else:
+            apply()
+
+    def add_rule(self, rule: Rule) -> Rule:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.rules.append, rule)
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop).result(10)
+        else:
+            self.rules.append(rule)
+        return rule
+
+    # --- decisions --------------------------------------------------------------------
+
+    def _decide(self, method: str, target: str) -> tuple[str | None, float, float]:
+        """(fault or None, latency, where to cut as a fraction) for the next request; always
+        draws the same random values, so one seed gives one sequence of decisions."""
+        draw, delay_draw, amount, fraction = (self._random.random() for _ in range(4))
+        delay = self.latency * amount if delay_draw < self.latency_probability else 0.0
+        if not self.enabled:
+            return None, 0.0, fraction
+        for rule in self.rules:
+            if rule.matches(method, target):
+                rule.matched += 1
+                return rule.fault, delay, fraction
+        edge = 0.0
+        for fault in FAULTS:
+            edge += self.probabilities[fault]
+            if draw < edge:
+                return fault, delay, fraction
+        return None, delay, fraction
+
+    # --- the proxy --------------------------------------------------------------------
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self._writers.add(client_w)
+        try:
+            while True:
+                head = await _read_head(client_r)
+                if head is None:
+                    return
+                request = self._parse_request(head)
+                if not await self._one(request, client_r, client_w):
+                    return
+        except (_Closed, ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._connections.discard(task)
+            self._writers.discard(client_w)
+            client_w.close()
+
+    @staticmethod
+    def _parse_request(head: bytes) -> _Request:
+        lines = head[:-4].split(b"\r\n")
+        try:
+            method, target, version = lines[0].decode("latin-1").split(" ", 2)
+        except ValueError:
+            raise _Closed(f"bad request line {lines[0][:80]!r}") from None
+        return _Request(method, target, version, _parse_headers(lines[1:]), head)
+
+    async def _one(self, request: _Request, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> bool:
+        """Serve one request; False: close the client connection."""
+        fault, delay, fraction = self._decide(request.method, request.target)
+        self.counters["requests"] += 1
+        if delay:
+            self.counters["latency"] += 1
+            await asyncio.sleep(delay)
+        self.log.append((request.method, request.target, fault or ""))
+        if fault:
+            self.counters[fault] += 1
+        length_text = request.header("content-length")
+        chunked = "chunked" in (request.header("transfer-encoding") or "").lower()
+        length = int(length_text) if length_text is not None else (None if chunked else 0)
+        expect = (request.header("expect") or "").lower() == "100-continue"
+        if expect:  # answered here; the upstream gets the body in one go
+            client_w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await client_w.drain()
+        body = _body_chunks(client_r, length, chunked)
+
+        if fault == "stall":
+            await asyncio.sleep(self.stall_seconds)
+            return False
+        if fault == "cut-request":
+            budget = int(fraction * ((length or 0) // 2))
+            async for data in body:
+                budget -= len(data)
+                if budget <= 0:
+                    break
+            return False
+        if fault == "slowdown":
+            async for _ in body:
+                pass
+            client_w.write(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                           + f"Content-Length: {len(SLOWDOWN_BODY)}\r\n".encode()
+                           + b"x-amz-request-id: FAULTPROXY\r\n\r\n" + SLOWDOWN_BODY)
+            await client_w.drain()
+            return True
+
+        # Forward the request, on a fresh upstream connection (an idle one the upstream
+        # closed meanwhile would otherwise look like an injected fault).
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.upstream, limit=_MAX_HEAD * 2)
+        except OSError as exc:
+            raise _Closed(f"upstream unreachable: {exc}") from None
+        try:
+            return await self._forward(request, fault, fraction, expect, body, up_r, up_w, client_w)
+        finally:
+            up_w.close()
+
+    async def _forward(self, request: _Request, fault: str | None, fraction: float, expect: bool, body, up_r: asyncio.StreamReader,  # type: ignore[no-untyped-def]
+                       up_w: asyncio.StreamWriter, client_w: asyncio.StreamWriter) -> bool:
+        head = request.head
+        if expect:
+            lines = [ln for ln in head[:-4].split(b"\r\n") if not ln.lower().startswith(b"expect:")]
+            head = b"\r\n".join(lines) + b"\r\n\r\n"
+        up_w.write(head)
+        async for data in body:
+            up_w.write(data)
+            await up_w.drain()
+        await up_w.drain()
+
+        # Relay the response.
+        response_head = await _read_head(up_r)
+        if response_head is None:
+            raise _Closed("upstream closed without answering")
+        lines = response_head[:-4].split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        response = _Response(status, response_head, _parse_headers(lines[1:]))
+        no_body = request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        r_length_text = response.header("content-length")
+        r_chunked = "chunked" in (response.header("transfer-encoding") or "").lower()
+        close_after = (response.header("connection") or "").lower() == "close"
+        if no_body:
+            r_body = _body_chunks(up_r, 0, False)
+        elif r_chunked:
+            r_body = _body_chunks(up_r, None, True)
+        elif r_length_text is not None:
+            r_body = _body_chunks(up_r, int(r_length_text), False)
+        else:
+            r_body = _body_chunks(up_r, None, False, until_eof=True)
+            close_after = True
+        keep = await self._relay(fault, fraction, response_head, r_body, r_length_text, no_body, client_w)
+        return keep and not close_after
+
+    async def _relay(self, fault: str | None, fraction: float, response_head: bytes, r_body, r_length_text: str | None,  # type: ignore[no-untyped-def]
+                     no_body: bool, client_w: asyncio.StreamWriter) -> bool:
+        """Send (or not) the response to the client; False: close the client connection."""
+
+        if fault == "drop-response":
+            async for _ in r_body:
+                pass
+            return False
+        if fault == "cut-response":
+            total = int(r_length_text) if (r_length_text and not no_body) else 0
+            if total <= 0:
+                async for _ in r_body:
+                    pass
+                client_w.write(response_head[: 1 + int(fraction * (len(response_head) - 2))])
+                await client_w.drain()
+                return False
+            budget = int(fraction * total)
+            client_w.write(response_head)
+            async for data in r_body:
+                take = data[: max(0, budget)]
+                if take:
+                    client_w.write(take)
+                    await client_w.drain()
+                budget -= len(data)
+                if budget < 0:
+                    break
+            return False
+        client_w.write(response_head)
+        async for data in r_body:
+            client_w.write(data)
+            await client_w.drain()
+        await client_w.drain()
+        return True
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    """Poll `condition()` until it is true or `timeout` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return bool(value)
+        time.sleep(interval)
