@@ -13,7 +13,7 @@ import pytest
 import remoteckpt
 from remoteckpt.engine import loop
 from remoteckpt.management.state import parse_state
-from remoteckpt.storage import open_store
+from remoteckpt.storage import on_store, open_store
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "tf-2.21"
 
@@ -24,14 +24,7 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _keys(directory: str) -> list[str]:
-    async def go() -> list[str]:
-        store = open_store(directory)
-        try:
-            return await store.list()
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(directory, lambda store: store.list())
 
 
 def _indexes(directory: str) -> list[str]:

@@ -56,19 +56,10 @@ def test_workers_write_one_checkpoint(base: str, world_size: int) -> None:
 
 
 def loop_list(prefix: str) -> list[str]:
-    from remoteckpt.engine import loop
-    from remoteckpt.storage import open_store, split_prefix
+    from remoteckpt.storage import on_store, split_prefix
 
     directory, name = split_prefix(prefix)
-
-    async def go() -> list[str]:
-        store = open_store(directory)
-        try:
-            return await store.list(name)
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(directory, lambda store: store.list(name))
 
 
 def test_restore_a_different_partition(base: str) -> None:

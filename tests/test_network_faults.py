@@ -25,8 +25,7 @@ import pytest
 import remoteckpt
 from faultproxy import FAULTS, FaultProxy, Rule
 from remoteckpt.devserver import SeaweedServer
-from remoteckpt.engine import loop
-from remoteckpt.storage import open_store
+from remoteckpt.storage import on_store
 
 T = TypeVar("T")
 MiB = 2**20
@@ -98,25 +97,11 @@ def via(proxy: FaultProxy, **config: Any) -> dict[str, Any]:
 
 def pending_uploads(directory: str) -> list[Any]:
     """Incomplete multipart uploads under `directory`, asked of the server directly."""
-    async def go() -> list[Any]:
-        store = open_store(directory)
-        try:
-            return await store.pending_uploads()
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(directory, lambda store: store.pending_uploads())
 
 
 def keys(directory: str) -> list[str]:
-    async def go() -> list[str]:
-        store = open_store(directory)
-        try:
-            return await store.list()
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(directory, lambda store: store.list())
 
 
 def save_and_restore(prefix: str, options: dict[str, Any], seed: int = 0) -> None:

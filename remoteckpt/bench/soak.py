@@ -150,20 +150,13 @@ def crash_phase(seconds: float, rng: random.Random, tally: Tally, s3: dict[str, 
 def network_phase(seconds: float, rng: random.Random, tally: Tally, s3: dict[str, Any]) -> None:
     rw, faultproxy = _import_harness()
     import remoteckpt
-    from remoteckpt.engine import loop
-    from remoteckpt.storage import open_store
+    from remoteckpt.storage import on_store
 
     deadline = time.monotonic() + seconds
     bound = 120.0
 
     def pending(directory: str) -> list[Any]:
-        async def go() -> list[Any]:
-            store = open_store(directory)
-            try:
-                return await store.pending_uploads()
-            finally:
-                await store.close()
-        return loop.run(go())
+        return on_store(directory, lambda store: store.pending_uploads())
 
     def bounded(fn: Any) -> Any:
         pool = concurrent.futures.ThreadPoolExecutor(1)

@@ -33,7 +33,7 @@ from ..errors import CheckpointNotFoundError, ShapeMismatchError, TensorNotFound
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
-from ..storage import Store, open_store, split_prefix
+from ..storage import Store, on_store, open_store, split_prefix
 from .state import STATE_FILENAME, format_state, join, latest_checkpoint, read_state, write_state
 
 log = logging.getLogger("remoteckpt")
@@ -256,15 +256,8 @@ def _resolve_directory(prefix: str, storage_options: dict[str, Any] | None) -> s
     if "://" not in prefix and not os.path.isdir(prefix):
         return prefix
     if "://" in prefix:
-        async def has_index() -> bool:
-            directory, name = split_prefix(prefix)
-            store = open_store(directory, storage_options)
-            try:
-                return await store.exists(index_filename(name))
-            finally:
-                await store.close()
-
-        if loop.run(has_index()):
+        directory, name = split_prefix(prefix)
+        if on_store(directory, lambda store: store.exists(index_filename(name)), storage_options):
             return prefix
     latest = latest_checkpoint(prefix, storage_options=storage_options)
     if latest is None:

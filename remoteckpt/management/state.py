@@ -21,10 +21,9 @@ from typing import Any
 from google.protobuf import text_format
 
 from .._proto import checkpoint_state_pb2
-from ..engine import loop
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..format.bundle import index_filename
-from ..storage import Store, open_store
+from ..storage import Store, on_store
 
 STATE_FILENAME = "checkpoint"
 """TF's default `latest_filename`."""
@@ -149,15 +148,7 @@ def get_checkpoint_state(directory: str | os.PathLike[str], *, storage_options: 
                          latest_filename: str = STATE_FILENAME) -> CheckpointState | None:
     """The directory's state file, parsed (as `tf.train.get_checkpoint_state`), or None."""
     root = _directory_of(directory)
-
-    async def go() -> CheckpointState | None:
-        store = open_store(root, storage_options)
-        try:
-            return await read_state(store, root, latest_filename)
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(root, lambda store: read_state(store, root, latest_filename), storage_options)
 
 
 def latest_checkpoint(directory: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
@@ -167,14 +158,10 @@ def latest_checkpoint(directory: str | os.PathLike[str], *, storage_options: dic
     has no `.index`."""
     root = _directory_of(directory)
 
-    async def go() -> str | None:
-        store = open_store(root, storage_options)
-        try:
-            state = await read_state(store, root, latest_filename)
-            if state is None or not await store.exists(index_filename(state.model_checkpoint_path)):
-                return None
-            return state.latest
-        finally:
-            await store.close()
+    async def latest(store: Store) -> str | None:
+        state = await read_state(store, root, latest_filename)
+        if state is None or not await store.exists(index_filename(state.model_checkpoint_path)):
+            return None
+        return state.latest
 
-    return loop.run(go())
+    return on_store(root, latest, storage_options)

@@ -23,7 +23,8 @@ import hashlib
 import os
 import posixpath
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import fsspec
 
@@ -31,6 +32,8 @@ from ..options import DEFAULT_OPTIONS, IOOptions
 from .base import Store
 from .fsspec_store import PART_SIZE, FsspecStore, S3Store
 from .local import LocalStore
+
+T = TypeVar("T")
 
 _S3_SCHEMES = ("s3", "s3a")
 
@@ -143,3 +146,19 @@ def open_store(directory: str, storage_options: dict[str, Any] | None = None,
         return S3Store(fs, rest, directory, part_size=part_size, parts_in_flight=in_flight)
     fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **storage)
     return FsspecStore(fs, root, directory)
+
+
+def on_store(directory: str, work: Callable[[Store], Awaitable[T]], storage_options: dict[str, Any] | None = None,
+             options: IOOptions = DEFAULT_OPTIONS) -> T:
+    """Open the store at `directory` on remoteckpt's loop, run ``work(store)``, close it, and
+    return the result: the synchronous shell of every one-shot store operation."""
+    from ..engine import loop
+
+    async def go() -> T:
+        store = open_store(directory, storage_options, options)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return loop.run(go())
