@@ -11,7 +11,10 @@
     ├── InvalidTensorsError              (+ ValueError) tensors that cannot form one checkpoint:
     │                                                   duplicate or empty names, overlapping boxes
     ├── CheckpointExistsError            (+ FileExistsError) a committed checkpoint is in the way
+    │   └── CheckpointBusyError                         another save holds the prefix right now
     └── StorageError                     (+ OSError)    the backend failed; the cause is chained
+        └── SaveFailedError                             another worker of a multi-worker save
+                                                        failed or never arrived
 
 Messages name the tensor and the file they are about.  Backend exceptions are translated
 into these in one place (`remoteckpt.storage.errors`), with the original as ``__cause__``.
@@ -20,11 +23,13 @@ into these in one place (`remoteckpt.storage.errors`), with the original as ``__
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointBusyError",
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
     "InvalidTensorsError",
+    "SaveFailedError",
     "ShapeMismatchError",
     "StorageError",
     "TensorNotFoundError",
@@ -77,3 +82,14 @@ class StorageError(CheckpointError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class SaveFailedError(StorageError):
+    """A multi-worker save did not commit because another worker, or the coordinator, failed
+    or never arrived; the message names which."""
+
+
+class CheckpointBusyError(CheckpointExistsError):
+    """Another save of the same prefix (a different save id) holds it; this one gave up
+    before writing anything."""
+

@@ -254,17 +254,42 @@ def test_three_committers_one_wins(backend: str, request: pytest.FixtureRequest,
     assert sorted(i.key for i in infos) == ["ck.data-00000-of-00001", "ck.index"] and uploads == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (protocol/save.py): two multi-worker jobs racing for one prefix can BOTH lose: data "
-    "files are claimed per rank (create-only), so job A's rank 0 and job B's rank 1 each win "
-    "one, every job then has a worker that lost, and no index is committed; the winners' data "
-    "files stay behind and block the prefix for commit_timeout. Fix: one create-only claim "
-    "per save (rank 0 creates PREFIX.tmp-claim naming its save id before any data is written; "
-    "other ranks wait for it and give up at once if it names another save)."))
-def test_racing_multiworker_jobs_one_wins(tmp_path: Path) -> None:
-    """Job 1's rank 0 and job 2's rank 1 start first; their partners half a second later."""
-    prefix = str(tmp_path / "ck")
-    records = rw.run_committers(prefix, [(1, 0, 0.0), (2, 1, 0.0), (1, 1, 0.5), (2, 0, 0.5)], 2, {}, None)
-    assert all(r.get("ok") or r.get("remoteckpt") for r in records), records
+RACES = {
+    # job 1's rank 0 and job 2's rank 1 first, their partners half a second later: without a
+    # per-save claim each job would win one data file and both would fail
+    "crossed": [(1, 0, 0.0), (2, 1, 0.0), (1, 1, 0.5), (2, 0, 0.5)],
+    # three jobs, every rank at the same moment
+    "crowd": [(who, rank, 0.0) for who in (1, 2, 3) for rank in (0, 1)],
+}
+
+
+@pytest.mark.parametrize("race", sorted(RACES))
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_racing_multiworker_jobs_one_wins(backend: str, race: str, request: pytest.FixtureRequest,
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two-worker jobs with distinct save ids race for one prefix: exactly one job commits,
+    every worker of the others gets CheckpointBusyError before writing anything, and nothing
+    but the winner's checkpoint is left (no claim, no staging, no upload)."""
+    base, env, options = _backend(backend, request, tmp_path_factory)
+    directory = rw.scenario_directory(base, "race2")
+    prefix = f"{directory}/ck"
+    records = rw.run_committers(prefix, RACES[race], 2, env, options)
     winners = {r["who"] for r in records if r.get("ok")}
     assert len(winners) == 1, records
+    (winner,) = winners
+    assert all(r.get("ok") for r in records if r["who"] == winner), records
+    for r in records:
+        if r["who"] != winner:
+            assert r.get("error") == "CheckpointBusyError" and f"job{winner}" in r["message"], r
+    got = remoteckpt.load(prefix, storage_options=options)
+    for rank in (0, 1):
+        for k, v in rw.committer_tensors(winner, rank).items():
+            assert got[k].tobytes() == np.asarray(v).tobytes(), k
+    deadline = time.monotonic() + 30  # the coordinator deletes the outcome once acknowledged
+    while True:
+        infos, uploads = rw._list(directory, options)
+        keys = sorted(i.key for i in infos)
+        if keys == ["ck.data-00000-of-00002", "ck.data-00001-of-00002", "ck.index"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert keys == ["ck.data-00000-of-00002", "ck.data-00001-of-00002", "ck.index"] and uploads == [], keys

@@ -4,6 +4,7 @@ Garbage in a directory, when older than `older_than` seconds (younger ones may b
 save in progress):
   - data files ``NAME.data-*`` with no ``NAME.index`` (the save never committed)
   - staging files under ``NAME.tmp*/`` (per-worker tables, failure notes, outcomes)
+  - claims ``NAME.claim`` of multi-worker saves that died holding them
   - local temp files ``*.tempstate<digits>`` of interrupted writes
   - incomplete multipart uploads (S3), which otherwise cost money forever
 Everything else is left alone: committed checkpoints (an ``.index`` and its data files), the
@@ -24,6 +25,7 @@ from ..storage import ObjectInfo, open_store
 _DATA = re.compile(r"^(?P<name>.+)\.data-\d{5,}-of-\d{5,}$")
 _STAGING = re.compile(r"^(?P<name>[^/]+)\.tmp(-[A-Za-z0-9._-]+)?/")
 _TEMP = re.compile(r"\.tempstate\d+$")
+_CLAIM = re.compile(r"^[^/]+\.claim$")
 
 
 @dataclass
@@ -35,7 +37,7 @@ class GcReport:
 
 def _garbage(info: ObjectInfo, committed: set[str]) -> bool:
     key = info.key
-    if _TEMP.search(key) or _STAGING.match(key):
+    if _TEMP.search(key) or _STAGING.match(key) or _CLAIM.match(key):
         return True
     match = _DATA.match(key)
     return bool(match and "/" not in key and match.group("name") not in committed)

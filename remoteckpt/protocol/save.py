@@ -1,6 +1,8 @@
 """The save protocol: what each worker does, and what the coordinator (rank 0) adds.
 
 Every worker (rank r of n), the same steps whatever the store:
+  0. (n > 1) rank 0 claims the prefix for this save, the others wait for that claim
+     (`claim`: of two jobs racing for one prefix exactly one goes on)
   1. refuse if ``NAME.index`` exists (a committed checkpoint) unless overwriting
   2. stream its tensors into ``NAME.data-r-of-n`` (CRC32C as the bytes go), commit that file
   3. write its table ``staging/part-r-of-n.index``: its presence means "my data is durable"
@@ -9,7 +11,8 @@ Every worker (rank r of n), the same steps whatever the store:
 The coordinator, between 3 and 4:
   a. poll the staging listing until all n tables are there (or a failure note, or timeout:
      the error names the missing ranks), read and merge them (`format.merge`)
-  b. commit the merged index (`commit.CommitProtocol`): no data is copied or renamed
+  b. commit the merged index (`commit.CommitProtocol`): no data is copied or renamed, and
+     release the claim
   c. write the outcome; once every worker has deleted its table, delete the outcome
 No process group is needed: workers meet through the storage itself.  A single worker
 (n = 1) skips staging: data, then the index, committed the same way.
@@ -26,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, StorageError
+from ..errors import CheckpointBusyError, CheckpointError, CheckpointExistsError, CheckpointNotFoundError, \
+    SaveFailedError
 from ..format.bundle import BundleIndex, decode_index, encode_index, make_header
 from ..format.coding import crc32c
 from ..format.merge import merge_indexes
@@ -36,8 +40,10 @@ from ..writer import BundlePlan, plan_bundle
 from ..engine.stream import stream_plan
 from ..faults import crash_point
 from ..progress import Reporter
+from . import claim as claims
 from .commit import DEFAULT_COMMIT, CommitProtocol
 from .layout import SaveLayout
+from .poll import backoff_polls
 
 log = logging.getLogger("remoteckpt")
 
@@ -59,20 +65,6 @@ class SaveReport:
     merge_seconds: float = 0.0
     commit_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class SaveFailedError(StorageError):
-    """Another worker, or the coordinator, failed; this worker's save did not commit."""
-
-
-async def _backoff_polls(options: IOOptions, deadline: float):  # type: ignore[no-untyped-def]
-    delay = options.poll_interval
-    while True:
-        yield
-        if time.monotonic() >= deadline:
-            return
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 1.0)
 
 
 def _table_bytes(plan: BundlePlan) -> bytes:
@@ -152,8 +144,13 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
     multi = layout.world_size > 1
+    held: claims.ClaimRecord | None = None
     try:
         if multi:
+            if layout.rank == 0:
+                held = await claims.acquire(store, layout, options, overwrite=overwrite)
+            else:
+                await claims.await_claim(store, layout, options, overwrite=overwrite)
             await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))
         table = await write_part(store, layout, tensors, overwrite=overwrite, options=options, progress=progress,
                                  report=report)
@@ -166,20 +163,33 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         log.debug("worker %d: data and table of %s written (%d bytes)", layout.rank,
                   store.describe(layout.index), report.bytes_written)
     except BaseException as exc:
-        if multi:
+        # A save that lost the claim wrote nothing and leaves nothing; its partners see the
+        # same claim (or the other save's committed index) and give up on their own.
+        if multi and not isinstance(exc, CheckpointBusyError):
             await _note_failure(store, layout, exc)
             if layout.rank == 0:  # nobody else will tell the workers
                 await _put_outcome(store, layout, {"state": "failed", "tables": {},
                                                    "message": f"{type(exc).__name__}: {exc}"})
+        await _release(store, layout, held)
         raise
     start = time.monotonic()
     if layout.rank == 0:
-        await _coordinate(store, layout, table, overwrite=overwrite, options=options, commit=commit, report=report)
+        await _coordinate(store, layout, table, overwrite=overwrite, options=options, commit=commit, report=report,
+                          held=held)
     else:
         await _await_outcome(store, layout, crc32c(table), options)
     report.wait_seconds = time.monotonic() - start - report.merge_seconds - report.commit_seconds
     progress.emit("committed", report.bytes_written, report.bytes_written)
     return report
+
+
+async def _release(store: Store, layout: SaveLayout, held: claims.ClaimRecord | None) -> None:
+    if held is None:
+        return
+    try:
+        await claims.release(store, layout, held)
+    except Exception:  # left for the next save (it is ours) or for `gc`
+        log.warning("could not release %s", store.describe(layout.claim), exc_info=True)
 
 
 async def _clear_orphan(store: Store, layout: SaveLayout, data_key: str, options: IOOptions) -> None:
@@ -209,7 +219,8 @@ async def _note_failure(store: Store, layout: SaveLayout, exc: BaseException) ->
 
 
 async def _coordinate(store: Store, layout: SaveLayout, own_table: bytes, *, overwrite: bool,
-                      options: IOOptions, commit: CommitProtocol, report: SaveReport) -> None:
+                      options: IOOptions, commit: CommitProtocol, report: SaveReport,
+                      held: claims.ClaimRecord | None) -> None:
     n = layout.world_size
     digests: dict[int, int] = {0: crc32c(own_table)}
     try:
@@ -220,7 +231,9 @@ async def _coordinate(store: Store, layout: SaveLayout, own_table: bytes, *, ove
     except BaseException as exc:
         await _put_outcome(store, layout, {"state": "failed", "message": f"{type(exc).__name__}: {exc}",
                                            "tables": digests})
+        await _release(store, layout, held)
         raise
+    await _release(store, layout, held)
     await _put_outcome(store, layout, {"state": "committed", "tables": digests})
     await store.delete(layout.table(0))
     await _collect_acks(store, layout, options)
@@ -249,7 +262,7 @@ async def _collect_tables(store: Store, layout: SaveLayout, options: IOOptions, 
             log.debug("coordinator: table %d listed but not readable yet: %r (cause %r)", rank, exc, exc.__cause__)
 
     missing = set(range(layout.world_size)) - set(tables)
-    async for _ in _backoff_polls(options, deadline):
+    async for _ in backoff_polls(options, deadline):
         present, failed = set(), {}
         for key in await store.list(layout.staging):
             kind_rank = layout.rank_of(key)
@@ -280,7 +293,7 @@ async def _collect_tables(store: Store, layout: SaveLayout, options: IOOptions, 
 
 async def _await_outcome(store: Store, layout: SaveLayout, digest: int, options: IOOptions) -> None:
     deadline = time.monotonic() + options.commit_timeout
-    async for _ in _backoff_polls(options, deadline):
+    async for _ in backoff_polls(options, deadline):
         try:
             outcome = json.loads(await store.get(layout.outcome))
         except CheckpointNotFoundError:
@@ -303,7 +316,7 @@ async def _await_outcome(store: Store, layout: SaveLayout, digest: int, options:
 
 async def _collect_acks(store: Store, layout: SaveLayout, options: IOOptions) -> None:
     deadline = time.monotonic() + min(ACK_TIMEOUT, options.commit_timeout)
-    async for _ in _backoff_polls(options, deadline):
+    async for _ in backoff_polls(options, deadline):
         if not any((k := layout.rank_of(key)) and k[0] == "table" for key in await store.list(layout.staging)):
             await store.delete(layout.outcome)
             return

@@ -1,0 +1,107 @@
+"""The per-save claim on a prefix (`remoteckpt.protocol.claim`), step by step, on local disk
+and S3.  The races it settles between real processes are in test_crash.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from remoteckpt import CheckpointBusyError, CheckpointExistsError, IOOptions, SaveFailedError
+from remoteckpt.protocol import claim as claims
+from remoteckpt.protocol.layout import SaveLayout
+from remoteckpt.storage import Store, on_store
+
+T = TypeVar("T")
+FAST = IOOptions(commit_timeout=2.0, poll_interval=0.01)
+
+
+@pytest.fixture(params=["local", "s3"])
+def run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Callable[[Store], Awaitable[T]]], T]:
+    directory = str(tmp_path) if request.param == "local" else request.getfixturevalue("s3_prefix")
+    return lambda fn: on_store(directory, fn)
+
+
+def layout(rank: int, save_id: str = "a", world: int = 2) -> SaveLayout:
+    return SaveLayout("ck", rank, world, save_id)
+
+
+def test_first_save_claims_the_others_are_busy(run: Any) -> None:
+    async def go(store: Store) -> None:
+        mine = await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
+        held = await claims.read_claim(store, layout(0))
+        assert held is not None and held.record == mine
+        with pytest.raises(CheckpointBusyError, match="save id 'a' of 2 workers"):
+            await claims.acquire(store, layout(0, "b"), FAST, overwrite=False)
+        with pytest.raises(CheckpointBusyError, match="save id 'a'"):
+            await claims.await_claim(store, layout(1, "b"), FAST, overwrite=False)
+        with pytest.raises(CheckpointBusyError):  # same id, other world size: another job
+            await claims.acquire(store, layout(0, "a", world=4), FAST, overwrite=False)
+        await claims.await_claim(store, layout(1, "a"), FAST, overwrite=False)  # its partner goes on
+        await claims.release(store, layout(0), mine)
+        assert await claims.read_claim(store, layout(0)) is None
+
+    run(go)
+
+
+def test_a_retry_with_the_same_save_id_takes_its_claim_over(run: Any) -> None:
+    async def go(store: Store) -> None:
+        first = await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
+        second = await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
+        assert second != first
+        await claims.release(store, layout(0), first)  # no longer ours: left alone
+        held = await claims.read_claim(store, layout(0))
+        assert held is not None and held.record == second
+
+    run(go)
+
+
+def test_a_dead_saves_claim_is_cleared(run: Any) -> None:
+    async def go(store: Store) -> None:
+        await claims.acquire(store, layout(0, "dead"), FAST, overwrite=False)
+        patient = IOOptions(commit_timeout=0.0, poll_interval=0.01)  # every claim counts as dead
+        mine = await claims.acquire(store, layout(0, "b"), patient, overwrite=False)
+        held = await claims.read_claim(store, layout(0))
+        assert held is not None and held.record == mine and mine.save_id == "b"
+
+    run(go)
+
+
+def test_overwrite_takes_any_claim(run: Any) -> None:
+    async def go(store: Store) -> None:
+        await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
+        mine = await claims.acquire(store, layout(0, "b"), FAST, overwrite=True)
+        await claims.await_claim(store, layout(1, "b"), FAST, overwrite=True)
+        held = await claims.read_claim(store, layout(0))
+        assert held is not None and held.record == mine
+
+    run(go)
+
+
+def test_waiting_ends_on_failure_commit_or_timeout(run: Any) -> None:
+    async def go(store: Store) -> None:
+        with pytest.raises(SaveFailedError, match=r"timed out .* \(worker 0\)"):
+            await claims.await_claim(store, layout(1), IOOptions(commit_timeout=0.2, poll_interval=0.01),
+                                     overwrite=False)
+        await store.put(layout(0).failure(0), b"ValueError: bad tensor")
+        with pytest.raises(SaveFailedError, match="bad tensor"):
+            await claims.await_claim(store, layout(1), FAST, overwrite=False)
+        await store.delete(layout(0).failure(0))
+        await store.put(layout(0).index, b"committed by someone")
+        with pytest.raises(CheckpointExistsError, match="already exists"):
+            await claims.await_claim(store, layout(1), FAST, overwrite=False)
+
+    run(go)
+
+
+def test_junk_claim_is_busy_until_it_is_old(run: Any) -> None:
+    async def go(store: Store) -> None:
+        await store.put(layout(0).claim, os.urandom(32))
+        with pytest.raises(CheckpointBusyError, match="another save"):
+            await claims.acquire(store, layout(0), FAST, overwrite=False)
+        await claims.acquire(store, layout(0), IOOptions(commit_timeout=0.0), overwrite=False)
+
+    run(go)
