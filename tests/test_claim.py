@@ -31,16 +31,16 @@ def layout(rank: int, save_id: str = "a", world: int = 2) -> SaveLayout:
 
 def test_first_save_claims_the_others_are_busy(run: Any) -> None:
     async def go(store: Store) -> None:
-        mine = await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
+        mine = await claims.acquire(store, layout(0, "a"), FAST)
         held = await claims.read_claim(store, layout(0))
         assert held is not None and held.record == mine
         with pytest.raises(CheckpointBusyError, match="save id 'a' of 2 workers"):
-            await claims.acquire(store, layout(0, "b"), FAST, overwrite=False)
+            await claims.acquire(store, layout(0, "b"), FAST)
         with pytest.raises(CheckpointBusyError, match="save id 'a'"):
-            await claims.await_claim(store, layout(1, "b"), FAST, overwrite=False)
+            await claims.await_claim(store, layout(1, "b"), FAST)
         with pytest.raises(CheckpointBusyError):  # same id, other world size: another job
-            await claims.acquire(store, layout(0, "a", world=4), FAST, overwrite=False)
-        await claims.await_claim(store, layout(1, "a"), FAST, overwrite=False)  # its partner goes on
+            await claims.acquire(store, layout(0, "a", world=4), FAST)
+        await claims.await_claim(store, layout(1, "a"), FAST)  # its partner goes on
         await claims.release(store, layout(0), mine)
         assert await claims.read_claim(store, layout(0)) is None
 
@@ -49,8 +49,8 @@ def test_first_save_claims_the_others_are_busy(run: Any) -> None:
 
 def test_a_retry_with_the_same_save_id_takes_its_claim_over(run: Any) -> None:
     async def go(store: Store) -> None:
-        first = await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
-        second = await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
+        first = await claims.acquire(store, layout(0, "a"), FAST)
+        second = await claims.acquire(store, layout(0, "a"), FAST)
         assert second != first
         await claims.release(store, layout(0), first)  # no longer ours: left alone
         held = await claims.read_claim(store, layout(0))
@@ -61,22 +61,23 @@ def test_a_retry_with_the_same_save_id_takes_its_claim_over(run: Any) -> None:
 
 def test_a_dead_saves_claim_is_cleared(run: Any) -> None:
     async def go(store: Store) -> None:
-        await claims.acquire(store, layout(0, "dead"), FAST, overwrite=False)
+        await claims.acquire(store, layout(0, "dead"), FAST)
         patient = IOOptions(commit_timeout=0.0, poll_interval=0.01)  # every claim counts as dead
-        mine = await claims.acquire(store, layout(0, "b"), patient, overwrite=False)
+        mine = await claims.acquire(store, layout(0, "b"), patient)
         held = await claims.read_claim(store, layout(0))
         assert held is not None and held.record == mine and mine.save_id == "b"
 
     run(go)
 
 
-def test_overwrite_takes_any_claim(run: Any) -> None:
+def test_overwrite_does_not_trample_a_live_save(run: Any) -> None:
+    """overwrite=True may replace a committed checkpoint, not another save in progress."""
     async def go(store: Store) -> None:
-        await claims.acquire(store, layout(0, "a"), FAST, overwrite=False)
-        mine = await claims.acquire(store, layout(0, "b"), FAST, overwrite=True)
-        await claims.await_claim(store, layout(1, "b"), FAST, overwrite=True)
-        held = await claims.read_claim(store, layout(0))
-        assert held is not None and held.record == mine
+        await claims.acquire(store, layout(0, "a"), FAST)
+        with pytest.raises(CheckpointBusyError):
+            await claims.await_claim(store, layout(1, "b"), FAST, overwrite=True)
+        await store.put(layout(0).index, b"committed")
+        await claims.await_claim(store, layout(1, "a"), FAST, overwrite=True)
 
     run(go)
 
@@ -88,11 +89,11 @@ def test_waiting_ends_on_failure_commit_or_timeout(run: Any) -> None:
                                      overwrite=False)
         await store.put(layout(0).failure(0), b"ValueError: bad tensor")
         with pytest.raises(SaveFailedError, match="bad tensor"):
-            await claims.await_claim(store, layout(1), FAST, overwrite=False)
+            await claims.await_claim(store, layout(1), FAST)
         await store.delete(layout(0).failure(0))
         await store.put(layout(0).index, b"committed by someone")
         with pytest.raises(CheckpointExistsError, match="already exists"):
-            await claims.await_claim(store, layout(1), FAST, overwrite=False)
+            await claims.await_claim(store, layout(1), FAST)
 
     run(go)
 
@@ -101,7 +102,7 @@ def test_junk_claim_is_busy_until_it_is_old(run: Any) -> None:
     async def go(store: Store) -> None:
         await store.put(layout(0).claim, os.urandom(32))
         with pytest.raises(CheckpointBusyError, match="another save"):
-            await claims.acquire(store, layout(0), FAST, overwrite=False)
-        await claims.acquire(store, layout(0), IOOptions(commit_timeout=0.0), overwrite=False)
+            await claims.acquire(store, layout(0), FAST)
+        await claims.acquire(store, layout(0), IOOptions(commit_timeout=0.0))
 
     run(go)

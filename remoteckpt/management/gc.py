@@ -19,8 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine import loop
-from ..storage import ObjectInfo, open_store
+from ..storage import ObjectInfo, Store, on_store
 
 _DATA = re.compile(r"^(?P<name>.+)\.data-\d{5,}-of-\d{5,}$")
 _STAGING = re.compile(r"^(?P<name>[^/]+)\.tmp(-[A-Za-z0-9._-]+)?/")
@@ -51,25 +50,21 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
     root = text.rstrip("/") if "://" in text else os.path.abspath(text)
     cutoff = time.time() - older_than
 
-    async def go() -> GcReport:
-        store = open_store(root, storage_options)
+    async def go(store: Store) -> GcReport:
         report = GcReport()
-        try:
-            infos = await store.list_info()
-            committed = {i.key[: -len(".index")] for i in infos if i.key.endswith(".index") and "/" not in i.key}
-            for info in infos:
-                if info.mtime <= cutoff and _garbage(info, committed):
-                    report.removed.append(info.key)
-                    report.bytes_freed += info.size
-                    if not dry_run:
-                        await store.delete(info.key)
-            for upload in await store.pending_uploads():
-                if upload.initiated <= cutoff:
-                    report.aborted_uploads.append(upload.key)
-                    if not dry_run:
-                        await store.abort_upload(upload)
-            return report
-        finally:
-            await store.close()
+        infos = await store.list_info()
+        committed = {i.key[: -len(".index")] for i in infos if i.key.endswith(".index") and "/" not in i.key}
+        for info in infos:
+            if info.mtime <= cutoff and _garbage(info, committed):
+                report.removed.append(info.key)
+                report.bytes_freed += info.size
+                if not dry_run:
+                    await store.delete(info.key)
+        for upload in await store.pending_uploads():
+            if upload.initiated <= cutoff:
+                report.aborted_uploads.append(upload.key)
+                if not dry_run:
+                    await store.abort_upload(upload)
+        return report
 
-    return loop.run(go())
+    return on_store(root, go, storage_options)

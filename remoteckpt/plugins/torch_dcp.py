@@ -174,6 +174,20 @@ def _check_name(fqn: str) -> None:
         raise InvalidTensorsError(f"state_dict key {fqn!r} is reserved by remoteckpt's DCP storage")
 
 
+class _AtPrefix:
+    """DCP's checkpoint id, for both storage classes: the prefix (any non-empty path or URL)."""
+
+    prefix: str | None
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        return self.prefix
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return isinstance(checkpoint_id, (str, os.PathLike)) and bool(os.fspath(checkpoint_id))
+
+
 # --- save ----------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +207,7 @@ def _table_bytes(entries: dict[bytes, Any]) -> bytes:
     return out.getvalue()
 
 
-class StorageWriter(_DCPStorageWriter):
+class StorageWriter(_AtPrefix, _DCPStorageWriter):
     """Writes a DCP checkpoint as a TensorFlow tensor bundle at `prefix` (``PREFIX.index`` +
     ``PREFIX.data-*``; local path, ``file://``, ``s3://`` or any fsspec URL).  A committed
     checkpoint at `prefix` is never replaced unless `overwrite`.  `storage_options` and
@@ -219,14 +233,6 @@ class StorageWriter(_DCPStorageWriter):
         if checkpoint_id:
             self.prefix = os.fspath(checkpoint_id)
         self.save_id = uuid.uuid4().hex
-
-    @property
-    def checkpoint_id(self) -> str | None:
-        return self.prefix
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return isinstance(checkpoint_id, (str, os.PathLike)) and bool(os.fspath(checkpoint_id))
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.prefix, save_id=self.save_id)
@@ -392,7 +398,7 @@ def metadata_from_index(reader: CheckpointReader) -> Metadata:
                     version=_DCP_VERSION)
 
 
-class StorageReader(_DCPStorageReader):
+class StorageReader(_AtPrefix, _DCPStorageReader):
     """Reads a tensor bundle at `prefix` for `dcp.load`: a checkpoint written by
     `StorageWriter` (any world size), or any TensorFlow checkpoint (numeric tensors by name).
     Each read item fetches only its box of the stored tensor.  `reader` is the underlying
@@ -437,14 +443,6 @@ class StorageReader(_DCPStorageReader):
             self.prefix = os.fspath(checkpoint_id)
         self.load_id = uuid.uuid4().hex
 
-    @property
-    def checkpoint_id(self) -> str | None:
-        return self.prefix
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return isinstance(checkpoint_id, (str, os.PathLike)) and bool(os.fspath(checkpoint_id))
-
     def read_metadata(self, *args: Any) -> Metadata:
         reader = self.reader
         if reader.has_tensor(METADATA_TENSOR):
@@ -470,7 +468,6 @@ class StorageReader(_DCPStorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        reader = self.reader
         if self._dtypes is None:
             self._dtypes = {}
         batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]] = []

@@ -16,9 +16,9 @@ the winners' files block the prefix.  With it, exactly one job proceeds:
   a committed index appearing meanwhile, ends the wait too.
 
 Workers recognise each other by save id (``save_id=`` / ``$REMOTECKPT_SAVE_ID``): jobs that
-may race for one prefix must use distinct ids.  With ``overwrite=True`` rank 0 takes the
-claim whoever holds it, and the other ranks wait for their own.  Single-worker saves need no
-claim: their one create-only data file plays its part.
+may race for one prefix must use distinct ids.  ``overwrite=True`` allows replacing a
+committed checkpoint, not trampling a live save: the claim works the same with it.
+Single-worker saves need no claim: their one create-only data file plays its part.
 """
 
 from __future__ import annotations
@@ -104,12 +104,9 @@ def _busy(store: Store, layout: SaveLayout, held: HeldClaim) -> CheckpointBusyEr
         "Give racing jobs distinct save ids, wait, or run remoteckpt.gc once the other save is dead.")
 
 
-async def acquire(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool) -> ClaimRecord:
+async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> ClaimRecord:
     """Rank 0: make the claim ours (see the module docstring) and return what it says."""
     mine = new_record(layout)
-    if overwrite:
-        await store.put(layout.claim, mine.encode())
-        return mine
     for _ in range(CLAIM_ATTEMPTS):
         try:
             await store.put(layout.claim, mine.encode(), exclusive=True)
@@ -138,9 +135,10 @@ async def release(store: Store, layout: SaveLayout, mine: ClaimRecord) -> None:
         await store.delete(layout.claim)
 
 
-async def await_claim(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool) -> None:
-    """Ranks > 0: return once rank 0 holds the claim for this save; raise if another save holds
-    it (unless overwriting), if rank 0 failed meanwhile, or if a committed checkpoint appeared."""
+async def await_claim(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool = False) -> None:
+    """Ranks > 0: return once rank 0 holds the claim for this save; raise if another live save
+    holds it, if rank 0 failed meanwhile, or (unless overwriting) if a committed checkpoint
+    appeared."""
     started = time.time()
     deadline = time.monotonic() + options.commit_timeout
     async for _ in backoff_polls(options, deadline):
@@ -148,7 +146,7 @@ async def await_claim(store: Store, layout: SaveLayout, options: IOOptions, *, o
         if held is not None:
             if held.record is not None and held.record.is_for(layout):
                 return
-            if not overwrite and held.record is not None and held.age <= options.commit_timeout:
+            if held.record is not None and held.age <= options.commit_timeout:
                 raise _busy(store, layout, held)
             continue
         if not overwrite and await store.exists(layout.index):

@@ -148,7 +148,7 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     try:
         if multi:
             if layout.rank == 0:
-                held = await claims.acquire(store, layout, options, overwrite=overwrite)
+                held = await claims.acquire(store, layout, options)
             else:
                 await claims.await_claim(store, layout, options, overwrite=overwrite)
             await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))

@@ -14,7 +14,6 @@ import builtins
 import asyncio
 import datetime
 import hashlib
-import io
 import logging
 import random
 import time
@@ -30,6 +29,7 @@ from ..errors import CheckpointExistsError, CheckpointNotFoundError, StorageErro
 from ..format.coding import crc32c
 from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities
 from .errors import translate
+from .s3_body import PartBody
 
 PART_SIZE = 16 * 2**20
 """S3 multipart part size: above S3's 5 MiB minimum, and large enough that per-request
@@ -391,9 +391,8 @@ class _MultipartWriter(ObjectWriter):
                 await self._upload_pending()
 
     async def _upload_pending(self) -> None:
-        # A part inside one buffer is sent from it directly; only parts spanning buffers
-        # (small tensors packed together) are joined, a copy charged to parts_in_flight.
-        body: Any = _ViewFile(self._pending[0]) if len(self._pending) == 1 else b"".join(self._pending)
+        # Sent from the caller's buffers as they are: no part is ever copied (see s3_body).
+        body = PartBody(self._pending)
         self._pending, self._pending_size = [], 0
         try:
             if self._upload_id is None:
@@ -413,10 +412,9 @@ class _MultipartWriter(ObjectWriter):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _upload_part(self, number: int, body: Any) -> None:
+    async def _upload_part(self, number: int, body: PartBody) -> None:
         try:
-            if isinstance(body, _ViewFile):
-                body.seek(0)
+            body.seek(0)
             out = await self._store.fs._call_s3(
                 "upload_part", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
                 PartNumber=number, Body=body)
@@ -435,10 +433,14 @@ class _MultipartWriter(ObjectWriter):
         try:
             try:
                 if self._upload_id is None:
-                    body = b"".join(self._pending)  # one small object: a single PUT
+                    body = PartBody(self._pending)  # one small object: a single PUT
                     self._pending = []
-                    self._expected_etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
-                    await fs._call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=body, **match)
+                    digest = hashlib.md5(usedforsecurity=False)
+                    for view in body.views:
+                        digest.update(view)
+                    self._expected_etag = digest.hexdigest()
+                    await fs._call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=body if len(body) else b"",
+                                      **match)
                 else:
                     if self._pending_size:
                         await self._upload_pending()
@@ -528,36 +530,6 @@ def _multipart_etag(part_etags: builtins.list[str]) -> str:
 def _is_no_such_upload(exc: BaseException) -> bool:
     text = f"{exc} {getattr(exc, '__cause__', '')}"
     return "NoSuchUpload" in text
-
-
-class _ViewFile(io.RawIOBase):
-    """A seekable read-only file over a memoryview: botocore takes bytes or files, not views,
-    and a file lets it stream (and rewind for a retry) without copying the buffer first."""
-
-    def __init__(self, view: Buffer) -> None:
-        super().__init__()
-        self._view = memoryview(view).cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), len(self._view) - self._pos))
-        buffer[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
 
 def _is_precondition_failure(exc: BaseException) -> bool:

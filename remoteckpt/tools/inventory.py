@@ -12,11 +12,11 @@ from .. import dtypes
 from ..engine import loop
 from ..errors import CheckpointError
 from ..format.bundle import entry_shape
-from ..management.state import join, read_state
+from ..management.state import CheckpointState, join, read_state
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
 from ..reader import CheckpointReader
-from ..storage import open_store
+from ..storage import ObjectInfo, Store, on_store
 
 _DATA = re.compile(r"^(?P<name>[^/]+)\.data-\d{5,}-of-\d{5,}$")
 _STEP = re.compile(r"-(\d+)$")
@@ -39,32 +39,28 @@ def list_checkpoints(directory: str | os.PathLike[str], *,
     text = os.fspath(directory)
     root = text.rstrip("/") if "://" in text else os.path.abspath(text)
 
-    async def go() -> list[CheckpointInfo]:
-        store = open_store(root, storage_options)
+    async def listing(store: Store) -> tuple[list[ObjectInfo], CheckpointState | None]:
+        infos = await store.list_info()
         try:
-            infos = await store.list_info()
-            try:
-                state = await read_state(store, root)
-            except CheckpointError:
-                state = None
-        finally:
-            await store.close()
-        sizes: dict[str, int] = {}
-        for info in infos:
-            if m := _DATA.match(info.key):
-                sizes[m.group("name")] = sizes.get(m.group("name"), 0) + info.size
-        found = []
-        for info in infos:
-            if "/" in info.key or not info.key.endswith(".index"):
-                continue
-            name = info.key[: -len(".index")]
-            step = _STEP.search(name)
-            found.append((name, info.size + sizes.get(name, 0), info.mtime, int(step.group(1)) if step else None))
-        found.sort(key=lambda f: (f[2], -1 if f[3] is None else f[3], f[0]))  # S3 mtimes: 1 s resolution
-        latest = state.model_checkpoint_path if state else (found[-1][0] if found else None)
-        return [CheckpointInfo(join(root, n), n, step, size, mtime, n == latest) for n, size, mtime, step in found]
+            return infos, await read_state(store, root)
+        except CheckpointError:
+            return infos, None
 
-    return loop.run(go())
+    infos, state = on_store(root, listing, storage_options)
+    sizes: dict[str, int] = {}
+    for info in infos:
+        if m := _DATA.match(info.key):
+            sizes[m.group("name")] = sizes.get(m.group("name"), 0) + info.size
+    found = []
+    for info in infos:
+        if "/" in info.key or not info.key.endswith(".index"):
+            continue
+        name = info.key[: -len(".index")]
+        step = _STEP.search(name)
+        found.append((name, info.size + sizes.get(name, 0), info.mtime, int(step.group(1)) if step else None))
+    found.sort(key=lambda f: (f[2], -1 if f[3] is None else f[3], f[0]))  # S3 mtimes: 1 s resolution
+    latest = state.model_checkpoint_path if state else (found[-1][0] if found else None)
+    return [CheckpointInfo(join(root, n), n, step, size, mtime, n == latest) for n, size, mtime, step in found]
 
 
 @dataclass
