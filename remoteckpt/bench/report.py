@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,37 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def _round_seconds(rows: list[dict[str, Any]], target: str, op: str, impl: str, rnd: int) -> float | None:
+    """Seconds of `impl` in round `rnd` (for "raw": the fastest raw variant of that round)."""
+    if impl == "raw":
+        cands = [r for r in rows if r["target"] == target and r["op"] == op and r["impl"].startswith("raw")]
+    else:
+        cands = [r for r in rows if r["target"] == target and r["op"] == op and r["impl"] == impl]
+    times = [r["rounds"][rnd] for r in cands if rnd < len(r.get("rounds", [])) and r["rounds"][rnd]]
+    return min(times) if times else None
+
+
+def paired_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Like `ratios`, but each round's remoteckpt run against the same round's peer run, and
+    the median over rounds: what the noise of a shared machine disturbs least."""
+    rounds = max((len(r.get("rounds", [])) for r in rows), default=0)
+    out: dict[str, dict[str, float | None]] = {}
+    pairs = [(f"remoteckpt/{title}", "remoteckpt", impl) for title, impl in PEERS]
+    pairs += [(f"DCP+remoteckpt/{title}", "dcp-remoteckpt", impl) for title, impl in (("raw", "raw"), ("DCP", "dcp"))]
+    for name, ours_impl, impl in pairs:
+        line: dict[str, float | None] = {}
+        for target, op in COLUMNS:
+            each = []
+            for rnd in range(rounds):
+                ours = _round_seconds(rows, target, op, ours_impl, rnd)
+                theirs = _round_seconds(rows, target, op, impl, rnd)
+                if ours and theirs:
+                    each.append(theirs / ours)
+            line[f"{target} {op}"] = statistics.median(each) if each else None
+        out[name] = line
+    return out
+
+
 # --- text ---------------------------------------------------------------------------------
 
 def _gib(n: int | None) -> str:
@@ -122,7 +154,7 @@ def table(record: dict[str, Any]) -> str:
     """The whole report as text (also what docs/benchmarks.md quotes)."""
     rows, cfg = record["rows"], record["config"]
     lines = [f"remoteckpt throughput: {_gib(record['bytes'])} of float32 in {cfg['tensors']} tensors, "
-             f"best of {cfg['repeat']}  ({record['when']})"]
+             f"best of {cfg['repeat']} interleaved rounds  ({record['when']})"]
     for note in record.get("notes", []):
         lines.append(f"  {note}")
     load = record.get("load_average")
@@ -148,6 +180,11 @@ def table(record: dict[str, Any]) -> str:
               f"{'':<18}" + "".join(f"{t + ' ' + o:>15}" for t, o in COLUMNS)]
     for name, line in record["ratios"].items():
         lines.append(f"{name:<18}" + "".join(f"{('n/a' if v is None else f'{v:.2f}x'):>15}" for v in line.values()))
+    if record.get("paired_ratios"):
+        lines += ["", "same-round ratios: each round's runs against each other, median over rounds",
+                  f"{'':<18}" + "".join(f"{t + ' ' + o:>15}" for t, o in COLUMNS)]
+        for name, line in record["paired_ratios"].items():
+            lines.append(f"{name:<18}" + "".join(f"{('n/a' if v is None else f'{v:.2f}x'):>15}" for v in line.values()))
     rss = [r for r in rows if r["op"].startswith("rss-")]
     if rss:
         lines += ["", "peak RSS of one save / load in a fresh process (baseline: RSS before it)",

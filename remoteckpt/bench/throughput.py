@@ -23,6 +23,8 @@ Functions the engine does not have yet (save_async, rank/world_size) show as "n/
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import inspect
 import multiprocessing
@@ -438,29 +440,66 @@ def plan(cfg: Config) -> list[tuple[str, str, tuple[Any, ...]]]:
 
 
 def run_throughput(cfg: Config, progress: Any = sys.stderr) -> list[dict[str, Any]]:
-    """Every row of the run (measured or n/a), in plan order."""
-    rows: list[dict[str, Any]] = []
+    """Every row of the run (measured or n/a), in plan order.
+
+    The run is `cfg.repeat` rounds; each round runs every suite once (peak RSS: the first round
+    only).  On a shared machine conditions drift over minutes (other jobs, the hypervisor
+    handing memory back and forth), so interleaving puts every implementation through the same
+    conditions, and `report.paired_ratios` compares runs of the same round."""
+    rows: dict[str, dict[str, Any]] = {}
     steps = plan(cfg)
-    for n, (module, func, args) in enumerate(steps, 1):
-        target = args[0]
-        calls = [(func, args)]
-        if func == "suite_rss_save":
-            directory = run_dir(cfg, target, "rss")
-            calls = [("suite_rss_save", (target, directory)), ("suite_rss_load", (target, directory))]
-        for name, call_args in calls:
-            print(f"[{n}/{len(steps)}] {target:<5} {name} ...", end="", file=progress, flush=True)
-            start = time.monotonic()
-            got, why = run_suite(f"remoteckpt.bench.{module}", name, cfg, *call_args, timeout=cfg.timeout)
-            print(f" {time.monotonic() - start:.1f} s" + (f"  (failed: {why})" if why else ""), file=progress, flush=True)
-            if got is None:
-                got = [na(target, op, impl, why or "failed", label=label) for op, impl, label in _PLACEHOLDERS[name]]
-            load = round(os.getloadavg()[0], 2)  # how busy the machine was: context for the numbers
-            for r in got:
-                r.setdefault("load_avg_1m", load)
-            rows.extend(got)
-        if func == "suite_rss_save":
-            remove(directory)
-    return rows
+    one = dataclasses.replace(cfg, repeat=1)
+    for rnd in range(cfg.repeat):
+        for n, (module, func, args) in enumerate(steps, 1):
+            target = args[0]
+            calls = [(func, args)]
+            if func == "suite_rss_save":
+                if rnd:
+                    continue
+                directory = run_dir(cfg, target, "rss")
+                calls = [("suite_rss_save", (target, directory)), ("suite_rss_load", (target, directory))]
+            for name, call_args in calls:
+                print(f"[round {rnd + 1}/{cfg.repeat}, {n}/{len(steps)}] {target:<5} {name} ...", end="",
+                      file=progress, flush=True)
+                start = time.monotonic()
+                got, why = run_suite(f"remoteckpt.bench.{module}", name, one, *call_args, timeout=cfg.timeout)
+                print(f" {time.monotonic() - start:.1f} s" + (f"  (failed: {why})" if why else ""), file=progress,
+                      flush=True)
+                if got is None:
+                    got = [na(target, op, impl, why or "failed", label=label) for op, impl, label in _PLACEHOLDERS[name]]
+                load = round(os.getloadavg()[0], 2)  # how busy the machine was: context for the numbers
+                for r in got:
+                    r.setdefault("load_avg_1m", load)
+                    merge_round(rows, r, rnd)
+            if func == "suite_rss_save":
+                remove(directory)
+    return list(rows.values())
+
+
+def merge_round(rows: dict[str, dict[str, Any]], new: dict[str, Any], rnd: int) -> None:
+    """Fold round `rnd`'s `new` row into `rows` (by id): times gathered, the best kept, and
+    ``rounds[i]`` = the seconds measured in round i (None where that round failed)."""
+    seconds = new.get("seconds") if new.get("status") == "ok" else None
+    old = rows.get(new["id"])
+    if old is None:
+        rows[new["id"]] = row_ = dict(new)
+        row_["rounds"] = [None] * rnd + [seconds]
+        row_["loads"] = [new.get("load_avg_1m")]
+        return
+    old["rounds"] = old.get("rounds", []) + [None] * (rnd - len(old.get("rounds", []))) + [seconds]
+    old["loads"] = old.get("loads", []) + [new.get("load_avg_1m")]
+    if seconds is None:
+        return
+    if old.get("status") != "ok":  # an earlier round failed: this one is the row
+        keep = {k: old[k] for k in ("rounds", "loads")}
+        old.clear()
+        old.update(new, **keep)
+        return
+    old["times"] = old.get("times", []) + new.get("times", [])
+    if seconds < old["seconds"]:
+        for key in ("seconds", "gib_per_s", "cache", "detail", "load_avg_1m", "commit_seconds", "rank0_timings"):
+            if key in new:
+                old[key] = new[key]
 
 
 def default_local_dir() -> str:
@@ -562,6 +601,7 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
         "rows": rows,
     }
     record["ratios"] = report.ratios(rows)
+    record["paired_ratios"] = report.paired_ratios(rows)
     text = report.table(record)
     print(text)
     out = Path(out_dir)

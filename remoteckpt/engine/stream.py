@@ -5,47 +5,95 @@ the chunk is in cache, the running CRC of the whole payload is extended from it 
 `crc32c_combine` (no second pass), and the bytes are handed to the store's writer in blocks of
 up to `WRITE_BLOCK` straight from the caller's memory.  Payloads larger than one chunk also get
 the per-chunk CRC extension (see protos/), which lets later partial reads be verified.
+
+Checksumming and writing overlap: block k+1 is checksummed on the loop thread while block k's
+``write`` is in flight (a thread for local files, the network for S3), one write at a time so
+the writer still sees the bytes in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from ..faults import crash_point
 from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
-from ..storage.base import ObjectWriter
+from ..storage.base import Buffer, ObjectWriter
 from ..writer import BundlePlan, Payload
 
 WRITE_BLOCK = 8 * 2**20
 """Bytes per write call: large enough that per-call overhead (a thread hop for local files)
 vanishes, small enough to keep the next block's checksum work close behind the I/O."""
 
+OVERLAP_MIN = 1 * 2**20
+"""Blocks from this size on are written while the next one is checksummed; below it (small
+tensors, strings) a task per write would cost more than the overlap saves."""
+
+
+class _OneAhead:
+    """Hands blocks to `writer` one at a time, returning before the write is done so that
+    the caller can prepare the next block meanwhile."""
+
+    def __init__(self, writer: ObjectWriter, on_bytes: Callable[[int], None] | None) -> None:
+        self._writer = writer
+        self._on_bytes = on_bytes
+        self._pending: asyncio.Future[None] | None = None
+        self._pending_size = 0
+
+    async def write(self, block: Buffer) -> None:
+        await self.drain()
+        size = memoryview(block).nbytes
+        if size < OVERLAP_MIN:  # not worth a task: nothing to prepare meanwhile
+            await self._writer.write(block)
+            if self._on_bytes is not None:
+                self._on_bytes(size)
+            return
+        self._pending = asyncio.ensure_future(self._writer.write(block))
+        self._pending_size = size
+
+    async def drain(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+            if self._on_bytes is not None:
+                self._on_bytes(self._pending_size)
+
+    async def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
+            self._pending = None
+
 
 async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions,
                       on_bytes: Callable[[int], None] | None = None) -> int:
     """Write every payload of `plan` to `writer` in order, filling in each numeric entry's
-    CRC32C (and chunk CRCs); `on_bytes(n)` after each block handed over.  Returns the bytes
+    CRC32C (and chunk CRCs); `on_bytes(n)` after each block written.  Returns the bytes
     written.  Does not commit."""
     written = 0
     halfway_passed = False
-    for payload in plan.payloads:
-        if not halfway_passed and written >= plan.size // 2:
-            halfway_passed = True
-            crash_point("mid-upload")
-        if payload.checksummed:
-            for chunk in payload.chunks:
-                await writer.write(chunk)
-            if on_bytes is not None:
-                on_bytes(payload.size)
-        else:
-            await _stream_numeric(writer, payload, options.crc_chunk, on_bytes)
-        written += payload.size
+    out = _OneAhead(writer, on_bytes)
+    try:
+        for payload in plan.payloads:
+            if not halfway_passed and written >= plan.size // 2:
+                halfway_passed = True
+                await out.drain()
+                crash_point("mid-upload")
+            if payload.checksummed:
+                for chunk in payload.chunks:
+                    await out.write(chunk)
+            else:
+                await _stream_numeric(out, payload, options.crc_chunk)
+            written += payload.size
+        await out.drain()
+    except BaseException:
+        await out.cancel()
+        raise
     return written
 
 
-async def _stream_numeric(writer: ObjectWriter, payload: Payload, crc_chunk: int,
-                          on_bytes: Callable[[int], None] | None) -> None:
+async def _stream_numeric(out: _OneAhead, payload: Payload, crc_chunk: int) -> None:
     (view,) = payload.chunks
     view = memoryview(view).cast("B")
     size = len(view)
@@ -62,9 +110,7 @@ async def _stream_numeric(writer: ObjectWriter, payload: Payload, crc_chunk: int
             # Full chunks share one length, whose combine operator is cached; the last
             # (shorter) chunk is cheaper to fold in directly than to build an operator for.
             running = crc32c_combine(running, crc, len(chunk)) if len(chunk) == step else crc32c(chunk, running)
-        await writer.write(piece)
-        if on_bytes is not None:
-            on_bytes(len(piece))
+        await out.write(piece)
     entry = payload.entry
     entry.crc32c = mask_crc(running)
     if crc_chunk and size > crc_chunk:
