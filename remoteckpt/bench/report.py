@@ -205,8 +205,9 @@ def table(record: dict[str, Any]) -> str:
 
 def summaries(rows: list[dict[str, Any]]) -> list[str]:
     out = []
-    copy = find(rows, "memory", "copy", "numpy")
     for target in ("local", "s3"):
+        # the copy measured in the same process just before (older records: one "memory" row)
+        copy = find(rows, target, "copy", "numpy") or find(rows, "memory", "copy", "numpy")
         blocking = find(rows, target, "save_async-blocking", "remoteckpt")
         if blocking is None:
             continue

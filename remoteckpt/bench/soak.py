@@ -11,6 +11,9 @@ tests/test_corruption.py and tests/test_fuzz.py, at scale and bounded in time (`
   network     saves and restores through the fault-injecting proxy (503 SlowDown, cut
               requests and responses, dropped responses, latency), random rates and seeds:
               byte-exact or a remoteckpt error, never a hang, never an upload left behind
+  race        2 or 3 jobs (1, 2 or 4 workers each, distinct save ids) saving one prefix at
+              random moments: exactly one commits, whole; every worker of the others gets
+              CheckpointExistsError / CheckpointBusyError; nothing but the winner's files left
   corruption  random bit flips, byte changes, truncations and swapped shards in a 2-shard
               checkpoint: each must raise CorruptCheckpointError when the tensor is read
   fuzz        random mutations of valid indexes and state files through the decoders
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 
 TESTS = Path(__file__).resolve().parents[2] / "tests"
-PHASES = {"crash": 0.5, "network": 0.25, "corruption": 0.15, "fuzz": 0.10}
+PHASES = {"crash": 0.45, "network": 0.2, "race": 0.1, "corruption": 0.15, "fuzz": 0.10}
 
 
 def _import_harness() -> tuple[Any, Any]:
@@ -228,6 +231,59 @@ def network_phase(seconds: float, rng: random.Random, tally: Tally, s3: dict[str
             f.result()
 
 
+# --- racing jobs --------------------------------------------------------------------------------
+
+def race_phase(seconds: float, rng: random.Random, tally: Tally, s3: dict[str, Any], workdir: str) -> None:
+    rw, _ = _import_harness()
+    import remoteckpt
+    from remoteckpt.format.bundle import data_filename
+
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        world, jobs, backend = rng.choice([1, 2, 2, 4]), rng.choice([2, 2, 3]), rng.choice(["local", "s3"])
+        schedule = [(who, rank, round(rng.uniform(0, 0.5), 3)) for who in range(1, jobs + 1) for rank in range(world)]
+        repro = {"backend": backend, "world": world, "schedule": schedule}
+        if backend == "s3":
+            directory, env, options = f"{s3['base']}/race-{n}", s3["env"], {"part_size": rw.PART_SIZE}
+        else:
+            directory, env, options = os.path.join(workdir, f"race-{n}"), {}, None
+        prefix = f"{directory}/ck"
+        records = rw.run_committers(prefix, schedule, world, env, options)
+        winners = {r["who"] for r in records if r.get("ok")}
+        tally.add(races=1, race_workers=len(records), **{f"race_{backend}": 1, f"race_world{world}": 1})
+        if len(winners) != 1:
+            tally.add(race_no_winner=int(not winners), race_several_winners=int(len(winners) > 1))
+            tally.violation("race", f"{len(winners)} jobs committed: {records}", repro)
+            continue
+        (winner,) = winners
+        for r in records:
+            if r["who"] == winner and not r.get("ok"):
+                tally.violation("race", f"a worker of the winning job failed: {r}", repro)
+            elif r["who"] != winner and r.get("error") not in ("CheckpointExistsError", "CheckpointBusyError"):
+                tally.violation("race", f"a loser failed unclearly: {r}", repro)
+            elif r["who"] != winner:
+                tally.add(**{f"race_loser_{r['error']}": 1})
+        got = remoteckpt.load(prefix, storage_options=options)
+        want = {k: np.asarray(v) for rank in range(world) for k, v in rw.committer_tensors(winner, rank).items()}
+        exact = set(got) == set(want) and all(got[k].tobytes() == want[k].tobytes() for k in want)
+        tally.add(race_winner_byte_exact=int(exact))
+        if not exact:
+            tally.violation("race", "the committed checkpoint is not the winner's tensors", repro)
+        expected = sorted([data_filename("ck", r, world) for r in range(world)] + ["ck.index"])
+        end = time.monotonic() + 30  # the coordinator deletes its outcome once acknowledged
+        while True:
+            infos, uploads = rw._list(directory, options)
+            keys = sorted(i.key for i in infos)
+            if (keys == expected and not uploads) or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        if keys != expected or uploads:
+            tally.add(race_leftovers=1)
+            tally.violation("race", f"left behind: {sorted(set(keys) - set(expected))}, uploads {uploads}", repro)
+
+
 # --- corruption ---------------------------------------------------------------------------------
 
 def corruption_phase(seconds: float, rng: random.Random, tally: Tally, workdir: str) -> None:
@@ -377,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                 crash_phase(seconds, rng, tally, s3, workdir, args.concurrency)
             elif phase == "network":
                 network_phase(seconds, rng, tally, s3)
+            elif phase == "race":
+                race_phase(seconds, rng, tally, s3, workdir)
             elif phase == "corruption":
                 corruption_phase(seconds, rng, tally, workdir)
             else:
@@ -415,6 +473,10 @@ def _summary(record: dict[str, Any]) -> str:
              f"              saves ok {c['net_saves_ok']} / failed clearly {c['net_saves_failed_clearly']}; restores "
              f"byte-exact {c['net_restores_byte_exact']} / failed clearly {c['net_loads_failed_clearly']}; wrong bytes "
              f"{c['net_wrong_bytes']}, hangs {c['net_hangs']}, uploads left {c['net_uploads_left']}",
+             f"  race:       {c['races']} races ({c['race_local']} local, {c['race_s3']} S3; "
+             f"{c['race_world1']}/{c['race_world2']}/{c['race_world4']} with 1/2/4 workers per job), "
+             f"{c['race_workers']} workers; one winner, byte-exact: {c['race_winner_byte_exact']}; no winner "
+             f"{c['race_no_winner']}, several winners {c['race_several_winners']}, leftovers {c['race_leftovers']}",
              f"  corruption: {c['damages']} damages, {c['damages_detected']} detected, {c['damages_without_effect']} "
              f"without effect (footer padding), silent {c['damage_silent']}; tensor reads refused "
              f"{c['tensor_reads_refused']}, exact {c['tensor_reads_exact']}",

@@ -163,9 +163,7 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         log.debug("worker %d: data and table of %s written (%d bytes)", layout.rank,
                   store.describe(layout.index), report.bytes_written)
     except BaseException as exc:
-        # A save that lost the claim wrote nothing and leaves nothing; its partners see the
-        # same claim (or the other save's committed index) and give up on their own.
-        if multi and not isinstance(exc, CheckpointBusyError):
+        if multi and not await _partners_will_see(store, layout, exc):
             await _note_failure(store, layout, exc)
             if layout.rank == 0:  # nobody else will tell the workers
                 await _put_outcome(store, layout, {"state": "failed", "tables": {},
@@ -181,6 +179,21 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     report.wait_seconds = time.monotonic() - start - report.merge_seconds - report.commit_seconds
     progress.emit("committed", report.bytes_written, report.bytes_written)
     return report
+
+
+async def _partners_will_see(store: Store, layout: SaveLayout, exc: BaseException) -> bool:
+    """Whether the other workers will run into the cause of `exc` by themselves, so that a
+    failure note would only be litter: a save that lost the claim (they see the same claim,
+    or the winner's index), or a committed checkpoint in the way (they check for it too,
+    after this save's claim, which came after that index)."""
+    if isinstance(exc, CheckpointBusyError):
+        return True
+    if isinstance(exc, CheckpointExistsError):
+        try:
+            return await store.exists(layout.index)
+        except CheckpointError:
+            return False
+    return False
 
 
 async def _release(store: Store, layout: SaveLayout, held: claims.ClaimRecord | None) -> None:
