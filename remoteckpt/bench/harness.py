@@ -160,10 +160,19 @@ def drop_caches() -> bool:
 
 
 def cache_state(cfg: Config, target: str) -> str:
-    """Drop caches before a read measurement; the label of what the read then saw."""
+    """Drop caches before a read measurement (then `settle_memory`); the label of what the
+    read then saw."""
     if target == "s3" and not cfg.s3_embedded:
         return "remote"
-    return "cold" if drop_caches() else "warm"
+    dropped = drop_caches()
+    settle_memory(cfg)
+    return "cold" if dropped else "warm"
+
+
+def before_save(cfg: Config) -> None:
+    """Right before a timed save: `settle_memory`, then flush what earlier steps left dirty."""
+    settle_memory(cfg)
+    os.sync()
 
 
 # --- scratch locations --------------------------------------------------------------------
@@ -257,10 +266,12 @@ def accepts(fn: Callable[..., Any], *names: str) -> bool:
 # --- running a suite in a fresh process ---------------------------------------------------
 
 def settle_memory(cfg: Config) -> None:
-    """Before a suite measures: touch as much fresh memory as the tensors and push that much
-    through the page cache into a file (fsync, unlink), untimed.  On a VM the first such use
-    after a quiet spell can cost several times the usual (the host lends the memory back);
-    without this, whichever suite comes first after one pays for it alone."""
+    """Right before a measurement: touch as much fresh memory as the tensors and push that
+    much through the page cache into a file (fsync, unlink), untimed.  On this VM, memory
+    freed a few seconds ago (a deleted file's pages, a freed array) costs several times the
+    usual to use again (presumably handed back to the host meanwhile); without this, a suite
+    whose framework takes seconds to import, or whichever runs first after a quiet spell,
+    pays for it alone."""
     scratch = np.ones(cfg.total_bytes, dtype=np.uint8)
     fd, path = tempfile.mkstemp(prefix="rckpt-settle-", dir=cfg.local_dir)
     try:
@@ -276,8 +287,6 @@ def settle_memory(cfg: Config) -> None:
 
 def _child(module: str, func: str, args: tuple[Any, ...], conn: Any) -> None:
     try:
-        if args and isinstance(args[0], Config) and not func.startswith("suite_rss"):  # ru_maxrss would count it
-            settle_memory(args[0])
         rows = getattr(importlib.import_module(module), func)(*args)
         conn.send(("ok", rows))
     except BaseException as exc:  # the parent reports it as n/a

@@ -249,6 +249,11 @@ def markdown(record: dict[str, Any]) -> str:
             "|---|" + "--:|" * len(COLUMNS)]
     for name, line in record["ratios"].items():
         out.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.2f}x" for v in line.values()) + " |")
+    if record.get("paired_ratios"):
+        out += ["", "| same round, median over rounds | " + " | ".join(f"{t} {o}" for t, o in COLUMNS) + " |",
+                "|---|" + "--:|" * len(COLUMNS)]
+        for name, line in record["paired_ratios"].items():
+            out.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.2f}x" for v in line.values()) + " |")
     rss = [r for r in rows if r["op"].startswith("rss-")]
     if rss:
         out += ["", "| peak RSS | tensors | baseline RSS | peak RSS | peak - baseline | / tensors | seconds |",

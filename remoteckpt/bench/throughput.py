@@ -40,6 +40,9 @@ from typing import Any
 import numpy as np
 
 from .harness import (
+    before_save,
+    drop_caches,
+    settle_memory,
     Config,
     accepted_kwargs,
     accepts,
@@ -71,6 +74,8 @@ def suite_remoteckpt(cfg: Config, target: str) -> list[dict[str, Any]]:
     size = nbytes(tensors)
     base = run_dir(cfg, target, "rc")
     rows: list[dict[str, Any]] = []
+    if getattr(remoteckpt, "save", None) is not None and getattr(remoteckpt, "load", None) is not None:
+        _warm_up(base, load=True)  # first-call costs (I/O thread, lazy imports), as the peers get
     save = getattr(remoteckpt, "save", None)
     load = getattr(remoteckpt, "load", None)
     save_async = getattr(remoteckpt, "save_async", None)
@@ -89,7 +94,7 @@ def suite_remoteckpt(cfg: Config, target: str) -> list[dict[str, Any]]:
             try:
                 times = []
                 for r in range(cfg.repeat):
-                    os.sync()
+                    before_save(cfg)
                     start = perf()
                     save(tensors, f"{base}/save-{r}/model.ckpt", **kw)
                     times.append(perf() - start)
@@ -147,6 +152,7 @@ def suite_remoteckpt(cfg: Config, target: str) -> list[dict[str, Any]]:
         # different amounts from one minute to the next
         times = []
         for _ in range(cfg.repeat):
+            settle_memory(cfg)
             start = perf()
             snapshot = {k: v.copy() for k, v in tensors.items()}
             times.append(perf() - start)
@@ -164,7 +170,7 @@ def suite_remoteckpt(cfg: Config, target: str) -> list[dict[str, Any]]:
                 akw = accepted_kwargs(save_async, overwrite=True) or {}
                 blocking, total = [], []
                 for r in range(cfg.repeat):
-                    os.sync()
+                    before_save(cfg)
                     start = perf()
                     future = save_async(tensors, f"{base}/async-{r}/model.ckpt", **akw)
                     blocking.append(perf() - start)
@@ -243,7 +249,7 @@ def suite_rss_load(cfg: Config, target: str, directory: str) -> list[dict[str, A
     size = cfg.total_bytes
     _warm_up(directory, load=True)
     gc.collect()
-    cache_state(cfg, target)
+    drop_caches()  # not cache_state: its settle_memory would raise ru_maxrss, the peak measured here
     baseline, before = current_rss(), peak_rss()
     start = perf()
     out = remoteckpt.load(f"{directory}/model.ckpt")
