@@ -73,6 +73,11 @@ class InvalidTensorsError(CheckpointError, ValueError):
 class CheckpointExistsError(CheckpointError, FileExistsError):
     """A committed checkpoint already exists where a new one was to be written."""
 
+    @classmethod
+    def committed(cls, index: str) -> CheckpointExistsError:
+        """The error for a committed checkpoint (its `.index`, as described) in the way."""
+        return cls(f"{index} already exists: a committed checkpoint is there (pass overwrite=True to replace it)")
+
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 

@@ -255,8 +255,7 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
             for item in plan.items:
                 _check_name(item.index.fqn)
         if not self.overwrite and loop.run(self._index_exists()):
-            raise CheckpointExistsError(f"{self.prefix}.index already exists: a committed checkpoint is there "
-                                        "(pass overwrite=True to replace it)")
+            raise CheckpointExistsError.committed(f"{self.prefix}.index")
         shards = len(plans) + 1  # one data file per rank, plus the coordinator's metadata file
         return [dataclasses.replace(plan, storage_data={"shard_id": r, "num_shards": shards})
                 for r, plan in enumerate(plans)]

@@ -150,9 +150,7 @@ async def await_claim(store: Store, layout: SaveLayout, options: IOOptions, *, o
                 raise _busy(store, layout, held)
             continue
         if not overwrite and await store.exists(layout.index):
-            raise CheckpointExistsError(
-                f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
-                "(pass overwrite=True to replace it)")
+            raise CheckpointExistsError.committed(store.describe(layout.index))
         if note := await _fresh_failure_note(store, layout, since=started - CLOCK_SKEW):
             raise SaveFailedError(f"the coordinator (worker 0) failed: {note}")
     raise SaveFailedError(

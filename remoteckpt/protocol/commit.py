@@ -36,9 +36,7 @@ class CreateOnlyCommit(CommitProtocol):
             if await self._landed(store, key, data):
                 return  # our own write, whose acknowledgement was lost
             if isinstance(exc, CheckpointExistsError):
-                raise CheckpointExistsError(
-                    f"{store.describe(key)} already exists: a committed checkpoint is there "
-                    "(pass overwrite=True to replace it)") from None
+                raise CheckpointExistsError.committed(store.describe(key)) from None
             raise
 
     @staticmethod

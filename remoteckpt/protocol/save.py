@@ -85,9 +85,7 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
     start = time.monotonic()
     if await store.exists(layout.index):
         if not overwrite:
-            raise CheckpointExistsError(
-                f"{store.describe(layout.index)} already exists: a committed checkpoint is there "
-                "(pass overwrite=True to replace it)")
+            raise CheckpointExistsError.committed(store.describe(layout.index))
         # Un-commit the old checkpoint before touching any of its data files: a crash from here
         # on leaves no index that reads as committed but points at half-replaced data.
         await store.delete(layout.index)
