@@ -121,6 +121,16 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
     return head
 
 
+async def _exactly(reader: asyncio.StreamReader, count: int, what: str):  # type: ignore[no-untyped-def]
+    """The next `count` bytes, as they come; _Closed if the connection ends first."""
+    while count:
+        data = await reader.read(min(_CHUNK, count))
+        if not data:
+            raise _Closed(f"connection closed inside {what}")
+        count -= len(data)
+        yield data
+
+
 async def _body_chunks(reader: asyncio.StreamReader, length: int | None, chunked: bool, until_eof: bool = False):  # type: ignore[no-untyped-def]
     """The raw bytes of a message body as they arrive (chunked framing included, so that it
     can be relayed as is)."""
@@ -136,20 +146,10 @@ async def _body_chunks(reader: asyncio.StreamReader, length: int | None, chunked
                         yield line
                         if line == b"\r\n":
                             return
-                remaining = size + 2
-                while remaining:
-                    data = await reader.read(min(_CHUNK, remaining))
-                    if not data:
-                        raise _Closed("connection closed inside a chunk")
-                    remaining -= len(data)
+                async for data in _exactly(reader, size + 2, "a chunk"):
                     yield data
         elif length is not None:
-            remaining = length
-            while remaining:
-                data = await reader.read(min(_CHUNK, remaining))
-                if not data:
-                    raise _Closed("connection closed inside a body")
-                remaining -= len(data)
+            async for data in _exactly(reader, length, "a body"):
                 yield data
         elif until_eof:
             while data := await reader.read(_CHUNK):
