@@ -116,11 +116,32 @@ def worker_main(directory: str, rank: int, world: int, steps: int, start_step: i
                 log.write(json.dumps({"step": step, "error": type(exc).__name__, "message": str(exc)[:500],
                                       "remoteckpt": isinstance(exc, remoteckpt.CheckpointError),
                                       "traceback": traceback.format_exc()[-2000:]}) + "\n")
-                log.flush()
-                os._exit(1)
+                _exit_with(log, 1)
             log.write(json.dumps({"step": step, "ok": True}) + "\n")
             log.flush()
-    os._exit(0)
+        _exit_with(log, 0)
+
+
+def _exit_with(log: Any, code: int) -> None:
+    """Record the exit code, then exit: the forkserver loses a child's status now and then
+    under load (CPython reports 255 then), and this line is how the parent still knows."""
+    log.write(json.dumps({"exit": code}) + "\n")
+    log.flush()
+    os._exit(code)
+
+
+LOST_STATUS = 255  # what multiprocessing's forkserver reports when it could not read the status
+
+
+def _exit_code(reported: int | None, records: list[dict[str, Any]], killed: bool) -> int | None:
+    """The worker's real exit code: the reported one, unless the forkserver lost it; then
+    the worker's own last record, or SIGKILL if we killed it and it recorded no exit."""
+    if reported != LOST_STATUS:
+        return reported
+    exits = [r["exit"] for r in records if "exit" in r]
+    if exits:
+        return exits[-1]
+    return -signal.SIGKILL if killed else reported
 
 
 _context: Any = None
@@ -222,8 +243,6 @@ def run_scenario(sc: Scenario) -> RunResult:
             procs[r].kill()
         for p in procs:
             p.join(10)
-        if sc.point and sc.victim is not None:
-            injected = procs[sc.victim].exitcode == -signal.SIGKILL
         records = []
         for path in paths:
             try:
@@ -231,8 +250,11 @@ def run_scenario(sc: Scenario) -> RunResult:
                     records.append([json.loads(line) for line in f if line.strip()])
             except FileNotFoundError:
                 records.append([])
-        return RunResult(sc, [p.exitcode for p in procs], records, injected, leftovers, time.monotonic() - started,
-                         stacks)
+        codes = [_exit_code(p.exitcode, recs, killed=(injected and r == sc.victim) or r in leftovers)
+                 for r, (p, recs) in enumerate(zip(procs, records))]
+        if sc.point and sc.victim is not None:
+            injected = codes[sc.victim] == -signal.SIGKILL
+        return RunResult(sc, codes, records, injected, leftovers, time.monotonic() - started, stacks)
 
 
 # --- the verifier ---------------------------------------------------------------------------
