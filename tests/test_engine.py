@@ -4,6 +4,7 @@ caller-owned outputs, verified partial reads, bounded buffers."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from pathlib import Path
@@ -216,3 +217,28 @@ def test_whole_tensors_are_read_straight_into_the_output(tmp_path: Path) -> None
     assert (target == 1).all() and addresses
     low, high = target.ctypes.data, target.ctypes.data + target.nbytes
     assert all(low <= a < high for a in addresses)
+
+
+def test_local_writes_start_writeback_of_what_they_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block from MIN_RANGE on has its writeback started at its own offset (so the
+    commit's fsync waits for the tail only); small writes are left to that fsync."""
+    from remoteckpt.storage import local, open_store, writeback
+
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(writeback, "available", True)
+    monkeypatch.setattr(writeback, "start", lambda fd, offset, length: started.append((offset, length)))
+    big, small = writeback.MIN_RANGE, 10
+
+    async def go() -> None:
+        store = open_store(str(tmp_path))
+        async with store.writer("f") as w:
+            for size in (big, small, 2 * big, small):
+                await w.write(b"x" * size)
+        await store.close()
+
+    loop.run(go())
+    assert isinstance(open_store(str(tmp_path)), local.LocalStore)
+    assert started == [(0, big), (big + small, 2 * big)]
+    assert (tmp_path / "f").stat().st_size == 3 * big + 2 * small
+    if sys.platform.startswith("linux"):
+        assert writeback._sync_file_range is not None  # the real call is found where it exists

@@ -93,6 +93,10 @@ async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions
     return written
 
 
+def _chunk_crcs(piece: memoryview, step: int) -> list[int]:
+    return [crc32c(piece[offset : offset + step]) for offset in range(0, len(piece), step)]
+
+
 async def _stream_numeric(out: _OneAhead, payload: Payload, crc_chunk: int) -> None:
     (view,) = payload.chunks
     view = memoryview(view).cast("B")
@@ -103,13 +107,19 @@ async def _stream_numeric(out: _OneAhead, payload: Payload, crc_chunk: int) -> N
     running = 0
     for start in range(0, size, block):
         piece = view[start : start + block]
-        for offset in range(0, len(piece), step):
-            chunk = piece[offset : offset + step]
-            crc = crc32c(chunk)
-            chunk_crcs.append(crc)
+        # In a worker thread (crc32c releases the GIL) from OVERLAP_MIN on: the previous
+        # block's write proceeds meanwhile, and the loop stays free for network I/O.
+        if len(piece) >= OVERLAP_MIN:
+            crcs = await asyncio.to_thread(_chunk_crcs, piece, step)
+        else:
+            crcs = _chunk_crcs(piece, step)
+        for offset, crc in zip(range(0, len(piece), step), crcs):
+            chunk_len = min(step, len(piece) - offset)
             # Full chunks share one length, whose combine operator is cached; the last
             # (shorter) chunk is cheaper to fold in directly than to build an operator for.
-            running = crc32c_combine(running, crc, len(chunk)) if len(chunk) == step else crc32c(chunk, running)
+            running = (crc32c_combine(running, crc, chunk_len) if chunk_len == step
+                       else crc32c(piece[offset:], running))
+        chunk_crcs.extend(crcs)
         await out.write(piece)
     entry = payload.entry
     entry.crc32c = mask_crc(running)

@@ -22,6 +22,7 @@ import aiofiles.os
 
 from ..format.coding import crc32c
 from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities
+from . import writeback
 from .errors import translate
 
 
@@ -66,6 +67,7 @@ class LocalWriter(ObjectWriter):
         self._temp = self._path.with_name(f"{self._path.name}.tempstate{secrets.randbits(64)}")
         self._exclusive = exclusive
         self._file: Any = None
+        self._offset = 0
         self._done = False
 
     async def write(self, data: Buffer) -> None:
@@ -73,6 +75,10 @@ class LocalWriter(ObjectWriter):
             if self._file is None:
                 self._file = await self._open_temp()
             await self._file.write(data)
+            size = memoryview(data).nbytes
+            if writeback.wanted(size):  # the commit's fsync then waits for the tail only
+                await asyncio.to_thread(writeback.start, self._file.fileno(), self._offset, size)
+            self._offset += size
         except Exception as exc:
             await self.abort()
             raise translate(exc, str(self._path)) from exc
