@@ -6,9 +6,11 @@ the chunk is in cache, the running CRC of the whole payload is extended from it 
 up to `WRITE_BLOCK` straight from the caller's memory.  Payloads larger than one chunk also get
 the per-chunk CRC extension (see protos/), which lets later partial reads be verified.
 
-Checksumming and writing overlap: block k+1 is checksummed on the loop thread while block k's
-``write`` is in flight (a thread for local files, the network for S3), one write at a time so
-the writer still sees the bytes in order.
+Checksumming and writing overlap: block k+1 is checksummed in a worker thread (CRC32C releases
+the GIL) while block k's ``write`` is in flight (a thread for local files, the network for
+S3), one write at a time so the writer still sees the bytes in order.  The checksum must
+not run on the loop thread: the write task would only start once it finished, and S3's
+sockets would wait on it.
 """
 
 from __future__ import annotations
