@@ -124,6 +124,24 @@ def test_list_and_delete(store_url: str) -> None:
     run(store_url, body)
 
 
+def test_list_prefixes_cross_directories(store_url: str) -> None:
+    """A prefix is a string prefix of keys, not a directory: it may end mid-name and match
+    keys in several directories, at any depth."""
+    keys = ["run/ck.tmp1/part-0", "run/ck.tmp1/deep/er/part-1", "run/ck.tmp2/x", "run/ck.index", "run/other/ck.tmp3",
+            "run/ckx", "runner/y", "top"]
+
+    async def body(store: Store) -> None:
+        for key in keys:
+            await store.put(key, b"1")
+        assert await store.list("run/ck.tmp") == ["run/ck.tmp1/deep/er/part-1", "run/ck.tmp1/part-0", "run/ck.tmp2/x"]
+        assert await store.list("run/ck.tmp1/deep/") == ["run/ck.tmp1/deep/er/part-1"]
+        assert await store.list("run/ck") == sorted(k for k in keys if k.startswith("run/ck"))
+        assert await store.list("run") == sorted(k for k in keys if k.startswith("run"))
+        assert await store.list("") == sorted(keys)
+
+    run(store_url, body)
+
+
 def test_list_info_has_sizes_and_times(store_url: str) -> None:
     import time
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -445,8 +446,10 @@ def plan(cfg: Config) -> list[tuple[str, str, tuple[Any, ...]]]:
     return steps
 
 
-def run_throughput(cfg: Config, progress: Any = sys.stderr) -> list[dict[str, Any]]:
-    """Every row of the run (measured or n/a), in plan order.
+def run_throughput(cfg: Config, progress: Any = sys.stderr,
+                   between_suites: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Every row of the run (measured or n/a), in plan order; `between_suites()` runs after
+    each suite, untimed (the embedded server's vacuum).
 
     The run is `cfg.repeat` rounds; each round runs every suite once (peak RSS: the first round
     only).  On a shared machine conditions drift over minutes (other jobs, the hypervisor
@@ -479,6 +482,11 @@ def run_throughput(cfg: Config, progress: Any = sys.stderr) -> list[dict[str, An
                     merge_round(rows, r, rnd)
             if func == "suite_rss_save":
                 remove(directory)
+            if between_suites is not None:
+                try:
+                    between_suites()
+                except Exception as exc:  # housekeeping: the next suite reports what it meets
+                    print(f"warning: between suites: {short_error(exc)}", file=progress, flush=True)
     return list(rows.values())
 
 
@@ -583,7 +591,7 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
         dropped = drop_caches()
         notes.append("reads: page cache dropped before each (sync; echo 3 > /proc/sys/vm/drop_caches)" if dropped
                      else "reads: WARM CACHE - the page cache could not be dropped (needs root)")
-        rows = run_throughput(cfg)
+        rows = run_throughput(cfg, between_suites=server.vacuum if server is not None else None)
     finally:
         if server is not None:
             server.stop()

@@ -34,6 +34,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _may_hold(directory_key: str, prefix: str) -> bool:
+    """Whether keys under `directory_key` (a directory, relative to the root) can start with `prefix`."""
+    below = directory_key + "/"
+    return below.startswith(prefix) or prefix.startswith(below)
+
+
 def _pread_all(fd: int, start: int, out: memoryview) -> int:
     done = 0
     while done < len(out):
@@ -195,8 +201,11 @@ class LocalStore(Store):
             if not top.is_dir():
                 return []
             keys = []
-            for dirpath, _, files in os.walk(top):
+            for dirpath, dirs, files in os.walk(top):
                 rel = os.path.relpath(dirpath, self.root)
+                # Descend only where keys can start with `prefix` (a save checks for its own
+                # files in a directory that may hold anything else, deep trees included).
+                dirs[:] = [d for d in dirs if _may_hold(d if rel == "." else f"{rel}/{d}".replace(os.sep, "/"), prefix)]
                 for name in files:
                     key = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
                     if key.startswith(prefix):
