@@ -106,3 +106,59 @@ def test_junk_claim_is_busy_until_it_is_old(run: Any) -> None:
         await claims.acquire(store, layout(0), IOOptions(commit_timeout=0.0))
 
     run(go)
+
+
+def test_a_single_worker_takes_over_only_its_own_or_a_dead_processs_claim(run: Any) -> None:
+    """Two single-worker jobs share the default save id, so for one worker the id alone does
+    not make a claim its own: the holder's process must be this one or gone."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    here = socket.gethostname()
+    single = layout(0, "", world=1)
+
+    async def go(store: Store) -> None:
+        for holder, busy in [(claims.ClaimRecord(save_id="", world_size=1, token="x", host=here, pid=1), True),
+                             (claims.ClaimRecord(save_id="", world_size=1, token="x", host="elsewhere", pid=dead_pid), True),
+                             (claims.ClaimRecord(save_id="", world_size=1, token="x", host=here, pid=dead_pid), False),
+                             (claims.ClaimRecord(save_id="", world_size=1, token="x", host=here, pid=os.getpid()), False)]:
+            await store.put(single.claim, holder.encode())
+            if busy:
+                with pytest.raises(CheckpointBusyError):
+                    await claims.acquire(store, single, FAST)
+            else:
+                mine = await claims.acquire(store, single, FAST)
+                assert mine.pid == os.getpid() and mine.token != "x"
+            await store.delete(single.claim)
+
+    run(go)
+
+
+def test_single_worker_saves_claim_where_streamed_creates_can_race(run: Any) -> None:
+    """On S3 a live claim stops a single-worker save before it writes a byte; on local disk
+    the create-only link of the data file decides and no claim is taken."""
+    import numpy as np
+
+    import remoteckpt
+
+    holder = claims.ClaimRecord(save_id="", world_size=1, token="x", host="elsewhere", pid=1)
+
+    async def go(store: Store) -> tuple[bool, str]:
+        await store.put("ck.claim", holder.encode())
+        return store.capabilities.atomic_streamed_create, store.url
+
+    atomic, url = run(go)
+    prefix = f"{url.rstrip('/')}/ck"
+    if atomic:
+        remoteckpt.save({"a": np.ones(3)}, prefix)
+        np.testing.assert_array_equal(remoteckpt.load(prefix)["a"], np.ones(3))
+    else:
+        with pytest.raises(CheckpointBusyError, match="elsewhere"):
+            remoteckpt.save({"a": np.ones(3)}, prefix)
+        assert run(lambda store: store.list("ck.")) == ["ck.claim"]
+        remoteckpt.gc(url, older_than=0)
+        remoteckpt.save({"a": np.ones(3)}, prefix)
+        assert run(lambda store: store.list("ck.")) == ["ck.data-00000-of-00001", "ck.index"]

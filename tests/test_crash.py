@@ -236,7 +236,7 @@ def test_local_put_survives_a_concurrent_delete_in_its_directory(tmp_path: Path)
 def test_three_committers_one_wins(backend: str, request: pytest.FixtureRequest,
                                    tmp_path_factory: pytest.TempPathFactory) -> None:
     """Three processes save different tensors to one prefix at the same moment: exactly one
-    commits, the others get CheckpointExistsError; what is committed is the winner's, whole;
+    commits, the others get CheckpointExistsError (or its CheckpointBusyError); what is committed is the winner's, whole;
     nothing of the losers is left (no temp file, no incomplete upload)."""
     base, env, options = _backend(backend, request, tmp_path_factory)
     directory = rw.scenario_directory(base, "race")
@@ -246,7 +246,8 @@ def test_three_committers_one_wins(backend: str, request: pytest.FixtureRequest,
     assert len(winners) == 1, records
     for r in records:
         if not r.get("ok"):
-            assert r["error"] == "CheckpointExistsError" and "ck" in r["message"], r
+            # Busy (a subclass) where the claim decided: S3, whose streamed creates can race
+            assert r["error"] in ("CheckpointExistsError", "CheckpointBusyError") and "ck" in r["message"], r
     got = remoteckpt.load(prefix, storage_options=options)
     want = rw.committer_tensors(winners[0])
     assert all(np.asarray(v).tobytes() == got[k].tobytes() for k, v in want.items())

@@ -4,7 +4,7 @@ Garbage in a directory, when older than `older_than` seconds (younger ones may b
 save in progress):
   - data files ``NAME.data-*`` with no ``NAME.index`` (the save never committed)
   - staging files under ``NAME.tmp*/`` (per-worker tables, failure notes, outcomes)
-  - claims ``NAME.claim`` of multi-worker saves that died holding them
+  - claims ``NAME.claim`` of saves that died holding them
   - local temp files ``*.tempstate<digits>`` of interrupted writes
   - incomplete multipart uploads (S3), which otherwise cost money forever
 Everything else is left alone: committed checkpoints (an ``.index`` and its data files), the

@@ -1,4 +1,4 @@
-"""The claim: which multi-worker save may write a prefix, decided once, before any data.
+"""The claim: which save may write a prefix, decided once, before any data.
 
     NAME.claim    JSON {"save_id", "world_size", "token", "host", "pid"}, created by rank 0
                   with a create-only PUT; deleted once the save commits or fails
@@ -18,7 +18,10 @@ the winners' files block the prefix.  With it, exactly one job proceeds:
 Workers recognise each other by save id (``save_id=`` / ``$REMOTECKPT_SAVE_ID``): jobs that
 may race for one prefix must use distinct ids.  ``overwrite=True`` allows replacing a
 committed checkpoint, not trampling a live save: the claim works the same with it.
-Single-worker saves need no claim: their one create-only data file plays its part.
+Single-worker saves claim too where create-only streamed writes can race (S3-compatible
+servers whose conditional CompleteMultipartUpload is not atomic: `StoreCapabilities.
+atomic_streamed_create`); a single worker takes over only a claim left by a save of its own
+process that is no longer running, or by a process on its host that is gone.  On local disk the create-only data file (a link) decides.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Claim
     for _ in range(CLAIM_ATTEMPTS):
         try:
             await store.put(layout.claim, mine.encode(), exclusive=True)
+            _held_here.add(mine.token)
             return mine
         except CheckpointExistsError:
             pass
@@ -117,9 +121,11 @@ async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Claim
         if held is None:
             continue  # released meanwhile
         if held.record == mine:
+            _held_here.add(mine.token)
             return mine  # our own PUT, whose acknowledgement was lost
-        if held.record is not None and held.record.is_for(layout):
-            await store.put(layout.claim, mine.encode())  # this save, retried after a crash
+        if held.record is not None and _retry_of_this_save(held.record, layout):
+            await store.put(layout.claim, mine.encode())
+            _held_here.add(mine.token)
             return mine
         if held.age <= options.commit_timeout:
             raise _busy(store, layout, held)
@@ -128,8 +134,39 @@ async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Claim
                               f"{CLAIM_ATTEMPTS} attempts; other saves keep claiming it")
 
 
+def _retry_of_this_save(record: ClaimRecord, layout: SaveLayout) -> bool:
+    """Whether `record` is this save's own, left by an attempt that crashed: its rank 0 with
+    the same save id and world size.  A single worker has no partners that must find it
+    again, so it takes over only its own process's claim or one whose process is gone (two
+    single-worker jobs, or two threads of one, share the default save id)."""
+    if not record.is_for(layout):
+        return False
+    if layout.world_size > 1:
+        return True
+    if record.host != socket.gethostname():
+        return False
+    if record.pid == os.getpid():
+        return record.token not in _held_here  # not a save still running in this process
+    return not _process_alive(record.pid)
+
+
+_held_here: set[str] = set()
+"""Tokens of the claims that saves running in this process hold (on the I/O loop)."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # someone else's process, or a pid that cannot be ours
+    return True
+
+
 async def release(store: Store, layout: SaveLayout, mine: ClaimRecord) -> None:
     """Rank 0, after the commit or a failure: remove the claim if it is still ours."""
+    _held_here.discard(mine.token)
     held = await read_claim(store, layout)
     if held is not None and held.record == mine:
         await store.delete(layout.claim)

@@ -2,7 +2,7 @@
 
     NAME.data-RRRRR-of-NNNNN          worker R's data, under its final TF name from the start
     NAME.index                        the merged index: its appearance is the commit
-    NAME.claim                        which save may write the prefix (`claim`), n > 1 only
+    NAME.claim                        which save may write the prefix (`claim`)
     NAME.tmp[-ID]/part-RRRRR-of-NNNNN.index   worker R's table, written once its data is durable
     NAME.tmp[-ID]/failed-RRRRR        worker R's failure note (the coordinator stops waiting)
     NAME.tmp[-ID]/outcome             the coordinator's verdict, JSON, read by every worker

@@ -1,8 +1,9 @@
 """The save protocol: what each worker does, and what the coordinator (rank 0) adds.
 
 Every worker (rank r of n), the same steps whatever the store:
-  0. (n > 1) rank 0 claims the prefix for this save, the others wait for that claim
-     (`claim`: of two jobs racing for one prefix exactly one goes on)
+  0. (n > 1, or a store where create-only streamed writes can race, i.e. S3) rank 0 claims
+     the prefix for this save, the others wait for that claim (`claim`: of two jobs racing
+     for one prefix exactly one goes on)
   1. refuse if ``NAME.index`` exists (a committed checkpoint) unless overwriting
   2. stream its tensors into ``NAME.data-r-of-n`` (CRC32C as the bytes go), commit that file
   3. write its table ``staging/part-r-of-n.index``: its presence means "my data is durable"
@@ -144,16 +145,18 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     multi = layout.world_size > 1
     held: claims.ClaimRecord | None = None
     try:
+        if layout.rank == 0 and (multi or not store.capabilities.atomic_streamed_create):
+            held = await claims.acquire(store, layout, options)
+        elif multi:
+            await claims.await_claim(store, layout, options, overwrite=overwrite)
         if multi:
-            if layout.rank == 0:
-                held = await claims.acquire(store, layout, options)
-            else:
-                await claims.await_claim(store, layout, options, overwrite=overwrite)
             await asyncio.gather(store.delete(layout.table(layout.rank)), store.delete(layout.failure(layout.rank)))
         table = await write_part(store, layout, tensors, overwrite=overwrite, options=options, progress=progress,
                                  report=report)
         if not multi:
             await commit_tables(store, layout, [table], overwrite=overwrite, commit=commit, report=report)
+            await _release(store, layout, held)
+            held = None
             progress.emit("committed", report.bytes_written, report.bytes_written)
             return report
         await store.put(layout.table(layout.rank), table)

@@ -79,6 +79,10 @@ class StoreCapabilities:
     """A rename replaces a key atomically (local POSIX disk)."""
     conditional_put: bool
     """Create-only writes are atomic on the server (S3 ``If-None-Match: *``)."""
+    atomic_streamed_create: bool = True
+    """Of two create-only *streamed* writes of one key racing (`Store.writer` with
+    ``exclusive=True``: a multipart upload on S3), exactly one lands.  When False, a
+    single-worker save claims its prefix first (`protocol.claim`), as multi-worker saves do."""
 
 
 class ObjectWriter(abc.ABC):
