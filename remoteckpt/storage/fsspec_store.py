@@ -134,8 +134,8 @@ class FsspecStore(Store):
             found = await self._call("find", base.rstrip("/") or "/", withdirs=False, detail=True)
         except FileNotFoundError:
             return []
-        except Exception as exc:
-            raise translate(exc, self.url) from exc
+        except Exception as exc:  # named by what was being listed for
+            raise translate(exc, self.describe(prefix) + "*" if prefix else self.url) from exc
         infos = []
         strip = len(base)
         for path, info in found.items():
