@@ -21,7 +21,8 @@ committed checkpoint, not trampling a live save: the claim works the same with i
 Single-worker saves claim too where create-only streamed writes can race (S3-compatible
 servers whose conditional CompleteMultipartUpload is not atomic: `StoreCapabilities.
 atomic_streamed_create`); a single worker takes over only a claim left by a save of its own
-process that is no longer running, or by a process on its host that is gone.  On local disk the create-only data file (a link) decides.
+process that is no longer running, or by a process on its host that is gone.  On local disk
+the create-only data file (a link) decides.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import aiofiles
 import aiofiles.os
 
 from ..format.coding import crc32c
-from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities
 from . import writeback
+from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities
 from .errors import translate
 
 
