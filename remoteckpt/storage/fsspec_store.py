@@ -131,7 +131,8 @@ class FsspecStore(Store):
     async def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = self.path("")
         try:
-            found = await self._call("find", base.rstrip("/") or "/", withdirs=False, detail=True)
+            found = await self._call("find", base.rstrip("/") or "/", withdirs=False, detail=True,
+                                     **self._find_prefix(prefix))
         except FileNotFoundError:
             return []
         except Exception as exc:  # named by what was being listed for
@@ -148,6 +149,11 @@ class FsspecStore(Store):
                 infos.append(ObjectInfo(key, int(info.get("size") or 0), _mtime(info)))
         return sorted(infos, key=lambda i: i.key)
 
+
+    def _find_prefix(self, prefix: str) -> dict[str, str]:
+        """Arguments that let the filesystem's ``find`` filter by `prefix` itself (none in
+        general: the listing below the root is then filtered here)."""
+        return {}
 
     async def close(self) -> None:
         creator = getattr(self.fs, "_s3creator", None)  # s3fs's client holder; others hold none
@@ -217,6 +223,11 @@ class S3Store(FsspecStore):
             raise ValueError(f"S3 parts must be at least {MIN_PART_SIZE} bytes")
         self.part_size = part_size
         self.parts_in_flight = max(1, parts_in_flight)
+
+    def _find_prefix(self, prefix: str) -> dict[str, str]:
+        # ListObjectsV2 filters by key prefix on the server: a save's check for its own claim
+        # or data file costs one short listing, however many checkpoints share the directory.
+        return {"prefix": prefix} if prefix else {}
 
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _MultipartWriter(self, key, exclusive)
