@@ -137,6 +137,33 @@ def test_a_single_worker_takes_over_only_its_own_or_a_dead_processs_claim(run: A
     run(go)
 
 
+def test_a_claim_whose_save_ended_in_this_process_is_taken_over(run: Any) -> None:
+    """A save that could not release its claim (e.g. a DCP save that failed on another rank)
+    `forget`s it; a later save of this process takes it over.  A multi-worker claim whose
+    process is gone is still busy: its other workers may be writing."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphaned = claims.ClaimRecord(save_id="c", world_size=2, token="y", host=socket.gethostname(),
+                                  pid=int(gone.stdout))
+
+    async def go(store: Store) -> None:
+        old = await claims.acquire(store, layout(0, "a"), FAST)
+        with pytest.raises(CheckpointBusyError):
+            await claims.acquire(store, layout(0, "b"), FAST)
+        claims.forget(old)
+        new = await claims.acquire(store, layout(0, "b"), FAST)
+        assert new.save_id == "b"
+        await claims.release(store, layout(0), new)
+        await store.put(layout(0).claim, orphaned.encode())
+        with pytest.raises(CheckpointBusyError):
+            await claims.acquire(store, layout(0, "b"), FAST)
+
+    run(go)
+
+
 def test_single_worker_saves_claim_where_streamed_creates_can_race(run: Any) -> None:
     """On S3 a live claim stops a single-worker save before it writes a byte; on local disk
     the create-only link of the data file decides and no claim is taken."""

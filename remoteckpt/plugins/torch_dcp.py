@@ -12,13 +12,16 @@ write and read a TensorFlow tensor bundle at that prefix (``step-100.index`` +
 How DCP's save sequence maps onto the bundle (N ranks, N + 1 data files):
 
     prepare_global_plan  (coordinator)  refuse an existing checkpoint (unless overwrite);
-                                        give rank r data file r of N + 1
+                                        claim the prefix (`protocol.claim`: of two jobs
+                                        racing for it, one goes on); give rank r data
+                                        file r of N + 1
     write_data           (every rank)   stream the rank's items into PREFIX.data-r-of-(N+1)
                                         (final name, durable on return); its index table
                                         rides back to the coordinator in the WriteResults
     finish               (coordinator)  DCP's Metadata, as JSON, into the string tensor
                                         ``_DCP_METADATA`` of data file N; merge the N + 1
-                                        tables; commit PREFIX.index (create-only)
+                                        tables; commit PREFIX.index (create-only);
+                                        release the claim
 
 The process group does the meeting that `remoteckpt.save` does through storage, so there is
 no staging, no polling, and the index (the commit) covers DCP's metadata too: a checkpoint
@@ -37,9 +40,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
 import os
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +85,7 @@ from ..errors import (
 from ..format.bundle import encode_index, index_filename, make_header
 from ..format.slices import Box
 from ..options import DEFAULT_OPTIONS, IOOptions
+from ..protocol import claim as claims
 from ..protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from ..protocol.layout import SaveLayout
 from ..protocol.save import commit_tables, write_part
@@ -89,6 +95,8 @@ from ..writer import Slice
 from .torch_metadata import FORMAT, decode_metadata, encode_metadata
 
 __all__ = ["StorageWriter", "StorageReader", "METADATA_TENSOR", "BYTES_PREFIX"]
+
+log = logging.getLogger("remoteckpt")
 
 METADATA_TENSOR = "_DCP_METADATA"
 """The string scalar holding DCP's `Metadata` as JSON (see `torch_metadata`)."""
@@ -226,6 +234,7 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
         self.save_id = uuid.uuid4().hex
         self.is_coordinator = False
         self.rank: int | None = None
+        self._claim: tuple[SaveLayout, claims.ClaimRecord, weakref.finalize] | None = None
 
     # --- DCP's interface -------------------------------------------------------------------
 
@@ -246,6 +255,8 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
                                       "and needs DCP's collectives (use_collectives=True)")
         self.is_coordinator = is_coordinator
         self.rank = kwargs.get("rank")
+        if self._claim is not None:  # the last save through this writer failed on some rank
+            loop.run(self._release_claim())
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
@@ -257,6 +268,7 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
         if not self.overwrite and loop.run(self._index_exists()):
             raise CheckpointExistsError.committed(f"{self.prefix}.index")
         shards = len(plans) + 1  # one data file per rank, plus the coordinator's metadata file
+        loop.run(self._take_claim(shards))
         return [dataclasses.replace(plan, storage_data={"shard_id": r, "num_shards": shards})
                 for r, plan in enumerate(plans)]
 
@@ -293,7 +305,10 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
                                  "bytes_prefix": BYTES_PREFIX, "num_shards": n + 1}
         blob = encode_metadata(metadata)
         empty = _table_bytes({})
-        loop.run(self._commit([t if t is not None else empty for t in tables], blob))
+        try:
+            loop.run(self._commit([t if t is not None else empty for t in tables], blob))
+        finally:
+            loop.run(self._release_claim())
 
     # --- the work --------------------------------------------------------------------------
 
@@ -334,6 +349,32 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
         store, name = self._store()
         try:
             return await store.exists(index_filename(name))
+        finally:
+            await store.close()
+
+    async def _take_claim(self, shards: int) -> None:
+        """Claim the prefix for this save before any rank writes.  Should a rank's write_data
+        fail, DCP never calls `finish`: the claim is released by this writer's next save, and
+        forgotten (so a later save of this process takes it over) once the writer is gone."""
+        store, name = self._store()
+        try:
+            layout = SaveLayout(name, 0, shards, save_id=self.save_id)
+            record = await claims.acquire(store, layout, self.options)
+        finally:
+            await store.close()
+        self._claim = layout, record, weakref.finalize(self, claims.forget, record)
+
+    async def _release_claim(self) -> None:
+        if self._claim is None:
+            return
+        layout, record, forget = self._claim
+        self._claim = None
+        forget.detach()
+        store, _ = self._store()
+        try:
+            await claims.release(store, layout, record)
+        except Exception:  # left for the next save of this process, or for `gc`
+            log.warning("could not release %s", store.describe(layout.claim), exc_info=True)
         finally:
             await store.close()
 

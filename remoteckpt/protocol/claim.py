@@ -8,8 +8,9 @@ data file is create-only), and each job would then have a worker that lost: both
 the winners' files block the prefix.  With it, exactly one job proceeds:
 
 - rank 0 creates the claim before writing anything.  If one is there it reads it: its own
-  save id and world size (a retry of this save) it takes over; another save's claim older
-  than ``commit_timeout`` (a crashed save) it removes and tries again; a live one is
+  save id and world size (a retry of this save) it takes over, and so a claim left by a
+  save of this very process that has ended; another save's claim older than
+  ``commit_timeout`` (a crashed save) it removes and tries again; a live one is
   `CheckpointBusyError`, raised before a byte of data is written.
 - ranks > 0 wait for a claim naming their save id and world size, then write.  A live claim
   naming another save is `CheckpointBusyError` at once; a failure note from their rank 0, or
@@ -20,9 +21,10 @@ may race for one prefix must use distinct ids.  ``overwrite=True`` allows replac
 committed checkpoint, not trampling a live save: the claim works the same with it.
 Single-worker saves claim too where create-only streamed writes can race (S3-compatible
 servers whose conditional CompleteMultipartUpload is not atomic: `StoreCapabilities.
-atomic_streamed_create`); a single worker takes over only a claim left by a save of its own
-process that is no longer running, or by a process on its host that is gone.  On local disk
-the create-only data file (a link) decides.
+atomic_streamed_create`); a single worker also takes over the claim of a single-worker save
+whose process on this host is gone.  On local disk the create-only data file (a link)
+decides.  Callers with a rendezvous of their own (the PyTorch DCP plugin) claim through
+`acquire`/`release` on their coordinator and `forget` a claim whose save failed elsewhere.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Claim
         if held.record == mine:
             _held_here.add(mine.token)
             return mine  # our own PUT, whose acknowledgement was lost
-        if held.record is not None and _retry_of_this_save(held.record, layout):
+        if held.record is not None and _may_take_over(held.record, layout):
             await store.put(layout.claim, mine.encode())
             _held_here.add(mine.token)
             return mine
@@ -135,20 +137,18 @@ async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Claim
                               f"{CLAIM_ATTEMPTS} attempts; other saves keep claiming it")
 
 
-def _retry_of_this_save(record: ClaimRecord, layout: SaveLayout) -> bool:
-    """Whether `record` is this save's own, left by an attempt that crashed: its rank 0 with
-    the same save id and world size.  A single worker has no partners that must find it
-    again, so it takes over only its own process's claim or one whose process is gone (two
-    single-worker jobs, or two threads of one, share the default save id)."""
-    if not record.is_for(layout):
-        return False
-    if layout.world_size > 1:
+def _may_take_over(record: ClaimRecord, layout: SaveLayout) -> bool:
+    """Whether `record` may be taken over by this save: a claim of this process whose save is
+    no longer running (it failed without releasing it), this save's own rank 0 restarted (same
+    save id and world size), or a single-worker save whose process is gone (a sole writer that
+    is dead writes nothing more).  Two single-worker jobs, or two threads of one, share the
+    default save id, so for them the id alone proves nothing."""
+    here = record.host == socket.gethostname()
+    if here and record.pid == os.getpid() and record.token not in _held_here:
         return True
-    if record.host != socket.gethostname():
-        return False
-    if record.pid == os.getpid():
-        return record.token not in _held_here  # not a save still running in this process
-    return not _process_alive(record.pid)
+    if layout.world_size > 1:
+        return record.is_for(layout)
+    return here and record.world_size == 1 and record.pid != os.getpid() and not _process_alive(record.pid)
 
 
 _held_here: set[str] = set()
@@ -165,9 +165,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def forget(mine: ClaimRecord) -> None:
+    """The save holding `mine` has ended in this process without releasing it: a later save
+    of this process may take the claim over (`release` does this too)."""
+    _held_here.discard(mine.token)
+
+
 async def release(store: Store, layout: SaveLayout, mine: ClaimRecord) -> None:
     """Rank 0, after the commit or a failure: remove the claim if it is still ours."""
-    _held_here.discard(mine.token)
+    forget(mine)
     held = await read_claim(store, layout)
     if held is not None and held.record == mine:
         await store.delete(layout.claim)
