@@ -30,6 +30,7 @@ from ..format.coding import crc32c
 from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities
 from .errors import translate
 from .s3_body import PartBody
+from .s3_get import BadResponse, BodyCut, DirectGets, ResponseError, as_builtin
 
 PART_SIZE = 16 * 2**20
 """S3 multipart part size: above S3's 5 MiB minimum, and large enough that per-request
@@ -48,6 +49,9 @@ enough to stay in cache while it is copied into place."""
 INLINE_CRC = 1 * 2**20
 """Below this many bytes a GET's checksums are computed on the event loop: cheaper than the
 hop to a worker thread (about 0.1 ms of CRC32C)."""
+
+DISCARD_BUFFER = 64 * 1024
+"""Scratch space for body bytes that no target wants (gaps of a coalesced range)."""
 
 READ_ATTEMPTS = 5
 """A GET whose body is cut is resumed from the first missing byte this many times in all
@@ -223,6 +227,8 @@ class S3Store(FsspecStore):
             raise ValueError(f"S3 parts must be at least {MIN_PART_SIZE} bytes")
         self.part_size = part_size
         self.parts_in_flight = max(1, parts_in_flight)
+        self._direct: DirectGets | None = None
+        self._direct_checked = False
 
     def _find_prefix(self, prefix: str) -> dict[str, str]:
         # ListObjectsV2 filters by key prefix on the server: a save's check for its own claim
@@ -295,6 +301,8 @@ class S3Store(FsspecStore):
             return ScatterResult(0, tuple(0 for _ in targets))
         bucket, path, _ = self.fs.split_path(self.path(key))
         sink = _ScatterSink(start, targets)
+        if direct := await self._direct_gets():
+            return await self._read_direct(direct, key, bucket, path, sink, end)
         pinned: dict[str, str] = {}  # resumed GETs must read the same version of the object
         for attempt in range(READ_ATTEMPTS):
             try:
@@ -327,6 +335,44 @@ class S3Store(FsspecStore):
         return await sink.finish()
 
 
+    async def _direct_gets(self) -> DirectGets | None:
+        """The socket-to-buffer reader (`s3_get`), where this store's client allows it."""
+        if not self._direct_checked:
+            client = await self.fs.set_session()
+            self._direct_checked = True
+            if DirectGets.usable(client):
+                self._direct = DirectGets(client, verify=self.fs.client_kwargs.get("verify"),
+                                          max_idle=4 * self.parts_in_flight + 16)
+        return self._direct
+
+    async def _read_direct(self, direct: DirectGets, key: str, bucket: str, path: str, sink: _ScatterSink,
+                           end: int) -> ScatterResult:
+        etag: str | None = None  # resumed GETs must read the same version of the object
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                await direct.get(bucket, path, sink, end, if_match=etag, pause=_pause)
+            except BodyCut as exc:
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise translate(exc, self.describe(key)) from exc
+                log.debug("GET %s: body cut at byte %d, resuming", self.describe(key), sink.position)
+                etag = exc.etag
+                await _pause(attempt)
+                continue
+            except ResponseError as exc:
+                if etag and exc.status == 412:
+                    raise StorageError(f"{self.describe(key)} changed while it was being read") from exc
+                raise translate(as_builtin(exc), self.describe(key)) from exc
+            except (OSError, asyncio.TimeoutError, BadResponse) as exc:
+                raise translate(exc, self.describe(key)) from exc
+            return await sink.finish()  # 416 or a short body: the object ends before `end`
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
+        await super().close()
+
+
 class _ScatterSink:
     """Consumes a byte stream that starts at `start`, copying the parts that targets want."""
 
@@ -335,6 +381,7 @@ class _ScatterSink:
         self._targets = list(targets)
         self._filled = [0] * len(self._targets)
         self._next = 0
+        self._discard: memoryview | None = None
 
     async def finish(self) -> ScatterResult:
         """`result`, computed in a worker thread unless it is little work."""
@@ -346,6 +393,34 @@ class _ScatterSink:
         """Bytes delivered, and each target's CRC32C over what it received."""
         crcs = tuple(crc32c(view[:n]) if n else 0 for (_, view), n in zip(self._targets, self._filled))
         return ScatterResult(sum(self._filled), crcs)
+
+    def next_buffer(self, limit: int) -> memoryview:
+        """Where the stream's next bytes (at most `limit`) go: the target they belong to, or
+        scratch space for bytes between targets and after the last one."""
+        while self._next < len(self._targets):
+            offset, view = self._targets[self._next]
+            if self.position >= offset + len(view):
+                self._next += 1
+                continue
+            if self.position >= offset:
+                return view[self.position - offset : self.position - offset + limit]
+            return self._scratch()[: min(limit, offset - self.position)]
+        return self._scratch()[:limit]
+
+    def advance(self, count: int) -> None:
+        """`count` bytes were written into the view `next_buffer` gave."""
+        if self._next < len(self._targets):
+            offset, view = self._targets[self._next]
+            if offset <= self.position:
+                self._filled[self._next] += count
+                if self.position + count == offset + len(view):
+                    self._next += 1
+        self.position += count
+
+    def _scratch(self) -> memoryview:
+        if self._discard is None:
+            self._discard = memoryview(bytearray(DISCARD_BUFFER))
+        return self._discard
 
     def write(self, chunk: bytes) -> None:
         data = memoryview(chunk)

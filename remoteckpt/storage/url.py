@@ -41,6 +41,9 @@ S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 10,
     "read_timeout": 30,
     "retries": {"max_attempts": 8, "mode": "standard"},
+    # SigV4 for presigned URLs too (ranged GETs, `s3_get`); botocore would presign with the
+    # legacy SigV2 for some endpoints, which newer AWS regions refuse.
+    "signature_version": "s3v4",
 }
 """botocore `Config` defaults for S3 (each overridable through ``storage_options={"config_kwargs":
 {...}}``): bounded timeouts, retries with backoff."""
