@@ -187,7 +187,8 @@ class _GetProtocol(asyncio.BufferedProtocol):
             self._fail(BadResponse("not an HTTP response"))
             return
         self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if "chunked" in self.headers.get("transfer-encoding", "") or "content-length" not in self.headers:
+        length = self.headers.get("content-length", "")
+        if "chunked" in self.headers.get("transfer-encoding", "") or not length.isdigit():
             self.close()  # S3 always sends a length: an answer without one is not what we read
             self._fail(BadResponse(f"HTTP {self.status} without a Content-Length"))
             return
@@ -198,7 +199,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
             self._fail(BadResponse(f"HTTP {self.status} does not start at byte {self._start} "
                                     f"(Content-Range {self.headers.get('content-range', '-')!r})"))
             return
-        self._remaining = int(self.headers["content-length"])
+        self._remaining = int(length)
         self._in_body = True
         rest = memoryview(self._head)[end + 4 :]
         if self.status // 100 == 2:
@@ -213,6 +214,9 @@ class _GetProtocol(asyncio.BufferedProtocol):
         else:
             self._error_body += rest[:ERROR_BODY_LIMIT]
             self._remaining -= len(rest)
+            rest = rest[len(rest) :]
+        if len(rest) > 0 or self._remaining < 0:
+            self.alive = False  # bytes beyond the answer: this connection is not reusable
         del rest
 
 
