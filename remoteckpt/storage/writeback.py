@@ -45,15 +45,17 @@ available = _sync_file_range is not None
 """Whether `start` does anything on this platform."""
 
 
+def wanted(length: int) -> bool:
+    """Whether a range of `length` bytes is worth a `start` (callers check, then hop to a
+    thread: a range not worth it costs neither)."""
+    return available and length >= MIN_RANGE
+
+
 def start(fd: int, offset: int, length: int) -> None:
     """Start writing bytes [offset, offset + length) of `fd` back to disk; do not wait.
-    Blocking is possible (a congested device queue), so call it from a worker thread.
-    Failures are ignored: this is only a head start for the fsync that follows."""
-    if _sync_file_range is not None and length >= MIN_RANGE:
+    Blocking is possible (a congested device queue), so call it from a worker thread, for
+    ranges that are `wanted`.  Failures are ignored: this is only a head start for the fsync
+    that follows."""
+    if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
-
-
-def wanted(length: int) -> bool:
-    """Whether `start` would do something for a range of `length` bytes."""
-    return available and length >= MIN_RANGE
 
