@@ -20,8 +20,8 @@ loopback only) and, per request, may inject one fault:
 
 Faults are drawn from a `random.Random(seed)` in request arrival order, so one seed gives one
 sequence of decisions.  `Rule`s target specific requests first (e.g. "drop the response of
-the PUT of *.index"), each for a limited number of matches.  `counters` counts requests and
-injected faults; `log` keeps (method, path, fault) of every request.
+the PUT of *.index"), each for a limited number of matches.  `counters` counts requests,
+injected faults and the bytes of responses relayed whole ("response-bytes", heads included); `log` keeps (method, path, fault) of every request.
 """
 
 from __future__ import annotations
@@ -443,8 +443,10 @@ class FaultProxy:
                     break
             return False
         client_w.write(response_head)
+        self.counters["response-bytes"] += len(response_head)
         async for data in r_body:
             client_w.write(data)
+            self.counters["response-bytes"] += len(data)
             await client_w.drain()
         await client_w.drain()
         return True

@@ -8,6 +8,8 @@ a partial load moves only the requested tensor's bytes.
 from __future__ import annotations
 
 import json
+import os
+import re
 import multiprocessing
 import subprocess
 import sys
@@ -52,14 +54,19 @@ def _tf() -> Any:
 def test_sharded_save_4_ranks_load_2_ranks_local_and_s3(tmp_path: Path, s3_prefix: str) -> None:
     import torch_workers as w
 
-    local, s3, async_local = f"{tmp_path}/run/step-100", f"{s3_prefix}/run/step-100", f"{tmp_path}/run/step-101"
-    results = _run(w.save_then_load_job, 4, tmp_path, [local, s3], async_local, 2)
-    # 4 ranks saved; then 2 of them, a new world of 2, loaded what 4 saved (resharding: each
-    # reads only its new shards' boxes) and checked every value.
-    assert results == [[local, s3, async_local]] * 2 + [[], []]
+    local, s3 = f"{tmp_path}/run/step-100", f"{s3_prefix}/run/step-100"
+    async_local, async_s3 = f"{tmp_path}/run/step-101", f"{s3_prefix}/run/step-101"
+    # Each loading rank reads its half of `weight` (2 of the 4 stored 512 KiB slices, 1 MiB)
+    # plus the small tensors.
+    half = w.ROWS * w.COLS * 4 // 2
+    results = _run(w.save_then_load_job, 4, tmp_path, [local, s3], [async_local, async_s3], 4, 2,
+                   (half, half + 64 * 1024))
+    # 4 ranks saved (dcp.save, then dcp.async_save); then 2 of them, a new world of 2, loaded
+    # what 4 saved (resharding: each reads only its new shards' boxes) and checked every value.
+    assert results == [[local, s3, async_local, async_s3]] * 2 + [[], []]
 
     full = w.full_state()
-    for prefix in (local, s3, async_local):
+    for prefix in (local, s3, async_local, async_s3):
         reader = remoteckpt.CheckpointReader(prefix)
         # 4 ranks' data files plus the coordinator's metadata file, one index: nothing else.
         assert reader.index.num_shards == 5
@@ -95,6 +102,46 @@ def test_sharded_save_4_ranks_load_2_ranks_local_and_s3(tmp_path: Path, s3_prefi
         assert tf_reader.get_variable_to_dtype_map()["model.emb"] == tf.bfloat16
 
 
+def test_sharded_save_2_ranks_load_4_ranks(tmp_path: Path, s3_prefix: str) -> None:
+    """The other direction: each of 4 loading ranks needs half of one stored slice."""
+    import torch_workers as w
+
+    local, s3 = f"{tmp_path}/run/step-200", f"{s3_prefix}/run/step-200"
+    quarter, stored = w.ROWS * w.COLS * 4 // 4, w.ROWS * w.COLS * 4 // 2
+    # A box inside a stored slice is read in whole checksum chunks (1 MiB, the stored slice
+    # here): what the CRCs cover, so every byte delivered is verified.
+    chunk = remoteckpt.IOOptions().crc_chunk
+    results = _run(w.save_then_load_job, 4, tmp_path, [local, s3], [f"{s3_prefix}/run/step-201"], 2, 4,
+                   (quarter, min(stored, -(-quarter // chunk) * chunk) + 64 * 1024))
+    assert results == [[local, s3, f"{s3_prefix}/run/step-201"]] * 4
+    for prefix in (local, s3):
+        reader = remoteckpt.CheckpointReader(prefix)
+        assert reader.index.num_shards == 3
+        assert len(reader.index.entries[b"model.weight"].slices) == 2
+        reader.close()
+
+
+def test_doc_example_runs(tmp_path: Path, s3_prefix: str) -> None:
+    """docs/plugins/torch.md's example, as a script (mp.spawn needs a real __main__), on S3."""
+    doc = (Path(__file__).parents[1] / "docs" / "plugins" / "torch.md").read_text()
+    code = re.search(r"## Example\n.*?```python\n(.*?)```", doc, re.S)
+    assert code, "docs/plugins/torch.md has no example"
+    literal = 'prefix = os.path.join(workdir, "run", "step-100")'
+    assert literal in code.group(1)
+    source = code.group(1).replace(literal, f'prefix = "{s3_prefix}/run/step-100"')
+    source = source.replace("sorted(os.listdir(os.path.dirname(prefix)))",
+                            'sorted(remoteckpt.storage.on_store(os.path.dirname(prefix), lambda s: s.list("")))')
+    script = tmp_path / "example.py"
+    script.write_text("import remoteckpt.storage\n" + source)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == str(['step-100.data-00000-of-00003', 'step-100.data-00001-of-00003',
+                            'step-100.data-00002-of-00003', 'step-100.index'])
+    assert lines[1] == str({'_DCP_BYTES/step': [], '_DCP_METADATA': [], 'model.bias': [4], 'model.embedding': [8, 4]})
+    assert "12." in lines[2] and "16." in lines[-1]  # rows 3..4 of arange(32).reshape(8, 4)
+
+
 # --- one process (no process group) ---------------------------------------------------------
 
 def test_loading_one_of_16_tensors_moves_only_its_bytes(s3_prefix: str) -> None:
@@ -112,6 +159,21 @@ def test_loading_one_of_16_tensors_moves_only_its_bytes(s3_prefix: str) -> None:
     metadata_bytes = storage.reader.index.entries[METADATA_TENSOR.encode()].size
     assert counted["bytes"] == 1 * MiB + metadata_bytes  # the tensor and DCP's metadata, nothing else
     assert metadata_bytes < 16 * 1024
+
+    # On the wire, everything a load costs (the index, listing-free opening, response heads):
+    # about that one tensor plus the index.
+    from faultproxy import FaultProxy
+
+    index_bytes = len(remoteckpt.storage.on_store(s3_prefix, lambda store: store.get("many.index")))
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    with FaultProxy(endpoint, seed=0) as proxy:
+        storage = rt.StorageReader(prefix, storage_options={"endpoint_url": proxy.endpoint_url})
+        target = {"t07": torch.zeros(256, 1024)}
+        dcp.load(target, storage_reader=storage, no_dist=True)
+        storage.close()
+        wire = proxy.counters["response-bytes"]
+    assert torch.equal(target["t07"], state["t07"])
+    assert 1 * MiB + index_bytes <= wire < 1 * MiB + index_bytes + metadata_bytes + 32 * 1024, (wire, index_bytes)
 
 
 def test_dtypes_scalars_objects_and_copied_targets(tmp_path: Path) -> None:

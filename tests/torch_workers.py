@@ -80,29 +80,32 @@ def sharded_state(mesh: Any, zeros: bool = False, cols: str = "shard") -> dict[s
     return {"model": model, **extra}
 
 
-def save_then_load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], async_prefix: str,
-                       load_world_size: int) -> list[str]:
-    """Saves the sharded state with `world_size` ranks (dcp.save to every prefix, then
-    dcp.async_save), then the first `load_world_size` ranks form a new, smaller world and load
-    every checkpoint resharded.  (One pool of processes for both: spawning is the slow part.)"""
-    mesh = _join(init_file, rank, world_size)
-    try:
-        state = sharded_state(mesh)
-        for prefix in prefixes:
-            dcp.save(state, storage_writer=rt.StorageWriter(prefix))
-        future = dcp.async_save(state, storage_writer=rt.StorageWriter(async_prefix))
-        future.result(timeout=120)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    if rank >= load_world_size:
+def save_then_load_job(init_file: str, rank: int, pool_size: int, prefixes: list[str], async_prefixes: list[str],
+                       save_world: int, load_world: int, read_bound: tuple[int, int]) -> list[str]:
+    """The first `save_world` ranks of the pool save the sharded state (dcp.save to every
+    prefix, then dcp.async_save to every async prefix); then the first `load_world` ranks form
+    a new world and load every checkpoint resharded (`load_job`).  One pool of processes for
+    both: spawning is the slow part."""
+    if rank < save_world:
+        mesh = _join(init_file, rank, save_world)
+        try:
+            state = sharded_state(mesh)
+            for prefix in prefixes:
+                dcp.save(state, storage_writer=rt.StorageWriter(prefix))
+            for prefix in async_prefixes:
+                future = dcp.async_save(state, storage_writer=rt.StorageWriter(prefix))
+                future.result(timeout=120)
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    if rank >= load_world:
         return []
-    return load_job(init_file + "-load", rank, load_world_size, [*prefixes, async_prefix])
+    return load_job(init_file + "-load", rank, load_world, [*prefixes, *async_prefixes], read_bound)
 
 
-def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str]) -> list[str]:
-    """Loads each prefix into a state sharded over this job's world, checks every value;
-    returns the prefixes checked."""
+def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], read_bound: tuple[int, int]) -> list[str]:
+    """Loads each prefix into a state sharded over this job's world, checks every value and
+    that the bytes read lie in `read_bound` (low, high); returns the prefixes checked."""
     mesh = _join(init_file, rank, world_size)
     try:
         full = full_state()
@@ -112,10 +115,9 @@ def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str]) ->
             storage = rt.StorageReader(prefix)
             counts = count_reads(storage.reader)
             dcp.load(state, storage_reader=storage)
-            # Ranged reads of just the needed boxes: this rank's half of `weight` (2 of the 4
-            # stored slices, 1 MiB) plus the small tensors, never the other ranks' slices.
-            weight_half = ROWS * COLS * 4 // world_size
-            assert weight_half <= counts["bytes"] < weight_half + 64 * KiB, (prefix, counts)
+            # Ranged reads of just the needed boxes (rounded out to whole checksum chunks)
+            # plus the small tensors, never the other ranks' slices.
+            assert read_bound[0] <= counts["bytes"] < read_bound[1], (prefix, counts, read_bound)
             model = state["model"]
             for key in ("weight", "emb", "cols"):
                 dt = model[key]
