@@ -34,21 +34,23 @@ def _plugin() -> "Any":
 
 def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-         options: IOOptions = DEFAULT_OPTIONS) -> str:
+         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> str:
     """Write `checkpoint_or_trackable` (a `tf.train.Checkpoint` or any trackable) at exactly
     `prefix`, as `Checkpoint.write` would (no numbering; ``save_counter`` stored as is).
     Returns `prefix` once committed.  See `remoteckpt.plugins.tensorflow_plugin.save`."""
     return _plugin().save(checkpoint_or_trackable, prefix, rank=rank, world_size=world_size,
-                          storage_options=storage_options, overwrite=overwrite, options=options)
+                          storage_options=storage_options, overwrite=overwrite, save_id=save_id,
+                          options=options)
 
 
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
                world_size: int = 1, storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-               options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
+               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
     """`save` in the background; returns a `concurrent.futures.Future` of `prefix` as soon
     as the variables' values are snapshotted."""
     return _plugin().save_async(checkpoint_or_trackable, prefix, rank=rank, world_size=world_size,
-                                storage_options=storage_options, overwrite=overwrite, options=options)
+                                storage_options=storage_options, overwrite=overwrite, save_id=save_id,
+                                options=options)
 
 
 def restore(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *,

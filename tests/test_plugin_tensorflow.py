@@ -323,3 +323,23 @@ def test_doc_example_runs_on_s3(s3_prefix: str) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, "docs/plugins/tensorflow.md", "exec"), namespace)
     assert remoteckpt.CheckpointReader(f"{s3_prefix}/ckpt-2").has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+
+
+def test_every_worker_computes_the_same_split_whatever_differs_between_processes() -> None:
+    """The split follows names, dtypes and shapes only: object graphs of different sizes
+    (Keras's automatic names differ between processes) or strings of different lengths leave
+    it unchanged, so no tensor is written twice or by nobody."""
+    import numpy as np
+
+    from remoteckpt.plugins.tensorflow_plugin import OBJECT_GRAPH_KEY, share_of
+
+    def held(graph: bytes, text: str) -> dict[str, Any]:
+        return {OBJECT_GRAPH_KEY: np.array(graph, dtype=object), "name": np.array(text, dtype=object),
+                **{f"w{i}": np.zeros(64 * (i + 1), np.float32) for i in range(7)}}
+
+    one, other = held(b"g" * 10, "short"), held(b"g" * 100_000, "a much longer string value")
+    shares = [[sorted(share_of(h, r, 3)) for r in range(3)] for h in (one, other)]
+    assert shares[0] == shares[1]
+    assert sorted(sum(shares[0], [])) == sorted(one)  # each tensor written exactly once
+    assert OBJECT_GRAPH_KEY in shares[0][0]
+

@@ -184,36 +184,38 @@ def checkpoint_tensors(checkpoint_or_trackable: Any) -> dict[str, Any]:
     return tensors
 
 
-def _payload_size(value: Any) -> int:
-    """Bytes a tensor takes in the data file (deterministic, so all workers agree)."""
+def _split_weight(value: Any) -> int:
+    """A tensor's weight in the split: its bytes for numbers, its element count for strings.
+    Both follow from dtype and shape alone, which every worker agrees on even where contents
+    differ (a string's length, Keras's automatic names in the object graph)."""
     if isinstance(value, list):
-        return sum(_payload_size(part.array) for part in value)
-    if value.dtype.kind == "O":
-        return sum(len(v) for v in value.reshape(-1)) + value.size
-    return int(value.nbytes)
+        return sum(_split_weight(part.array) for part in value)
+    return int(value.size if value.dtype.kind == "O" else value.nbytes)
 
 
 def share_of(tensors: Mapping[str, Any], rank: int, world_size: int) -> dict[str, Any]:
     """The tensors worker `rank` of `world_size` writes when every worker holds the same
-    (replicated) values: a deterministic split balancing bytes (largest tensors first, each to
-    the least loaded worker, ties to the lowest rank).  Order within the share is kept."""
+    variables (same names, dtypes and shapes): a deterministic split balancing bytes (largest
+    tensors first, each to the least loaded worker, ties to the lowest rank), computed from
+    names, dtypes and shapes only, so that every worker computes the same one.  The object
+    graph, whose bytes depend on the process, is rank 0's.  Order within the share is kept."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     if world_size == 1:
         return dict(tensors)
     loads = [0] * world_size
-    owner: dict[str, int] = {}
-    for name in sorted(tensors, key=lambda n: (-_payload_size(tensors[n]), n)):
+    owner: dict[str, int] = {OBJECT_GRAPH_KEY: 0}
+    for name in sorted((n for n in tensors if n != OBJECT_GRAPH_KEY), key=lambda n: (-_split_weight(tensors[n]), n)):
         r = min(range(world_size), key=lambda i: (loads[i], i))
         owner[name] = r
-        loads[r] += max(1, _payload_size(tensors[name]))
+        loads[r] += max(1, _split_weight(tensors[name]))
     return {n: v for n, v in tensors.items() if owner[n] == rank}
 
 
 # --- save ---------------------------------------------------------------------------------
 
 def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
-         storage_options: dict[str, Any] | None = None, overwrite: bool = False,
+         storage_options: dict[str, Any] | None = None, overwrite: bool = False, save_id: str | None = None,
          options: IOOptions = DEFAULT_OPTIONS) -> str:
     """Write the checkpoint `tf.train.Checkpoint` would write for `checkpoint_or_trackable`,
     at exactly `prefix` (like `Checkpoint.write`: no numbering, ``save_counter`` is stored as
@@ -221,10 +223,10 @@ def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: 
 
     With `world_size` > 1, every worker calls `save` with the same (replicated) state and its
     own `rank`; the tensors are split between the workers (`share_of`), which write their data
-    files in parallel, and rank 0 commits one index."""
+    files in parallel, and rank 0 commits one index.  `save_id` is as for `remoteckpt.save`."""
     text = os.fspath(prefix)
     tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
-    return api.save(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
+    return api.save(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite, save_id=save_id,
                     storage_options=storage_options, options=options)
 
 
@@ -233,7 +235,7 @@ _snapshot_lock = threading.Lock()
 
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
                world_size: int = 1, storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-               options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
+               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
     """`save` in the background: returns a `concurrent.futures.Future` of `prefix` once the
     values are snapshotted (variable reads, on the caller's thread), so training may go on and
     update the variables at once.  The snapshot is not copied again: a read of a resource
@@ -244,7 +246,7 @@ def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, 
         api.wait_for_saves()  # the previous save's buffers are freed before this snapshot is taken
         tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
         return api.save_async(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
-                              storage_options=storage_options, options=options, copy=False)
+                              save_id=save_id, storage_options=storage_options, options=options, copy=False)
 
 
 # --- restore ------------------------------------------------------------------------------
