@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import multiprocessing
 import subprocess
 import sys
-import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +27,11 @@ import remoteckpt  # noqa: E402
 import remoteckpt.torch as rt  # noqa: E402
 from remoteckpt.plugins.torch_dcp import BYTES_PREFIX, METADATA_TENSOR  # noqa: E402
 from remoteckpt.plugins.torch_metadata import decode_metadata, encode_metadata  # noqa: E402
+from spawning import run_ranks  # noqa: E402
 
 MiB = 2**20
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _run(job: Any, world_size: int, tmp_path: Path, *args: Any, timeout: float = 180) -> list[Any]:
-    """`job(init_file, rank, world_size, *args)` on `world_size` spawned processes."""
-    init_file = str(tmp_path / f"pg-{uuid.uuid4().hex}")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(world_size, mp_context=context) as pool:
-        futures = [pool.submit(job, init_file, r, world_size, *args) for r in range(world_size)]
-        return [f.result(timeout=timeout) for f in futures]
 
 
 def _tf() -> Any:
@@ -59,7 +48,7 @@ def test_sharded_save_4_ranks_load_2_ranks_local_and_s3(tmp_path: Path, s3_prefi
     # Each loading rank reads its half of `weight` (2 of the 4 stored 512 KiB slices, 1 MiB)
     # plus the small tensors.
     half = w.ROWS * w.COLS * 4 // 2
-    results = _run(w.save_then_load_job, 4, tmp_path, [local, s3], [async_local, async_s3], 4, 2,
+    results = run_ranks(w.save_then_load_job, 4, tmp_path, [local, s3], [async_local, async_s3], 4, 2,
                    (half, half + 64 * 1024))
     # 4 ranks saved (dcp.save, then dcp.async_save); then 2 of them, a new world of 2, loaded
     # what 4 saved (resharding: each reads only its new shards' boxes) and checked every value.
@@ -111,7 +100,7 @@ def test_sharded_save_2_ranks_load_4_ranks(tmp_path: Path, s3_prefix: str) -> No
     # A box inside a stored slice is read in whole checksum chunks (1 MiB, the stored slice
     # here): what the CRCs cover, so every byte delivered is verified.
     chunk = remoteckpt.IOOptions().crc_chunk
-    results = _run(w.save_then_load_job, 4, tmp_path, [local, s3], [f"{s3_prefix}/run/step-201"], 2, 4,
+    results = run_ranks(w.save_then_load_job, 4, tmp_path, [local, s3], [f"{s3_prefix}/run/step-201"], 2, 4,
                    (quarter, min(stored, -(-quarter // chunk) * chunk) + 64 * 1024))
     assert results == [[local, s3, f"{s3_prefix}/run/step-201"]] * 4
     for prefix in (local, s3):

@@ -9,11 +9,7 @@ took.  The checkpoint is a TensorFlow bundle whose sharded tensors read back who
 
 from __future__ import annotations
 
-import multiprocessing
-import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,17 +19,9 @@ pytest.importorskip("torch.distributed.checkpoint")
 pytest.importorskip("torch.distributed.fsdp")
 
 import remoteckpt  # noqa: E402
+from spawning import run_ranks  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _run(job: Any, world_size: int, tmp_path: Path, *args: Any, timeout: float = 180) -> list[Any]:
-    """`job(init_file, rank, world_size, *args)` on `world_size` spawned processes."""
-    init_file = str(tmp_path / f"pg-{uuid.uuid4().hex}")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(world_size, mp_context=context) as pool:
-        futures = [pool.submit(job, init_file, r, world_size, *args) for r in range(world_size)]
-        return [f.result(timeout=timeout) for f in futures]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -44,10 +32,10 @@ def test_fsdp2_model_and_optimizer_save_4_ranks_load_2_ranks(where: str, tmp_pat
     directory = str(tmp_path) if where == "local" else request.getfixturevalue("s3_prefix")
     prefix = f"{directory}/run/step-{w.SAVED_STEPS}"
 
-    saved_run = _run(w.save_job, 4, tmp_path, prefix)
+    saved_run = run_ranks(w.save_job, 4, tmp_path, prefix)
     assert saved_run[1:] == [None] * 3
     saved = saved_run[0]
-    loaded_run = _run(w.load_job, 2, tmp_path, prefix)
+    loaded_run = run_ranks(w.load_job, 2, tmp_path, prefix)
     assert loaded_run[1:] == [None]
     loaded = loaded_run[0]
 
