@@ -189,3 +189,45 @@ def test_single_worker_saves_claim_where_streamed_creates_can_race(run: Any) -> 
         remoteckpt.gc(url, older_than=0)
         remoteckpt.save({"a": np.ones(3)}, prefix)
         assert run(lambda store: store.list("ck.")) == ["ck.data-00000-of-00001", "ck.index"]
+
+
+def test_the_default_save_id_comes_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers of one job share the launcher's run id, other jobs have theirs: racing jobs
+    are told apart without a save id of their own; an explicit one wins."""
+    for name in ("REMOTECKPT_SAVE_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert SaveLayout.default_save_id() == ""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert SaveLayout.default_save_id() == "4242"
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    assert SaveLayout.default_save_id() == "4242.3"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "f00d/with spaces")  # not a safe id: hashed
+    derived = SaveLayout.default_save_id()
+    assert derived.startswith("run-") and SaveLayout("ck", 0, 2, derived).staging == f"ck.tmp-{derived}/"
+    monkeypatch.setenv("REMOTECKPT_SAVE_ID", "mine")
+    assert SaveLayout.default_save_id() == "mine"
+
+
+def test_a_multiworker_save_without_an_id_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from remoteckpt.engine import loop
+    from remoteckpt.protocol.save import UnnamedSaveWarning, save_worker
+    from remoteckpt.storage import open_store
+
+    async def go(save_id: str) -> None:
+        store = open_store(str(tmp_path))
+        try:
+            with pytest.raises(SaveFailedError):  # rank 1 never comes: the wait times out
+                await save_worker(store, SaveLayout(f"ck-{save_id or 'none'}", 0, 2, save_id), {"a": np.ones(2)},
+                                  overwrite=False, options=IOOptions(commit_timeout=0.3, poll_interval=0.01))
+        finally:
+            await store.close()
+
+    with pytest.warns(UnnamedSaveWarning, match="without a save id"):
+        loop.run(go(""))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnamedSaveWarning)
+        loop.run(go("job-7"))

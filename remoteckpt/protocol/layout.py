@@ -13,6 +13,7 @@ save of the same prefix after a crash should use a fresh one, or run `gc` first.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,20 @@ from ..format.bundle import data_filename, index_filename
 
 SAVE_ID_ENV = "REMOTECKPT_SAVE_ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+LAUNCHER_IDS: tuple[tuple[str, ...], ...] = (
+    ("TORCHELASTIC_RUN_ID",),           # torchrun / torch.distributed.elastic (kept across restarts)
+    ("SLURM_JOB_ID", "SLURM_STEP_ID"),  # Slurm: the job, and its step within the job
+)
+"""Environment variables that name one run of a job, the same on all of its workers: the
+default save id when none is given, so that two jobs racing for one prefix are told apart
+(and a restarted job, which keeps its id, takes its own claim over)."""
+
+
+def _safe_id(text: str) -> str:
+    if _SAFE_ID.match(text):
+        return text
+    return "run-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,15 @@ class SaveLayout:
 
     @staticmethod
     def default_save_id() -> str:
-        return os.environ.get(SAVE_ID_ENV, "")
+        """``$REMOTECKPT_SAVE_ID``, else the launcher's id of this job run (every worker of a
+        job sees the same one, another job another), else "" (see `LAUNCHER_IDS`)."""
+        if SAVE_ID_ENV in os.environ:
+            return os.environ[SAVE_ID_ENV]
+        for names in LAUNCHER_IDS:
+            values = [os.environ.get(n, "") for n in names]
+            if values[0]:
+                return _safe_id(".".join(v for v in values if v))
+        return ""
 
     @property
     def index(self) -> str:

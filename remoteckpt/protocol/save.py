@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +44,14 @@ from ..faults import crash_point
 from ..progress import Reporter
 from . import claim as claims
 from .commit import DEFAULT_COMMIT, CommitProtocol
-from .layout import SaveLayout
+from .layout import SAVE_ID_ENV, SaveLayout
 from .poll import backoff_polls
 
 log = logging.getLogger("remoteckpt")
+
+class UnnamedSaveWarning(UserWarning):
+    """A multi-worker save without a save id (see `layout.SaveLayout.default_save_id`)."""
+
 
 ACK_TIMEOUT = 30.0
 """How long the coordinator waits for workers to acknowledge the outcome before leaving the
@@ -143,6 +148,11 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
     multi = layout.world_size > 1
+    if multi and layout.rank == 0 and not layout.save_id:
+        warnings.warn(
+            f"a save of {layout.world_size} workers without a save id: another job racing for the same prefix "
+            f"could not be told apart from this one (pass save_id=, set ${SAVE_ID_ENV}, or launch with torchrun "
+            "or Slurm, whose run ids are used)", UnnamedSaveWarning, stacklevel=2)
     held: claims.ClaimRecord | None = None
     try:
         if layout.rank == 0 and (multi or not store.capabilities.atomic_streamed_create):
