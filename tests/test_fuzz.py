@@ -492,6 +492,21 @@ def test_credentials_never_leak_on_success(debug_logs: _Capture, s3_server: Any)
     assert CANARY_KEY in botocore_log
 
 
+def test_plugin_objects_never_pickle_credentials() -> None:
+    """DCP pickles its storage objects (e.g. for a process-based async_save): with credentials
+    in their storage_options they refuse, without a canary in the error; without, they travel."""
+    pytest.importorskip("torch")
+    import remoteckpt.torch as rt
+
+    options = {"key": CANARY_KEY, "client_kwargs": {"aws_secret_access_key": CANARY_SECRET}}
+    for cls in (rt.StorageWriter, rt.StorageReader):
+        with pytest.raises(TypeError, match="credentials") as info:
+            pickle.dumps(cls("s3://bucket/run/step-1", storage_options=options))
+        _no_canary(_chain(info.value), f"the error pickling {cls.__name__}")
+        plain = pickle.loads(pickle.dumps(cls("s3://bucket/run/step-1", storage_options={"anon": False})))
+        assert plain.prefix == "s3://bucket/run/step-1"
+
+
 def test_remoteckpt_does_not_enable_third_party_loggers() -> None:
     """The library never configures logging: botocore's and s3fs's loggers stay as the
     application set them (so their DEBUG output, which names the access key id, stays off)."""

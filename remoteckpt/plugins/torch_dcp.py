@@ -91,6 +91,7 @@ from ..protocol.layout import SaveLayout
 from ..protocol.save import commit_tables, write_part
 from ..reader import CheckpointReader
 from ..storage import open_store, split_prefix
+from ..storage.url import holds_credentials
 from ..writer import Slice
 from .torch_metadata import FORMAT, decode_metadata, encode_metadata
 
@@ -198,6 +199,12 @@ class _AtPrefix:
 
 # --- save ----------------------------------------------------------------------------------
 
+def _refuse_credentials(obj: Any) -> None:
+    if holds_credentials(obj.storage_options):
+        raise TypeError(f"{type(obj).__qualname__} with credentials in storage_options cannot be pickled (they "
+                        "would travel in the pickle): give them through the environment or an AWS profile")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Written:
     """`WriteResult.storage_data`: where an item went.  `table` (the rank's index table, one
@@ -235,6 +242,12 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
         self.is_coordinator = False
         self.rank: int | None = None
         self._claim: tuple[SaveLayout, claims.ClaimRecord, weakref.finalize] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        _refuse_credentials(self)
+        state = dict(self.__dict__)
+        state["_claim"] = None  # held by this process's writer, not by a copy
+        return state
 
     # --- DCP's interface -------------------------------------------------------------------
 
@@ -455,6 +468,7 @@ class StorageReader(_AtPrefix, _DCPStorageReader):
         self._dtypes: dict[str, np.dtype] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
+        _refuse_credentials(self)
         state = dict(self.__dict__)
         state["_reader"] = None
         state["_dtypes"] = None

@@ -83,6 +83,18 @@ def _shared_session(session_kwargs: dict[str, Any]) -> Any:
     return session
 
 
+_CREDENTIAL_FIELDS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+                                "aws_session_token", "access_key", "secret_key", "session_token"})
+
+
+def holds_credentials(storage_options: Any) -> bool:
+    """Whether `storage_options` (nested dicts included) carry a credential: objects holding
+    such options refuse to be pickled rather than carry a secret into a pickle."""
+    if isinstance(storage_options, dict):
+        return any((k in _CREDENTIAL_FIELDS and v) or holds_credentials(v) for k, v in storage_options.items())
+    return False
+
+
 def split_prefix(prefix: str | os.PathLike[str]) -> tuple[str, str]:
     """(directory, name) of a checkpoint prefix; the directory keeps its scheme."""
     text = os.fspath(prefix)
