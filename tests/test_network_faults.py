@@ -185,6 +185,7 @@ def test_heavy_mixed_faults_never_give_wrong_bytes(proxy: FaultProxy, base: str,
     pytest.param(("POST", r"/ck\.data-00000-of-00001\?uploadId="), id="complete-multipart"),
     pytest.param(("POST", r"/ck\.data-00000-of-00001\?uploads"), id="create-multipart"),
     pytest.param(("PUT", r"/ck\.data-00000-of-00001\?.*partNumber="), id="upload-part"),
+    pytest.param(("PUT", r"/ck\.claim(\?|$)"), id="claim-put"),
 ])
 def test_lost_acknowledgement_is_settled(proxy: FaultProxy, base: str, target: tuple[str, str]) -> None:
     """The response of one request is dropped after the server acted on it.  The retry meets

@@ -132,7 +132,12 @@ async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Claim
             return mine
         if held.age <= options.commit_timeout:
             raise _busy(store, layout, held)
-        await store.delete(layout.claim)  # a dead save's
+        # A dead save's.  Another save may have cleared it and claimed meanwhile: delete only
+        # what still is the dead claim (S3 has no conditional delete, so this narrows the
+        # window to one round trip rather than closing it).
+        again = await read_claim(store, layout)
+        if again is not None and again.record == held.record:
+            await store.delete(layout.claim)
     raise CheckpointBusyError(f"{store.describe(layout.claim)}: could not claim the prefix in "
                               f"{CLAIM_ATTEMPTS} attempts; other saves keep claiming it")
 
