@@ -59,6 +59,12 @@ BoxLike = tuple[Sequence[int], Sequence[int]] | tuple[slice, ...] | Box
 """A box: ``(start, size)`` per dimension, a tuple of Python slices, or a `Box`."""
 
 
+MAX_INDEX_BYTES = 2**30
+"""An index is about 100 bytes per tensor (or per slice): a million-tensor checkpoint's is
+~100 MiB.  Larger than this, it is refused before a byte is read (a hostile file must not
+make a reader allocate what it claims)."""
+
+
 def _decode_name(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
@@ -102,7 +108,7 @@ class CheckpointReader:
         key = index_filename(self._name)
         try:
             try:
-                data = await store.get(key)
+                data = await store.get(key, max_size=MAX_INDEX_BYTES)
             except CheckpointNotFoundError:
                 raise CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist") from None
             view = memoryview(data)

@@ -138,3 +138,15 @@ def test_big_endian_bundle_reads(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got["c"], cplx.astype("<c8"))
     assert list(got["s"]) == strings
     assert encode_fixed32(1) == b"\x01\x00\x00\x00"
+
+
+def test_a_huge_index_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """An index file claiming more than MAX_INDEX_BYTES (a sparse 2 GiB file here) is refused
+    from its size alone: nothing is allocated or read."""
+    from remoteckpt.reader import MAX_INDEX_BYTES
+
+    with open(tmp_path / "ck.index", "wb") as f:
+        f.truncate(MAX_INDEX_BYTES + 1)
+    with pytest.raises(CorruptCheckpointError, match=r"ck\.index is \d+ bytes, more than"):
+        remoteckpt.CheckpointReader(tmp_path / "ck")
+

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from remoteckpt.engine import loop
-from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError
+from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from remoteckpt.storage import Store, open_store
 from remoteckpt.storage.fsspec_store import PART_SIZE, S3Store
 
@@ -49,6 +49,16 @@ def test_put_get_size_exists(store_url: str) -> None:
         assert await store.size("a.bin") == 11
         await store.put("a.bin", [b"new ", memoryview(b"contents")])  # overwrite, from chunks
         assert await store.get("a.bin") == b"new contents"
+
+    run(store_url, body)
+
+
+def test_get_refuses_an_object_above_max_size(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        await store.put("k", b"x" * 100)
+        assert await store.get("k", max_size=100) == b"x" * 100
+        with pytest.raises(CorruptCheckpointError, match="100 bytes, more than the 99"):
+            await store.get("k", max_size=99)
 
     run(store_url, body)
 

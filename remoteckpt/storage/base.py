@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from ..errors import CorruptCheckpointError
+
 Buffer = bytes | bytearray | memoryview
 
 
@@ -115,6 +117,10 @@ class ObjectWriter(abc.ABC):
             await self.abort()
 
 
+def too_large(what: str, size: int, max_size: int) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{what} is {size} bytes, more than the {max_size} such a file can take")
+
+
 class Store(abc.ABC):
     """An async byte store rooted at `url`; see the module docstring for the contract."""
 
@@ -133,8 +139,10 @@ class Store(abc.ABC):
     async def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
-    async def get(self, key: str) -> bytes:
-        """The whole object."""
+    async def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        """The whole object.  With `max_size`, an object larger than that is refused
+        (`CorruptCheckpointError`) before its bytes are read: callers bound what a hostile
+        file can make them allocate."""
 
     async def read_into(self, key: str, start: int, out: memoryview) -> int:
         """Read up to ``len(out)`` bytes at `start` into `out`; return the count read."""

@@ -27,7 +27,7 @@ import fsspec
 
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, StorageError
 from ..format.coding import crc32c
-from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities
+from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities, too_large
 from .errors import translate
 from .s3_body import PartBody
 from .s3_get import BadResponse, BodyCut, DirectGets, ResponseError, as_builtin
@@ -102,7 +102,9 @@ class FsspecStore(Store):
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        if max_size is not None and (size := await self.size(key)) > max_size:
+            raise too_large(self.describe(key), size, max_size)
         try:
             return bytes(await self._call("cat_file", self.path(key)))
         except Exception as exc:
@@ -238,9 +240,10 @@ class S3Store(FsspecStore):
     def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
         return _MultipartWriter(self, key, exclusive)
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_size: int | None = None) -> bytes:
         """One GET (s3fs's `cat_file` would first ask for the size); a body cut short is
-        fetched again (the whole object: `get` is for small ones)."""
+        fetched again (the whole object: `get` is for small ones).  `max_size` is checked
+        against the answer's Content-Length before the body is read."""
         bucket, path, _ = self.fs.split_path(self.path(key))
         for attempt in range(READ_ATTEMPTS):
             try:
@@ -248,6 +251,9 @@ class S3Store(FsspecStore):
             except Exception as exc:
                 raise translate(exc, self.describe(key)) from exc
             body = response["Body"]
+            if max_size is not None and int(response.get("ContentLength") or 0) > max_size:
+                body.close()
+                raise too_large(self.describe(key), int(response["ContentLength"]), max_size)
             try:
                 data = bytes(await body.read())  # checks the length against Content-Length
             except _BODY_ERRORS as exc:

@@ -22,7 +22,7 @@ import aiofiles.os
 
 from ..format.coding import crc32c
 from . import writeback
-from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities
+from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, too_large
 from .errors import translate
 
 
@@ -160,9 +160,11 @@ class LocalStore(Store):
     async def exists(self, key: str) -> bool:
         return await aiofiles.os.path.exists(self.path(key))
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_size: int | None = None) -> bytes:
         try:
             async with aiofiles.open(self.path(key), "rb") as f:
+                if max_size is not None and (size := os.fstat(f.fileno()).st_size) > max_size:
+                    raise too_large(self.describe(key), size, max_size)
                 return await f.read()
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
