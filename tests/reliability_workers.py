@@ -50,6 +50,14 @@ GRACE = 20.0
 and requests are slow; a worker still waiting after that is reported, with its stack)."""
 
 
+def reachable(point: str, world: int, victim: int) -> bool:
+    """Whether rank `victim` of `world` passes `point` (the coordinator's points are rank 0's;
+    a single worker has no table to write)."""
+    if point in COORDINATOR_ONLY and victim != 0:
+        return False
+    return not (point == "table-written" and world == 1)
+
+
 def crash_spec(point: str) -> str:
     """``REMOTECKPT_CRASH_AT`` value that kills at `point` during step `BIG_STEP` (the save
     points and state-writing are reached once per step; retention and deleting first happen
@@ -417,8 +425,8 @@ def spurious_failure(result: RunResult) -> bool:
     or in a job whose victim never reaches its point, or in a job a random kill missed."""
     sc = result.scenario
     if sc.point is not None:
-        reachable = sc.victim == 0 or sc.point not in COORDINATOR_ONLY
-        return any(e["step"] < BIG_STEP or not reachable for e in result.errors())
+        hit = reachable(sc.point, sc.world, sc.victim or 0)
+        return any(e["step"] < BIG_STEP or not hit for e in result.errors())
     if sc.kill_after is not None and not result.injected:
         return bool(result.errors())
     return False

@@ -91,28 +91,37 @@ def _assert_consistent(result: rw.RunResult, verdict: rw.Verdict) -> None:
 
 @pytest.fixture(scope="module", params=["local", "s3"])
 def named_point_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                     ) -> dict[tuple[str, int], tuple[rw.RunResult, rw.Verdict]]:
+                     ) -> dict[tuple[str, int, int], tuple[rw.RunResult, rw.Verdict]]:
     base, env, options = _backend(request.param, request, tmp_path_factory)
-    scenarios = {(point, victim): rw.Scenario(rw.scenario_directory(base, f"{point}-r{victim}"), world=2,
-                                              victim=victim, point=point, env=env, storage_options=options)
-                 for point in POINTS for victim in (0, 1)}
+    scenarios = {(point, world, victim): rw.Scenario(rw.scenario_directory(base, f"{point}-w{world}-r{victim}"),
+                                                     world=world, victim=victim, point=point, env=env,
+                                                     storage_options=options)
+                 for point, world, victim in NAMED_CASES}
     return _run_all(scenarios)
 
 
-@pytest.mark.parametrize("victim", [0, 1], ids=["coordinator", "worker"])
-@pytest.mark.parametrize("point", POINTS)
-def test_kill_at_named_point(named_point_runs: dict[tuple[str, int], tuple[rw.RunResult, rw.Verdict]],
-                             point: str, victim: int) -> None:
-    result, verdict = named_point_runs[point, victim]
-    reachable = victim == 0 or point not in rw.COORDINATOR_ONLY
+NAMED_CASES = ([(point, 2, victim) for point in POINTS for victim in (0, 1)]
+               + [(point, 1, 0) for point in POINTS]
+               + [(point, 4, 0) for point in POINTS]
+               + [(point, 4, 3) for point in POINTS if point not in rw.COORDINATOR_ONLY])
+"""(point, world, victim): every point with 2 workers, each side; every point of a single
+worker; with 4 workers the coordinator at every point and the last worker at its own."""
+
+
+@pytest.mark.parametrize(("point", "world", "victim"), NAMED_CASES,
+                         ids=[f"{p}-w{w}-{'coordinator' if v == 0 else 'worker'}" for p, w, v in NAMED_CASES])
+def test_kill_at_named_point(named_point_runs: dict[tuple[str, int, int], tuple[rw.RunResult, rw.Verdict]],
+                             point: str, world: int, victim: int) -> None:
+    result, verdict = named_point_runs[point, world, victim]
+    reachable = rw.reachable(point, world, victim)
     what = (result.scenario.describe(), result.exit_codes, [(e["step"], e["error"], e["message"]) for e in result.errors()])
     assert result.injected == reachable, what
     _assert_consistent(result, verdict)
     # Step 0 was committed and recorded before the crash at step 1, so there is always a latest.
     assert verdict.latest is not None, what
     latest_step = int(verdict.latest.rsplit("-", 1)[1])
-    if not reachable:  # rank 1 never passes the coordinator's points: the job just completes
-        assert result.exit_codes == [0, 0] and latest_step == 2, what
+    if not reachable:  # the victim never passes this point: the job just completes
+        assert result.exit_codes == [0] * world and latest_step == 2, what
     elif point in ("staged", "mid-upload", "data-written"):
         assert latest_step == 0, what  # step 1's data never became durable on every worker
     elif point in ("merged", "table-written") and victim == 0:
