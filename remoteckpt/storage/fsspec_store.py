@@ -298,10 +298,11 @@ class S3Store(FsspecStore):
             raise translate(exc, self.describe(upload.key)) from exc
 
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
-        """One ranged GET, its body streamed straight into the targets (one copy, from the
-        socket buffer); a connection cut mid-body resumes from the first missing byte.  The
-        targets are checksummed once the body is in, in a worker thread (CRC32C releases the
-        GIL), so that the event loop, which receives every stream, does only the copying."""
+        """One ranged GET into the targets: through `s3_get` where the client allows (the
+        socket reads into the targets), else aiobotocore's body copied in as it comes.  A
+        connection cut mid-body resumes from the first missing byte.  The targets are
+        checksummed once the body is in, in a worker thread (CRC32C releases the GIL), so that
+        the event loop, which receives every stream, does only the receiving."""
         end = max((offset + len(view) for offset, view in targets), default=start)
         if end <= start:
             return ScatterResult(0, tuple(0 for _ in targets))
