@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,10 +76,12 @@ def worker_share(rank: int, world: int, shapes: dict[str, tuple[int, ...]]) -> d
     return share
 
 
-def _worker(rank: int, world: int, prefix: str, mib: int, events: Any, env: dict[str, str]) -> SaveReport:
+def _worker(rank: int, world: int, prefix: str, mib: int, events: Any, env: dict[str, str],
+            save_id: str) -> SaveReport:
     os.environ.update(env)
     share = worker_share(rank, world, model_shapes(mib))
-    return loop.run(save_checkpoint(share, prefix, rank=rank, world_size=world, progress=events.put))
+    return loop.run(save_checkpoint(share, prefix, rank=rank, world_size=world, save_id=save_id,
+                                    progress=events.put))
 
 
 @contextlib.contextmanager
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             base, env = stack.enter_context(_s3())
             os.environ.update(env)
         prefix = f"{base}/model.ckpt-1000"
+        save_id = f"demo-{uuid.uuid4().hex[:12]}"  # one per job, shared by its workers
         context = multiprocessing.get_context("spawn")
         manager = stack.enter_context(context.Manager())
         events = manager.Queue()
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with context.Pool(args.workers) as pool:
             reports: list[SaveReport] = pool.starmap(
-                _worker, [(r, args.workers, prefix, args.mib, events, env) for r in range(args.workers)])
+                _worker, [(r, args.workers, prefix, args.mib, events, env, save_id) for r in range(args.workers)])
         saved = time.perf_counter() - start
         stop.set()
         watcher.join()

@@ -47,6 +47,7 @@ def test_kubernetes_indexed_job_wiring() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["WORLD_SIZE"]["value"] == str(spec["completions"])
     assert "job-completion-index" in env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert "controller-uid" in env["REMOTECKPT_SAVE_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[secret]["valueFrom"]["secretKeyRef"]["key"] == secret
     assert env["CHECKPOINT_DIR"]["value"].startswith("s3://")
