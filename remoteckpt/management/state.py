@@ -122,15 +122,11 @@ def format_state(latest: str, names: list[str], timestamps: list[float] | None =
 async def read_state(store: Store, directory: str, filename: str = STATE_FILENAME) -> CheckpointState | None:
     """The state file in `store`'s root (None if there is none)."""
     try:
-        size = await store.size(filename)
+        data = await store.get(filename, max_size=MAX_STATE_BYTES)
     except CheckpointNotFoundError:
         return None
-    if size > MAX_STATE_BYTES:
-        raise CorruptCheckpointError(f"{store.describe(filename)} is {size} bytes: not a checkpoint state file")
-    try:
-        data = await store.get(filename)
-    except CheckpointNotFoundError:
-        return None
+    except CorruptCheckpointError as exc:  # refused from its size, unread
+        raise CorruptCheckpointError(f"{exc}: not a checkpoint state file") from None
     return parse_state(data, directory, store.describe(filename))
 
 

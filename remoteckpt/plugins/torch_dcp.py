@@ -38,6 +38,7 @@ metadata is derived from the index.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -45,7 +46,7 @@ import math
 import os
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -278,10 +279,8 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
         for plan in plans:
             for item in plan.items:
                 _check_name(item.index.fqn)
-        if not self.overwrite and loop.run(self._index_exists()):
-            raise CheckpointExistsError.committed(f"{self.prefix}.index")
         shards = len(plans) + 1  # one data file per rank, plus the coordinator's metadata file
-        loop.run(self._take_claim(shards))
+        loop.run(self._claim_unless_committed(shards))
         return [dataclasses.replace(plan, storage_data={"shard_id": r, "num_shards": shards})
                 for r, plan in enumerate(plans)]
 
@@ -318,10 +317,7 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
                                  "bytes_prefix": BYTES_PREFIX, "num_shards": n + 1}
         blob = encode_metadata(metadata)
         empty = _table_bytes({})
-        try:
-            loop.run(self._commit([t if t is not None else empty for t in tables], blob))
-        finally:
-            loop.run(self._release_claim())
+        loop.run(self._commit([t if t is not None else empty for t in tables], blob))
 
     # --- the work --------------------------------------------------------------------------
 
@@ -352,51 +348,46 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
             previous.append(Slice(array, full, offset))
         return fqn, int(array.nbytes)
 
-    def _store(self) -> tuple[Any, str]:
-        """(store of the prefix's directory, checkpoint name); call on remoteckpt's loop."""
+    @contextlib.asynccontextmanager
+    async def _opened(self) -> AsyncIterator[tuple[Any, str]]:
+        """(store of the prefix's directory, checkpoint name), closed on exit; on remoteckpt's loop."""
         assert self.prefix is not None
         directory, name = split_prefix(self.prefix)
-        return open_store(directory, self.storage_options, self.options), name
-
-    async def _index_exists(self) -> bool:
-        store, name = self._store()
+        store = open_store(directory, self.storage_options, self.options)
         try:
-            return await store.exists(index_filename(name))
+            yield store, name
         finally:
             await store.close()
 
-    async def _take_claim(self, shards: int) -> None:
-        """Claim the prefix for this save before any rank writes.  Should a rank's write_data
-        fail, DCP never calls `finish`: the claim is released by this writer's next save, and
-        forgotten (so a later save of this process takes it over) once the writer is gone."""
-        store, name = self._store()
-        try:
+    async def _claim_unless_committed(self, shards: int) -> None:
+        """Refuse a committed checkpoint (unless overwriting), then claim the prefix for this
+        save before any rank writes.  Should a rank's write_data fail, DCP never calls
+        `finish`: the claim is released by this writer's next save, and forgotten (so a later
+        save of this process takes it over) once the writer is gone."""
+        async with self._opened() as (store, name):
+            if not self.overwrite and await store.exists(index_filename(name)):
+                raise CheckpointExistsError.committed(store.describe(index_filename(name)))
             layout = SaveLayout(name, 0, shards, save_id=self.save_id)
             record = await claims.acquire(store, layout, self.options)
-        finally:
-            await store.close()
         self._claim = layout, record, weakref.finalize(self, claims.forget, record)
 
-    async def _release_claim(self) -> None:
+    async def _release_claim(self, store: Any = None) -> None:
         if self._claim is None:
             return
         layout, record, forget = self._claim
         self._claim = None
         forget.detach()
-        store, _ = self._store()
-        try:
-            await claims.release(store, layout, record)
-        except Exception:  # left for the next save of this process, or for `gc`
-            log.warning("could not release %s", store.describe(layout.claim), exc_info=True)
-        finally:
-            await store.close()
+        async with contextlib.AsyncExitStack() as stack:
+            if store is None:
+                store, _ = await stack.enter_async_context(self._opened())
+            try:
+                await claims.release(store, layout, record)
+            except Exception:  # left for the next save of this process, or for `gc`
+                log.warning("could not release %s", store.describe(layout.claim), exc_info=True)
 
     async def _write_shard(self, tensors: dict[str, Any], shard_id: int, num_shards: int) -> bytes:
-        store, name = self._store()
-        try:
+        async with self._opened() as (store, name):
             return await self._stream(store, name, tensors, shard_id, num_shards)
-        finally:
-            await store.close()
 
     async def _stream(self, store: Any, name: str, tensors: dict[str, Any], shard_id: int, num_shards: int) -> bytes:
         """Phase one of remoteckpt's save protocol for data file `shard_id` (durable on
@@ -406,15 +397,15 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
 
     async def _commit(self, tables: list[bytes], blob: bytes) -> None:
         """The coordinator's metadata file (data file N of N + 1), then phase two: the merged
-        index, committed."""
-        store, name = self._store()
-        try:
-            n = len(tables)
-            table = await self._stream(store, name, {METADATA_TENSOR: np.array(blob, dtype=object)}, n, n + 1)
-            await commit_tables(store, SaveLayout(name, 0, n + 1), [*tables, table],
-                                overwrite=self.overwrite, commit=self.commit)
-        finally:
-            await store.close()
+        index, committed; then the claim released, whatever happened."""
+        async with self._opened() as (store, name):
+            try:
+                n = len(tables)
+                table = await self._stream(store, name, {METADATA_TENSOR: np.array(blob, dtype=object)}, n, n + 1)
+                await commit_tables(store, SaveLayout(name, 0, n + 1), [*tables, table],
+                                    overwrite=self.overwrite, commit=self.commit)
+            finally:
+                await self._release_claim(store)
 
 
 # --- load ----------------------------------------------------------------------------------

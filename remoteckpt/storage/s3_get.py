@@ -260,9 +260,9 @@ class DirectGets:
         return not getattr(client.meta.config, "proxies", None)
 
     async def get(self, bucket: str, key: str, sink: BodySink, end: int, *, if_match: str | None,
-                  pause: Callable[[int], Awaitable[None]]) -> tuple[int, dict[str, str]]:
-        """GET bytes ``[sink.position, end)`` of `key` into `sink`: (status, headers) of the
-        answer (206 or 200 with the body delivered; 416 with nothing).  Retries answers of
+                  pause: Callable[[int], Awaitable[None]]) -> None:
+        """GET bytes ``[sink.position, end)`` of `key` into `sink` (a 206 or 200 answer
+        delivers its body; a 416, the range starting past the object, nothing).  Retries answers of
         `RETRY_STATUSES` and connections that fail before any body byte; a body cut short
         raises `BodyCut` (the caller resumes from ``sink.position``), other answers
         `ResponseError`, a stalled one `asyncio.TimeoutError`."""
@@ -300,7 +300,7 @@ class DirectGets:
                 await pause(attempt)
                 continue
             if conn.status // 100 == 2 or conn.status == 416:
-                return conn.status, conn.headers
+                return
             raise conn.error()
         raise AssertionError("unreachable")
 
@@ -323,7 +323,7 @@ class DirectGets:
         return url
 
     async def _connection(self, url: urllib.parse.SplitResult) -> _GetProtocol:
-        where = (url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+        where = _endpoint(url)
         pool = self._idle.setdefault(where, [])
         while pool:
             conn = pool.pop()
@@ -338,7 +338,7 @@ class DirectGets:
         return conn
 
     def _release(self, url: urllib.parse.SplitResult, conn: _GetProtocol) -> None:
-        pool = self._idle.setdefault((url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), [])
+        pool = self._idle.setdefault(_endpoint(url), [])
         if conn.alive and len(pool) < self._max_idle:
             pool.append(conn)
         else:
@@ -357,6 +357,11 @@ class DirectGets:
                 context = ssl.create_default_context(cafile=cafile)
             self._ssl = context
         return self._ssl
+
+
+def _endpoint(url: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    """(scheme, host, port): what a pooled connection is for."""
+    return url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
 
 def as_builtin(exc: ResponseError) -> BaseException:
