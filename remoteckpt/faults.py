@@ -7,21 +7,32 @@ is one dictionary lookup.
 
 Points, in protocol order:  staged (tensors planned), mid-upload (half of the data written),
 data-written (data committed, table not yet), table-written (before the coordinator's wait),
-merged (tables merged, index not committed), committed (index committed, outcome not yet),
-state-writing (before the state file is replaced), retention (before an old checkpoint is
+merged (tables merged, index not committed), committing (inside the commit: the index's bytes
+durable in a temp file, not yet linked to their name; on S3, the one PUT about to be sent),
+committed (index committed, outcome not yet), state-writing (before the state file is
+replaced), state-replacing (inside that write: the new state durable in a temp file, not yet
+renamed over the old; on S3, its PUT about to be sent), retention (before an old checkpoint is
 deleted), deleting (index of the old checkpoint deleted, data not yet).
+
+The two "inside" points live in the stores' writers, which know nothing of indexes or state
+files: the caller names what is being published with `within`, and a writer calls
+`publishing` between making an object's bytes durable and giving them their name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import signal
+from collections.abc import Iterator
 
 ENV = "REMOTECKPT_CRASH_AT"
-POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committed",
-          "state-writing", "retention", "deleting")
+POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committing", "committed",
+          "state-writing", "state-replacing", "retention", "deleting")
 
 _arrivals: dict[str, int] = {}
+_publishing: contextvars.ContextVar[str | None] = contextvars.ContextVar("remoteckpt_publishing", default=None)
 
 
 def crash_point(name: str) -> None:
@@ -35,3 +46,22 @@ def crash_point(name: str) -> None:
     _arrivals[name] = _arrivals.get(name, 0) + 1
     if _arrivals[name] == (int(nth) if nth else 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def within(point: str) -> Iterator[None]:
+    """Writers committed inside this block (in this task and the tasks and threads it starts)
+    pass `point` when they publish (see `publishing`)."""
+    token = _publishing.set(point)
+    try:
+        yield
+    finally:
+        _publishing.reset(token)
+
+
+def publishing() -> None:
+    """Called by a store's writer once the object's bytes are durable and before they get
+    their name: the crash point named by the enclosing `within`, if any."""
+    point = _publishing.get()
+    if point is not None:
+        crash_point(point)

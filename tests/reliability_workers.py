@@ -41,9 +41,9 @@ PART_SIZE = 5 * 2**20
 MAX_TO_KEEP = 1
 """Retention from the second save on: every step after the first deletes one checkpoint."""
 
-SAVE_POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committed")
+SAVE_POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committing", "committed")
 """Crash points inside one save: reached once per save (the coordinator-only ones on rank 0)."""
-COORDINATOR_ONLY = ("merged", "committed", "state-writing", "retention", "deleting")
+COORDINATOR_ONLY = ("merged", "committing", "committed", "state-writing", "state-replacing", "retention", "deleting")
 GRACE = 20.0
 """Seconds beyond commit_timeout that the survivors of a kill get to give up by themselves
 (on a loaded 2-core machine, with 20+ worker processes and the S3 server sharing it, polls
@@ -62,7 +62,7 @@ def crash_spec(point: str) -> str:
     """``REMOTECKPT_CRASH_AT`` value that kills at `point` during step `BIG_STEP` (the save
     points and state-writing are reached once per step; retention and deleting first happen
     at the second step, with max_to_keep=1)."""
-    nth = BIG_STEP + 1 if point in SAVE_POINTS or point == "state-writing" else BIG_STEP
+    nth = BIG_STEP + 1 if point in SAVE_POINTS or point.startswith("state-") else BIG_STEP
     return f"{point}:{nth}"
 
 
@@ -276,6 +276,7 @@ class Verdict:
     latest: str | None = None
     removed_by_gc: int = 0
     aborted_uploads: int = 0
+    left_before_gc: list[str] = field(default_factory=list)  # temp keys and pending uploads gc had to clear
     problems: list[str] = field(default_factory=list)
 
 
@@ -329,7 +330,9 @@ def verify(directory: str, world: int, *, storage_options: dict[str, Any] | None
            big_step: int | None = BIG_STEP, run_gc: bool = True) -> Verdict:
     """Check what a crashed job left in `directory` (see tests/test_crash.py for the rules)."""
     verdict = Verdict()
-    infos, _ = _list(directory, storage_options)
+    infos, uploads = _list(directory, storage_options)
+    verdict.left_before_gc = ([i.key for i in infos if _temporary(i.key)]
+                              + [f"upload of {u.key}" for u in uploads])
     names = sorted(i.key[: -len(".index")] for i in infos if i.key.endswith(".index") and "/" not in i.key)
     committed: dict[str, int] = {}
     for name in names:
@@ -378,7 +381,7 @@ def verify(directory: str, world: int, *, storage_options: dict[str, Any] | None
     keys = [i.key for i in infos]
     indexed = {k[: -len(".index")] for k in keys if k.endswith(".index") and "/" not in k}
     for key in keys:
-        if ".tmp" in key.split("/")[0] or ".tempstate" in key:
+        if _temporary(key):
             verdict.problems.append(f"after gc: staging/temporary leftover {key}")
         elif ".data-" in key and key.split(".data-")[0] not in indexed:
             verdict.problems.append(f"after gc: data file without index {key}")
@@ -393,6 +396,11 @@ def verify(directory: str, world: int, *, storage_options: dict[str, Any] | None
         check_checkpoint(f"{directory}/{name}", expected_checkpoint(step, world, big_step), storage_options, verdict,
                          "after gc")
     return verdict
+
+
+def _temporary(key: str) -> bool:
+    """A save's staging key (``*.tmp*/``) or an interrupted local write (``*.tempstate*``)."""
+    return ".tmp" in key.split("/")[0] or ".tempstate" in key
 
 
 def check_run(result: RunResult) -> list[str]:

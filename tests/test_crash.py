@@ -124,14 +124,33 @@ def test_kill_at_named_point(named_point_runs: dict[tuple[str, int, int], tuple[
         assert result.exit_codes == [0] * world and latest_step == 2, what
     elif point in ("staged", "mid-upload", "data-written"):
         assert latest_step == 0, what  # step 1's data never became durable on every worker
-    elif point in ("merged", "table-written") and victim == 0:
+    elif point in ("merged", "table-written", "committing") and victim == 0:
         assert latest_step == 0 and verdict.checkpoints == 1, what  # the coordinator died before the commit
-    elif point == "committed":
+    elif point in ("committed", "state-writing", "state-replacing"):
         assert latest_step == 0 and verdict.checkpoints == 2, what  # committed, never recorded
-    elif point in ("state-writing",):
-        assert latest_step == 0 and verdict.checkpoints == 2, what
     elif point in ("retention", "deleting"):
         assert latest_step == 1, what
+    _assert_left_what_the_point_leaves(point, world, victim, _backend_of(result), verdict, what)
+
+
+def _backend_of(result: rw.RunResult) -> str:
+    return "s3" if result.scenario.directory.startswith("s3://") else "local"
+
+
+def _assert_left_what_the_point_leaves(point: str, world: int, victim: int, backend: str, verdict: rw.Verdict,
+                                       what: Any) -> None:
+    """The kill really left the debris gc must clear (so the "nothing left after gc" check
+    had work to do): a half-written object or upload at the points inside a write."""
+    left = verdict.left_before_gc
+    if not rw.reachable(point, world, victim):
+        return
+    if point == "mid-upload" and backend == "s3":  # the victim's data file: a multipart upload begun
+        assert any(k.startswith("upload of ") and ".data-" in k for k in left), (what, left)
+        assert verdict.aborted_uploads >= 1, (what, left)
+    elif point == "committing" and backend == "local":  # the index, durable under its temp name
+        assert any(".index.tempstate" in k for k in left), (what, left)
+    elif point == "state-replacing" and backend == "local":
+        assert any(k.startswith("checkpoint.tempstate") for k in left), (what, left)
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])

@@ -20,6 +20,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
+from .. import faults
 from .._proto import checkpoint_state_pb2
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..format.bundle import index_filename
@@ -132,7 +133,8 @@ async def read_state(store: Store, directory: str, filename: str = STATE_FILENAM
 
 async def write_state(store: Store, data: bytes, filename: str = STATE_FILENAME) -> None:
     """Replace the state file atomically (local: temp, fsync, rename; S3: one PUT)."""
-    await store.put(filename, data)
+    with faults.within("state-replacing"):
+        await store.put(filename, data)
 
 
 def _directory_of(path: str | os.PathLike[str]) -> str:

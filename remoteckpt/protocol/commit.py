@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 
+from .. import faults
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
 from ..storage.base import Store
 
@@ -31,7 +32,8 @@ class CommitProtocol(abc.ABC):
 class CreateOnlyCommit(CommitProtocol):
     async def commit(self, store: Store, key: str, data: bytes, *, overwrite: bool) -> None:
         try:
-            await store.put(key, data, exclusive=not overwrite)
+            with faults.within("committing"):
+                await store.put(key, data, exclusive=not overwrite)
         except CheckpointError as exc:
             if await self._landed(store, key, data):
                 return  # our own write, whose acknowledgement was lost

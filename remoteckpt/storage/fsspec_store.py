@@ -25,6 +25,7 @@ import botocore.exceptions
 
 import fsspec
 
+from .. import faults
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, StorageError
 from ..format.coding import crc32c
 from .base import Buffer, ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities, too_large
@@ -205,6 +206,7 @@ class _BufferedWriter(ObjectWriter):
         if self._exclusive and await store.exists(self.key):
             raise CheckpointExistsError(f"{store.describe(self.key)} already exists")
         try:
+            faults.publishing()
             await store._call("pipe_file", path, b"".join(self._chunks))
         except Exception as exc:
             raise translate(exc, store.describe(self.key)) from exc
@@ -546,6 +548,7 @@ class _MultipartWriter(ObjectWriter):
                     for view in body.views:
                         digest.update(view)
                     self._expected_etag = digest.hexdigest()
+                    faults.publishing()
                     await fs._call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=body if len(body) else b"",
                                       **match)
                 else:
@@ -556,6 +559,7 @@ class _MultipartWriter(ObjectWriter):
                     if len(parts) != self._next_part - 1:
                         raise RuntimeError(f"{self._next_part - 1 - len(parts)} uploaded parts are missing")
                     self._expected_etag = _multipart_etag([p["ETag"] for p in parts])
+                    faults.publishing()
                     await fs._call_s3(
                         "complete_multipart_upload", Bucket=self._bucket, Key=self._key,
                         UploadId=self._upload_id, MultipartUpload={"Parts": parts}, **match)

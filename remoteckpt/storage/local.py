@@ -20,6 +20,7 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
+from .. import faults
 from ..format.coding import crc32c
 from . import writeback
 from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, too_large
@@ -110,6 +111,7 @@ class LocalWriter(ObjectWriter):
             await self._file.flush()
             await asyncio.to_thread(os.fsync, self._file.fileno())
             await self._file.close()
+            faults.publishing()
             if self._exclusive:
                 await asyncio.to_thread(os.link, self._temp, self._path)
                 await aiofiles.os.remove(self._temp)
