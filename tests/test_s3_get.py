@@ -23,7 +23,7 @@ from remoteckpt.engine import loop
 from remoteckpt.errors import CheckpointNotFoundError, StorageError
 from remoteckpt.format.coding import crc32c
 from remoteckpt.storage import open_store
-from remoteckpt.storage.fsspec_store import S3Store
+from remoteckpt.storage.s3_store import S3Store
 
 OBJECT = bytes(range(256)) * 4096  # 1 MiB, every byte position distinguishable mod 256
 SECRET = "canarySecretKey0123456789"

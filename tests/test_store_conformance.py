@@ -17,7 +17,8 @@ import pytest
 from remoteckpt.engine import loop
 from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from remoteckpt.storage import Store, open_store
-from remoteckpt.storage.fsspec_store import PART_SIZE, S3Store
+from remoteckpt.storage.s3_store import S3Store
+from remoteckpt.storage.s3_upload import PART_SIZE
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -188,7 +189,7 @@ def test_large_streamed_object(store_url: str) -> None:
 def test_many_parts_in_flight(s3_prefix: str) -> None:
     """More parts than may be in flight at once, of the smallest legal size: every byte lands
     in order (part numbers are never reused while uploads overlap)."""
-    from remoteckpt.storage.fsspec_store import MIN_PART_SIZE
+    from remoteckpt.storage.s3_upload import MIN_PART_SIZE
 
     payload = np.random.default_rng(1).integers(0, 255, 9 * MIN_PART_SIZE + 1234, dtype=np.uint8).tobytes()
 

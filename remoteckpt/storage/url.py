@@ -30,8 +30,10 @@ import fsspec
 
 from ..options import DEFAULT_OPTIONS, IOOptions
 from .base import Store
-from .fsspec_store import PART_SIZE, FsspecStore, S3Store
+from .fsspec_store import FsspecStore
 from .local import LocalStore
+from .s3_store import S3Store
+from .s3_upload import PART_SIZE
 
 T = TypeVar("T")
 
