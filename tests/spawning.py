@@ -1,8 +1,12 @@
-"""Ranks of a torch.distributed job as spawned processes, for the plugin tests."""
+"""Ranks of torch.distributed jobs as spawned processes, for the plugin tests."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import tempfile
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -17,3 +21,34 @@ def run_ranks(job: Any, world_size: int, tmp_path: Path, *args: Any, timeout: fl
     with ProcessPoolExecutor(world_size, mp_context=context) as pool:
         futures = [pool.submit(job, init_file, r, world_size, *args) for r in range(world_size)]
         return [f.result(timeout=timeout) for f in futures]
+
+
+def run_together(target: Any, arg_lists: list[tuple[Any, ...]], bound: float) -> list[dict[str, Any] | None]:
+    """``target(barrier, *args, result_path)`` in one spawned process per entry of
+    `arg_lists`, all at once, `barrier` a `multiprocessing.Barrier` of them all (to start
+    their work together once every process is up); each writes a JSON record to
+    `result_path`.  Every process is joined within `bound` seconds or killed (a hang fails
+    the test, never hangs it); the records in order, None for a process that wrote none."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(len(arg_lists))
+    with tempfile.TemporaryDirectory(prefix="rk-together-") as results:
+        paths = [os.path.join(results, f"{i}.json") for i in range(len(arg_lists))]
+        procs = [context.Process(target=target, args=(barrier, *args, path), daemon=True)
+                 for args, path in zip(arg_lists, paths)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + bound
+        for p in procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+        for p in procs:
+            if p.exitcode is None:
+                p.kill()
+                p.join(10)
+        records: list[dict[str, Any] | None] = []
+        for path in paths:
+            try:
+                with open(path) as f:
+                    records.append(json.load(f))
+            except (FileNotFoundError, ValueError):
+                records.append(None)
+        return records

@@ -1,13 +1,17 @@
-"""Code that runs in spawned processes of tests/test_plugin_torch.py (importable by name).
+"""Code that runs in spawned processes of tests/test_plugin_torch.py and
+tests/test_plugin_torch_race.py (importable by name).
 
 Each job joins a gloo process group through a file:// rendezvous, runs DCP with
 remoteckpt.torch's storage and checks what it loaded itself; assertion errors travel back to
-the test through the process pool's future.
+the test through the process pool's future (racing jobs write a JSON record instead).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import time
 import warnings
 from typing import Any
 
@@ -132,3 +136,60 @@ def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], re
         return prefixes
     finally:
         dist.destroy_process_group()
+
+
+# --- jobs racing for one prefix (tests/test_plugin_torch_race.py) ------------------------------
+
+RACE_ROWS, RACE_COLS = 3072, 1024  # int32: 6 MiB a rank of 2, more than a multipart part
+
+
+def race_full_state(who: int) -> dict[str, Any]:
+    """The full state_dict of racing job `who`: distinct values in every job."""
+    weight = torch.arange(RACE_ROWS * RACE_COLS, dtype=torch.int32).reshape(RACE_ROWS, RACE_COLS) * 4 + who
+    return {"weight": weight, "who": torch.tensor(who, dtype=torch.int64), "job": f"job{who}"}
+
+
+def _failures(exc: BaseException) -> list[dict[str, Any]]:
+    """What a failed dcp.save raised: the rank exceptions DCP wrapped in a CheckpointException
+    (by the rank that raised each), or the exception itself."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    import remoteckpt
+
+    found = ([(r, e) for r, (e, _) in sorted(exc.failures.items())] if isinstance(exc, CheckpointException)
+             else [(None, exc)])
+    return [{"rank": r, "type": type(e).__name__, "message": str(e)[:2000],
+             "remoteckpt": isinstance(e, remoteckpt.CheckpointError)} for r, e in found]
+
+
+def race_rank(barrier: Any, init_file: str, rank: int, world_size: int, prefix: str, who: int, delay: float,
+              storage_options: dict[str, Any] | None, result_path: str) -> None:
+    """Rank `rank` of racing job `who` (its own process group, through `init_file`): once
+    every process of the race is up and its group formed, `delay` seconds later, dcp.save of
+    the job's state sharded by rows to `prefix`.  Writes {"who", "rank", "save_id" (of this
+    rank's writer: rank 0's is the job's), "ok" | "failures" | "error"} to `result_path`."""
+    record: dict[str, Any] = {"who": who, "rank": rank}
+    try:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=60))
+        try:
+            mesh = init_device_mesh("cpu", (world_size,))
+            full = race_full_state(who)
+            state = {**full, "weight": distribute_tensor(full["weight"], mesh, [Shard(0)])}
+            writer = rt.StorageWriter(prefix, storage_options=storage_options)
+            barrier.wait(60)
+            time.sleep(delay)
+            try:
+                dcp.save(state, storage_writer=writer)
+                record["ok"] = True
+            except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+                record["failures"] = _failures(exc)
+            record["save_id"] = writer.save_id
+        finally:
+            dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent: the race did not run
+        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    with open(result_path, "w") as f:
+        json.dump(record, f)
+    os._exit(0)

@@ -11,9 +11,9 @@ write and read a TensorFlow tensor bundle at that prefix (``step-100.index`` +
 
 How DCP's save sequence maps onto the bundle (N ranks, N + 1 data files):
 
-    prepare_global_plan  (coordinator)  refuse an existing checkpoint (unless overwrite);
-                                        claim the prefix (`protocol.claim`: of two jobs
-                                        racing for it, one goes on); give rank r data
+    prepare_global_plan  (coordinator)  claim the prefix (`protocol.claim`: of two jobs
+                                        racing for it, one goes on); refuse an existing
+                                        checkpoint (unless overwrite); give rank r data
                                         file r of N + 1
     write_data           (every rank)   stream the rank's items into PREFIX.data-r-of-(N+1)
                                         (final name, durable on return); its index table
@@ -77,6 +77,7 @@ from torch.futures import Future
 
 from ..engine import loop
 from ..errors import (
+    CheckpointBusyError,
     CheckpointExistsError,
     CorruptCheckpointError,
     InvalidTensorsError,
@@ -360,16 +361,31 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
             await store.close()
 
     async def _claim_unless_committed(self, shards: int) -> None:
-        """Refuse a committed checkpoint (unless overwriting), then claim the prefix for this
-        save before any rank writes.  Should a rank's write_data fail, DCP never calls
-        `finish`: the claim is released by this writer's next save, and forgotten (so a later
-        save of this process takes it over) once the writer is gone."""
+        """Claim the prefix for this save before any rank writes, then refuse a committed
+        checkpoint (unless overwriting), in this order as `remoteckpt.save` does: checked
+        before the claim, the index of a racing save that commits and releases its claim in
+        between would go unseen, and this save would take a claim that nobody releases (its
+        ranks then fail in write_data, and DCP never calls `finish`).  A claim held by another
+        save over a committed checkpoint is reported as that checkpoint (the holder lost to
+        it, or is replacing it).  Should a rank's write_data fail, DCP never calls `finish`:
+        the claim is released by this writer's next save, and forgotten (so a later save of
+        this process takes it over) once the writer is gone."""
         async with self._opened() as (store, name):
-            if not self.overwrite and await store.exists(index_filename(name)):
-                raise CheckpointExistsError.committed(store.describe(index_filename(name)))
+            index = index_filename(name)
             layout = SaveLayout(name, 0, shards, save_id=self.save_id)
-            record = await claims.acquire(store, layout, self.options)
-        self._claim = layout, record, weakref.finalize(self, claims.forget, record)
+            try:
+                record = await claims.acquire(store, layout, self.options)
+            except CheckpointBusyError:
+                if not self.overwrite and await store.exists(index):
+                    raise CheckpointExistsError.committed(store.describe(index)) from None
+                raise
+            self._claim = layout, record, weakref.finalize(self, claims.forget, record)
+            try:
+                if not self.overwrite and await store.exists(index):
+                    raise CheckpointExistsError.committed(store.describe(index))
+            except BaseException:
+                await self._release_claim(store)
+                raise
 
     async def _release_claim(self, store: Any = None) -> None:
         if self._claim is None:
