@@ -34,7 +34,7 @@ def test_first_save_claims_the_others_are_busy(run: Any) -> None:
         mine = await claims.acquire(store, layout(0, "a"), FAST)
         held = await claims.read_claim(store, layout(0))
         assert held is not None and held.record == mine
-        with pytest.raises(CheckpointBusyError, match="save id 'a' of 2 workers"):
+        with pytest.raises(CheckpointBusyError, match=r"save id 'a' \(2 data files\)"):
             await claims.acquire(store, layout(0, "b"), FAST)
         with pytest.raises(CheckpointBusyError, match="save id 'a'"):
             await claims.await_claim(store, layout(1, "b"), FAST)

@@ -76,7 +76,7 @@ class ClaimRecord:
     def describe(self) -> str:
         who = f"save id {self.save_id!r}" if self.save_id else "a save without a save id"
         where = f" from {self.host} (pid {self.pid})" if self.host else ""
-        return f"{who} of {self.world_size} workers{where}"
+        return f"{who} ({self.world_size} data files){where}"
 
 
 @dataclass(frozen=True)
