@@ -23,6 +23,22 @@ def run_ranks(job: Any, world_size: int, tmp_path: Path, *args: Any, timeout: fl
         return [f.result(timeout=timeout) for f in futures]
 
 
+def run_each(target: Any, arg_lists: list[tuple[Any, ...]], timeout: float) -> list[Any]:
+    """``target(*args)`` for every entry of `arg_lists`, each in its own spawned process, all at
+    once; their results in order, with the exception (raised, or a timeout waiting for it) in
+    place of the result of any that failed, for the caller's assertions."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(arg_lists), mp_context=context) as pool:
+        futures = [pool.submit(target, *args) for args in arg_lists]
+        results: list[Any] = []
+        for f in futures:
+            try:
+                results.append(f.result(timeout=timeout))
+            except Exception as exc:  # noqa: BLE001 - returned for the assertions
+                results.append(exc)
+        return results
+
+
 def run_together(target: Any, arg_lists: list[tuple[Any, ...]], bound: float) -> list[dict[str, Any] | None]:
     """``target(barrier, *args, result_path)`` in one spawned process per entry of
     `arg_lists`, all at once, `barrier` a `multiprocessing.Barrier` of them all (to start

@@ -3,15 +3,14 @@ and commits, every worker returns after the commit; on local disk and on S3."""
 
 from __future__ import annotations
 
-import multiprocessing
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import remoteckpt
+from spawning import run_each
 from workers import COLS, ROWS, full_matrix, save_worker, saver_worker, worker_tensors
 
 
@@ -21,16 +20,8 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _run(prefix: str, world_size: int, *, timeout: float = 60, failing_rank: int | None = None) -> list[object]:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(world_size, mp_context=context) as pool:
-        futures = [pool.submit(save_worker, prefix, r, world_size, timeout, r == failing_rank) for r in range(world_size)]
-        results: list[object] = []
-        for f in futures:
-            try:
-                results.append(f.result(timeout=timeout + 60))
-            except Exception as exc:  # noqa: BLE001 - collected for the assertions
-                results.append(exc)
-        return results
+    return run_each(save_worker, [(prefix, r, world_size, timeout, r == failing_rank) for r in range(world_size)],
+                    timeout + 60)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -106,10 +97,7 @@ def test_tensorflow_reads_a_four_worker_checkpoint(base: str) -> None:
 
 def test_multiworker_saver_retention(base: str) -> None:
     directory = f"{base}/saver"
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
-        futures = [pool.submit(saver_worker, directory, r, 2, 4) for r in range(2)]
-        results = [f.result(timeout=180) for f in futures]
+    results = run_each(saver_worker, [(directory, r, 2, 4) for r in range(2)], 180)
     expected = [f"{directory}/model.ckpt-2", f"{directory}/model.ckpt-3"]
     assert results == [expected, expected]
     assert remoteckpt.latest_checkpoint(directory) == expected[-1]

@@ -12,9 +12,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import multiprocessing
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ tf.get_logger().setLevel("ERROR")
 import remoteckpt  # noqa: E402
 import remoteckpt.tensorflow as rtf  # noqa: E402
 from remoteckpt.storage import on_store, split_prefix  # noqa: E402
+from spawning import run_each  # noqa: E402
 from tf_workers import SAVE_COUNTER, STEP, build_state, tf_save_worker  # noqa: E402
 
 WORLD = 2
@@ -44,16 +43,7 @@ def run_workers(prefix: str) -> list[Any]:
     """Both ranks in their own spawned process (S3 settings reach them through the AWS_*
     environment the s3_server fixture installs); exceptions are returned, not raised."""
     save_id = uuid.uuid4().hex
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(WORLD, mp_context=context) as pool:
-        futures = [pool.submit(tf_save_worker, prefix, r, WORLD, save_id, TIMEOUT) for r in range(WORLD)]
-        results: list[Any] = []
-        for f in futures:
-            try:
-                results.append(f.result(timeout=TIMEOUT + 120))
-            except Exception as exc:  # noqa: BLE001 - checked by the caller
-                results.append(exc)
-    return results
+    return run_each(tf_save_worker, [(prefix, r, WORLD, save_id, TIMEOUT) for r in range(WORLD)], TIMEOUT + 120)
 
 
 def store_files(prefix: str) -> list[str]:
