@@ -31,6 +31,7 @@ from remoteckpt.engine import loop
 from remoteckpt.faults import ENV as CRASH_ENV
 from remoteckpt.format.bundle import index_filename
 from remoteckpt.options import IOOptions
+from remoteckpt.protocol.layout import SAVE_ID_ENV
 from remoteckpt.storage import open_store
 
 ROWS, COLS = 16, 8
@@ -185,6 +186,9 @@ class Scenario:
     storage_options: dict[str, Any] | None = None
     big_step: int | None = BIG_STEP
     bound: float = 60.0                 # everything is killed after this many seconds
+    save_id: str = field(default_factory=lambda: f"job-{random.getrandbits(40):010x}")
+    """$REMOTECKPT_SAVE_ID of all the job's workers, one per job as a launcher's run id ("" for none:
+    a multi-worker save then warns, UnnamedSaveWarning)."""
 
     def describe(self) -> str:
         how = (f"crash at {self.point}" if self.point else
@@ -211,6 +215,7 @@ def run_scenario(sc: Scenario) -> RunResult:
     happened (the storage is left as the workers left it)."""
     ctx = context()
     started = time.monotonic()
+    env = {**sc.env, SAVE_ID_ENV: sc.save_id} if sc.save_id else sc.env
     with tempfile.TemporaryDirectory(prefix="rk-results-") as results:
         paths = [os.path.join(results, f"rank{r}.jsonl") for r in range(sc.world)]
         procs = []
@@ -218,7 +223,7 @@ def run_scenario(sc: Scenario) -> RunResult:
             crash_at = crash_spec(sc.point) if (sc.point and rank == sc.victim) else None
             p = ctx.Process(target=worker_main, name=f"rk-worker-{rank}", daemon=True,
                             args=(sc.directory, rank, sc.world, sc.steps, sc.start_step, sc.commit_timeout, crash_at,
-                                  sc.env, sc.storage_options, paths[rank], sc.big_step))
+                                  env, sc.storage_options, paths[rank], sc.big_step))
             p.start()
             procs.append(p)
         injected = False

@@ -1,0 +1,92 @@
+"""The reliability soak (remoteckpt.bench.soak, ``make soak``) at a tiny size, as a subprocess:
+every phase does some work and finds nothing wrong, the JSON record splits the corruption
+phase's damages by kind, the run ends within its stated bound; and a unit of work (or a
+phase's whole process) that hangs is reported as a hang while the run still ends in time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remoteckpt.bench import soak
+from remoteckpt.devserver import SeaweedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_SLACK = 5.0
+"""Seconds the soak's interpreter may take to start before its clock (and bound) starts."""
+SMOKE_SEED = 233
+"""A seed whose first units are light (two 2-worker crash jobs, one local and one on S3; a race
+of two 1-worker jobs on S3; 4-8 MiB network saves), so that every phase completes a unit within
+a tiny run even on a loaded 2-core machine."""
+SMOKE = ["--minutes", "0.3", "--grace", "20", "--concurrency", "2", "--seed", str(SMOKE_SEED)]
+HANG = ["--only", "fuzz", "--minutes", "0.05", "--grace", "2"]
+
+
+def _soak(args: list[str], out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
+    """Run the soak with `args`; its process, JSON record and wall time."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "remoteckpt.bench.soak", *args, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    wall = time.monotonic() - start
+    records = sorted(out.glob("soak-*.json"))
+    assert records, proc.stdout + proc.stderr
+    return proc, json.loads(records[-1].read_text()), wall
+
+
+def _assert_within_bound(record: dict[str, Any], wall: float, minutes: float, grace: float) -> None:
+    bound = minutes * 60 + grace + soak.EXIT_SECONDS + soak.TEARDOWN_SECONDS
+    assert record["bound_seconds"] == pytest.approx(bound)
+    assert record["wall_seconds"] <= bound, record["schedule"]
+    assert wall <= bound + STARTUP_SLACK, record["schedule"]
+
+
+def test_tiny_soak_runs_every_phase_within_its_bound(s3_server: SeaweedServer, tmp_path: Path) -> None:
+    proc, record, wall = _soak([*SMOKE, "--s3-endpoint", s3_server.endpoint_url, "--s3-bucket", s3_server.bucket],
+                               tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert record["violations"] == [], output
+    c = record["counts"]
+    for key in ("crash_scenarios", "net_operations", "races", "damages", "fuzz_executions"):
+        assert c.get(key, 0) > 0, (key, output)
+    assert set(record["schedule"]) == set(soak.PHASES), record["schedule"]
+    assert not any(e.get("killed") or "skipped" in e for e in record["schedule"].values()), record["schedule"]
+    # corruption, detected per kind of damage, in the JSON and the summary
+    by_kind = record["corruption_by_kind"]
+    assert set(by_kind) == {*soak.DAMAGE_KINDS, "total"}
+    assert by_kind["total"]["damages"] == c["damages"] == sum(by_kind[k]["damages"] for k in soak.DAMAGE_KINDS)
+    assert by_kind["total"]["detected"] == sum(by_kind[k]["detected"] for k in soak.DAMAGE_KINDS)
+    for row in by_kind.values():
+        assert row["detected"] == row["effective"] == row["damages"] - row["without_effect"], by_kind
+    assert "by kind, detected/effective" in proc.stdout
+    assert "UnnamedSaveWarning" not in output  # every soak job saves with its own save id
+    _assert_within_bound(record, wall, 0.3, 20)
+
+
+@pytest.mark.parametrize("how", ["unit", "exit"])
+def test_a_hang_is_reported_and_the_run_still_ends_in_time(how: str, tmp_path: Path) -> None:
+    """--hang-unit: the phase's second unit never returns (its thread is abandoned at the cutoff);
+    --hang-exit: the phase's process never exits (a non-daemon thread, as the old soak's network
+    phase left behind) and is killed.  Either way: a hang violation that shows where, and the
+    run ends within its bound."""
+    proc, record, wall = _soak([*HANG, f"--hang-{how}", "fuzz"], tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (violation,) = record["violations"]
+    assert violation["phase"] == "fuzz" and violation["what"].startswith("HANG"), violation
+    assert "_hang_forever" in json.dumps(violation), violation  # where it hung
+    assert record["counts"]["hangs_fuzz"] == 1
+    assert record["counts"]["fuzz_executions"] > 0  # the work done before the hang is counted
+    entry = record["schedule"]["fuzz"]
+    if how == "unit":
+        assert violation["repro"]["injected_hang"] is True
+        assert not entry["killed"] and entry["finished"], entry
+    else:
+        assert entry["killed"] and entry["finished"], entry  # its work had ended, it did not exit
+    _assert_within_bound(record, wall, 0.05, 2)
