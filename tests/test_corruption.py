@@ -67,7 +67,8 @@ def expected(seed: int) -> dict[str, np.ndarray]:
 def save_two_workers(prefix: str, seed: int) -> None:
     """Two workers (threads: they meet through the storage, as processes do)."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(remoteckpt.save, worker_tensors(r, seed), prefix, rank=r, world_size=2, options=OPTIONS)
+        futures = [pool.submit(remoteckpt.save, worker_tensors(r, seed), prefix, rank=r, world_size=2,
+                               save_id="corruption", options=OPTIONS)
                    for r in (0, 1)]
         for f in futures:
             f.result(timeout=120)

@@ -215,3 +215,29 @@ def test_retention_matches_tensorflow(tmp_path: Path, monkeypatch: pytest.Monkey
             survivors.append([os.path.basename(p) for p in listed])
         assert survivors[0] == survivors[2], (max_to_keep, hours, survivors)
         assert survivors[1] == survivors[3], (max_to_keep, hours, survivors)
+
+
+def test_saver_names_its_job_to_every_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Saver(save_id=)` reaches each save: a 2-worker job outside torchrun and Slurm saves
+    without UnnamedSaveWarning."""
+    import concurrent.futures
+    import warnings
+
+    from remoteckpt.protocol.save import UnnamedSaveWarning
+
+    for var in ("REMOTECKPT_SAVE_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    options = remoteckpt.IOOptions(commit_timeout=30, poll_interval=0.01)
+
+    def job(rank: int) -> list[str]:
+        saver = remoteckpt.Saver(max_to_keep=2, rank=rank, world_size=2, save_id="job-b", options=options)
+        for step in range(2):
+            saver.save({f"w{rank}": np.full(3, step)}, str(tmp_path / "model.ckpt"), global_step=step)
+        return saver.last_checkpoints
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnamedSaveWarning)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = [f.result(timeout=120) for f in [pool.submit(job, r) for r in (0, 1)]]
+    assert results[0] == results[1] == [str(tmp_path / f"model.ckpt-{s}") for s in (0, 1)]
+    assert remoteckpt.load(str(tmp_path / "model.ckpt-1"))["w1"].tolist() == [1, 1, 1]

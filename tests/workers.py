@@ -29,18 +29,22 @@ def worker_tensors(rank: int, world_size: int) -> dict[str, object]:
     }
 
 
+JOB = "tests-workers"
+"""The save id of the spawned jobs (each saves its own prefix; none race)."""
+
+
 def save_worker(prefix: str, rank: int, world_size: int, timeout: float, fail: bool = False) -> str:
     tensors = worker_tensors(rank, world_size)
     if fail:
         tensors["bad"] = np.array([np.datetime64("2020-01-01")])  # unsupported: fails this worker
-    remoteckpt.save(tensors, prefix, rank=rank, world_size=world_size,
+    remoteckpt.save(tensors, prefix, rank=rank, world_size=world_size, save_id=JOB,
                     options=IOOptions(commit_timeout=timeout, poll_interval=0.02))
     return prefix
 
 
 def saver_worker(directory: str, rank: int, world_size: int, steps: int) -> list[str]:
     """A training loop's checkpointing: every worker saves its share each step."""
-    saver = remoteckpt.Saver(max_to_keep=2, rank=rank, world_size=world_size,
+    saver = remoteckpt.Saver(max_to_keep=2, rank=rank, world_size=world_size, save_id=JOB,
                              options=IOOptions(commit_timeout=60, poll_interval=0.02))
     for step in range(steps):
         tensors = worker_tensors(rank, world_size)

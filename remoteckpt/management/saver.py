@@ -62,14 +62,20 @@ class Saver:
     Every worker of a multi-worker job creates a Saver with its `rank` and `world_size` and
     calls `save` with its own tensors; rank 0 also writes the state file and deletes old
     checkpoints, after the commit.  Not thread-safe: one Saver per training loop.
+
+    `save_id` names the job to the other workers' saves (every worker of one job passes the
+    same; see `remoteckpt.save`); None takes ``$REMOTECKPT_SAVE_ID``, else torchrun's or
+    Slurm's run id, as `remoteckpt.save` does.
     """
 
     def __init__(self, max_to_keep: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0, *,
                  rank: int = 0, world_size: int = 1, storage_options: dict[str, Any] | None = None,
-                 options: IOOptions = DEFAULT_OPTIONS, latest_filename: str = STATE_FILENAME) -> None:
+                 options: IOOptions = DEFAULT_OPTIONS, latest_filename: str = STATE_FILENAME,
+                 save_id: str | None = None) -> None:
         self.max_to_keep = max_to_keep
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.rank, self.world_size = rank, world_size
+        self.save_id = save_id
         self.storage_options = storage_options
         self.options = options
         self.latest_filename = latest_filename
@@ -140,8 +146,8 @@ class Saver:
             # by a run that crashed before updating the state file) is replaced, not an error.
             recorded = join(directory, name) in {p for p, _ in self._last}
             await api.save_checkpoint(tensors, prefix, rank=self.rank, world_size=self.world_size,
-                                      overwrite=overwrite or not recorded, storage_options=self.storage_options,
-                                      options=self.options)
+                                      overwrite=overwrite or not recorded, save_id=self.save_id,
+                                      storage_options=self.storage_options, options=self.options)
             self._record(join(directory, name))
             if self.rank == 0:
                 crash_point("state-writing")
