@@ -114,14 +114,18 @@ def save_job(init_file: str, rank: int, world_size: int, prefix: str) -> dict[st
         dcp.save({"model": msd, "optim": osd}, storage_writer=rt.StorageWriter(prefix))
         saved = gathered(msd, osd)
         shapes = _local_shapes(msd)
-        next_loss = train_step(model, optim, SAVED_STEPS)
-        after = gathered(*get_state_dict(model, optim))
-        dist.barrier()
-        if rank:
-            return None
-        return {"saved": saved, "losses": losses, "next_loss": next_loss, "after": after, "local_shapes": shapes}
+        return _then_one_step(model, optim, rank, saved=saved, losses=losses, local_shapes=shapes)
     finally:
         dist.destroy_process_group()
+
+
+def _then_one_step(model: Any, optim: Any, rank: int, **report: Any) -> dict[str, Any] | None:
+    """The training step after the save (or restore), then rank 0's `report` with its
+    "next_loss" and the full state "after" it; None on other ranks."""
+    next_loss = train_step(model, optim, SAVED_STEPS)
+    after = gathered(*get_state_dict(model, optim))
+    dist.barrier()
+    return None if rank else {**report, "next_loss": next_loss, "after": after}
 
 
 def load_job(init_file: str, rank: int, world_size: int, prefix: str) -> dict[str, Any] | None:
@@ -142,13 +146,7 @@ def load_job(init_file: str, rank: int, world_size: int, prefix: str) -> dict[st
         msd, osd = get_state_dict(model, optim)
         restored = gathered(msd, osd)
         shapes = _local_shapes(msd)
-        next_loss = train_step(model, optim, SAVED_STEPS)
-        after = gathered(*get_state_dict(model, optim))
-        dist.barrier()
-        if rank:
-            return None
-        return {"initial": initial, "restored": restored, "next_loss": next_loss, "after": after,
-                "local_shapes": shapes}
+        return _then_one_step(model, optim, rank, initial=initial, restored=restored, local_shapes=shapes)
     finally:
         dist.destroy_process_group()
 
