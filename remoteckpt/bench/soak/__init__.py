@@ -1,0 +1,53 @@
+"""``python -m remoteckpt.bench.soak [--minutes N] [--seed S] [--only PHASES] [--out DIR]``
+
+The reliability suite of tests/test_crash.py, tests/test_network_faults.py,
+tests/test_corruption.py and tests/test_fuzz.py, at scale and hard-bounded in time (``make soak``):
+
+  crash       jobs of 1, 2 or 4 worker processes saving with a Saver (local disk and an
+              embedded SeaweedFS S3 server), each job with its own save id; one worker
+              SIGKILLed at a named point or after a random delay; every checkpoint left restored
+              and compared, latest_checkpoint checked, gc checked; a quarter of the jobs are then
+              restarted from the latest checkpoint (as a training job would be) and must complete
+  network     saves and restores through the fault-injecting proxy (503 SlowDown, cut
+              requests and responses, dropped responses, latency), random rates and seeds:
+              byte-exact or a remoteckpt error, never a hang, never an upload left behind
+  race        2 or 3 jobs (1, 2 or 4 workers each, distinct save ids) saving one prefix at
+              random moments: exactly one commits, whole; every worker of the others gets
+              CheckpointExistsError / CheckpointBusyError; nothing but the winner's files left
+  corruption  random bit flips, byte changes, truncations and swapped shards in a 2-shard
+              checkpoint: each must raise CorruptCheckpointError when the tensor is read
+              (detected / effective counted per kind of damage)
+  fuzz        random mutations of valid indexes and state files through the decoders
+
+How the time bound holds: the phases run one after another, each in a process of its own (and
+its own process group), in windows that share the run's minutes by weight; time a phase
+overran is taken from the later ones (each of which keeps RESERVED_SECONDS).  A phase starts no
+unit of work after its deadline; the units in flight get ``--grace`` seconds (GRACE_SECONDS),
+never past the run's end + grace; then the phase's process saves its counts and exits without
+waiting for them (its threads are daemon threads), and its process group is killed (crash
+workers, racing committers, the fault proxy and its requests with it).  A phase's process still
+running EXIT_SECONDS after its cutoff has hung: its stacks are dumped and it is killed.  So a
+run ends within ``minutes * 60 + grace + EXIT_SECONDS + TEARDOWN_SECONDS`` seconds of its start
+(60 x minutes + 30 by default), whatever hangs.  Hangs are violations ("no hang"), reported
+with their stacks and reproduction parameters: a unit of work still running after its own bound
+(UNIT_BOUNDS), and a phase's process that had to be killed.  Units merely cut off at the cutoff
+are counted (``cut_off_<phase>``, their parameters in the record's schedule), not violations.
+
+Needs the repository's tests/ directory (the harness lives there).  Writes
+``soak-<time>.json`` under --out (default bench-results/) and prints a summary; exits 1 if any
+invariant was violated (silent corruption, a wrong byte, a hang, a foreign exception, a
+leftover after gc).  ``--seed`` makes the sequence of scenarios reproducible.
+The package, by concept: driver (the run: phases' weights and windows, the S3 endpoint, the
+command line, the record), phase_process (a phase's process, its entry point and the parent's
+side of it), runtime (what runs inside a phase's process: counts, units of work, the overdue
+check, snapshots, the test hooks), bounds (the time bounds, each with its reason), the phases
+(crash: crash and race; network; damage: corruption and fuzz), summary (the printed summary).
+"""
+
+from __future__ import annotations
+
+from .bounds import EXIT_SECONDS, GRACE_SECONDS, TEARDOWN_SECONDS
+from .damage import DAMAGE_KINDS
+from .driver import PHASES, main
+
+__all__ = ["DAMAGE_KINDS", "EXIT_SECONDS", "GRACE_SECONDS", "PHASES", "TEARDOWN_SECONDS", "main"]

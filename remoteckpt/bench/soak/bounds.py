@@ -1,0 +1,49 @@
+"""The soak's time bounds, each with its reason: how long work in flight may go on after a
+phase's deadline; how long a phase's process, a unit of work or the S3 server may take before
+it has hung or is killed; the margins that keep a run within
+``minutes * 60 + grace + EXIT_SECONDS + TEARDOWN_SECONDS`` seconds, whatever hangs."""
+
+from __future__ import annotations
+
+GRACE_SECONDS = 15.0
+"""Default for --grace: how long units in flight at a phase's deadline may go on.  A crash job
+started just before it needs a few seconds per save, commit_timeout (4 s) after a kill and its
+restore/gc checks; a network operation its retries.  Whatever still runs then is cut off."""
+EXIT_SECONDS = 5.0
+"""A phase's process saves its counts and exits at its cutoff, abandoning its (daemon) threads:
+milliseconds.  One still running this long after has hung, and is killed."""
+STACKS_SECONDS = 0.5
+"""Time a hung phase process gets to dump its stacks (faulthandler, on SIGUSR1) before SIGKILL."""
+STOP_SECONDS = 5.0
+"""The embedded S3 server gets this long to stop on SIGTERM, then it is SIGKILLed."""
+TEARDOWN_SECONDS = 10.0
+"""After the last phase: stopping the S3 server (STOP_SECONDS at most), removing the scratch
+directory, writing the report.  (Before the first: the embedded server's start, bounded by its
+startup timeout, comes out of the phases' windows.)"""
+MIN_WINDOW_SECONDS = 1.0
+"""A phase squeezed to nothing by earlier phases' overruns still gets this long to start work:
+each phase runs, if only briefly."""
+PHASE_START_SECONDS = 2.0
+"""A phase process's start (interpreter, numpy, remoteckpt, the harness: about 1 s on a loaded
+2-core machine)."""
+RESERVED_SECONDS = PHASE_START_SECONDS + MIN_WINDOW_SECONDS
+"""Kept free before the hard end for each phase still to come: an earlier phase's units in
+flight are cut off sooner rather than leave a later phase no time at all."""
+WATCH_SECONDS = 0.5
+"""How often a phase's process checks its units against their bounds and saves its counts
+(the file its parent reads, also when it had to kill it)."""
+POLL_SECONDS = 0.2
+"""How often the parent checks whether the phase's process has ended."""
+UNIT_BOUNDS = {"crash": 150.0, "network": 120.0, "race": 120.0, "corruption": 30.0, "fuzz": 30.0}
+"""Seconds one unit of work may run before it is a hang.  A crash job is a run of its workers
+(the harness kills them at 60 s, or commit_timeout + 20 s after the kill), its checks, and
+maybe a restarted run; a network operation is one save or one restore, each of whose requests
+has 10 s to connect and 30 s without a byte, a few attempts; a race is its committers' 60 s
+bound, 30 s for the winner's cleanup and a restore; one damaged checkpoint's reads and a batch
+of 200 fuzz inputs take milliseconds (30 s: a loaded machine is no hang)."""
+INJECTED_HANG_BOUND = 1.0
+"""The bound of a unit that --hang-unit makes hang (the test of the hang report need not wait
+UNIT_BOUNDS out)."""
+HANG_AT_UNIT = 2
+"""--hang-unit hangs the phase's second unit: the first does real work, so the counts show the
+phase ran before it hung."""
