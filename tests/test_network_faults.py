@@ -228,7 +228,7 @@ def test_lost_acknowledgement_in_a_multiworker_saver(proxy: FaultProxy, base: st
     options = via(proxy)
 
     def worker(rank: int) -> list[str]:
-        saver = remoteckpt.Saver(rank=rank, world_size=2, storage_options=options,
+        saver = remoteckpt.Saver(rank=rank, world_size=2, save_id="lost-ack", storage_options=options,
                                  options=remoteckpt.IOOptions(commit_timeout=60, poll_interval=0.02))
         for step in (0, 1):
             saver.save({f"w{rank}": np.full(100, step + rank, np.float32)}, f"{base}/m", global_step=step)

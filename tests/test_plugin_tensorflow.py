@@ -253,7 +253,8 @@ def test_two_workers_share_one_checkpoint(base: str) -> None:
 
     def worker(rank: int) -> None:
         try:
-            results[rank] = rtf.save(ckpt, prefix, rank=rank, world_size=2, options=IOOptions(commit_timeout=60))
+            results[rank] = rtf.save(ckpt, prefix, rank=rank, world_size=2, save_id="two-workers",
+                                     options=IOOptions(commit_timeout=60))
         except BaseException as exc:  # noqa: BLE001 - checked below
             results[rank] = exc
 
