@@ -8,7 +8,8 @@ is one dictionary lookup.
 Points, in protocol order:  staged (tensors planned), mid-upload (half of the data written),
 data-written (data committed, table not yet), table-written (before the coordinator's wait),
 merged (tables merged, index not committed), committing (inside the commit: the index's bytes
-durable in a temp file, not yet linked to their name; on S3, the one PUT about to be sent),
+durable in a temp file, not yet linked, or renamed when overwriting, to their name; on S3, the
+one PUT about to be sent),
 committed (index committed, outcome not yet), state-writing (before the state file is
 replaced), state-replacing (inside that write: the new state durable in a temp file, not yet
 renamed over the old; on S3, its PUT about to be sent), retention (before an old checkpoint is
@@ -50,8 +51,9 @@ def crash_point(name: str) -> None:
 
 @contextlib.contextmanager
 def within(point: str) -> Iterator[None]:
-    """Writers committed inside this block (in this task and the tasks and threads it starts)
-    pass `point` when they publish (see `publishing`)."""
+    """Writers committed inside this block pass `point` when they publish (see `publishing`):
+    in this task, and in tasks and `asyncio.to_thread` calls it starts (they copy the
+    context; a plain `threading.Thread` or `run_in_executor` does not)."""
     token = _publishing.set(point)
     try:
         yield

@@ -25,18 +25,24 @@ def run_ranks(job: Any, world_size: int, tmp_path: Path, *args: Any, timeout: fl
 
 def run_each(target: Any, arg_lists: list[tuple[Any, ...]], timeout: float) -> list[Any]:
     """``target(*args)`` for every entry of `arg_lists`, each in its own spawned process, all at
-    once; their results in order, with the exception (raised, or a timeout waiting for it) in
-    place of the result of any that failed, for the caller's assertions."""
+    once; their results in order, with the exception (raised, or a timeout) in place of the
+    result of any that failed, for the caller's assertions.  All are waited for within one
+    `timeout`, then any still running is killed (a hang fails the test, never hangs it)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(arg_lists), mp_context=context) as pool:
-        futures = [pool.submit(target, *args) for args in arg_lists]
+    pool = context.Pool(len(arg_lists))
+    try:
+        pending = [pool.apply_async(target, args) for args in arg_lists]
+        deadline = time.monotonic() + timeout
         results: list[Any] = []
-        for f in futures:
+        for r in pending:
             try:
-                results.append(f.result(timeout=timeout))
+                results.append(r.get(timeout=max(0.1, deadline - time.monotonic())))
             except Exception as exc:  # noqa: BLE001 - returned for the assertions
                 results.append(exc)
         return results
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def run_together(target: Any, arg_lists: list[tuple[Any, ...]], bound: float) -> list[dict[str, Any] | None]:

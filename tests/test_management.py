@@ -218,8 +218,8 @@ def test_retention_matches_tensorflow(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_saver_names_its_job_to_every_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`Saver(save_id=)` reaches each save: a 2-worker job outside torchrun and Slurm saves
-    without UnnamedSaveWarning."""
+    """`Saver(save_id=)` and `CheckpointManager(save_id=)` reach each save: a 2-worker job
+    outside torchrun and Slurm saves without UnnamedSaveWarning."""
     import concurrent.futures
     import warnings
 
@@ -233,6 +233,9 @@ def test_saver_names_its_job_to_every_save(tmp_path: Path, monkeypatch: pytest.M
         saver = remoteckpt.Saver(max_to_keep=2, rank=rank, world_size=2, save_id="job-b", options=options)
         for step in range(2):
             saver.save({f"w{rank}": np.full(3, step)}, str(tmp_path / "model.ckpt"), global_step=step)
+        manager = remoteckpt.CheckpointManager(tmp_path / "managed", rank=rank, world_size=2, save_id="job-c",
+                                               options=options)
+        manager.final_save({f"w{rank}": np.full(3, 9)}, 9)
         return saver.last_checkpoints
 
     with warnings.catch_warnings():
@@ -241,3 +244,4 @@ def test_saver_names_its_job_to_every_save(tmp_path: Path, monkeypatch: pytest.M
             results = [f.result(timeout=120) for f in [pool.submit(job, r) for r in (0, 1)]]
     assert results[0] == results[1] == [str(tmp_path / f"model.ckpt-{s}") for s in (0, 1)]
     assert remoteckpt.load(str(tmp_path / "model.ckpt-1"))["w1"].tolist() == [1, 1, 1]
+    assert remoteckpt.load(str(tmp_path / "managed" / "ckpt-9"))["w0"].tolist() == [9, 9, 9]

@@ -78,6 +78,7 @@ from torch.futures import Future
 from ..engine import loop
 from ..errors import (
     CheckpointBusyError,
+    CheckpointError,
     CheckpointExistsError,
     CorruptCheckpointError,
     InvalidTensorsError,
@@ -222,6 +223,15 @@ def _table_bytes(entries: dict[bytes, Any]) -> bytes:
     out = io.BytesIO()
     encode_index(make_header(1), entries, out)
     return out.getvalue()
+
+
+async def _exists_or_unknown(store: Any, key: str) -> bool:
+    """Whether `key` exists; False when that cannot be told (a failed check must not replace
+    the error it was asked to refine)."""
+    try:
+        return await store.exists(key)
+    except CheckpointError:
+        return False
 
 
 class StorageWriter(_AtPrefix, _DCPStorageWriter):
@@ -376,7 +386,7 @@ class StorageWriter(_AtPrefix, _DCPStorageWriter):
             try:
                 record = await claims.acquire(store, layout, self.options)
             except CheckpointBusyError:
-                if not self.overwrite and await store.exists(index):
+                if not self.overwrite and await _exists_or_unknown(store, index):
                     raise CheckpointExistsError.committed(store.describe(index)) from None
                 raise
             self._claim = layout, record, weakref.finalize(self, claims.forget, record)
