@@ -216,8 +216,6 @@ class S3Writer(ObjectWriter):
                         self._store.describe(self.key), type(exc).__name__)
 
 
-
-
 def _multipart_etag(part_etags: builtins.list[str]) -> str:
     """S3's ETag of a completed multipart upload: MD5 of the parts' binary MD5s, "-" count."""
     digest = hashlib.md5(b"".join(bytes.fromhex(e.strip('"')) for e in part_etags), usedforsecurity=False)
