@@ -1,0 +1,199 @@
+"""PyTorch DCP loading from remoteckpt: `StorageReader` (re-exported by `torch_dcp`, whose
+docstring describes the bundle a save writes).
+
+Loading reads, for each of DCP's read items, just its box of the stored tensor (ranged
+reads), straight into the destination tensor when it is a CPU tensor of the stored dtype, so
+any world size and sharding can load any checkpoint.  A bundle without ``_DCP_METADATA``
+(written by TensorFlow or `remoteckpt.save`) loads too: its metadata is derived from the index.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.storage import StorageReader as _DCPStorageReader
+from torch.futures import Future
+
+from ..engine import loop
+from ..errors import CorruptCheckpointError, ShapeMismatchError, UnsupportedDTypeError
+from ..format.slices import Box
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..reader import CheckpointReader
+from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
+from .torch_metadata import FORMAT, decode_metadata
+from .torch_tensors import TO_TORCH, numel, numpy_to_tensor, writable_view
+
+__all__ = ["StorageReader", "stored_dtype", "metadata_from_index"]
+
+
+def stored_dtype(reader: CheckpointReader, name: str) -> np.dtype:
+    """The numpy dtype of tensor `name` (`UnsupportedDTypeError` if numpy cannot hold it)."""
+    return reader.get_dtype(name)
+
+
+def metadata_from_index(reader: CheckpointReader) -> Metadata:
+    """DCP metadata for a bundle written without DCP (by TensorFlow or `remoteckpt.save`):
+    every numeric tensor, with its stored slices as chunks.  String tensors and dtypes torch
+    lacks are left out."""
+    items: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {}
+    for name, shape in reader.get_variable_to_shape_map().items():
+        if name.startswith(BYTES_PREFIX):
+            items[name[len(BYTES_PREFIX):]] = BytesStorageMetadata()
+            continue
+        try:
+            dtype = TO_TORCH.get(stored_dtype(reader, name))
+        except UnsupportedDTypeError:
+            continue
+        if dtype is None:
+            continue
+        key = name.encode("utf-8", "surrogateescape")
+        if reader.index.entries[key].slices:
+            boxes = [box for box, _ in reader.index.slice_boxes(key)]
+        else:
+            boxes = [Box.whole(shape)]
+        chunks = [ChunkStorageMetadata(offsets=torch.Size(b.start), sizes=torch.Size(b.size)) for b in boxes]
+        items[name] = TensorStorageMetadata(properties=TensorProperties(dtype=dtype), size=torch.Size(shape),
+                                            chunks=chunks)
+    return Metadata(state_dict_metadata=items, storage_data={"format": FORMAT, "derived": True},
+                    version=DCP_VERSION)
+
+
+class StorageReader(AtPrefix, _DCPStorageReader):
+    """Reads a tensor bundle at `prefix` for `dcp.load`: a checkpoint written by
+    `StorageWriter` (any world size), or any TensorFlow checkpoint (numeric tensors by name).
+    Each read item fetches only its box of the stored tensor.  `reader` is the underlying
+    `remoteckpt.CheckpointReader` (opened on first use)."""
+
+    def __init__(self, prefix: str | os.PathLike[str] | None = None, *,
+                 storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS) -> None:
+        super().__init__()
+        self.prefix = None if prefix is None else os.fspath(prefix)
+        self.storage_options = storage_options
+        self.options = options
+        self.load_id = uuid.uuid4().hex
+        self._reader: CheckpointReader | None = None
+        self._dtypes: dict[str, np.dtype] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        refuse_credentials(self)
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        state["_dtypes"] = None
+        return state
+
+    @property
+    def reader(self) -> CheckpointReader:
+        if self._reader is None:
+            if self.prefix is None:
+                raise ValueError("remoteckpt.torch.StorageReader needs a checkpoint prefix "
+                                 "(StorageReader(prefix) or dcp.load(..., checkpoint_id=prefix))")
+            self._reader = CheckpointReader(self.prefix, storage_options=self.storage_options, options=self.options)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+            self._dtypes = None
+
+    # --- DCP's interface -------------------------------------------------------------------
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.close()  # a new read: the index is fetched again
+            self.prefix = os.fspath(checkpoint_id)
+        self.load_id = uuid.uuid4().hex
+
+    def read_metadata(self, *args: Any) -> Metadata:
+        reader = self.reader
+        if reader.has_tensor(METADATA_TENSOR):
+            blob = reader.get_tensor(METADATA_TENSOR)
+            try:
+                metadata = decode_metadata(blob.item() if isinstance(blob, np.ndarray) else blob)
+            except CorruptCheckpointError as exc:
+                raise CorruptCheckpointError(f"{reader.prefix}, tensor {METADATA_TENSOR!r}: {exc}") from None
+        else:
+            metadata = metadata_from_index(reader)
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.metadata = metadata
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        if self._dtypes is None:
+            self._dtypes = {}
+        batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]] = []
+        temp_bytes = 0
+        for item in plan.items:
+            fqn = item.storage_index.fqn
+            if item.type == LoadItemType.BYTE_IO:
+                batch.append((item, BYTES_PREFIX + fqn, None, None))
+                continue
+            lengths = [int(x) for x in item.lengths]
+            target = planner.resolve_tensor(item).detach()
+            if list(target.shape) != lengths:
+                raise ShapeMismatchError(f"{fqn!r}: the planner's target is {list(target.shape)}, "
+                                         f"the read item {lengths}")
+            if not numel(lengths):
+                planner.commit_tensor(item, target)
+                continue
+            base = item.storage_index.offset or [0] * len(lengths)
+            start = [int(a) + int(b) for a, b in zip(base, item.storage_offsets)]
+            batch.append((item, fqn, Box(tuple(start), tuple(lengths)), target))
+            if writable_view(target, self._dtype(fqn)) is None:
+                temp_bytes += target.numel() * target.element_size()
+                if temp_bytes >= self.options.memory_budget:
+                    self._read_batch(batch, planner)
+                    batch, temp_bytes = [], 0
+        self._read_batch(batch, planner)
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+    # --- the work --------------------------------------------------------------------------
+
+    def _dtype(self, name: str) -> np.dtype:
+        assert self._dtypes is not None
+        found = self._dtypes.get(name)
+        if found is None:
+            found = self._dtypes[name] = stored_dtype(self.reader, name)
+        return found
+
+    def _read_batch(self, batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]],
+                    planner: LoadPlanner) -> None:
+        if not batch:
+            return
+        outs = [None if target is None else writable_view(target, self._dtype(name))
+                for _, name, _, target in batch]
+        arrays = loop.run(self.reader.read_boxes([(name, box) for _, name, box, _ in batch], outs))
+        for (item, _, _, target), out, array in zip(batch, outs, arrays):
+            if target is None:
+                value = array.item() if isinstance(array, np.ndarray) else array
+                planner.load_bytes(item, io.BytesIO(bytes(value)))
+                continue
+            if out is None:
+                target.copy_(numpy_to_tensor(array))
+            planner.commit_tensor(item, target)
