@@ -1,7 +1,8 @@
 """The reliability soak (remoteckpt.bench.soak, ``make soak``) at a tiny size, as a subprocess:
 every phase does some work and finds nothing wrong, the JSON record splits the corruption
 phase's damages by kind, the run ends within its stated bound; and a unit of work (or a
-phase's whole process) that hangs is reported as a hang while the run still ends in time.
+phase's whole process) that hangs is reported as a hang while the run still ends in time; a
+phase's process that dies (a signal, an exit code) is reported as a violation.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ SMOKE_SEED = 233
 """A seed whose first units are light (two 2-worker crash jobs, one local and one on S3; a race
 of two 1-worker jobs on S3; 4-8 MiB network saves), so that every phase completes a unit within
 a tiny run even on a loaded 2-core machine."""
-SMOKE = ["--minutes", "0.3", "--grace", "20", "--concurrency", "2", "--seed", str(SMOKE_SEED)]
-HANG = ["--only", "fuzz", "--minutes", "0.05", "--grace", "2"]
+SMOKE_MINUTES = 0.5
+"""30 s of windows: crash (13.5 s) may overrun into the grace and later phases still get several
+seconds each on a loaded machine."""
+SMOKE = ["--minutes", str(SMOKE_MINUTES), "--grace", "20", "--concurrency", "2", "--seed", str(SMOKE_SEED)]
+HANG_MINUTES = 0.1
+"""A 6 s fuzz window: room for the phase process's start, a first batch and the injected hang's
+1 s bound before the cutoff, under load."""
+HANG = ["--only", "fuzz", "--minutes", str(HANG_MINUTES), "--grace", "2"]
 
 
 def _soak(args: list[str], out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
@@ -67,7 +74,7 @@ def test_tiny_soak_runs_every_phase_within_its_bound(s3_server: SeaweedServer, t
         assert row["detected"] == row["effective"] == row["damages"] - row["without_effect"], by_kind
     assert "by kind, detected/effective" in proc.stdout
     assert "UnnamedSaveWarning" not in output  # every soak job saves with its own save id
-    _assert_within_bound(record, wall, 0.3, 20)
+    _assert_within_bound(record, wall, SMOKE_MINUTES, 20)
 
 
 @pytest.mark.parametrize("how", ["unit", "exit"])
@@ -89,4 +96,29 @@ def test_a_hang_is_reported_and_the_run_still_ends_in_time(how: str, tmp_path: P
         assert not entry["killed"] and entry["finished"], entry
     else:
         assert entry["killed"] and entry["finished"], entry  # its work had ended, it did not exit
-    _assert_within_bound(record, wall, 0.05, 2)
+    _assert_within_bound(record, wall, HANG_MINUTES, 2)
+
+
+@pytest.mark.parametrize("how", ["segv", "exit"])
+def test_a_phase_process_that_dies_is_a_violation(how: str, tmp_path: Path) -> None:
+    """--die-in fuzz:HOW: the phase's process dies in its second unit, by SIGSEGV (faulthandler
+    leaves its stack) or os._exit(3): a "died" violation with the unit in flight, not a cut-off."""
+    proc, record, wall = _soak([*HANG, "--die-in", f"fuzz:{how}"], tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (violation,) = record["violations"]
+    what = violation["what"]
+    assert violation["phase"] == "fuzz" and what.startswith("phase process died"), violation
+    assert ("signal 11" in what and "_die" in what) if how == "segv" else "exit code 3" in what, violation
+    assert [u["repro"]["injected_death"] for u in violation["repro"]["in_flight"]] == [how], violation
+    entry = record["schedule"]["fuzz"]
+    assert entry["cut_off"] == 0 and not entry["killed"] and not entry["finished"], entry
+    assert record["counts"]["died_fuzz"] == 1 and record["counts"]["fuzz_executions"] > 0
+    _assert_within_bound(record, wall, HANG_MINUTES, 2)
+
+
+def test_a_phase_given_twice_is_refused(tmp_path: Path) -> None:
+    """Each phase's snapshot is named by the phase: a second run of it would read the first's."""
+    proc = subprocess.run([sys.executable, "-m", "remoteckpt.bench.soak", "--only", "fuzz,fuzz", "--out",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "twice" in proc.stderr, proc.stderr
+    assert not list(tmp_path.iterdir())

@@ -30,8 +30,11 @@ running EXIT_SECONDS after its cutoff has hung: its stacks are dumped and it is 
 run ends within ``minutes * 60 + grace + EXIT_SECONDS + TEARDOWN_SECONDS`` seconds of its start
 (60 x minutes + 30 by default), whatever hangs.  Hangs are violations ("no hang"), reported
 with their stacks and reproduction parameters: a unit of work still running after its own bound
-(UNIT_BOUNDS), and a phase's process that had to be killed.  Units merely cut off at the cutoff
-are counted (``cut_off_<phase>``, their parameters in the record's schedule), not violations.
+(UNIT_BOUNDS), and a phase's process that had to be killed.  A phase's process that died by
+itself (a signal, an exit code: its fatal-signal stacks, its units in flight) is a violation too.
+Units merely cut off at the cutoff are counted (``cut_off_<phase>``, their parameters and elapsed
+seconds in the record's schedule), not violations.  SIGTERM/SIGHUP end the run through its
+cleanup; a phase's process whose parent is gone kills its own process group.
 
 Needs the repository's tests/ directory (the harness lives there).  Writes
 ``soak-<time>.json`` under --out (default bench-results/) and prints a summary; exits 1 if any

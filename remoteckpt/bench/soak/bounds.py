@@ -40,7 +40,16 @@ UNIT_BOUNDS = {"crash": 150.0, "network": 120.0, "race": 120.0, "corruption": 30
 maybe a restarted run; a network operation is one save or one restore, each of whose requests
 has 10 s to connect and 30 s without a byte, a few attempts; a race is its committers' 60 s
 bound, 30 s for the winner's cleanup and a restore; one damaged checkpoint's reads and a batch
-of 200 fuzz inputs take milliseconds (30 s: a loaded machine is no hang)."""
+of 200 fuzz inputs take milliseconds (30 s: a loaded machine is no hang).
+
+A unit is judged hung only if its bound ends before its phase's cutoff; in a 10-minute run a race
+(window ~55 s + grace) never can be, a network operation only in the window's first seconds.
+Not lowered to fit: a race's committers alone may take 60 s (tests/reliability_workers.py
+`run_committers`), after a 1 s start, then a restore and up to 30 s waiting for the losers'
+cleanup; the network phase sets only the number of attempts (3 to 8), so each request keeps
+url.py's 10 s to connect and 30 s without a byte, with botocore's backoff of up to 20 s between
+attempts: one slow request retried once is a minute.  Such units show as cut off, with their
+elapsed seconds (the record's schedule), not as hangs."""
 INJECTED_HANG_BOUND = 1.0
 """The bound of a unit that --hang-unit makes hang (the test of the hang report need not wait
 UNIT_BOUNDS out)."""

@@ -5,7 +5,6 @@ and fuzz (mutated indexes and state files through their decoders)."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import sys
 import tempfile
@@ -52,11 +51,8 @@ def corruption_phase(ph: Phase, workdir: str) -> None:
 
 def _pristine(tc: Any, workdir: str) -> dict[str, Any]:
     """A 2-shard checkpoint to damage, and another of the same layout to swap shards from."""
-    from remoteckpt.protocol.layout import SAVE_ID_ENV
-
     directory = Path(tempfile.mkdtemp(prefix="soak-corrupt-", dir=workdir))
     for name, seed in (("ck", 1), ("other", 2)):
-        os.environ[SAVE_ID_ENV] = f"soak-{name}"  # each 2-worker save its id (this phase's process only)
         tc.save_two_workers(str(directory / name), seed)
     files = {"index": directory / "ck.index", "data0": tc.data_path(directory, 0), "data1": tc.data_path(directory, 1)}
     return {"directory": directory, "want": tc.expected(1), "files": files,

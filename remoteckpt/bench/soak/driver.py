@@ -9,10 +9,13 @@ import contextlib
 import json
 import os
 import random
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from types import FrameType
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     # test hooks and the phase processes' entry point
     parser.add_argument("--hang-unit", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--hang-exit", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--die-in", default=None, help=argparse.SUPPRESS)  # PHASE:segv or PHASE:exit
     parser.add_argument("--phase-child", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM, SIGHUP: leave by SystemExit, so that the cleanup runs (the phase's process group
+    killed, the S3 server stopped, the scratch directory removed); a second signal is ignored
+    meanwhile."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +98,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.phase_child:
         phase_child(args.phase_child)
-    t0 = time.monotonic()
-    started = time.time()
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phase(s) {sorted(unknown)}")
+    if len(set(phases)) != len(phases):  # each phase's files are named by the phase
+        parser.error(f"a phase given twice in --only {args.only}")
+    die_phase, _, die_how = (args.die_in or "").partition(":")
+    if args.die_in and die_how not in ("segv", "exit"):
+        parser.error("--die-in PHASE:segv or PHASE:exit")
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args, phases, die_phase, die_how)
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(args, phases, die_phase, die_how)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace, phases: list[str], die_phase: str, die_how: str) -> int:
+    t0 = time.monotonic()
+    started = time.time()
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
     import_harness()
     weights = {p: PHASES[p] for p in phases}
     total = args.minutes * 60
@@ -115,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[soak] {phase}: {window:.0f} s", flush=True)
             spec = {"phase": phase, "window": window, "stop_by": stop_by, "grace": args.grace, "seed": seed,
                     "concurrency": args.concurrency, "s3": s3, "workdir": workdir, "env": s3["env"] if s3 else {},
-                    "hang_unit": args.hang_unit == phase, "hang_exit": args.hang_exit == phase}
+                    "hang_unit": args.hang_unit == phase, "hang_exit": args.hang_exit == phase,
+                    "die": die_how if die_phase == phase else None}
             run = run_phase_process(spec, control)
             schedule[phase] = {"window": round(window, 1), **merge_phase(tally, phase, run)}
             timings[phase] = schedule[phase]["seconds"]

@@ -1,7 +1,8 @@
 """A phase in a process (and process group) of its own, both ends: the process's entry point
 (``--phase-child SPEC``: run the phase within the spec's schedule, save its snapshot, exit
-abandoning what still runs) and the parent's side (start it, wait for it, take its stacks and
-kill it if it hangs, kill its group, merge its counts into the run's)."""
+abandoning what still runs; leave a stack on a fatal signal; end its group if the run is gone)
+and the parent's side (start it, wait for it, take its stacks and kill it if it hangs, kill its
+group, merge its counts into the run's, report it if it died)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .bounds import EXIT_SECONDS, POLL_SECONDS, STACKS_SECONDS, WATCH_SECONDS
 from .crash import crash_phase, race_phase
 from .damage import corruption_phase, fuzz_phase
 from .network import network_phase
-from .runtime import TESTS, Phase, Tally, block_exit, flag_overdue, save_snapshot, watch
+from .runtime import TESTS, Phase, Tally, block_exit, exit_with_parent, flag_overdue, save_snapshot, watch
 
 
 # --- the phase's process ------------------------------------------------------------------------
@@ -39,9 +40,12 @@ def phase_child(spec_path: str) -> NoReturn:
     logging.getLogger("remoteckpt").setLevel(logging.ERROR)
     stacks = open(spec["stacks"], "w")  # noqa: SIM115 - open until the process ends
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    fatal = open(spec["fatal"], "w")  # noqa: SIM115 - a fatal signal's stacks (the parent reports them)
+    faulthandler.enable(file=fatal, all_threads=True)
+    threading.Thread(target=exit_with_parent, args=(spec["parent"],), name="soak-parent-watch", daemon=True).start()
     deadline = min(time.monotonic() + spec["window"], spec["stop_by"])
     ph = Phase(name, deadline, min(deadline + spec["grace"], spec["stop_by"]), random.Random(f"{spec['seed']}-{name}"),
-               hang_unit=spec["hang_unit"])
+               hang_unit=spec["hang_unit"], die=spec["die"])
     snapshot = Path(spec["snapshot"])
     save_snapshot(snapshot, ph, finished=False)
     stop = threading.Event()
@@ -83,8 +87,10 @@ class PhaseRun:
 
     snapshot: dict[str, Any]
     seconds: float
-    killed: bool
-    stacks: str
+    killed: bool                        # by the parent: it hung
+    stacks: str                         # every thread's, taken before it was killed
+    returncode: int | None              # -N: signal N
+    fatal: str                          # faulthandler's output on a fatal signal (SIGSEGV, ...)
 
 
 def run_phase_process(spec: dict[str, Any], directory: Path) -> PhaseRun:
@@ -92,7 +98,8 @@ def run_phase_process(spec: dict[str, Any], directory: Path) -> PhaseRun:
     ends, or kill it EXIT_SECONDS after its cutoff (taking its stacks first); kill whatever
     it left running in its group."""
     name = spec["phase"]
-    spec = {**spec, "snapshot": str(directory / f"{name}.json"), "stacks": str(directory / f"{name}.stacks")}
+    spec = {**spec, "snapshot": str(directory / f"{name}.json"), "stacks": str(directory / f"{name}.stacks"),
+            "fatal": str(directory / f"{name}.fatal"), "parent": os.getpid()}
     spec_path = directory / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent), os.environ.get("PYTHONPATH")]))}
@@ -105,7 +112,8 @@ def run_phase_process(spec: dict[str, Any], directory: Path) -> PhaseRun:
         _kill_group(proc)
     snapshot = _read_json(Path(spec["snapshot"])) or {"counts": {}, "violations": [], "notes": {}, "in_flight": []}
     stacks = Path(spec["stacks"]).read_text(errors="replace") if killed and Path(spec["stacks"]).exists() else ""
-    return PhaseRun(snapshot, time.monotonic() - started, killed, stacks)
+    fatal = Path(spec["fatal"]).read_text(errors="replace") if Path(spec["fatal"]).exists() else ""
+    return PhaseRun(snapshot, time.monotonic() - started, killed, stacks, proc.returncode, fatal)
 
 
 def _await_phase(proc: subprocess.Popen[bytes], snapshot: Path, stop_by: float) -> bool:
@@ -153,14 +161,32 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _death(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {-returncode} ({signal.Signals(-returncode).name})"
+        return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def merge_phase(tally: Tally, name: str, run: PhaseRun) -> dict[str, Any]:
-    """Add the phase's counts to `tally`, record a hang if it was killed, count the units cut
-    off at its cutoff; the phase's line of the record's schedule."""
+    """Add the phase's counts to `tally`, record a hang if it was killed, a death if it ended
+    by itself without finishing (a signal, an exit code), else count the units cut off at its
+    cutoff; the phase's line of the record's schedule."""
     snap = run.snapshot
     tally.merge(snap)
     in_flight = snap.get("in_flight", [])
-    cut_off = [u for u in in_flight if not u["overdue"]]
-    if run.killed:
+    died = not run.killed and (run.returncode != 0 or not snap.get("finished"))
+    cut_off = [] if run.killed or died else [u for u in in_flight if not u["overdue"]]
+    if died:
+        # its units in flight as of its last snapshot (saved every WATCH_SECONDS)
+        tally.add(**{f"died_{name}": 1})
+        tally.violation(name, f"phase process died: {_death(run.returncode)} "
+                        f"({'after saving its counts' if snap.get('finished') else 'before its cutoff'}; "
+                        f"{len(in_flight)} unit(s) in flight)"
+                        + (f"; its stacks (faulthandler):\n{run.fatal[:1500]}" if run.fatal else ""),
+                        {"in_flight": in_flight[:10], "stacks": run.fatal[:8000]})
+    elif run.killed:
         where = ("its work had ended: it did not exit" if snap.get("finished")
                  else f"{len(in_flight)} unit(s) in flight")
         tally.add(**{f"hangs_{name}": 1, f"killed_{name}": 1})
@@ -170,4 +196,6 @@ def merge_phase(tally: Tally, name: str, run: PhaseRun) -> dict[str, Any]:
     elif cut_off:
         tally.add(**{f"cut_off_{name}": len(cut_off)})
     return {"seconds": round(run.seconds, 1), "killed": run.killed, "finished": bool(snap.get("finished")),
-            "cut_off": len(cut_off) if not run.killed else 0, "cut_off_units": [u["repro"] for u in cut_off][:20]}
+            "returncode": run.returncode, "cut_off": len(cut_off),
+            "cut_off_units": [{"repro": u["repro"], "seconds": u["seconds"], "bound": u["bound"]}
+                              for u in cut_off][:20]}

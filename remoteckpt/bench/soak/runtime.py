@@ -2,7 +2,8 @@
 the Phase (its schedule and random sequence; each unit of work registered with what reproduces
 it), run_units (units over and over on daemon threads until the deadline), the overdue check
 that reports a unit past its bound as a hang with its stack, the snapshots the parent reads,
-and the test hooks that hang on purpose (--hang-unit, --hang-exit)."""
+the test hooks that hang or die on purpose (--hang-unit, --hang-exit, --die-in), and the
+check that ends a phase's process group when the process's parent (the run) is gone."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -123,6 +125,7 @@ class Phase:
     rng: random.Random
     tally: Tally = field(default_factory=Tally)
     hang_unit: bool = False             # test hook: the HANG_AT_UNIT-th unit never ends
+    die: str | None = None              # test hook: the process dies in it ("segv" or "exit")
     _started: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def open(self) -> bool:
@@ -133,13 +136,18 @@ class Phase:
     def unit(self, repro: dict[str, Any], bound: float | None = None) -> Iterator[None]:
         """Run one unit of work (the with-block) registered with `repro` and `bound` (default
         UNIT_BOUNDS of the phase)."""
-        hang = self.hang_unit and next(self._started) == HANG_AT_UNIT
+        second = next(self._started) == HANG_AT_UNIT
+        hang, die = self.hang_unit and second, self.die if second else None
         if hang:
             repro, bound = {**repro, "injected_hang": True}, INJECTED_HANG_BOUND
+        if die:
+            repro = {**repro, "injected_death": die}
         token = self.tally.begin(self.name, repro, bound if bound is not None else UNIT_BOUNDS[self.name])
         try:
             if hang:
                 _hang_forever()
+            if die:
+                _die(die)
             yield
         finally:
             self.tally.end(token)
@@ -149,6 +157,18 @@ def _hang_forever() -> NoReturn:
     """The test hooks' hang (its name shows in the reported stacks)."""
     while True:
         time.sleep(3600)
+
+
+def _die(how: str) -> NoReturn:
+    """Test hook (--die-in PHASE:HOW): the phase's process dies in the middle of a unit, once the
+    watchdog has saved that unit as in flight: SIGSEGV ("segv", as a crash in a C extension
+    would) or exit code 3 without its snapshot ("exit")."""
+    time.sleep(3 * WATCH_SECONDS)
+    sys.stderr.flush()
+    if how == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(1.0)  # the signal is delivered (faulthandler dumps, then the process dies)
+    os._exit(3)
 
 
 def block_exit() -> NoReturn:
@@ -215,3 +235,13 @@ def watch(ph: Phase, path: Path, stop: threading.Event) -> None:
     while not stop.wait(WATCH_SECONDS):
         flag_overdue(ph.tally)
         save_snapshot(path, ph, finished=False)
+
+
+def exit_with_parent(parent: int) -> None:
+    """Run on a daemon thread for the life of a phase's process (its own session and process
+    group): once its parent, the run, is gone (killed, say, so that its cleanup did not run),
+    SIGKILL the process's group (itself, crash workers, committers, the fault proxy) instead
+    of running on as orphans.  A daemon thread runs on while a non-daemon one blocks exit."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os.killpg(0, signal.SIGKILL)

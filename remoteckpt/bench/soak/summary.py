@@ -21,7 +21,8 @@ def summary(record: dict[str, Any]) -> str:
             lines.append(f"  {phase + ':':11} skipped ({entry['skipped']})")
             continue
         block = _PHASE_SUMMARIES[phase](c, record)
-        block[-1] += f"; hangs {c[f'hangs_{phase}']}, cut off at the deadline {c[f'cut_off_{phase}']}"
+        block[-1] += (f"; hangs {c[f'hangs_{phase}']}, died {c[f'died_{phase}']}, cut off after the grace "
+                      f"{c[f'cut_off_{phase}']} (not violations)")
         lines.append(f"  {phase + ':':11} " + block[0])
         lines.extend(f"              {line}" for line in block[1:])
     lines.append(f"  violations: {len(record['violations'])}")
