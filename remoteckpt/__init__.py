@@ -14,6 +14,7 @@ from .api import list_variables, load, load_checkpoint, save, save_async
 from .errors import (
     CheckpointError,
     CheckpointBusyError,
+    CheckpointChangedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -50,6 +51,7 @@ __all__ = [
     "restore",
     "CheckpointError",
     "CheckpointBusyError",
+    "CheckpointChangedError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CheckpointReader",

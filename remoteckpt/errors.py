@@ -13,8 +13,12 @@
     ├── CheckpointExistsError            (+ FileExistsError) a committed checkpoint is in the way
     │   └── CheckpointBusyError                         another save holds the prefix right now
     └── StorageError                     (+ OSError)    the backend failed; the cause is chained
-        └── SaveFailedError                             another worker of a multi-worker save
-                                                        failed or never arrived
+        ├── SaveFailedError                             another worker of a multi-worker save
+        │                                               failed or never arrived
+        └── CheckpointChangedError                      an object is not (or no longer) the
+                                                        version expected: replaced or deleted
+                                                        while being read, or a conditional
+                                                        write lost to another writer
 
 Messages name the tensor and the file they are about.  Backend exceptions are translated
 into these in one place (`remoteckpt.storage.errors`), with the original as ``__cause__``.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointBusyError",
+    "CheckpointChangedError",
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
@@ -92,6 +97,12 @@ class StorageError(CheckpointError, OSError):
 class SaveFailedError(StorageError):
     """A multi-worker save did not commit because another worker, or the coordinator, failed
     or never arrived; the message names which."""
+
+
+class CheckpointChangedError(StorageError):
+    """An object is not the version expected: a checkpoint replaced or deleted while it was
+    being read (reads are pinned to the versions first seen, so this is raised instead of
+    mixing two), or a conditional write (``If-Match``) that found another version."""
 
 
 class CheckpointBusyError(CheckpointExistsError):

@@ -1,4 +1,4 @@
-"""`storage.s3_body.PartBody`: the multipart body sent from the caller's buffers."""
+"""`storage.s3.body.PartBody`: the multipart body sent from the caller's buffers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from remoteckpt.storage.s3_body import SEND_SLICE, PartBody
+from remoteckpt.storage.s3.body import SEND_SLICE, PartBody
 
 
 class Collect:

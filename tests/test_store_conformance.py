@@ -17,8 +17,8 @@ import pytest
 from remoteckpt.engine import loop
 from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from remoteckpt.storage import Store, open_store
-from remoteckpt.storage.s3_store import S3Store
-from remoteckpt.storage.s3_upload import PART_SIZE
+from remoteckpt.storage.s3 import S3Store
+from remoteckpt.storage.s3 import PART_SIZE
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -179,8 +179,7 @@ def test_large_streamed_object(store_url: str) -> None:
         await store.read_into("big", PART_SIZE - 500, memoryview(buf))
         assert bytes(buf) == expected[PART_SIZE - 500 : PART_SIZE + 500]
         if isinstance(store, S3Store):  # no multipart upload left open
-            bucket, key, _ = store.fs.split_path(store.path(""))
-            uploads = await store.fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            uploads = await store.client.call("list_multipart_uploads", Bucket=store.bucket, Prefix=store.object_key(""))
             assert not uploads.get("Uploads")
 
     run(store_url, body)
@@ -189,7 +188,7 @@ def test_large_streamed_object(store_url: str) -> None:
 def test_many_parts_in_flight(s3_prefix: str) -> None:
     """More parts than may be in flight at once, of the smallest legal size: every byte lands
     in order (part numbers are never reused while uploads overlap)."""
-    from remoteckpt.storage.s3_upload import MIN_PART_SIZE
+    from remoteckpt.storage.s3 import MIN_PART_SIZE
 
     payload = np.random.default_rng(1).integers(0, 255, 9 * MIN_PART_SIZE + 1234, dtype=np.uint8).tobytes()
 
@@ -233,3 +232,81 @@ def test_aborted_multipart_upload_is_cleaned(store_url: str) -> None:
         writer._closed = True  # type: ignore[attr-defined]  # already aborted behind its back
 
     run(store_url, body)
+
+
+def test_every_version_has_its_own_etag(store_url: str) -> None:
+    """head, list_info, get_object and the writer agree on the etag of a version, and a new
+    version has a new one (even with the same bytes)."""
+    async def body(store: Store) -> None:
+        assert await store.head("v") is None
+        first = await store.put("v", b"same bytes")
+        assert first
+        head = await store.head("v")
+        assert head is not None and head.etag == first and head.size == 10
+        assert (await store.get_object("v")).etag == first
+        assert [i.etag for i in await store.list_info("v")] == [first]
+        await asyncio.sleep(0.01)  # a new version, even of equal bytes, within the clock's resolution
+        second = await store.put("v", b"other data")
+        assert second != first and (await store.head("v")).etag == second
+
+    run(store_url, body)
+
+
+def test_conditional_replace_and_delete(store_url: str) -> None:
+    from remoteckpt.errors import CheckpointChangedError
+
+    async def body(store: Store) -> None:
+        first = await store.put("c", b"one", exclusive=True)
+        second = await store.put("c", b"two", if_match=first)
+        with pytest.raises(CheckpointChangedError):
+            await store.put("c", b"three", if_match=first)  # no longer that version
+        assert await store.get("c") == b"two"
+        with pytest.raises(CheckpointChangedError):
+            await store.put("missing", b"x", if_match=first)
+        assert not await store.exists("missing")
+        assert await store.delete("c", if_match=first) is False  # another version is there
+        assert await store.get("c") == b"two"
+        assert await store.delete("c", if_match=second) is True
+        assert not await store.exists("c")
+        assert await store.delete("c", if_match=second) is True  # gone already
+
+    run(store_url, body)
+
+
+def test_pinned_reads_refuse_another_version(store_url: str) -> None:
+    from remoteckpt.errors import CheckpointChangedError
+
+    async def body(store: Store) -> None:
+        first = await store.put("p", bytes(range(100)))
+        buf = memoryview(bytearray(10))
+        assert (await store.read_scatter("p", 10, [(10, buf)], etag=first)).delivered == 10
+        await store.put("p", bytes(reversed(range(100))))
+        with pytest.raises(CheckpointChangedError, match="changed while it was being read"):
+            await store.read_scatter("p", 10, [(10, buf)], etag=first)
+
+    run(store_url, body)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_racing_conditional_replaces_one_wins(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Of many writers replacing the same version at once, exactly one succeeds (where the
+    store claims conditional writes)."""
+    from remoteckpt.errors import CheckpointChangedError
+
+    url = str(tmp_path / "root") if backend == "local" else request.getfixturevalue("s3_prefix")
+
+    async def body(store: Store) -> None:
+        base = await store.put("race", b"base")
+
+        async def one(i: int) -> bool:
+            try:
+                await store.put("race", f"writer {i}".encode(), if_match=base)
+                return True
+            except CheckpointChangedError:
+                return False
+
+        won = await asyncio.gather(*(one(i) for i in range(8)))
+        assert sum(won) == 1
+        assert await store.get("race") == f"writer {won.index(True)}".encode()
+
+    run(url, body)

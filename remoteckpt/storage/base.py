@@ -10,14 +10,19 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
 - Reads (`size`, `get`, `read_scatter`, `read_into`) raise `CheckpointNotFoundError` for a
   missing key and never return fewer bytes silently: they report how many bytes they
   delivered, which the caller checks.  A zero-length read issues no request.
+- Every object has an *etag*, the identity of one version of it: S3's ETag (unquoted), on local
+  disk ``inode.mtime_ns.size`` (a replaced file is a new inode).  `head`, `list_info`,
+  `get_object` and a committed writer report it; it is never assumed to be a digest.
 - `writer(key)` streams one object.  Nothing is visible at `key` until `commit()` returns, and
   then the whole object is (local: temp file, fsync, rename, fsync of the directory; S3: one
-  PUT or one CompleteMultipartUpload).  `abort()` (or leaving an ``async with`` block on an
-  exception) leaves nothing behind.  With ``exclusive=True`` the commit fails with
-  `CheckpointExistsError` if `key` already exists, atomically where the backend can
-  (`capabilities.conditional_put`).
-- `put` is `writer` for data already in memory.
-- `delete` of a missing key is not an error.  `list` returns the keys under a key prefix.
+  PUT or one CompleteMultipartUpload); the writer's `etag` is then the new version's.
+  `abort()` (or leaving an ``async with`` block on an exception) leaves nothing behind.
+  With ``exclusive=True`` the commit fails with `CheckpointExistsError` if `key` already
+  exists; with ``if_match=ETAG`` it fails with `CheckpointChangedError` unless `key` is that
+  version.  Both are atomic where `capabilities.conditional_writes` says so.
+- `put` is `writer` for data already in memory, returning the new etag.
+- `delete` of a missing key is not an error; with `if_match` it deletes only that version
+  and returns False if another version is there.  `list` returns the keys under a key prefix.
 - Backend exceptions are translated by `storage.errors.translate`, the original chained.
 """
 
@@ -30,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..errors import CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 
 Buffer = bytes | bytearray | memoryview
 
@@ -59,11 +64,21 @@ class ScatterResult:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One listed object: its key, size in bytes and last-modified time (epoch seconds)."""
+    """One object: its key, size in bytes, last-modified time (epoch seconds, by the store's
+    clock: for display and `gc`'s age, never to judge whether a save is alive) and etag."""
 
     key: str
     size: int
     mtime: float
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object's bytes and the etag of the version they came from."""
+
+    data: bytes
+    etag: str
 
 
 @dataclass(frozen=True)
@@ -77,10 +92,13 @@ class PendingUpload:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreCapabilities:
-    atomic_rename: bool
-    """A rename replaces a key atomically (local POSIX disk)."""
-    conditional_put: bool
-    """Create-only writes are atomic on the server (S3 ``If-None-Match: *``)."""
+    """What a backend guarantees; each flag decides what the save protocol does there."""
+
+    conditional_writes: bool
+    """Create-only writes, ``if_match`` writes and ``if_match`` deletes of one object are
+    atomic (local disk: ``link()`` and a lock; S3: ``If-None-Match`` / ``If-Match``, checked
+    by a probe at first use).  Without them saves that can race (several workers, a claim)
+    are refused: they would only pretend to be safe."""
     atomic_streamed_create: bool = True
     """Of two create-only *streamed* writes of one key racing (`Store.writer` with
     ``exclusive=True``: a multipart upload on S3), exactly one lands.  When False, a
@@ -91,6 +109,8 @@ class ObjectWriter(abc.ABC):
     """Streams one object; see the module docstring for visibility and atomicity."""
 
     key: str
+    etag: str = ""
+    """The committed version's etag (set by `commit`)."""
 
     @abc.abstractmethod
     async def write(self, data: Buffer) -> None:
@@ -132,40 +152,58 @@ class Store(abc.ABC):
         """`key` as a full path or URL, for error messages."""
         return f"{self.url.rstrip('/')}/{key}"
 
-    @abc.abstractmethod
-    async def size(self, key: str) -> int: ...
+    async def size(self, key: str) -> int:
+        info = await self.head(key)
+        if info is None:
+            raise CheckpointNotFoundError(f"{self.describe(key)}: no such file or object")
+        return info.size
+
+    async def exists(self, key: str) -> bool:
+        return await self.head(key) is not None
 
     @abc.abstractmethod
-    async def exists(self, key: str) -> bool: ...
+    async def head(self, key: str) -> ObjectInfo | None:
+        """The object's size, time and etag, or None if there is none."""
 
     @abc.abstractmethod
+    async def get_object(self, key: str, *, max_size: int | None = None) -> StoredObject:
+        """The whole object and its etag, in one request.  With `max_size`, an object larger
+        than that is refused (`CorruptCheckpointError`) before its bytes are read: callers
+        bound what a hostile file can make them allocate."""
+
     async def get(self, key: str, *, max_size: int | None = None) -> bytes:
-        """The whole object.  With `max_size`, an object larger than that is refused
-        (`CorruptCheckpointError`) before its bytes are read: callers bound what a hostile
-        file can make them allocate."""
+        """`get_object` without the etag."""
+        return (await self.get_object(key, max_size=max_size)).data
 
     async def read_into(self, key: str, start: int, out: memoryview) -> int:
         """Read up to ``len(out)`` bytes at `start` into `out`; return the count read."""
         return (await self.read_scatter(key, start, [(start, out)])).delivered
 
     @abc.abstractmethod
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
+                           etag: str | None = None) -> ScatterResult:
         """Fill every ``(offset, view)`` of `targets` (sorted, disjoint, none before `start`)
         from `key`, in one request where the backend allows (bytes between targets are
         discarded).  `delivered` is the sum of the views' lengths unless the object ends
-        early; `crcs` are the CRC32C of each view's bytes.  No request for empty targets."""
+        early; `crcs` are the CRC32C of each view's bytes.  No request for empty targets.
+        With `etag`, the bytes come from that version or `CheckpointChangedError` is raised."""
 
     @abc.abstractmethod
-    def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter: ...
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter: ...
 
-    async def put(self, key: str, data: Buffer | Sequence[Buffer], *, exclusive: bool = False) -> None:
+    async def put(self, key: str, data: Buffer | Sequence[Buffer], *, exclusive: bool = False,
+                  if_match: str | None = None) -> str:
+        """Write the object whole; its new etag."""
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-        async with self.writer(key, exclusive=exclusive) as w:
+        async with self.writer(key, exclusive=exclusive, if_match=if_match) as w:
             for chunk in chunks:
                 await w.write(chunk)
+        return w.etag
 
     @abc.abstractmethod
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str, *, if_match: str | None = None) -> bool:
+        """Remove `key` (with `if_match`: only that version).  False if another version is
+        there; True otherwise, a missing key included."""
 
     @abc.abstractmethod
     async def list(self, prefix: str = "") -> builtins.list[str]:
@@ -181,6 +219,11 @@ class Store(abc.ABC):
 
     async def abort_upload(self, upload: PendingUpload) -> None:
         """Discard a pending upload and its parts."""
+
+    async def prepare_conditional_writes(self) -> None:
+        """Check, once per store and process, that the backend really enforces conditional
+        writes (S3-compatible servers exist that ignore the headers); afterwards
+        `capabilities.conditional_writes` is the finding.  Nothing to check by default."""
 
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""

@@ -1,9 +1,11 @@
-"""Any fsspec filesystem: the generic backend, and the base of S3 (s3_store.py).
+"""Any fsspec filesystem: the generic backend (S3 has its own, `storage.s3`).
 
 Async filesystems (s3fs) are awaited directly on remoteckpt's loop; synchronous ones
 (``memory://``, others) run in the default thread pool.  A writer gathers its chunks and writes
-them with one ``pipe_file`` at commit (create-only by an existence check, which is all a
-generic filesystem offers; S3 overrides the writer with real conditional requests).
+them with one ``pipe_file`` at commit.  A generic filesystem offers no conditional writes:
+create-only and ``if_match`` are checked by looking first, which narrows a race without
+closing it, so `capabilities.conditional_writes` is False and saves that could race are
+refused here (S3 has its own store, with real conditional requests).
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from typing import Any
 import fsspec
 
 from .. import faults
-from ..errors import CheckpointExistsError, CheckpointNotFoundError
+from ..errors import CheckpointChangedError, CheckpointExistsError, CheckpointNotFoundError
 from ..format.coding import crc32c
-from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, too_large
+from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, StoredObject, too_large
 from .errors import translate
 
 
 class FsspecStore(Store):
     """Objects under `root` on fsspec filesystem `fs`."""
 
-    capabilities = StoreCapabilities(atomic_rename=False, conditional_put=False, atomic_streamed_create=False)
+    capabilities = StoreCapabilities(conditional_writes=False, atomic_streamed_create=False)
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs
@@ -42,49 +44,58 @@ class FsspecStore(Store):
             return await getattr(self.fs, "_" + method)(*args, **kwargs)
         return await asyncio.to_thread(getattr(self.fs, method), *args, **kwargs)
 
-    async def size(self, key: str) -> int:
+    async def head(self, key: str) -> ObjectInfo | None:
         try:
             info = await self._call("info", self.path(key))
+        except FileNotFoundError:
+            return None
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
         if info.get("type") == "directory":
+            return None
+        return _info(key, info)
+
+    async def get_object(self, key: str, *, max_size: int | None = None) -> StoredObject:
+        head = await self.head(key)
+        if head is None:
             raise CheckpointNotFoundError(f"{self.describe(key)}: no such file or object")
-        return int(info["size"])
-
-    async def exists(self, key: str) -> bool:
+        if max_size is not None and head.size > max_size:
+            raise too_large(self.describe(key), head.size, max_size)
         try:
-            return bool(await self._call("exists", self.path(key)))
+            return StoredObject(bytes(await self._call("cat_file", self.path(key))), head.etag)
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    async def get(self, key: str, *, max_size: int | None = None) -> bytes:
-        if max_size is not None and (size := await self.size(key)) > max_size:
-            raise too_large(self.describe(key), size, max_size)
-        try:
-            return bytes(await self._call("cat_file", self.path(key)))
-        except Exception as exc:
-            raise translate(exc, self.describe(key)) from exc
-
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
+                           etag: str | None = None) -> ScatterResult:
         end = max((offset + len(view) for offset, view in targets), default=start)
         if end <= start:  # an empty range would fetch the whole object on S3
             return ScatterResult(0, tuple(0 for _ in targets))
+        if etag is not None and ((head := await self.head(key)) is None or head.etag != etag):
+            raise CheckpointChangedError(f"{self.describe(key)} changed while it was being read")
         try:
             data = await self._call("cat_file", self.path(key), start=start, end=end)
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
         return _scatter(memoryview(data), start, targets)
 
-    def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
-        return _BufferedWriter(self, key, exclusive)
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
+        return _BufferedWriter(self, key, exclusive, if_match)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, if_match: str | None = None) -> bool:
+        if if_match is not None:
+            head = await self.head(key)
+            if head is None:
+                return True
+            if head.etag != if_match:
+                return False
         try:
             await self._call("rm_file", self.path(key))
         except FileNotFoundError:
             pass
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
+        return True
 
     async def list(self, prefix: str = "") -> builtins.list[str]:
         return [info.key for info in await self.list_info(prefix)]
@@ -107,7 +118,7 @@ class FsspecStore(Store):
                 continue
             key = path[strip:]
             if key.startswith(prefix):
-                infos.append(ObjectInfo(key, int(info.get("size") or 0), _mtime(info)))
+                infos.append(_info(key, info))
         return sorted(infos, key=lambda i: i.key)
 
 
@@ -117,10 +128,7 @@ class FsspecStore(Store):
         return {}
 
     async def close(self) -> None:
-        creator = getattr(self.fs, "_s3creator", None)  # s3fs's client holder; others hold none
-        if creator is not None:
-            self.fs._s3creator = None
-            await creator.__aexit__(None, None, None)
+        """Nothing to release: fsspec filesystems other than S3 hold no per-store client."""
 
 
 def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
@@ -131,6 +139,14 @@ def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryvi
         delivered += len(chunk)
         crcs.append(crc32c(chunk))
     return ScatterResult(delivered, tuple(crcs))
+
+
+def _info(key: str, info: dict[str, Any]) -> ObjectInfo:
+    """An fsspec info dict as an `ObjectInfo`; the etag is whatever the filesystem offers
+    that changes with each version (its ETag, else its time and size)."""
+    size, mtime = int(info.get("size") or 0), _mtime(info)
+    etag = str(info.get("ETag") or info.get("etag") or info.get("md5") or f"{mtime!r}.{size:x}").strip('"')
+    return ObjectInfo(key, size, mtime, etag)
 
 
 def _mtime(info: dict[str, Any]) -> float:
@@ -146,10 +162,11 @@ def _mtime(info: dict[str, Any]) -> float:
 class _BufferedWriter(ObjectWriter):
     """Gathers chunks, writes them with one pipe_file at commit (non-S3 filesystems)."""
 
-    def __init__(self, store: FsspecStore, key: str, exclusive: bool) -> None:
+    def __init__(self, store: FsspecStore, key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
         self._store = store
         self._exclusive = exclusive
+        self._if_match = if_match
         self._chunks: builtins.list[bytes] = []
 
     async def write(self, data: Buffer) -> None:
@@ -159,9 +176,15 @@ class _BufferedWriter(ObjectWriter):
         store, path = self._store, self._store.path(self.key)
         if self._exclusive and await store.exists(self.key):
             raise CheckpointExistsError(f"{store.describe(self.key)} already exists")
+        if self._if_match is not None:
+            head = await store.head(self.key)
+            if head is None or head.etag != self._if_match:
+                raise CheckpointChangedError(f"{store.describe(self.key)} is not the version this write expected")
         try:
             faults.publishing()
             await store._call("pipe_file", path, b"".join(self._chunks))
+            head = await store.head(self.key)
+            self.etag = head.etag if head is not None else ""
         except Exception as exc:
             raise translate(exc, store.describe(self.key)) from exc
         finally:

@@ -4,6 +4,12 @@ A writer writes ``<key>.tempstate<random u64>`` beside the target (TF's temp nam
 commit flushes, fsyncs, renames over the key and fsyncs the directory, so a crash leaves the
 old object or the new one, never a torn file.  Exclusive commits use ``link()``, which fails
 if the target exists, then unlink the temp name: atomic create-only on POSIX.
+
+Conditional replaces and deletes (``if_match``) lock the file they expect to find
+(``flock``), check that the path still names it and that it is the expected version, then
+rename over it or unlink it, still holding the lock: of two such writers, the second finds
+the path naming another file and fails.  An etag is ``inode.mtime_ns.size`` in hex: a new
+version is a new file.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import builtins
 
 import asyncio
+import fcntl
 import os
 import secrets
 from collections.abc import Sequence
@@ -21,10 +28,38 @@ import aiofiles
 import aiofiles.os
 
 from .. import faults
+from ..errors import CheckpointChangedError
 from ..format.coding import crc32c
 from . import writeback
-from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, too_large
+from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, StoredObject, too_large
 from .errors import translate
+
+
+def etag_of(st: os.stat_result) -> str:
+    """A local file version's identity: a replaced file is a new inode."""
+    return f"{st.st_ino:x}.{st.st_mtime_ns:x}.{st.st_size:x}"
+
+
+def _when_version(path: Path, expected: str, action: Any) -> bool:
+    """Run ``action()`` while holding an exclusive lock on the file at `path`, if it is the
+    version `expected`; False (nothing done) if it is missing or another version."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if (current.st_ino, current.st_dev) != (held.st_ino, held.st_dev) or etag_of(current) != expected:
+            return False
+        action()
+        return True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,11 +86,14 @@ def _pread_all(fd: int, start: int, out: memoryview) -> int:
     return done
 
 
-def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]], etag: str | None) -> ScatterResult:
     """Straight into the caller's buffers (no intermediate copy), each checksummed right
     after it lands, in this worker thread, while it is in cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        if etag is not None and etag_of(os.fstat(fd)) != etag:
+            raise CheckpointChangedError(f"{path} changed while it was being read (replaced or deleted: "
+                                         "open the checkpoint again)")
         total, crcs = 0, []
         for offset, view in targets:
             n = _pread_all(fd, offset, view)
@@ -67,12 +105,13 @@ def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]]) -> Scat
 
 
 class LocalWriter(ObjectWriter):
-    def __init__(self, store: "LocalStore", key: str, exclusive: bool) -> None:
+    def __init__(self, store: "LocalStore", key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
         self._store = store
         self._path = store.path(key)
         self._temp = self._path.with_name(f"{self._path.name}.tempstate{secrets.randbits(64)}")
         self._exclusive = exclusive
+        self._if_match = if_match
         self._file: Any = None
         self._offset = 0
         self._done = False
@@ -110,14 +149,22 @@ class LocalWriter(ObjectWriter):
                 await self.write(b"")
             await self._file.flush()
             await asyncio.to_thread(os.fsync, self._file.fileno())
+            etag = etag_of(os.fstat(self._file.fileno()))  # link and rename keep inode and mtime
             await self._file.close()
             faults.publishing()
             if self._exclusive:
                 await asyncio.to_thread(os.link, self._temp, self._path)
                 await aiofiles.os.remove(self._temp)
+            elif self._if_match is not None:
+                replaced = await asyncio.to_thread(_when_version, self._path, self._if_match,
+                                                   lambda: os.replace(self._temp, self._path))
+                if not replaced:
+                    raise CheckpointChangedError(f"{self._path} is not the version this write expected "
+                                                 f"(another writer replaced or removed it)")
             else:
                 await aiofiles.os.replace(self._temp, self._path)
             await asyncio.to_thread(_fsync_dir, self._path.parent)
+            self.etag = etag
             self._done = True
         except Exception as exc:
             await self.abort()
@@ -141,7 +188,7 @@ class LocalWriter(ObjectWriter):
 class LocalStore(Store):
     """Files under a local directory."""
 
-    capabilities = StoreCapabilities(atomic_rename=True, conditional_put=True)
+    capabilities = StoreCapabilities(conditional_writes=True)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -153,39 +200,48 @@ class LocalStore(Store):
     def describe(self, key: str) -> str:
         return str(self.path(key))
 
-    async def size(self, key: str) -> int:
+    async def head(self, key: str) -> ObjectInfo | None:
         try:
-            return (await aiofiles.os.stat(self.path(key))).st_size
+            st = await aiofiles.os.stat(self.path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
+        if not os.path.isfile(self.path(key)):
+            return None
+        return ObjectInfo(key, st.st_size, st.st_mtime, etag_of(st))
 
-    async def exists(self, key: str) -> bool:
-        return await aiofiles.os.path.exists(self.path(key))
-
-    async def get(self, key: str, *, max_size: int | None = None) -> bytes:
+    async def get_object(self, key: str, *, max_size: int | None = None) -> StoredObject:
         try:
             async with aiofiles.open(self.path(key), "rb") as f:
-                if max_size is not None and (size := os.fstat(f.fileno()).st_size) > max_size:
-                    raise too_large(self.describe(key), size, max_size)
-                return await f.read()
+                st = os.fstat(f.fileno())
+                if max_size is not None and st.st_size > max_size:
+                    raise too_large(self.describe(key), st.st_size, max_size)
+                return StoredObject(await f.read(), etag_of(st))
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
+                           etag: str | None = None) -> ScatterResult:
         try:
-            return await asyncio.to_thread(_pread_scatter, str(self.path(key)), targets)
+            return await asyncio.to_thread(_pread_scatter, str(self.path(key)), targets, etag)
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
-        return LocalWriter(self, key, exclusive)
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
+        return LocalWriter(self, key, exclusive, if_match)
 
-    async def delete(self, key: str) -> None:
-        """Remove `key`, then any directories it leaves empty (up to the root)."""
+    async def delete(self, key: str, *, if_match: str | None = None) -> bool:
+        """Remove `key` (only version `if_match`, if given), then any directories it leaves
+        empty (up to the root)."""
+        path = self.path(key)
         try:
-            await aiofiles.os.remove(self.path(key))
+            if if_match is None:
+                await aiofiles.os.remove(path)
+            elif not await asyncio.to_thread(_when_version, path, if_match, lambda: os.remove(path)):
+                return not await aiofiles.os.path.exists(path)
         except FileNotFoundError:
-            return  # nothing removed: leave the directories to whoever may be filling them
+            return True  # nothing removed: leave the directories to whoever may be filling them
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
         parent = self.path(key).parent
@@ -195,6 +251,7 @@ class LocalStore(Store):
             except OSError:
                 break
             parent = parent.parent
+        return True
 
     async def list(self, prefix: str = "") -> builtins.list[str]:
         return [info.key for info in await self.list_info(prefix)]
@@ -217,7 +274,7 @@ class LocalStore(Store):
                             st = os.stat(os.path.join(dirpath, name))
                         except FileNotFoundError:
                             continue  # removed while listing
-                        keys.append(ObjectInfo(key, st.st_size, st.st_mtime))
+                        keys.append(ObjectInfo(key, st.st_size, st.st_mtime, etag_of(st)))
             return sorted(keys, key=lambda i: i.key)
 
         return await asyncio.to_thread(walk)

@@ -33,6 +33,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..errors import ResponseError
 
 PRESIGN_REUSE = 300.0
 """Seconds a presigned URL is reused for more ranges of its key; it is signed for three times
@@ -62,14 +63,6 @@ class BodySink(Protocol):
         """`count` bytes were written into the last view."""
 
 
-class ResponseError(Exception):
-    """A non-2xx answer: its status and S3 error code (never the URL)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}".strip())
-        self.status, self.code = status, code
-
-
 class BadResponse(ValueError):
     """An answer this reader does not accept (no length, wrong range, not HTTP)."""
 
@@ -97,6 +90,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
         self._in_body = False
         self._done: asyncio.Future[None] | None = None
         self._start = 0
+        self._wanted = 0
         self.status = 0
         self.headers: dict[str, str] = {}
         self.progress = 0.0
@@ -115,7 +109,10 @@ class _GetProtocol(asyncio.BufferedProtocol):
         return False
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._in_body and self._sink is not None and self.status // 100 == 2:
+        # The sink's view only while this answer's body still has bytes to come; anything else
+        # (an idle connection's close or stray bytes) lands in scratch, never in an empty view.
+        if (self._in_body and self._sink is not None and self.status // 100 == 2 and self._remaining > 0
+                and self._done is not None and not self._done.done()):
             return self._sink.next_buffer(self._remaining)
         return memoryview(self._scratch)
 
@@ -139,12 +136,13 @@ class _GetProtocol(asyncio.BufferedProtocol):
 
     # --- one request -----------------------------------------------------------------------
 
-    async def exchange(self, request: bytes, sink: BodySink, timeout: float) -> None:
-        """Send `request`; the body of a 2xx answer goes to `sink`, an error's is kept.
-        Raises on a cut connection or `timeout` seconds without a byte."""
+    async def exchange(self, request: bytes, sink: BodySink, wanted: int, timeout: float) -> None:
+        """Send `request` (for `wanted` bytes from ``sink.position``); the body of a 2xx answer
+        goes to `sink`, an error's is kept.  Raises on a cut connection or `timeout` seconds
+        without a byte."""
         assert self.transport is not None
         self._sink, self._head, self._error_body, self._in_body = sink, bytearray(), bytearray(), False
-        self._start = sink.position
+        self._start, self._wanted = sink.position, wanted
         self.status, self.headers, self.progress = 0, {}, time.monotonic()
         self._done = asyncio.get_running_loop().create_future()
         self.transport.write(request)
@@ -194,11 +192,14 @@ class _GetProtocol(asyncio.BufferedProtocol):
             return
         if self.headers.get("connection", "").lower() == "close":
             self.alive = False
-        if self.status // 100 == 2 and _first_byte(self.status, self.headers) != self._start:
-            self.close()  # bytes from elsewhere in the object must not land at this position
-            self._fail(BadResponse(f"HTTP {self.status} does not start at byte {self._start} "
-                                    f"(Content-Range {self.headers.get('content-range', '-')!r})"))
-            return
+        if self.status // 100 == 2:
+            try:  # bytes from elsewhere in the object must not land at this position
+                check_range(self.status, self.headers.get("content-range", ""), int(length), self._start,
+                            self._wanted)
+            except BadResponse as exc:
+                self.close()
+                self._fail(exc)
+                return
         self._remaining = int(length)
         self._in_body = True
         rest = memoryview(self._head)[end + 4 :]
@@ -220,12 +221,20 @@ class _GetProtocol(asyncio.BufferedProtocol):
         del rest
 
 
-def _first_byte(status: int, headers: dict[str, str]) -> int:
-    """Where a 2xx body starts in the object: 200 is the whole object, 206 says."""
-    if status != 206:
-        return 0
-    match = re.match(r"bytes\s+(\d+)-", headers.get("content-range", ""))
-    return int(match.group(1)) if match else -1
+def check_range(status: int, content_range: str, length: int, start: int, wanted: int) -> None:
+    """Refuse an answer that is not bytes ``[start, start + wanted)`` or a prefix of them (an
+    object may end early): a 206 must start at `start`; a 200 (the whole object) is only the
+    range when the range is the whole object."""
+    if status == 206:
+        match = re.match(r"bytes\s+(\d+)-", content_range or "")
+        if match is None or int(match.group(1)) != start:
+            raise BadResponse(f"HTTP 206 does not start at byte {start} (Content-Range {content_range or '-'!r})")
+    elif status == 200:
+        if start != 0 or length > wanted:
+            raise BadResponse(f"HTTP 200 with the whole object ({length} bytes) answered a range from byte {start}: "
+                              "the server ignored the Range header")
+    if length > wanted:
+        raise BadResponse(f"HTTP {status} carries {length} bytes for a range of {wanted}")
 
 
 def _xml_field(text: str, name: str) -> str:
@@ -283,7 +292,7 @@ class DirectGets:
                 continue
             before = sink.position
             try:
-                await conn.exchange(request, sink, self.read_timeout)
+                await conn.exchange(request, sink, end - sink.position, self.read_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
                 conn.close()
                 if sink.position > before:
@@ -362,12 +371,3 @@ class DirectGets:
 def _endpoint(url: urllib.parse.SplitResult) -> tuple[str, str, int]:
     """(scheme, host, port): what a pooled connection is for."""
     return url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-
-
-def as_builtin(exc: ResponseError) -> BaseException:
-    """The builtin error an answer resembles, for `errors.translate`."""
-    if exc.status == 404:
-        return FileNotFoundError(str(exc))
-    if exc.status == 403:
-        return PermissionError(str(exc))
-    return exc

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
-from .base import Buffer
+from ..base import Buffer
 
 SEND_SLICE = 1 * 2**20
 """Bytes handed to the transport per write: the transport copies what the socket does not

@@ -1,0 +1,152 @@
+"""The S3 client layer: configuration, sessions and calls, for the S3 store's reads and writes.
+
+This is the only module that touches the internals of s3fs and aiobotocore (s3fs's
+``_call_s3``, ``set_session``, its client holder): the version ranges it was tested with are
+declared in ``pyproject.toml``.  Everything else calls `S3Client.call` with botocore's
+operation names and parameters, and classifies failures with `storage.errors` (by HTTP status
+and S3 error code).
+
+Configuration: endpoint and credentials come from `storage_options` (s3fs's arguments) or
+else from the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, profiles, instance roles: botocore's chain).  Requests have bounded
+timeouts and are retried with backoff by botocore (`S3_CONFIG_DEFAULTS`, overridable with
+``storage_options={"config_kwargs": {...}}``; ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` in the
+environment win).  A conditional write answered ``409 ConditionalRequestConflict`` (another
+conditional write of the key in flight) is asked again here, as AWS documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import weakref
+from typing import Any
+
+from ..errors import is_conflict
+
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "read_timeout": 30,
+    "retries": {"max_attempts": 8, "mode": "standard"},
+    # SigV4 for presigned URLs too (ranged GETs, `direct`); botocore would presign with the
+    # legacy SigV2 for some endpoints, which newer AWS regions refuse.
+    "signature_version": "s3v4",
+}
+"""botocore `Config` defaults for S3: bounded timeouts, retries with backoff."""
+
+S3FS_RETRIES = 1
+"""s3fs's own retry loop around each call (``S3FileSystem.retries``), on top of botocore's:
+off (one call), because botocore already retries, and s3fs's loop would re-send a streamed
+part from wherever the failed attempt left its file position."""
+
+CONFLICT_ATTEMPTS = 6
+"""Times a conditional write answered 409 ConditionalRequestConflict is sent in all: the
+conflicting write settles within milliseconds, after which ours gets a real answer."""
+
+_SESSION_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _shared_session(session_kwargs: dict[str, Any]) -> Any:
+    """One aiobotocore session per event loop (and AWS environment, and session arguments),
+    shared by the stores opened on it: a session parses botocore's S3 model once (~0.1 s of
+    CPU), and caches the credentials it resolved.  None when not called on a running loop."""
+    try:
+        running = asyncio.get_running_loop()
+        key = (os.getpid(), hashlib.sha256(repr([os.environ.get(n) for n in _SESSION_ENV]).encode()).digest(),
+               tuple(sorted(session_kwargs.items())))
+        hash(key)
+    except (RuntimeError, TypeError):
+        return None
+    import aiobotocore.session
+
+    per_loop = _sessions.setdefault(running, {})
+    session = per_loop.get(key)
+    if session is None:
+        session = per_loop[key] = aiobotocore.session.AioSession(**session_kwargs)
+    return session
+
+
+def s3fs_options(options: dict[str, Any]) -> dict[str, Any]:
+    """s3fs's constructor arguments for `options`, with remoteckpt's defaults filled in."""
+    opts = dict(options)
+    client_kwargs = dict(opts.pop("client_kwargs", None) or {})
+    endpoint = (opts.pop("endpoint_url", None) or client_kwargs.get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if os.environ.get("AWS_DEFAULT_REGION") is None and "region_name" not in client_kwargs and endpoint:
+        client_kwargs["region_name"] = "us-east-1"
+    opts["client_kwargs"] = client_kwargs
+    config = dict(opts.pop("config_kwargs", None) or {})
+    # botocore >= 1.36 adds checksum headers by default that S3-compatible stores may reject;
+    # remoteckpt checks its own CRC32C end to end.
+    config.setdefault("request_checksum_calculation", "when_required")
+    config.setdefault("response_checksum_validation", "when_required")
+    # Bounded waits and retries with backoff: a dead or stalled endpoint fails a request in
+    # connect_timeout / read_timeout (seconds without a byte), and transient failures
+    # (connection cut or refused, timeouts, 5xx, SlowDown) are retried up to max_attempts
+    # with exponential backoff and jitter (botocore's "standard" mode, which also keeps a
+    # retry budget per client so that an outage is not hammered).
+    for name, value in S3_CONFIG_DEFAULTS.items():
+        if name == "retries" and (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+            continue  # the user's own AWS retry configuration wins
+        config.setdefault(name, value)
+    opts["config_kwargs"] = config
+    # Workers meet through listings: a cached listing would hide a key another process just wrote.
+    opts.setdefault("use_listings_cache", False)
+    return opts
+
+
+class S3Client:
+    """One S3 client (an s3fs filesystem underneath), bound to the event loop it is made on."""
+
+    def __init__(self, storage_options: dict[str, Any], *, retries: int = S3FS_RETRIES) -> None:
+        import s3fs
+
+        self._fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **s3fs_options(storage_options))
+        self._fs.retries = max(1, retries)
+        if self._fs.session is None:
+            self._fs.session = _shared_session(self._fs.kwargs)  # what s3fs would create, shared
+
+    @property
+    def verify(self) -> bool | str | None:
+        """The TLS verification setting (False, a CA bundle path, or None for the default)."""
+        value = self._fs.client_kwargs.get("verify")
+        return value if isinstance(value, (bool, str)) else None
+
+    async def call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """Run botocore operation `operation` (``"put_object"``, ...).  Failures are raised as
+        the backend raises them (classify them with `storage.errors`); a 409
+        ConditionalRequestConflict is asked again with jittered backoff."""
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                result: dict[str, Any] = await self._fs._call_s3(operation, **params)
+                return result
+            except Exception as exc:
+                if not is_conflict(exc) or attempt + 1 == CONFLICT_ATTEMPTS:
+                    raise
+                if hasattr(params.get("Body"), "seek"):
+                    params["Body"].seek(0)
+                await asyncio.sleep(min(1.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    async def botocore_client(self) -> Any:
+        """The underlying aiobotocore client (to presign URLs, and read its configuration)."""
+        return await self._fs.set_session()
+
+    async def close(self) -> None:
+        creator = getattr(self._fs, "_s3creator", None)  # s3fs's client holder
+        if creator is not None:
+            self._fs._s3creator = None
+            await creator.__aexit__(None, None, None)
+
+    def __reduce__(self) -> Any:
+        # s3fs filesystems pickle their constructor arguments, credentials included.
+        raise TypeError("an S3 client cannot be pickled: it holds connections and credentials")

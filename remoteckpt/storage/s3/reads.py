@@ -1,0 +1,200 @@
+"""Ranged GETs of S3 objects into the caller's buffers, resumed when a body is cut.
+
+    read_range(...)   one range of one object into a `ScatterSink`: on the store's own
+                      connections (`direct`, the socket writes into the targets) where the
+                      endpoint is plain HTTP(S) without a proxy, else through aiobotocore
+                      (its body copied in as it comes)
+
+A body cut mid-transfer is resumed from its first missing byte with ``If-Match`` on the ETag
+of the bytes already received, so a resumed read never mixes two versions of an object; a
+caller that pins a version (`etag`) gets `CheckpointChangedError` if the object is no longer
+it.  An answer must be the range asked for: a 206 whose Content-Range starts elsewhere, or a
+200 carrying more than the range (a server that ignored the Range header), is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import botocore.exceptions
+
+from ...errors import CheckpointChangedError, StorageError
+from ...format.coding import crc32c
+from ..base import ScatterResult
+from ..errors import ResponseError, is_invalid_range, is_precondition_failed, translate
+from .client import S3Client
+from .direct import BadResponse, BodyCut, DirectGets, check_range
+from .uploads import quoted
+
+log = logging.getLogger("remoteckpt")
+
+STREAM_CHUNK = 1 * 2**20
+"""Bytes taken from an aiobotocore body at a time: large enough for few event-loop turns,
+small enough to stay in cache while it is copied into place."""
+
+INLINE_CRC = 1 * 2**20
+"""Below this many bytes a GET's checksums are computed on the event loop: cheaper than the
+hop to a worker thread (about 0.1 ms of CRC32C)."""
+
+DISCARD_BUFFER = 64 * 1024
+"""Scratch space for body bytes that no target wants (gaps of a coalesced range)."""
+
+READ_ATTEMPTS = 5
+"""A GET whose body is cut is resumed from the first missing byte this many times in all
+(on top of botocore's own retries of requests that fail before their body)."""
+
+BODY_ERRORS = (OSError, asyncio.TimeoutError, aiohttp.ClientError, botocore.exceptions.BotoCoreError)
+"""What reading a response body raises when the connection is cut or stalls (aiobotocore
+wraps some aiohttp errors in botocore's `ResponseStreamingError`, `IncompleteReadError`)."""
+
+
+async def pause(attempt: int) -> None:
+    """Backoff before re-reading a cut body: 50 ms, 100 ms, ... at most 2 s, with jitter."""
+    await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+class ScatterSink:
+    """Consumes a byte stream that starts at `start`, copying the parts that targets want."""
+
+    def __init__(self, start: int, targets: Sequence[tuple[int, memoryview]]) -> None:
+        self.position = start
+        self._targets = list(targets)
+        self._filled = [0] * len(self._targets)
+        self._next = 0
+        self._discard: memoryview | None = None
+
+    async def finish(self) -> ScatterResult:
+        """`result`, computed in a worker thread unless it is little work."""
+        if sum(self._filled) < INLINE_CRC:
+            return self.result()
+        return await asyncio.to_thread(self.result)
+
+    def result(self) -> ScatterResult:
+        """Bytes delivered, and each target's CRC32C over what it received."""
+        crcs = tuple(crc32c(view[:n]) if n else 0 for (_, view), n in zip(self._targets, self._filled))
+        return ScatterResult(sum(self._filled), crcs)
+
+    def next_buffer(self, limit: int) -> memoryview:
+        """Where the stream's next bytes (at most `limit`, at least 1) go: the target they
+        belong to, or scratch space for bytes between targets and after the last one."""
+        limit = max(1, limit)
+        while self._next < len(self._targets):
+            offset, view = self._targets[self._next]
+            if self.position >= offset + len(view):
+                self._next += 1
+                continue
+            if self.position >= offset:
+                return view[self.position - offset : self.position - offset + limit]
+            return self._scratch()[: min(limit, offset - self.position)]
+        return self._scratch()[:limit]
+
+    def advance(self, count: int) -> None:
+        """`count` bytes were written into the view `next_buffer` gave."""
+        if self._next < len(self._targets):
+            offset, view = self._targets[self._next]
+            if offset <= self.position:
+                self._filled[self._next] += count
+                if self.position + count == offset + len(view):
+                    self._next += 1
+        self.position += count
+
+    def _scratch(self) -> memoryview:
+        if self._discard is None:
+            self._discard = memoryview(bytearray(DISCARD_BUFFER))
+        return self._discard
+
+    def write(self, chunk: bytes) -> None:
+        data = memoryview(chunk)
+        while len(data) and self._next < len(self._targets):
+            offset, view = self._targets[self._next]
+            end = offset + len(view)
+            if self.position < offset:  # a gap between targets: discard
+                skip = min(len(data), offset - self.position)
+                data, self.position = data[skip:], self.position + skip
+                continue
+            take = min(len(data), end - self.position)
+            view[self.position - offset : self.position - offset + take] = data[:take]
+            data, self.position = data[take:], self.position + take
+            self._filled[self._next] += take
+            if self.position == end:
+                self._next += 1
+        self.position += len(data)
+
+
+async def read_range(client: S3Client, direct: DirectGets | None, bucket: str, key: str, what: str,
+                     sink: ScatterSink, end: int, etag: str | None) -> ScatterResult:
+    """Bytes ``[sink.position, end)`` of `key` into `sink`, pinned to version `etag` if given
+    (`what` names the object in errors)."""
+    if direct is not None:
+        return await _read_direct(direct, bucket, key, what, sink, end, etag)
+    pinned = etag
+    for attempt in range(READ_ATTEMPTS):
+        start = sink.position
+        params: dict[str, Any] = {"IfMatch": quoted(pinned)} if pinned else {}
+        try:
+            response = await client.call("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                                         **params)
+        except Exception as exc:
+            if is_invalid_range(exc):  # starts at or past the end of the object
+                return await sink.finish()
+            if pinned and is_precondition_failed(exc):
+                raise _changed(what) from exc
+            raise translate(exc, what) from exc
+        body = response["Body"]
+        try:
+            check_range(int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0),
+                        str(response.get("ContentRange") or ""), int(response.get("ContentLength") or 0),
+                        start, end - start)
+        except BadResponse as exc:
+            body.close()
+            raise StorageError(f"{what}: {exc}") from exc
+        if response.get("ETag"):
+            pinned = str(response["ETag"]).strip('"')
+        try:
+            while sink.position < end:
+                chunk = await body.read(STREAM_CHUNK)
+                if not chunk:
+                    break  # the object is shorter than asked
+                sink.write(chunk)
+            return await sink.finish()
+        except BODY_ERRORS as exc:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise translate(exc, what) from exc
+            log.debug("GET %s: body cut at byte %d (%s), resuming", what, sink.position, type(exc).__name__)
+            await pause(attempt)
+        finally:
+            body.close()
+    return await sink.finish()
+
+
+async def _read_direct(direct: DirectGets, bucket: str, key: str, what: str, sink: ScatterSink, end: int,
+                       etag: str | None) -> ScatterResult:
+    pinned = quoted(etag) if etag else None
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            await direct.get(bucket, key, sink, end, if_match=pinned, pause=pause)
+        except BodyCut as exc:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise translate(exc, what) from exc
+            log.debug("GET %s: body cut at byte %d, resuming", what, sink.position)
+            pinned = exc.etag
+            await pause(attempt)
+            continue
+        except ResponseError as exc:
+            if pinned and exc.status == 412:
+                raise _changed(what) from exc
+            raise translate(exc, what) from exc
+        except (OSError, asyncio.TimeoutError, BadResponse) as exc:
+            raise translate(exc, what) from exc
+        return await sink.finish()  # 416 or a short body: the object ends before `end`
+    raise AssertionError("unreachable")
+
+
+def _changed(what: str) -> CheckpointChangedError:
+    return CheckpointChangedError(f"{what} changed while it was being read (replaced or deleted: "
+                                  "open the checkpoint again)")
