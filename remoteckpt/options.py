@@ -32,6 +32,12 @@ class IOOptions:
     commit_timeout: float = 600.0
     """Seconds the coordinator waits for every worker's table, and workers for the commit."""
 
+    lease_timeout: float = 30.0
+    """Seconds a save's claim on its prefix lives without renewal.  The save renews it every
+    quarter of that, however long it runs; another save (or `gc`) takes it over only after
+    watching it stay unchanged this long, by its own monotonic clock (never by comparing
+    wall clocks).  A retried job whose last attempt was killed waits at most this long."""
+
     poll_interval: float = 0.05
     """First wait between polls of storage while waiting (grows to 1 s)."""
 
@@ -42,6 +48,8 @@ class IOOptions:
             raise ValueError("max_concurrency must be >= 1 and read_chunk >= 64 KiB")
         if self.crc_chunk and self.crc_chunk < 4096:
             raise ValueError("crc_chunk must be 0 or at least 4096")
+        if self.lease_timeout <= 0 or self.commit_timeout < 0:
+            raise ValueError("lease_timeout must be positive and commit_timeout not negative")
 
 
 DEFAULT_OPTIONS = IOOptions()

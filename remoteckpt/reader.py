@@ -1,7 +1,10 @@
 """Reading a checkpoint: `CheckpointReader`, the API of `tf.train.load_checkpoint`.
 
-The `.index` is fetched in one request and validated whole when the reader opens.  Reads
-fetch only the byte ranges they need, many at once:
+When the reader opens, the data files are listed (one request per thousand files: their
+sizes and versions), then the `.index` is fetched in one request and validated whole.  Every
+read is pinned to the versions listed (``If-Match`` on S3), so a reader racing an overwrite or
+a deletion gets the bytes it started with or `CheckpointChangedError` / `CheckpointNotFoundError`,
+never a mix of two checkpoints.  Reads fetch only the byte ranges they need, many at once:
 
   1. resolve: each requested (tensor, box) -> the stored boxes that intersect it
   2. check: every entry against its data file's size and the tensor's dtype and shape,
@@ -31,6 +34,7 @@ from .engine.budget import MemoryBudget
 from .engine.fetch import execute
 from .engine.ranges import Piece, box_byte_runs, chunk_spans, coalesce
 from .errors import (
+    CheckpointChangedError,
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -51,7 +55,7 @@ from .format.payload import decode_strings
 from .format.slices import Box, box_in
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback, Reporter
-from .storage import Store, open_store, split_prefix
+from .storage import ObjectInfo, Store, open_store, split_prefix
 
 OnBytes = Callable[[int], None] | None
 
@@ -98,15 +102,21 @@ class CheckpointReader:
         self._prefix = os.fspath(prefix)
         self._options = options
         directory, self._name = split_prefix(self._prefix)
+        self._data_files: dict[str, ObjectInfo] = {}
         self._store, self._index = loop.run(self._open(directory, storage_options))
-        self._finalizer = weakref.finalize(self, _close_soon, self._store)
+        self._reading = (directory, self._name)
+        _reading[self._reading] = _reading.get(self._reading, 0) + 1
+        self._finalizer = weakref.finalize(self, _close_soon, self._store, self._reading)
         self._names = {_decode_name(k): k for k in self._index.tensor_keys()}
-        self._data_sizes: dict[int, int] = {}
 
     async def _open(self, directory: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
         store = open_store(directory, storage_options, self._options)
         key = index_filename(self._name)
         try:
+            # The data files first, then the index: a checkpoint replaced in between leaves
+            # this reader with data versions older than its index, and its reads then fail
+            # their version check instead of mixing the two.
+            self._data_files = {i.key: i for i in await store.list_info(f"{self._name}.data-")}
             try:
                 data = await store.get(key, max_size=MAX_INDEX_BYTES)
             except CheckpointNotFoundError:
@@ -190,7 +200,6 @@ class CheckpointReader:
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
         outs = list(outs) if outs is not None else [None] * len(requests)
         resolved = [self._resolve(name, box) for name, box in requests]
-        await self._load_sizes({e.shard_id for r in resolved for _, _, e, _ in r[3]})
         results = []
         parts: list[_Part] = []
         for (name, dtype, request, stored), out in zip(resolved, outs):
@@ -263,29 +272,18 @@ class CheckpointReader:
         except ShapeMismatchError as exc:
             raise ShapeMismatchError(f"tensor {name!r}: {exc}") from None
 
-    async def _load_sizes(self, shard_ids: set[int]) -> None:
-        missing = sorted(s for s in shard_ids if s not in self._data_sizes)
-
-        async def one(shard: int) -> None:
-            key = data_filename(self._name, shard, self._index.num_shards)
-            try:
-                self._data_sizes[shard] = await self._store.size(key)
-            except CheckpointNotFoundError:
-                pass  # reported with the tensor's name by _checked_entry
-
-        await asyncio.gather(*(one(s) for s in missing))
-
     def _checked_entry(self, name: str, key: bytes, box: Box, entry: BundleEntry, dtype: np.dtype) -> tuple[BundleEntry, str]:
         """The entry and its data file's key, after checking that it agrees with the tensor
-        and lies inside its data file (whose size `_load_sizes` fetched)."""
+        and lies inside its data file (as listed when the reader opened)."""
         where = f"tensor {name!r} in {self._prefix}"
         if entry.slices or entry.dtype not in (self._index.entries[self._names[name]].dtype,) or entry_shape(entry) != tuple(box.size):
             raise CorruptCheckpointError(f"{where}: slice entry {box.spec()} disagrees with the tensor")
         data_key = data_filename(self._name, entry.shard_id, self._index.num_shards)
         file = self._store.describe(data_key)
-        file_size = self._data_sizes.get(entry.shard_id)
-        if file_size is None:
+        listed = self._data_files.get(data_key)
+        if listed is None:
             raise CheckpointNotFoundError(f"{where}: data file missing: {file}")
+        file_size = listed.size
         if entry.offset + entry.size > file_size:
             raise CorruptCheckpointError(
                 f"{where}: bytes {entry.offset}..{entry.offset + entry.size} lie outside {file} ({file_size} bytes)")
@@ -335,9 +333,15 @@ class CheckpointReader:
     async def _fetch(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
                      names: Mapping[int, str], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
         ops = coalesce(pieces, gap=self._options.coalesce_gap, max_length=self._options.read_chunk)
-        return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
-                             describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}",
-                             on_bytes=on_bytes)
+        try:
+            return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
+                                 describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}",
+                                 on_bytes=on_bytes, etags={k: i.etag for k, i in self._data_files.items() if i.etag})
+        except CheckpointChangedError as exc:
+            raise CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
+                                         f"({exc}); open it again") from exc
+        except CheckpointNotFoundError as exc:
+            raise CheckpointChangedError(f"checkpoint {self._prefix} was deleted while it was being read ({exc})") from exc
 
     async def _read_direct(self, parts: list[_Part], on_bytes: OnBytes) -> None:
         """Whole entries straight into their regions of the output arrays, in one plan."""
@@ -421,6 +425,7 @@ class CheckpointReader:
     def close(self) -> None:
         """Release the store's connections (also done when the reader is garbage-collected)."""
         if self._finalizer.detach():
+            _stop_reading(self._reading)
             loop.run(self._store.close())
 
     def __enter__(self) -> "CheckpointReader":
@@ -433,7 +438,25 @@ class CheckpointReader:
         return f"CheckpointReader({self._prefix!r}, {len(self._names)} tensors)"
 
 
-def _close_soon(store: Store) -> None:
+_reading: dict[tuple[str, str], int] = {}
+"""Open readers of this process per checkpoint (directory, name): retention leaves these be."""
+
+
+def being_read(directory: str, name: str) -> bool:
+    """Whether a `CheckpointReader` of this process has checkpoint `name` of `directory` open."""
+    return _reading.get((directory, name), 0) > 0
+
+
+def _stop_reading(which: tuple[str, str]) -> None:
+    count = _reading.get(which, 0) - 1
+    if count > 0:
+        _reading[which] = count
+    else:
+        _reading.pop(which, None)
+
+
+def _close_soon(store: Store, which: tuple[str, str]) -> None:
+    _stop_reading(which)
     try:
         loop.submit(store.close())
     except RuntimeError:  # interpreter shutting down

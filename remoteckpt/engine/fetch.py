@@ -21,15 +21,18 @@ PieceId = tuple[int, int]
 
 async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, memoryview], *,
                   max_concurrency: int, describe: Callable[[Piece], str],
-                  on_bytes: Callable[[int], None] | None = None) -> dict[PieceId, int]:
-    """Fetch every op; return {piece id: crc32c of its bytes}.  Raises `CorruptCheckpointError`
-    (naming the tensor via `describe` and the file) if an object is shorter than planned."""
+                  on_bytes: Callable[[int], None] | None = None,
+                  etags: Mapping[str, str] | None = None) -> dict[PieceId, int]:
+    """Fetch every op (from the version `etags` names for its object, if any); return
+    {piece id: crc32c of its bytes}.  Raises `CorruptCheckpointError` (naming the tensor via
+    `describe` and the file) if an object is shorter than planned."""
     slots = asyncio.Semaphore(max_concurrency)
     crcs: dict[PieceId, int] = {}
 
     async def run(op: ReadOp) -> None:
         async with slots:
-            result = await store.read_scatter(op.key, op.start, [(p.offset, views[p.task, p.index]) for p in op.pieces])
+            result = await store.read_scatter(op.key, op.start, [(p.offset, views[p.task, p.index]) for p in op.pieces],
+                                              etag=(etags or {}).get(op.key))
         if result.delivered != sum(p.length for p in op.pieces):
             short = next((p for p in op.pieces if p.end > op.start + result.delivered), op.pieces[-1])
             raise CorruptCheckpointError(

@@ -1,30 +1,39 @@
-"""`gc`: remove what crashed saves leave behind, never a committed checkpoint.
+"""`gc`: remove what crashed saves leave behind, never a committed checkpoint or a live save.
 
-Garbage in a directory, when older than `older_than` seconds (younger ones may belong to a
-save in progress):
-  - data files ``NAME.data-*`` with no ``NAME.index`` (the save never committed)
-  - staging files under ``NAME.tmp*/`` (per-worker tables, failure notes, outcomes)
+Garbage in a directory, when older than `older_than` seconds:
+  - data files ``NAME.data-*`` (of any world size) with no ``NAME.index``
+  - staging objects under ``NAME.tmp*/`` (notices, workers' reports)
   - claims ``NAME.claim`` of saves that died holding them
   - local temp files ``*.tempstate<digits>`` of interrupted writes
   - incomplete multipart uploads (S3), which otherwise cost money forever
-Everything else is left alone: committed checkpoints (an ``.index`` and its data files), the
-state file, files remoteckpt does not recognise.
+A prefix whose claim is alive is left alone whatever its age: every claim found is watched for
+the lease its holder stated (renewed meanwhile: alive), all at once, so `gc` takes up to one
+lease timeout when it finds any.  Just before a data file is deleted, its index is looked for
+again, and the delete is conditional on the version listed.  Everything else is left alone:
+committed checkpoints (an ``.index`` and its data files), the state file, files remoteckpt
+does not recognise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CheckpointNotFoundError
+from ..format.bundle import index_filename
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..protocol.layout import DATA_FILE
+from ..protocol.lease import Verdict, watch
+from ..protocol.records import MAX_RECORD_BYTES, ClaimRecord
 from ..storage import ObjectInfo, Store, on_store
 
-_DATA = re.compile(r"^(?P<name>.+)\.data-\d{5,}-of-\d{5,}$")
 _STAGING = re.compile(r"^(?P<name>[^/]+)\.tmp(-[A-Za-z0-9._-]+)?/")
-_TEMP = re.compile(r"\.tempstate\d+$")
-_CLAIM = re.compile(r"^[^/]+\.claim$")
+_TEMP = re.compile(r"^(?P<name>[^/]+?)(\.index|\.data-\d{5,}-of-\d{5,}|\.claim)?\.tempstate\d+$")
+_CLAIM = re.compile(r"^(?P<name>[^/]+)\.claim$")
 
 
 @dataclass
@@ -32,20 +41,41 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     aborted_uploads: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(key, why) of garbage left in place: a live save's, or younger than `older_than`."""
 
 
-def _garbage(info: ObjectInfo, committed: set[str]) -> bool:
-    key = info.key
-    if _TEMP.search(key) or _STAGING.match(key) or _CLAIM.match(key):
-        return True
-    match = _DATA.match(key)
-    return bool(match and "/" not in key and match.group("name") not in committed)
+def _owner(key: str) -> tuple[str, str] | None:
+    """(checkpoint name, kind) of a key gc may collect, None for anything else."""
+    if "/" not in key and (m := DATA_FILE.match(key)):
+        return m.group("name"), "data"
+    for kind, pattern in (("staging", _STAGING), ("claim", _CLAIM), ("temp", _TEMP)):
+        if m := pattern.match(key):
+            return m.group("name"), kind
+    return None
+
+
+async def _live_claims(store: Store, claims: list[ObjectInfo], options: IOOptions) -> set[str]:
+    """Names of the checkpoints whose claim is renewed while we watch it."""
+    async def judge(info: ObjectInfo) -> str | None:
+        try:
+            held = await store.get_object(info.key, max_size=MAX_RECORD_BYTES)
+        except CheckpointNotFoundError:
+            return None
+        record = ClaimRecord.decode(held.data)
+        lease = record.lease if record is not None else options.lease_timeout
+        if await watch(store, info.key, held.etag, lease) is Verdict.ALIVE:
+            return info.key[: -len(".claim")]
+        return None
+
+    return {name for name in await asyncio.gather(*(judge(c) for c in claims)) if name}
 
 
 def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
-       storage_options: dict[str, Any] | None = None, dry_run: bool = False) -> GcReport:
-    """Remove uncommitted leftovers older than `older_than` seconds from `directory`
-    (see the module docstring); with `dry_run`, only report them."""
+       storage_options: dict[str, Any] | None = None, dry_run: bool = False,
+       options: IOOptions = DEFAULT_OPTIONS) -> GcReport:
+    """Remove uncommitted leftovers older than `older_than` seconds from `directory`, except
+    those of live saves (see the module docstring); with `dry_run`, only report them."""
     text = os.fspath(directory)
     root = text.rstrip("/") if "://" in text else os.path.abspath(text)
     cutoff = time.time() - older_than
@@ -54,17 +84,32 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
         report = GcReport()
         infos = await store.list_info()
         committed = {i.key[: -len(".index")] for i in infos if i.key.endswith(".index") and "/" not in i.key}
-        for info in infos:
-            if info.mtime <= cutoff and _garbage(info, committed):
-                report.removed.append(info.key)
-                report.bytes_freed += info.size
-                if not dry_run:
-                    await store.delete(info.key)
+        owned = [(i, o) for i in infos if (o := _owner(i.key)) is not None]
+        live = await _live_claims(store, [i for i, (_, kind) in owned if kind == "claim"], options)
+        for info, (name, kind) in owned:
+            if kind == "data" and name in committed:
+                continue
+            why = ("a live save holds its prefix" if name in live
+                   else f"younger than {older_than:g} s" if info.mtime > cutoff else "")
+            if why:
+                report.skipped.append((info.key, why))
+                continue
+            if kind == "data" and await store.exists(index_filename(name)):
+                continue  # committed meanwhile
+            report.removed.append(info.key)
+            report.bytes_freed += info.size
+            if not dry_run:
+                await store.delete(info.key, if_match=info.etag or None)
         for upload in await store.pending_uploads():
-            if upload.initiated <= cutoff:
+            owner = _owner(upload.key)
+            if owner is not None and owner[0] in live:
+                report.skipped.append((f"upload of {upload.key}", "a live save holds its prefix"))
+            elif upload.initiated > cutoff:
+                report.skipped.append((f"upload of {upload.key}", f"younger than {older_than:g} s"))
+            else:
                 report.aborted_uploads.append(upload.key)
                 if not dry_run:
                     await store.abort_upload(upload)
         return report
 
-    return on_store(root, go, storage_options)
+    return on_store(root, go, storage_options, options)

@@ -66,6 +66,7 @@ class CheckpointManager:
                            storage_options=storage_options, options=options, save_id=save_id)
         self._last_step: int | None = None
         self._last_time: float | None = None
+        self._adopted = False
 
     @property
     def prefix(self) -> str:
@@ -83,16 +84,28 @@ class CheckpointManager:
     def should_save(self, step: int) -> bool:
         return self.policy.due(int(step), self._last_step, self._last_time, time.time())
 
+    def _saved_already(self, step: int) -> bool:
+        """Whether `step` is a checkpoint of the directory already (a job restarted from it
+        reaches the same step again): it is not saved twice."""
+        if not self._adopted:
+            self.saver.adopt(self.directory)
+            self._adopted = True
+        if self.saver.prefix_for(self.prefix, step) in self.saver.last_checkpoints:
+            self._mark(step)
+            return True
+        return False
+
     def save(self, tensors: Mapping[str, Any], step: int, *, force: bool = False) -> str | None:
-        """Save at `step` if the policy says so (or `force`); the prefix, or None if skipped."""
-        if not (force or self.should_save(step)):
+        """Save at `step` if the policy says so (or `force`) and the directory does not hold
+        that step already; the prefix, or None if skipped."""
+        if not (force or self.should_save(step)) or self._saved_already(step):
             return None
         prefix = self.saver.save(tensors, self.prefix, global_step=step)
         self._mark(step)
         return prefix
 
     def save_async(self, tensors: Mapping[str, Any], step: int, *, force: bool = False) -> "Future[str] | None":
-        if not (force or self.should_save(step)):
+        if not (force or self.should_save(step)) or self._saved_already(step):
             return None
         future = self.saver.save_async(tensors, self.prefix, global_step=step)
         self._mark(step)
@@ -103,7 +116,7 @@ class CheckpointManager:
         if self._last_step == int(step):
             self.saver._wait_in_flight()
             return self.saver.prefix_for(self.prefix, step)
-        return self.save(tensors, step, force=True)
+        return self.save(tensors, step, force=True) or self.saver.prefix_for(self.prefix, step)
 
     def restore(self, prefix: str | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
         return self.saver.restore(prefix if prefix is not None else self.latest_checkpoint, **kwargs)

@@ -7,7 +7,8 @@ Per save, in this order (TF's, with the commit first):
   3. the coordinator writes the `checkpoint` state file (relative paths, with timestamps)
   4. the coordinator takes ONE queued checkpoint: if it is newer than the next
      keep-every-N-hours mark it is preserved (and the mark advances N hours), else deleted:
-     its `.index` first (so it stops existing at once), then its data files and `.meta`
+     its `.index` first (so it stops existing at once), then its data files and `.meta`;
+     one that a `CheckpointReader` of this process has open stays queued for the next save
 A Saver on a directory that already has a state file adopts the checkpoints it lists (with
 their timestamps) and keeps applying retention to them.
 """
@@ -32,7 +33,7 @@ from ..faults import crash_point
 from ..errors import CheckpointNotFoundError, ShapeMismatchError, TensorNotFoundError
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
-from ..reader import CheckpointReader
+from ..reader import CheckpointReader, being_read
 from ..storage import Store, on_store, open_store, split_prefix
 from .state import STATE_FILENAME, format_state, join, latest_checkpoint, read_state, write_state
 
@@ -102,6 +103,15 @@ class Saver:
             return latest_checkpoint(self._directory, storage_options=self.storage_options,
                                      latest_filename=self.latest_filename)
         return None
+
+    def adopt(self, directory: str | os.PathLike[str]) -> list[str]:
+        """Read `directory`'s state file now (a save does it anyway): the checkpoints it lists
+        that exist join this Saver's list.  Returns `last_checkpoints`."""
+        text = os.fspath(directory)
+        root = text.rstrip("/") if "://" in text else os.path.abspath(text)
+        if not self._adopted or self._directory != root:
+            on_store(root, lambda store: self._adopt(store, root), self.storage_options, self.options)
+        return self.last_checkpoints
 
     # --- saving -----------------------------------------------------------------------
 
@@ -193,8 +203,12 @@ class Saver:
         if stamp > self._next_checkpoint_time:
             self._next_checkpoint_time += self.keep_checkpoint_every_n_hours * 3600
             return
-        crash_point("retention")
         directory, name = split_prefix(prefix)
+        if being_read(directory, name) or (self._last and self._last[-1][0] == prefix):
+            self._to_delete.insert(0, (prefix, stamp))  # read here right now, or the newest: later
+            log.info("not deleting %s yet: it is being read in this process", prefix)
+            return
+        crash_point("retention")
         target = store if directory == self._directory else open_store(directory, self.storage_options)
         try:
             await delete_checkpoint(target, name)

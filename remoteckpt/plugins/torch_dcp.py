@@ -12,17 +12,20 @@ write and read a TensorFlow tensor bundle at that prefix (``step-100.index`` +
 
 How DCP's save sequence maps onto the bundle (N ranks, N + 1 data files):
 
-    prepare_global_plan  (coordinator)  claim the prefix (`protocol.claim`: of two jobs
-                                        racing for it, one goes on); refuse an existing
-                                        checkpoint (unless overwrite); give rank r data
-                                        file r of N + 1
+    prepare_global_plan  (coordinator)  claim the prefix for a fresh attempt
+                                        (`protocol.claim`: of two jobs racing for it, one
+                                        goes on; a lease renewed in the background); refuse
+                                        an existing checkpoint (or retire it, if overwriting)
+                                        and clear a dead attempt's leftovers; give rank r
+                                        data file r of N + 1
     write_data           (every rank)   stream the rank's items into PREFIX.data-r-of-(N+1)
-                                        (final name, durable on return); its index table
-                                        rides back to the coordinator in the WriteResults
+                                        (final name, create-only, durable on return); its
+                                        index table and the file's identity ride back to
+                                        the coordinator in the WriteResults
     finish               (coordinator)  DCP's Metadata, as JSON, into the string tensor
-                                        ``_DCP_METADATA`` of data file N; merge the N + 1
-                                        tables; commit PREFIX.index (create-only);
-                                        release the claim
+                                        ``_DCP_METADATA`` of data file N; fence the N + 1
+                                        data files (`protocol.fence`); merge the tables;
+                                        commit PREFIX.index (create-only); release the claim
 
 The process group does the meeting that `remoteckpt.save` does through storage, so there is
 no staging, no polling, and the index (the commit) covers DCP's metadata too: a checkpoint
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import uuid
@@ -62,14 +64,18 @@ from ..errors import (
     InvalidTensorsError,
     ShapeMismatchError,
 )
-from ..format.bundle import encode_index, index_filename, make_header
+from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..protocol import claim as claims
+from ..protocol import coordinator, fence
 from ..protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from ..protocol.layout import SaveLayout
-from ..protocol.save import commit_tables, write_part
-from ..storage import open_store, split_prefix
-from ..writer import Slice
+from ..protocol.lease import Lease
+from ..protocol.records import DataIdentity
+from ..protocol.save import commit_tables, refuse_unsafe_store
+from ..protocol.worker import table_bytes, write_part
+from ..storage import Store, open_store, split_prefix
+from ..writer import BundlePlan, Slice
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
 from .torch_dcp_reader import StorageReader
 from .torch_metadata import FORMAT, encode_metadata
@@ -91,17 +97,37 @@ def _check_name(fqn: str) -> None:
 class _Written:
     """`WriteResult.storage_data`: where an item went.  `table` (the rank's index table, one
     object shared by all of the rank's results, so sent once) is how the coordinator learns
-    each data file's entries."""
+    each data file's entries, and `data` which version of the file the rank wrote."""
 
     tensor: str
     shard_id: int
     table: bytes
+    data: DataIdentity | None = None
 
 
-def _table_bytes(entries: dict[bytes, Any]) -> bytes:
-    out = io.BytesIO()
-    encode_index(make_header(1), entries, out)
-    return out.getvalue()
+@dataclasses.dataclass
+class _Held:
+    """The claim a writer holds between prepare_global_plan and finish: its lease renews on
+    the store opened for it."""
+
+    store: Store
+    lease: Lease
+    forget: weakref.finalize
+
+
+_held_by_prefix: dict[str, _Held] = {}
+"""The claim of the last DCP save of each prefix in this process.  DCP saves of one process
+run one after another (they are collectives): when a new one starts, an earlier one still
+holding the prefix has ended (it failed on some rank, and DCP never called its `finish`)."""
+
+
+def _abandon(lease: Lease) -> None:
+    """A writer holding `lease` was collected: stop renewing, let later saves take it over."""
+    claims.forget(lease)
+    try:
+        loop.submit(lease.stop())
+    except RuntimeError:  # interpreter shutting down
+        pass
 
 
 async def _exists_or_unknown(store: Any, key: str) -> bool:
@@ -132,7 +158,7 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         self.save_id = uuid.uuid4().hex
         self.is_coordinator = False
         self.rank: int | None = None
-        self._claim: tuple[SaveLayout, claims.ClaimRecord, weakref.finalize] | None = None
+        self._claim: _Held | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         refuse_credentials(self)
@@ -170,8 +196,8 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
             for item in plan.items:
                 _check_name(item.index.fqn)
         shards = len(plans) + 1  # one data file per rank, plus the coordinator's metadata file
-        loop.run(self._claim_unless_committed(shards))
-        return [dataclasses.replace(plan, storage_data={"shard_id": r, "num_shards": shards})
+        attempt = loop.run(self._claim_unless_committed(shards))
+        return [dataclasses.replace(plan, storage_data={"shard_id": r, "num_shards": shards, "attempt": attempt})
                 for r, plan in enumerate(plans)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -184,9 +210,10 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         for item in plan.items:
             name, nbytes = self._add_item(tensors, item, planner.resolve_data(item))
             placed.append((item, name, nbytes))
-        table = loop.run(self._write_shard(tensors, slot["shard_id"], slot["num_shards"]))
+        identity, table = loop.run(self._write_shard(tensors, slot["shard_id"], slot["num_shards"],
+                                                     slot.get("attempt", "")))
         results = [WriteResult(index=item.index, size_in_bytes=nbytes,
-                               storage_data=_Written(name, slot["shard_id"], table))
+                               storage_data=_Written(name, slot["shard_id"], table, identity))
                    for item, name, nbytes in placed]
         future: Future[list[WriteResult]] = Future()
         future.set_result(results)
@@ -195,19 +222,22 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         n = len(results)
         tables: list[bytes | None] = [None] * n
+        identities: list[DataIdentity] = []
         for rank_results in results:
             for result in rank_results:
                 written = result.storage_data
                 if isinstance(written, _Written) and tables[written.shard_id] is None:
                     tables[written.shard_id] = written.table
+                    if written.data is not None:
+                        identities.append(written.data)
         if metadata.version is None:
             metadata.version = DCP_VERSION
         metadata.storage_meta = self.storage_meta()
         metadata.storage_data = {"format": FORMAT, "metadata_tensor": METADATA_TENSOR,
                                  "bytes_prefix": BYTES_PREFIX, "num_shards": n + 1}
         blob = encode_metadata(metadata)
-        empty = _table_bytes({})
-        loop.run(self._commit([t if t is not None else empty for t in tables], blob))
+        empty = table_bytes(BundlePlan())  # a rank that wrote no items
+        loop.run(self._commit([t if t is not None else empty for t in tables], identities, blob))
 
     # --- the work --------------------------------------------------------------------------
 
@@ -249,65 +279,83 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         finally:
             await store.close()
 
-    async def _claim_unless_committed(self, shards: int) -> None:
-        """Claim the prefix for this save before any rank writes, then refuse a committed
-        checkpoint (unless overwriting), in this order as `remoteckpt.save` does: checked
-        before the claim, the index of a racing save that commits and releases its claim in
-        between would go unseen, and this save would take a claim that nobody releases (its
-        ranks then fail in write_data, and DCP never calls `finish`).  A claim held by another
-        save over a committed checkpoint is reported as that checkpoint (the holder lost to
-        it, or is replacing it).  Should a rank's write_data fail, DCP never calls `finish`:
-        the claim is released by this writer's next save, and forgotten (so a later save of
-        this process takes it over) once the writer is gone."""
-        async with self._opened() as (store, name):
-            index = index_filename(name)
-            layout = SaveLayout(name, 0, shards, save_id=self.save_id)
+    async def _claim_unless_committed(self, shards: int) -> str:
+        """Claim the prefix for a fresh attempt before any rank writes, then prepare it (a
+        committed checkpoint refused unless overwriting, then retired; a dead attempt's
+        leftovers cleared), in this order as `remoteckpt.save` does: checked before the claim,
+        the index of a racing save that commits and releases its claim in between would go
+        unseen.  A claim held by another save over a committed checkpoint is reported as that
+        checkpoint (the holder lost to it, or is replacing it).  Should a rank's write_data
+        fail, DCP never calls `finish`: the claim is released by this writer's next save, or
+        by the next DCP save of the prefix in this process, and stops renewing once the
+        writer is gone.  Returns the attempt token."""
+        assert self.prefix is not None
+        earlier = _held_by_prefix.pop(self.prefix, None)
+        if earlier is not None and earlier is not self._claim:
+            await _let_go(earlier)
+        directory, name = split_prefix(self.prefix)
+        store = open_store(directory, self.storage_options, self.options)
+        layout = SaveLayout(name, 0, shards, save_id=self.save_id)
+        try:
+            await refuse_unsafe_store(store, layout)
             try:
-                record = await claims.acquire(store, layout, self.options)
+                lease = await claims.acquire(store, layout, self.options)
             except CheckpointBusyError:
-                if not self.overwrite and await _exists_or_unknown(store, index):
-                    raise CheckpointExistsError.committed(store.describe(index)) from None
+                if not self.overwrite and await _exists_or_unknown(store, layout.index):
+                    raise CheckpointExistsError.committed(store.describe(layout.index)) from None
                 raise
-            self._claim = layout, record, weakref.finalize(self, claims.forget, record)
-            try:
-                if not self.overwrite and await store.exists(index):
-                    raise CheckpointExistsError.committed(store.describe(index))
-            except BaseException:
-                await self._release_claim(store)
-                raise
+        except BaseException:
+            await store.close()
+            raise
+        self._claim = _held_by_prefix[self.prefix] = _Held(store, lease, weakref.finalize(self, _abandon, lease))
+        try:
+            await coordinator.prepare(store, layout, lease, overwrite=self.overwrite)
+        except BaseException:
+            await self._release_claim()
+            raise
+        return lease.attempt
 
-    async def _release_claim(self, store: Any = None) -> None:
-        if self._claim is None:
+    async def _release_claim(self) -> None:
+        held, self._claim = self._claim, None
+        if held is None:
             return
-        layout, record, forget = self._claim
-        self._claim = None
-        forget.detach()
-        async with contextlib.AsyncExitStack() as stack:
-            if store is None:
-                store, _ = await stack.enter_async_context(self._opened())
-            try:
-                await claims.release(store, layout, record)
-            except Exception:  # left for the next save of this process, or for `gc`
-                log.warning("could not release %s", store.describe(layout.claim), exc_info=True)
+        if self.prefix is not None and _held_by_prefix.get(self.prefix) is held:
+            del _held_by_prefix[self.prefix]
+        await _let_go(held)
 
-    async def _write_shard(self, tensors: dict[str, Any], shard_id: int, num_shards: int) -> bytes:
+    async def _write_shard(self, tensors: dict[str, Any], shard_id: int, num_shards: int,
+                           attempt: str) -> tuple[DataIdentity, bytes]:
         async with self._opened() as (store, name):
-            return await self._stream(store, name, tensors, shard_id, num_shards)
+            return await write_part(store, SaveLayout(name, shard_id, num_shards), tensors, options=self.options,
+                                    attempt=attempt)
 
-    async def _stream(self, store: Any, name: str, tensors: dict[str, Any], shard_id: int, num_shards: int) -> bytes:
-        """Phase one of remoteckpt's save protocol for data file `shard_id` (durable on
-        return, written create-only unless overwriting); its index table."""
-        return await write_part(store, SaveLayout(name, shard_id, num_shards), tensors,
-                                overwrite=self.overwrite, options=self.options)
-
-    async def _commit(self, tables: list[bytes], blob: bytes) -> None:
-        """The coordinator's metadata file (data file N of N + 1), then phase two: the merged
+    async def _commit(self, tables: list[bytes], identities: list[DataIdentity], blob: bytes) -> None:
+        """The coordinator's metadata file (data file N of N + 1), the fence, then the merged
         index, committed; then the claim released, whatever happened."""
+        held = self._claim
+        if held is None:
+            raise RuntimeError("remoteckpt.torch.StorageWriter.finish without a claim "
+                               "(prepare_global_plan did not run on this coordinator)")
         async with self._opened() as (store, name):
             try:
                 n = len(tables)
-                table = await self._stream(store, name, {METADATA_TENSOR: np.array(blob, dtype=object)}, n, n + 1)
-                await commit_tables(store, SaveLayout(name, 0, n + 1), [*tables, table],
-                                    overwrite=self.overwrite, commit=self.commit)
+                layout = SaveLayout(name, 0, n + 1)
+                identity, table = await write_part(store, SaveLayout(name, n, n + 1),
+                                                   {METADATA_TENSOR: np.array(blob, dtype=object)},
+                                                   options=self.options, attempt=held.lease.attempt)
+                await held.lease.fresh()
+                await fence.check_data_files(store, layout.data_prefix, [*identities, identity])
+                held.lease.check()
+                await commit_tables(store, layout, [*tables, table], commit=self.commit)
             finally:
-                await self._release_claim(store)
+                await self._release_claim()
+
+
+async def _let_go(held: _Held) -> None:
+    held.forget.detach()
+    try:
+        await claims.release(held.lease)
+    except Exception:  # left for the next save of this process (taken over at once), or for `gc`
+        log.warning("could not release %s", held.store.describe(held.lease.key), exc_info=True)
+    finally:
+        await held.store.close()

@@ -1,163 +1,99 @@
-"""The claim: which save may write a prefix, decided once, before any data.
+"""The claim: which save attempt may write a prefix, decided once, before any data.
 
-    NAME.claim    JSON {"save_id", "world_size", "token", "host", "pid"}, created by rank 0
-                  with a create-only PUT; deleted once the save commits or fails
+The coordinator (rank 0) creates ``NAME.claim`` create-only and holds it as a `lease.Lease`.
+If a claim is there:
+  - its own write whose acknowledgement was lost (its attempt token): it is ours;
+  - a claim of a save of this very process that has ended (it failed without releasing
+    it), or one whose process on this host is gone: taken over at once;
+  - a claim of a save running in this very process: busy at once;
+  - otherwise it is watched (`lease.watch`): renewed meanwhile -> `CheckpointBusyError`,
+    raised before a byte is written; unchanged for ``lease_timeout`` -> dead, taken over with
+    a conditional PUT on the version watched (two saves taking over at once: one wins).
+A dead attempt's leftovers never matter to the new one: the new attempt has its own token,
+and its coordinator clears the dead attempt's data files before its workers write
+(`coordinator.clear_leftovers`).
 
-Without it, two jobs racing for one prefix would each create some of the data files (every
-data file is create-only), and each job would then have a worker that lost: both fail and
-the winners' files block the prefix.  With it, exactly one job proceeds:
+Workers (ranks > 0) never read the claim to start: they wait for their group's notice
+(`layout.notice`) to name an attempt of their save id and world size in state "writing".  A
+notice of another job sends them to the claim, watched like the coordinator does: alive is
+`CheckpointBusyError`, a committed index `CheckpointExistsError`.
 
-- rank 0 creates the claim before writing anything.  If one is there it reads it: its own
-  save id and world size (a retry of this save) it takes over, and so a claim left by a
-  save of this very process that has ended; another save's claim older than
-  ``commit_timeout`` (a crashed save) it removes and tries again; a live one is
-  `CheckpointBusyError`, raised before a byte of data is written.
-- ranks > 0 wait for a claim naming their save id and world size, then write.  A live claim
-  naming another save is `CheckpointBusyError` at once; a failure note from their rank 0, or
-  a committed index appearing meanwhile, ends the wait too.
-
-Workers recognise each other by save id (``save_id=`` / ``$REMOTECKPT_SAVE_ID``): jobs that
-may race for one prefix must use distinct ids.  ``overwrite=True`` allows replacing a
-committed checkpoint, not trampling a live save: the claim works the same with it.
-Single-worker saves claim too where create-only streamed writes can race (S3-compatible
-servers whose conditional CompleteMultipartUpload is not atomic: `StoreCapabilities.
-atomic_streamed_create`); a single worker also takes over the claim of a single-worker save
-whose process on this host is gone.  On local disk the create-only data file (a link)
-decides.  Callers with a rendezvous of their own (the PyTorch DCP plugin) claim through
-`acquire`/`release` on their coordinator and `forget` a claim whose save failed elsewhere.
+Workers recognise each other by save id (``save_id=`` / ``$REMOTECKPT_SAVE_ID`` / the
+launcher's run id): jobs that may race for one prefix need distinct ids.  Callers with a
+rendezvous of their own (the PyTorch DCP plugin) claim through `acquire` on their coordinator
+and tell their workers the attempt themselves.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import time
 import uuid
-from dataclasses import asdict, dataclass
 
-from ..errors import CheckpointBusyError, CheckpointError, CheckpointExistsError, CheckpointNotFoundError, \
+from ..errors import CheckpointBusyError, CheckpointChangedError, CheckpointExistsError, CheckpointNotFoundError, \
     SaveFailedError
 from ..options import IOOptions
-from ..storage.base import Store
+from ..storage.base import Store, StoredObject
+from . import poll
 from .layout import SaveLayout
-from .poll import backoff_polls
+from .lease import Lease, Verdict, watch
+from .records import MAX_RECORD_BYTES, ClaimRecord, Notice
 
 CLAIM_ATTEMPTS = 4
-"""Create-only PUTs rank 0 tries before giving up: each failed one either finds a live claim
-(and stops) or removed a dead one, so only a crowd of saves all clearing dead claims at the
-same moment needs more than two."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClaimRecord:
-    save_id: str
-    world_size: int
-    token: str
-    host: str = ""
-    pid: int = 0
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> ClaimRecord | None:
-        """The record, or None for bytes that are not one (a claim being written, or junk)."""
-        try:
-            raw = json.loads(data)
-            return cls(save_id=str(raw["save_id"]), world_size=int(raw["world_size"]), token=str(raw["token"]),
-                       host=str(raw.get("host", "")), pid=int(raw.get("pid", 0)))
-        except (ValueError, TypeError, KeyError):
-            return None
-
-    def is_for(self, layout: SaveLayout) -> bool:
-        return self.save_id == layout.save_id and self.world_size == layout.world_size
-
-    def describe(self) -> str:
-        who = f"save id {self.save_id!r}" if self.save_id else "a save without a save id"
-        where = f" from {self.host} (pid {self.pid})" if self.host else ""
-        return f"{who} ({self.world_size} data files){where}"
-
-
-@dataclass(frozen=True)
-class HeldClaim:
-    record: ClaimRecord | None
-    age: float
-
-
-def new_record(layout: SaveLayout) -> ClaimRecord:
-    return ClaimRecord(save_id=layout.save_id, world_size=layout.world_size, token=uuid.uuid4().hex,
-                       host=socket.gethostname(), pid=os.getpid())
-
-
-async def read_claim(store: Store, layout: SaveLayout) -> HeldClaim | None:
-    """The claim on `layout`'s prefix and its age in seconds (by the store's clock), or None."""
-    infos = [i for i in await store.list_info(layout.claim) if i.key == layout.claim]
-    if not infos:
-        return None
-    try:
-        data = await store.get(layout.claim)
-    except CheckpointNotFoundError:
-        return None
-    return HeldClaim(ClaimRecord.decode(data), max(0.0, time.time() - infos[0].mtime))
-
-
-def _busy(store: Store, layout: SaveLayout, held: HeldClaim) -> CheckpointBusyError:
-    holder = held.record.describe() if held.record else "another save"
-    return CheckpointBusyError(
-        f"{store.describe(layout.index)} is being saved by {holder}, which claimed it {held.age:.0f} s ago "
-        f"({store.describe(layout.claim)}); this save (save id {layout.save_id!r}) gave up without writing. "
-        "Give racing jobs distinct save ids, wait, or run remoteckpt.gc once the other save is dead.")
-
-
-async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> ClaimRecord:
-    """Rank 0: make the claim ours (see the module docstring) and return what it says."""
-    mine = new_record(layout)
-    for _ in range(CLAIM_ATTEMPTS):
-        try:
-            await store.put(layout.claim, mine.encode(), exclusive=True)
-            _held_here.add(mine.token)
-            return mine
-        except CheckpointExistsError:
-            pass
-        held = await read_claim(store, layout)
-        if held is None:
-            continue  # released meanwhile
-        if held.record == mine:
-            _held_here.add(mine.token)
-            return mine  # our own PUT, whose acknowledgement was lost
-        if held.record is not None and _may_take_over(held.record, layout):
-            await store.put(layout.claim, mine.encode())
-            _held_here.add(mine.token)
-            return mine
-        if held.age <= options.commit_timeout:
-            raise _busy(store, layout, held)
-        # A dead save's.  Another save may have cleared it and claimed meanwhile: delete only
-        # what still is the dead claim (S3 has no conditional delete, so this narrows the
-        # window to one round trip rather than closing it).
-        again = await read_claim(store, layout)
-        if again is not None and again.record == held.record:
-            await store.delete(layout.claim)
-    raise CheckpointBusyError(f"{store.describe(layout.claim)}: could not claim the prefix in "
-                              f"{CLAIM_ATTEMPTS} attempts; other saves keep claiming it")
-
-
-def _may_take_over(record: ClaimRecord, layout: SaveLayout) -> bool:
-    """Whether `record` may be taken over by this save: a claim of this process whose save is
-    no longer running (it failed without releasing it), this save's own rank 0 restarted (same
-    save id and world size), or a single-worker save whose process is gone (a sole writer that
-    is dead writes nothing more).  Two single-worker jobs, or two threads of one, share the
-    default save id, so for them the id alone proves nothing."""
-    here = record.host == socket.gethostname()
-    if here and record.pid == os.getpid() and record.token not in _held_here:
-        return True
-    if layout.world_size > 1:
-        return record.is_for(layout)
-    return here and record.world_size == 1 and record.pid != os.getpid() and not _process_alive(record.pid)
-
+"""Create-only PUTs the coordinator tries before giving up: each failed one either finds a
+live claim (and stops) or took over / saw the release of a dead one, so only a crowd of saves
+all clearing dead claims at the same moment needs more than two."""
 
 _held_here: set[str] = set()
-"""Tokens of the claims that saves running in this process hold (on the I/O loop)."""
+"""Attempt tokens of the claims that saves running in this process hold (on the I/O loop)."""
+
+
+def new_attempt() -> str:
+    return uuid.uuid4().hex[:20]
+
+
+async def read_claim(store: Store, layout: SaveLayout) -> tuple[ClaimRecord | None, StoredObject] | None:
+    """The claim's record (None if its bytes are not one) and the object, or None."""
+    try:
+        held = await store.get_object(layout.claim, max_size=MAX_RECORD_BYTES)
+    except CheckpointNotFoundError:
+        return None
+    return ClaimRecord.decode(held.data), held
+
+
+def lease_of(record: ClaimRecord | None, options: IOOptions) -> float:
+    """How long to watch a claim before judging it dead: the lease its holder stated (junk,
+    which states none, is watched for this save's own lease timeout)."""
+    return record.lease if record is not None else options.lease_timeout
+
+
+def busy(store: Store, layout: SaveLayout, record: ClaimRecord | None) -> CheckpointBusyError:
+    holder = record.describe() if record else "another save"
+    return CheckpointBusyError(
+        f"{store.describe(layout.index)} is being saved by {holder}, which holds "
+        f"{store.describe(layout.claim)} and keeps renewing it; this save (save id {layout.save_id!r}) gave up "
+        "without writing. Give racing jobs distinct save ids, or wait for the other save to end.")
+
+
+def _holder_here(record: ClaimRecord) -> bool:
+    return record.host == socket.gethostname()
+
+
+def _running_here(record: ClaimRecord) -> bool:
+    """A claim held by a save running in this very process (known alive without watching)."""
+    return _holder_here(record) and record.pid == os.getpid() and record.attempt in _held_here
+
+
+def _may_take_over_now(record: ClaimRecord) -> bool:
+    """A claim whose holder is known to be finished without watching it: a save of this
+    process that has ended (it failed without releasing it), or a process of this host that
+    is gone (no worker of its attempt can commit without it: fencing keeps the others out).
+    A live process of this host is watched like any other holder: it may be paused."""
+    if not _holder_here(record):
+        return False
+    if record.pid == os.getpid():
+        return record.attempt not in _held_here
+    return not _process_alive(record.pid)
 
 
 def _process_alive(pid: int) -> bool:
@@ -170,55 +106,101 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def forget(mine: ClaimRecord) -> None:
-    """The save holding `mine` has ended in this process without releasing it: a later save
-    of this process may take the claim over (`release` does this too)."""
-    _held_here.discard(mine.token)
+async def acquire(store: Store, layout: SaveLayout, options: IOOptions) -> Lease:
+    """The coordinator: make the claim this attempt's (see the module docstring) and return
+    its lease, renewing in the background."""
+    mine = ClaimRecord(save_id=layout.save_id, world_size=layout.world_size, attempt=new_attempt(),
+                       host=socket.gethostname(), pid=os.getpid(), lease=options.lease_timeout)
+    for _ in range(CLAIM_ATTEMPTS):
+        try:
+            etag = await store.put(layout.claim, mine.encode(), exclusive=True)
+            return _held(store, layout, mine, etag, options)
+        except CheckpointExistsError:
+            pass
+        found = await read_claim(store, layout)
+        if found is None:
+            continue  # released meanwhile
+        record, held = found
+        if record is not None and record.attempt == mine.attempt:
+            return _held(store, layout, mine, held.etag, options)  # our PUT, its acknowledgement lost
+        if record is not None and _running_here(record):
+            raise busy(store, layout, record)
+        if record is None or not _may_take_over_now(record):
+            verdict = await watch(store, layout.claim, held.etag, lease_of(record, options))
+            if verdict is Verdict.ALIVE:
+                again = await read_claim(store, layout)
+                raise busy(store, layout, again[0] if again else record)
+            if verdict is Verdict.GONE:
+                continue
+        try:  # a dead claim: replace exactly the version judged dead
+            etag = await store.put(layout.claim, mine.encode(), if_match=held.etag)
+            return _held(store, layout, mine, etag, options)
+        except CheckpointChangedError:
+            continue  # another save took it over first, or it was released
+    found = await read_claim(store, layout)
+    raise busy(store, layout, found[0] if found else None)
 
 
-async def release(store: Store, layout: SaveLayout, mine: ClaimRecord) -> None:
-    """Rank 0, after the commit or a failure: remove the claim if it is still ours."""
-    forget(mine)
-    held = await read_claim(store, layout)
-    if held is not None and held.record == mine:
-        await store.delete(layout.claim)
+def _held(store: Store, layout: SaveLayout, record: ClaimRecord, etag: str, options: IOOptions) -> Lease:
+    _held_here.add(record.attempt)
+    lease = Lease(store, layout.claim, record, etag, options.lease_timeout)
+    lease.start()
+    return lease
 
 
-async def await_claim(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool = False) -> None:
-    """Ranks > 0: return once rank 0 holds the claim for this save; raise if another live save
-    holds it, if rank 0 failed meanwhile, or (unless overwriting) if a committed checkpoint
-    appeared."""
-    started = time.time()
-    deadline = time.monotonic() + options.commit_timeout
-    async for _ in backoff_polls(options, deadline):
-        held = await read_claim(store, layout)
-        if held is not None:
-            if held.record is not None and held.record.is_for(layout):
-                return
-            if held.record is not None and held.age <= options.commit_timeout:
-                raise _busy(store, layout, held)
-            continue
-        if not overwrite and await store.exists(layout.index):
-            raise CheckpointExistsError.committed(store.describe(layout.index))
-        if note := await _fresh_failure_note(store, layout, since=started - CLOCK_SKEW):
-            raise SaveFailedError(f"the coordinator (worker 0) failed: {note}")
+def forget(lease: Lease) -> None:
+    """The save holding `lease` has ended in this process without releasing it: a later save
+    of this process may take the claim over at once (`release` does this too)."""
+    _held_here.discard(lease.attempt)
+
+
+async def release(lease: Lease) -> None:
+    """After the commit or a failure: stop renewing, delete the claim if still ours."""
+    forget(lease)
+    await lease.release()
+
+
+async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool) -> str:
+    """A worker (rank > 0): wait for its group's notice to name an attempt of this save in
+    state "writing" and return its token.  Raises `CheckpointBusyError` if another live save
+    holds the prefix, `CheckpointExistsError` if a committed checkpoint is there (unless
+    overwriting), `SaveFailedError` when nobody came within ``commit_timeout``."""
+    deadline = poll.clock() + options.commit_timeout
+    next_look = poll.clock() + options.lease_timeout / 2  # at the claim, in case rank 0 never comes
+    async for polls in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size)):
+        notice = await read_notice(store, layout)
+        if notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size:
+            if notice.state == "writing":
+                return notice.attempt
+            continue  # the end of an earlier attempt, left behind: wait for this one
+        if notice is not None or polls == 3 or poll.clock() >= next_look:
+            next_look = poll.clock() + options.lease_timeout / 2
+            if not overwrite and polls >= 3 and await store.exists(layout.index):
+                raise CheckpointExistsError.committed(store.describe(layout.index))
+            await _refuse_foreign_claim(store, layout, options)
     raise SaveFailedError(
-        f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) to claim "
-        f"{store.describe(layout.index)} ({store.describe(layout.claim)} never named save id {layout.save_id!r})")
+        f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) to start saving "
+        f"{store.describe(layout.index)} ({store.describe(layout.my_notice)} never named save id {layout.save_id!r})")
 
 
-CLOCK_SKEW = 2.0
-"""Seconds by which the store's clock may trail ours: a failure note of rank 0 written up to
-this long before a worker started waiting still counts as this save's (older ones are left by
-an earlier attempt that rank 0 has not cleared yet)."""
-
-
-async def _fresh_failure_note(store: Store, layout: SaveLayout, *, since: float) -> str | None:
-    key = layout.failure(0)
-    infos = [i for i in await store.list_info(key) if i.key == key and i.mtime >= since]
-    if not infos:
-        return None
+async def read_notice(store: Store, layout: SaveLayout) -> Notice | None:
     try:
-        return (await store.get(key)).decode(errors="replace")
-    except CheckpointError:
+        return Notice.decode(await store.get(layout.my_notice, max_size=MAX_RECORD_BYTES))
+    except CheckpointNotFoundError:
         return None
+
+
+async def _refuse_foreign_claim(store: Store, layout: SaveLayout, options: IOOptions) -> None:
+    """Raise `CheckpointBusyError` if another job's claim on the prefix is alive."""
+    found = await read_claim(store, layout)
+    if found is None:
+        return
+    record, held = found
+    if record is not None and record.same_job(layout.save_id, layout.world_size):
+        return  # ours (our coordinator is about to write the notices), or our job's dead one
+    if record is not None and _running_here(record):
+        raise busy(store, layout, record)
+    if await watch(store, layout.claim, held.etag, lease_of(record, options)) is Verdict.ALIVE:
+        again = await read_claim(store, layout)
+        if again is not None and again[0] is not None and not again[0].same_job(layout.save_id, layout.world_size):
+            raise busy(store, layout, again[0])

@@ -1,14 +1,19 @@
 """Names of everything a save writes, for checkpoint `name` saved by `world_size` workers.
 
-    NAME.data-RRRRR-of-NNNNN          worker R's data, under its final TF name from the start
-    NAME.index                        the merged index: its appearance is the commit
-    NAME.claim                        which save may write the prefix (`claim`)
-    NAME.tmp[-ID]/part-RRRRR-of-NNNNN.index   worker R's table, written once its data is durable
-    NAME.tmp[-ID]/failed-RRRRR        worker R's failure note (the coordinator stops waiting)
-    NAME.tmp[-ID]/outcome             the coordinator's verdict, JSON, read by every worker
+    NAME.data-RRRRR-of-NNNNN             worker R's data, under its final TF name from the start
+    NAME.index                           the merged index: its appearance is the commit
+    NAME.claim                           the lease of the save attempt that holds the prefix
+    NAME.tmp/notice-GGGGG                the coordinator's word to workers G*16 .. G*16+15:
+                                         "attempt A is writing", then "A committed" / "A failed"
+    NAME.tmp-ATTEMPT/worker-RRRRR        worker R's report: its table and its data file's
+                                         identity (size, etag), or its failure
 
-``ID`` is the save id all workers share (``save_id=`` or ``$REMOTECKPT_SAVE_ID``); a retried
-save of the same prefix after a crash should use a fresh one, or run `gc` first.
+``ATTEMPT`` is a fresh token per save attempt, chosen by the coordinator; every worker learns
+it from its group's notice.  The save id (``save_id=``, ``$REMOTECKPT_SAVE_ID``, or the
+launcher's run id and restart count) names the *job*, so that racing jobs are told apart; the
+attempt token names one try of it, so that a retry never meets the leftovers of the last.
+Notices are shared by `NOTICE_GROUP` workers each: no key is read by more than that many
+workers, however many there are.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from ..format.bundle import data_filename, index_filename
 SAVE_ID_ENV = "REMOTECKPT_SAVE_ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-LAUNCHER_IDS: tuple[tuple[str, ...], ...] = (
-    ("TORCHELASTIC_RUN_ID",),           # torchrun / torch.distributed.elastic (kept across restarts)
-    ("SLURM_JOB_ID", "SLURM_STEP_ID"),  # Slurm: the job, and its step within the job
+NOTICE_GROUP = 16
+"""Workers per notice: each notice is read by at most this many workers, each at most a few
+times a second, so no key sees more than about a hundred requests a second whatever the
+world size; the coordinator writes world_size / 16 notices per state."""
+
+LAUNCHER_IDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("TORCHELASTIC_RUN_ID",), "TORCHELASTIC_RESTART_COUNT"),            # torchrun
+    (("SLURM_JOB_ID", "SLURM_STEP_ID"), "SLURM_RESTART_COUNT"),           # Slurm (job, step)
 )
-"""Environment variables that name one run of a job, the same on all of its workers: the
-default save id when none is given, so that two jobs racing for one prefix are told apart
-(and a restarted job, which keeps its id, takes its own claim over)."""
+"""Environment variables naming one run of a job, the same on all of its workers, and the
+variable counting the launcher's restarts of it: the default save id, so that two jobs racing
+for one prefix are told apart, and a restarted job is a new job (its dead predecessor's
+claim is taken over once its lease runs out)."""
 
 
 def _safe_id(text: str) -> str:
@@ -38,8 +49,24 @@ def _safe_id(text: str) -> str:
     return "run-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def default_save_id() -> str:
+    """``$REMOTECKPT_SAVE_ID``, else the launcher's id of this job run with its restart
+    count (every worker of a run sees the same one, another job or a restart another), else
+    "" (see `LAUNCHER_IDS`)."""
+    if SAVE_ID_ENV in os.environ:
+        return os.environ[SAVE_ID_ENV]
+    for names, restarts in LAUNCHER_IDS:
+        values = [os.environ.get(n, "") for n in names]
+        if values[0]:
+            count = os.environ.get(restarts, "")
+            return _safe_id(".".join(v for v in values if v) + (f".r{count}" if count else ""))
+    return ""
+
+
 @dataclass(frozen=True)
 class SaveLayout:
+    """Where a save of checkpoint `name` by worker `rank` of `world_size` puts things."""
+
     name: str
     rank: int
     world_size: int
@@ -51,17 +78,7 @@ class SaveLayout:
         if self.save_id and not _SAFE_ID.match(self.save_id):
             raise ValueError("save_id must be 1-64 characters of [A-Za-z0-9._-]")
 
-    @staticmethod
-    def default_save_id() -> str:
-        """``$REMOTECKPT_SAVE_ID``, else the launcher's id of this job run (every worker of a
-        job sees the same one, another job another), else "" (see `LAUNCHER_IDS`)."""
-        if SAVE_ID_ENV in os.environ:
-            return os.environ[SAVE_ID_ENV]
-        for names in LAUNCHER_IDS:
-            values = [os.environ.get(n, "") for n in names]
-            if values[0]:
-                return _safe_id(".".join(v for v in values if v))
-        return ""
+    default_save_id = staticmethod(default_save_id)
 
     @property
     def index(self) -> str:
@@ -71,30 +88,38 @@ class SaveLayout:
         return data_filename(self.name, rank, self.world_size)
 
     @property
+    def data_prefix(self) -> str:
+        """What every data file of this checkpoint, of any world size, starts with."""
+        return f"{self.name}.data-"
+
+    @property
     def claim(self) -> str:
         return f"{self.name}.claim"
 
     @property
-    def staging(self) -> str:
-        return f"{self.name}.tmp-{self.save_id}/" if self.save_id else f"{self.name}.tmp/"
+    def groups(self) -> int:
+        return -(-self.world_size // NOTICE_GROUP)
 
-    def table(self, rank: int) -> str:
-        return f"{self.staging}part-{rank:05d}-of-{self.world_size:05d}.index"
-
-    def failure(self, rank: int) -> str:
-        return f"{self.staging}failed-{rank:05d}"
+    def notice(self, group: int) -> str:
+        return f"{self.name}.tmp/notice-{group:05d}"
 
     @property
-    def outcome(self) -> str:
-        return f"{self.staging}outcome"
+    def my_notice(self) -> str:
+        return self.notice(self.rank // NOTICE_GROUP)
 
-    def rank_of(self, key: str) -> tuple[str, int] | None:
-        """('table' | 'failed', rank) for a staging key, None for anything else."""
-        rest = key[len(self.staging):] if key.startswith(self.staging) else None
-        if rest is None:
+    def staging(self, attempt: str) -> str:
+        return f"{self.name}.tmp-{attempt}/"
+
+    def report(self, attempt: str, rank: int) -> str:
+        return f"{self.staging(attempt)}worker-{rank:05d}"
+
+    def rank_of(self, attempt: str, key: str) -> int | None:
+        """The rank whose report `key` is, None for anything else."""
+        if not key.startswith(self.staging(attempt)):
             return None
-        if m := re.fullmatch(r"part-(\d{5,})-of-(\d{5,})\.index", rest):
-            return ("table", int(m.group(1))) if int(m.group(2)) == self.world_size else None
-        if m := re.fullmatch(r"failed-(\d{5,})", rest):
-            return "failed", int(m.group(1))
-        return None
+        m = re.fullmatch(r"worker-(\d{5,})", key[len(self.staging(attempt)):])
+        return int(m.group(1)) if m and int(m.group(1)) < self.world_size else None
+
+
+DATA_FILE = re.compile(r"^(?P<name>.+)\.data-(?P<shard>\d{5,})-of-(?P<shards>\d{5,})$")
+"""Any checkpoint's data file name (with its checkpoint name, shard and shard count)."""

@@ -99,10 +99,6 @@ class StoreCapabilities:
     atomic (local disk: ``link()`` and a lock; S3: ``If-None-Match`` / ``If-Match``, checked
     by a probe at first use).  Without them saves that can race (several workers, a claim)
     are refused: they would only pretend to be safe."""
-    atomic_streamed_create: bool = True
-    """Of two create-only *streamed* writes of one key racing (`Store.writer` with
-    ``exclusive=True``: a multipart upload on S3), exactly one lands.  When False, a
-    single-worker save claims its prefix first (`protocol.claim`), as multi-worker saves do."""
 
 
 class ObjectWriter(abc.ABC):

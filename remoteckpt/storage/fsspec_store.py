@@ -29,7 +29,7 @@ from .errors import translate
 class FsspecStore(Store):
     """Objects under `root` on fsspec filesystem `fs`."""
 
-    capabilities = StoreCapabilities(conditional_writes=False, atomic_streamed_create=False)
+    capabilities = StoreCapabilities(conditional_writes=False)
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs

@@ -3,8 +3,10 @@
 Every data file is streamed in `read_chunk` pieces (a few in flight, bounded by the memory
 budget) from the source into a writer at the destination; as the bytes pass, each tensor's
 CRC32C is recomputed and compared with the index, so a damaged source is never copied as if
-it were sound.  The data files are committed first (create-only unless overwriting), then the
-index, byte for byte, through the commit protocol: the copy appears whole or not at all.
+it were sound.  At the destination the copy is a save like any other: the prefix is claimed
+(a committed checkpoint refused, or retired first when overwriting), the data files are
+written create-only, fenced, and the index, byte for byte, is committed create-only: the copy
+appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from typing import Any
 
 from ..engine import loop
 from ..engine.budget import MemoryBudget
-from ..errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
 from ..format.coding import crc32c, unmask_crc
 from ..format.payload import decode_strings
 from ..dtypes import DT_STRING
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
+from ..protocol import claim as claims
+from ..protocol import coordinator, fence
 from ..protocol.commit import DEFAULT_COMMIT
+from ..protocol.layout import SaveLayout
+from ..protocol.records import DataIdentity
 from ..storage import Store, open_store, split_prefix
 
 READ_AHEAD = 4
@@ -89,14 +95,14 @@ class _Verifier:
 
 
 async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries: list[tuple[bytes, BundleEntry]],
-                     *, overwrite: bool, options: IOOptions, budget: MemoryBudget, reporter: Reporter,
-                     total: int) -> tuple[int, int]:
+                     *, options: IOOptions, budget: MemoryBudget, reporter: Reporter,
+                     total: int) -> tuple[int, int, DataIdentity | None]:
     try:
         size = await src.size(src_key)
     except CheckpointNotFoundError:
         if entries:
             raise
-        return 0, 0  # TF opens data files lazily: an unreferenced missing shard is no loss
+        return 0, 0, None  # TF opens data files lazily: an unreferenced missing shard is no loss
     verifier = _Verifier(entries, src.describe(src_key))
     chunk = options.read_chunk
     starts = list(range(0, size, chunk))
@@ -111,7 +117,7 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
 
     pending = [asyncio.ensure_future(fetch(s)) for s in starts[:READ_AHEAD]]
     try:
-        async with dst.writer(dst_key, exclusive=not overwrite) as writer:
+        async with dst.writer(dst_key, exclusive=True) as writer:
             for i, start in enumerate(starts):
                 buf = await pending[i]
                 if i + READ_AHEAD < len(starts):
@@ -125,7 +131,7 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return size, verifier.verified
+    return size, verifier.verified, DataIdentity(key=dst_key, size=size, etag=writer.etag)
 
 
 async def copy_async(source: str, destination: str, *, overwrite: bool = False,
@@ -142,8 +148,6 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
             index: BundleIndex = decode_index(lambda o, n: view[o : o + n], len(view))
         except CorruptCheckpointError as exc:
             raise CorruptCheckpointError(f"{src.describe(index_filename(src_name))}: {exc}") from None
-        if not overwrite and await dst.exists(index_filename(dst_name)):
-            raise CheckpointExistsError(f"{dst.describe(index_filename(dst_name))} already exists (pass overwrite=True)")
         by_shard: dict[int, list[tuple[bytes, BundleEntry]]] = {s: [] for s in range(index.num_shards)}
         for key, entry in index.entries.items():
             if not entry.slices:
@@ -153,18 +157,30 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
         budget = MemoryBudget(options.memory_budget)
         slots = asyncio.Semaphore(max(1, options.max_concurrency // READ_AHEAD))
         n = index.num_shards
+        layout = SaveLayout(dst_name, 0, n, save_id="copy")
+        lease = await claims.acquire(dst, layout, options)
+        try:
+            await coordinator.prepare(dst, layout, lease, overwrite=overwrite)
 
-        async def one(shard: int) -> tuple[int, int]:
-            async with slots:
-                return await _copy_file(src, dst, data_filename(src_name, shard, n), data_filename(dst_name, shard, n),
-                                        by_shard[shard], overwrite=overwrite, options=options, budget=budget,
-                                        reporter=reporter, total=total)
+            async def one(shard: int) -> tuple[int, int, DataIdentity | None]:
+                async with slots:
+                    return await _copy_file(src, dst, data_filename(src_name, shard, n),
+                                            data_filename(dst_name, shard, n), by_shard[shard], options=options,
+                                            budget=budget, reporter=reporter, total=total)
 
-        results = await asyncio.gather(*(one(s) for s in range(n)))
-        await DEFAULT_COMMIT.commit(dst, index_filename(dst_name), bytes(raw), overwrite=overwrite)
+            results = await asyncio.gather(*(one(s) for s in range(n)))
+            await lease.fresh()
+            await fence.check_data_files(dst, layout.data_prefix, [i for _, _, i in results if i is not None])
+            lease.check()
+            await DEFAULT_COMMIT.commit(dst, index_filename(dst_name), bytes(raw))
+        finally:
+            try:
+                await claims.release(lease)
+            except CheckpointError:  # left for gc, or for the next save (judged dead)
+                pass
         reporter.emit("committed", total, total)
-        return CopyReport(source, destination, sum(1 for b, _ in results if b) + 1,
-                          sum(b for b, _ in results) + len(raw), sum(v for _, v in results))
+        return CopyReport(source, destination, sum(1 for b, _, _ in results if b) + 1,
+                          sum(b for b, _, _ in results) + len(raw), sum(v for _, v, _ in results))
     finally:
         await src.close()
         await dst.close()

@@ -58,9 +58,7 @@ class S3Store(Store):
         self._endpoint = endpoint
         self._trust = trust_conditional_writes
         self._conditional_deletes = True
-        # A conditional CompleteMultipartUpload is not atomic everywhere: SeaweedFS 4.48 let both
-        # of two racing ones succeed in 24 of 40 trials (its plain conditional PUT never did).
-        self.capabilities = StoreCapabilities(conditional_writes=True, atomic_streamed_create=False)
+        self.capabilities = StoreCapabilities(conditional_writes=True)
         self._direct: DirectGets | None = None
         self._direct_checked = False
 
@@ -211,7 +209,7 @@ class S3Store(Store):
         writes, deletes = _probed[where]
         self._conditional_deletes = deletes
         if not writes:
-            self.capabilities = StoreCapabilities(conditional_writes=False, atomic_streamed_create=False)
+            self.capabilities = StoreCapabilities(conditional_writes=False)
 
     async def _probe(self) -> tuple[bool, bool]:
         """(conditional writes enforced, conditional deletes enforced), found by writing a

@@ -1,0 +1,211 @@
+"""A worker's steps (every rank > 0; rank 0 runs `write_part` too).
+
+    join      wait for the group notice naming an attempt of this save ("writing")
+    write     stream the tensors into ``NAME.data-R-of-N``, create-only (`write_part`)
+    report    ``NAME.tmp-ATTEMPT/worker-R``: the table and the data file's identity, or the
+              failure (then the worker waits for the verdict too: every rank raises the same)
+    verdict   poll the group notice until it names this attempt "committed" or "failed";
+              delete the report (the coordinator's sign that the verdict was read)
+
+A worker whose coordinator vanished judges by the storage itself: once the claim has not been
+renewed for a lease timeout (or names another attempt), its attempt committed if and only if
+``NAME.index`` exists and its data file is still the version it wrote (the coordinator fenced
+every data file just before committing, and no later attempt could reuse this version).  A
+worker whose attempt was taken over by a newer attempt of its own job joins that one.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.stream import stream_plan
+from ..errors import CheckpointError, CheckpointExistsError, SaveFailedError
+from ..faults import crash_point
+from ..format.bundle import encode_index, make_header
+from ..options import IOOptions
+from ..progress import Reporter
+from ..storage.base import Store
+from ..writer import BundlePlan, plan_bundle
+from . import claim as claims
+from . import poll
+from .layout import SaveLayout
+from .records import DataIdentity, Failure, Report
+
+log = logging.getLogger("remoteckpt")
+
+REJOINS = 3
+"""Times a worker follows its job into a newer attempt before it gives up."""
+
+
+@dataclass
+class SaveReport:
+    """What one worker's save did, with timings in seconds."""
+
+    prefix: str
+    rank: int
+    world_size: int
+    bytes_written: int = 0
+    write_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    merge_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    attempt: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def table_bytes(plan: BundlePlan) -> bytes:
+    """A worker's table: a one-shard TensorFlow index of its entries."""
+    out = io.BytesIO()
+    encode_index(make_header(1), plan.entries, out)
+    return out.getvalue()
+
+
+async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, options: IOOptions,
+                     attempt: str = "", progress: Reporter | None = None,
+                     report: SaveReport | None = None) -> tuple[DataIdentity, bytes]:
+    """Stream `tensors` into ``layout.data(layout.rank)``, create-only, and return which
+    version was written and the worker's table.  Called once the coordinator holds the claim
+    for `attempt` and has cleared the prefix.  A data file found in the way (written by a
+    worker of a dead attempt after the coordinator cleared the prefix) is replaced, by its
+    version, if this attempt still holds the claim and nothing is committed."""
+    progress = progress or Reporter(None, layout.name)
+    start = time.monotonic()
+    plan = plan_bundle(tensors)
+    progress.emit("staged", plan.size, plan.size)
+    crash_point("staged")
+    key = layout.data(layout.rank)
+    for tries in range(2):
+        try:
+            async with store.writer(key, exclusive=True) as writer:
+                written = await stream_plan(writer, plan, options, lambda n: progress.add("written", n, plan.size))
+            break
+        except CheckpointExistsError:
+            if tries == 1 or not await _clear_way(store, layout, key, attempt):
+                raise CheckpointExistsError(
+                    f"{store.describe(key)} appeared while this save was writing it, and this save may not replace "
+                    f"it: another attempt of this save holds {store.describe(layout.claim)}, or "
+                    f"{store.describe(layout.index)} is committed") from None
+    crash_point("data-written")
+    if report is not None:
+        report.bytes_written = written
+        report.write_seconds = time.monotonic() - start
+    return DataIdentity(key=key, size=written, etag=writer.etag), table_bytes(plan)
+
+
+async def _clear_way(store: Store, layout: SaveLayout, key: str, attempt: str) -> bool:
+    """Delete the data file in the way if this attempt may: the version seen first, then the
+    claim checked (still this attempt's), then no index, then the delete of that version."""
+    head = await store.head(key)
+    if head is None:
+        return True
+    found = await claims.read_claim(store, layout)
+    if found is None or found[0] is None or found[0].attempt != attempt or await store.exists(layout.index):
+        return False
+    log.info("replacing %s, written by an earlier attempt of this save", store.describe(key))
+    return await store.delete(key, if_match=head.etag)
+
+
+class Verdict(enum.Enum):
+    COMMITTED = "committed"
+    FAILED = "failed"
+    REJOIN = "rejoin"
+
+
+async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
+                     options: IOOptions, progress: Reporter, report: SaveReport) -> SaveReport:
+    """Ranks > 0: the steps of the module docstring, until this save commits or fails."""
+    for _ in range(REJOINS + 1):
+        attempt = await claims.join(store, layout, options, overwrite=overwrite)
+        report.attempt = attempt
+        try:
+            identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
+                                               progress=progress, report=report)
+        except BaseException as exc:
+            if not await _report(store, layout, Report(attempt=attempt, rank=layout.rank, state="failed",
+                                                       error=Failure.of(exc, rank=layout.rank))):
+                raise
+            verdict, failure = await await_verdict(store, layout, attempt, None, options)
+            raise (failure.error() if failure else SaveFailedError(str(exc))) from exc
+        await store.put(layout.report(attempt, layout.rank),
+                        Report(attempt=attempt, rank=layout.rank, state="ready", data=identity, table=table).encode())
+        crash_point("table-written")
+        start = time.monotonic()
+        verdict, failure = await await_verdict(store, layout, attempt, identity, options)
+        report.wait_seconds += time.monotonic() - start
+        if verdict is Verdict.COMMITTED:
+            return report
+        if verdict is Verdict.FAILED:
+            assert failure is not None
+            raise failure.error()
+        log.info("worker %d: attempt %s of %s was taken over; joining the new one", layout.rank, attempt,
+                 store.describe(layout.index))
+    raise SaveFailedError(f"worker {layout.rank}: {store.describe(layout.index)} changed hands {REJOINS + 1} times "
+                          "while this save ran; giving up")
+
+
+async def _report(store: Store, layout: SaveLayout, report: Report) -> bool:
+    try:
+        await store.put(layout.report(report.attempt, report.rank), report.encode())
+        return True
+    except Exception:  # the original error matters more
+        log.warning("could not report worker %d's failure under %s", layout.rank,
+                    store.describe(layout.staging(report.attempt)))
+        return False
+
+
+async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity: DataIdentity | None,
+                        options: IOOptions) -> tuple[Verdict, Failure | None]:
+    """Wait for the coordinator's word on `attempt` (see the module docstring); the report is
+    deleted once it is known."""
+    deadline = poll.clock() + options.commit_timeout
+    claim_seen: str | None = None
+    look_at_claim = poll.clock() + options.lease_timeout
+    outcome: tuple[Verdict, Failure | None] | None = None
+    first = max(options.poll_interval * 4, 0.02)
+    async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size)):
+        notice = await claims.read_notice(store, layout)
+        if notice is not None and notice.attempt == attempt and notice.state != "writing":
+            outcome = (Verdict.COMMITTED, None) if notice.state == "committed" else (
+                Verdict.FAILED, notice.error or Failure(type="SaveFailedError", message="the coordinator failed"))
+            break
+        taken_over = (notice is not None and notice.attempt != attempt and notice.state == "writing"
+                      and notice.save_id == layout.save_id and notice.world_size == layout.world_size)
+        if taken_over or poll.clock() >= look_at_claim:
+            found = await claims.read_claim(store, layout)
+            held = found is not None and found[0] is not None and found[0].attempt == attempt
+            if held and found is not None and found[1].etag != claim_seen:
+                claim_seen, look_at_claim = found[1].etag, poll.clock() + options.lease_timeout
+                continue  # the coordinator is alive: keep waiting
+            outcome = await _judge_alone(store, layout, identity, rejoin=taken_over or not held)
+            break
+    if outcome is None:
+        raise SaveFailedError(f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) "
+                              f"to commit {store.describe(layout.index)}")
+    try:
+        await store.delete(layout.report(attempt, layout.rank))
+    except CheckpointError:
+        log.debug("could not delete worker %d's report", layout.rank, exc_info=True)
+    return outcome
+
+
+async def _judge_alone(store: Store, layout: SaveLayout, identity: DataIdentity | None,
+                       *, rejoin: bool) -> tuple[Verdict, Failure | None]:
+    """The verdict without the coordinator's word (see the module docstring)."""
+    if identity is not None and await store.exists(layout.index):
+        head = await store.head(identity.key)
+        if head is not None and head.etag == identity.etag and head.size == identity.size:
+            return Verdict.COMMITTED, None
+    if rejoin:
+        found = await claims.read_claim(store, layout)
+        if found is not None and found[0] is not None and found[0].same_job(layout.save_id, layout.world_size):
+            return Verdict.REJOIN, None
+    return Verdict.FAILED, Failure(
+        type="SaveFailedError",
+        message=f"the coordinator (worker 0) of {store.describe(layout.index)} stopped renewing its claim before "
+                "committing (it died, or lost the storage)")
