@@ -2,11 +2,14 @@
 
 ``REMOTECKPT_CRASH_AT=<point>[:<n>]`` makes the n-th (default 1st) arrival at `point` in this
 process SIGKILL itself: how the crash-consistency tests stop a worker or the coordinator in the
-middle of a phase, exactly as a machine failure would.  Unset (always, in production), a check
-is one dictionary lookup.
+middle of a phase, exactly as a machine failure would.  ``REMOTECKPT_STOP_AT`` (same syntax)
+makes it SIGSTOP itself instead: a paused or partitioned process, which the test wakes later
+(SIGCONT) to act as a "zombie".  Unset (always, in production), a check is one dictionary
+lookup.
 
 Points, in protocol order:  staged (tensors planned), mid-upload (half of the data written),
-data-written (data committed, table not yet), table-written (before the coordinator's wait),
+data-written (data committed, report not yet), table-written (a worker's report written; on
+the coordinator, its own part written: before the wait),
 merged (tables merged, index not committed), committing (inside the commit: the index's bytes
 durable in a temp file, not yet linked, or renamed when overwriting, to their name; on S3, the
 one PUT about to be sent),
@@ -29,24 +32,26 @@ import signal
 from collections.abc import Iterator
 
 ENV = "REMOTECKPT_CRASH_AT"
+STOP_ENV = "REMOTECKPT_STOP_AT"
 POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committing", "committed",
           "state-writing", "state-replacing", "retention", "deleting")
 
-_arrivals: dict[str, int] = {}
+_arrivals: dict[tuple[str, str], int] = {}
 _publishing: contextvars.ContextVar[str | None] = contextvars.ContextVar("remoteckpt_publishing", default=None)
 
 
 def crash_point(name: str) -> None:
-    """Die here if the environment says so (see the module docstring)."""
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _arrivals[name] = _arrivals.get(name, 0) + 1
-    if _arrivals[name] == (int(nth) if nth else 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Die (or pause) here if the environment says so (see the module docstring)."""
+    for variable, sig in ((ENV, signal.SIGKILL), (STOP_ENV, signal.SIGSTOP)):
+        spec = os.environ.get(variable)
+        if not spec:
+            continue
+        point, _, nth = spec.partition(":")
+        if point != name:
+            continue
+        _arrivals[variable, name] = _arrivals.get((variable, name), 0) + 1
+        if _arrivals[variable, name] == (int(nth) if nth else 1):
+            os.kill(os.getpid(), sig)
 
 
 @contextlib.contextmanager

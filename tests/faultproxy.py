@@ -16,7 +16,16 @@ loopback only) and, per request, may inject one fault:
   drop-response   forward the request whole, read the whole response, close without sending
                   a byte of it: the lost acknowledgement (the server DID act)
   stall           hold the request without answering for `stall_seconds`, then close
+  conflict        answer ``409 ConditionalRequestConflict`` (AWS's answer to a conditional
+                  write racing another one; never forwarded)
+  deny            answer ``403 AccessDenied`` (never forwarded)
   latency         (in addition to the above) sleep a random 0..`latency` seconds first
+
+Two ways of being another S3, for every request: ``opaque_etags=True`` replaces every object
+ETag the server sends (headers and XML bodies; not those of parts) with a value that is not an
+MD5, as SSE-KMS and SSE-C objects have (and maps them back in ``If-Match`` headers), and
+``ignore_conditions=True`` drops ``If-None-Match`` and ``If-Match`` from requests, as servers
+that accept and ignore them do.
 
 Faults are drawn from a `random.Random(seed)` in request arrival order, so one seed gives one
 sequence of decisions.  `Rule`s target specific requests first (e.g. "drop the response of
@@ -35,7 +44,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-FAULTS = ("slowdown", "cut-request", "cut-response", "drop-response", "stall")
+FAULTS = ("slowdown", "cut-request", "cut-response", "drop-response", "stall", "conflict", "deny")
+
+CANNED = {
+    "conflict": (409, "Conflict", "ConditionalRequestConflict",
+                 "A conflicting conditional operation is currently in progress against this resource."),
+    "deny": (403, "Forbidden", "AccessDenied", "Access Denied"),
+}
+"""Faults answered by the proxy itself: (status, reason, S3 error code, message)."""
 
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
                  b"<Message>Please reduce your request rate.</Message>"
@@ -164,14 +180,17 @@ class FaultProxy:
     def __init__(self, upstream: str, *, seed: int = 0, slowdown: float = 0.0, cut_request: float = 0.0,
                  cut_response: float = 0.0, drop_response: float = 0.0, stall: float = 0.0,
                  latency: float = 0.0, latency_probability: float = 0.0, stall_seconds: float = 30.0,
-                 rules: list[Rule] | None = None) -> None:
+                 rules: list[Rule] | None = None, opaque_etags: bool = False, ignore_conditions: bool = False) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("FaultProxy forwards to a plain-http loopback endpoint only")
         self.upstream = (parts.hostname, parts.port or 80)
         self.seed = seed
         self.probabilities = {"slowdown": slowdown, "cut-request": cut_request, "cut-response": cut_response,
-                              "drop-response": drop_response, "stall": stall}
+                              "drop-response": drop_response, "stall": stall, "conflict": 0.0, "deny": 0.0}
+        self.opaque_etags = opaque_etags
+        self.ignore_conditions = ignore_conditions
+        self._real_etags: dict[str, str] = {}
         if sum(self.probabilities.values()) > 1:
             raise ValueError("fault probabilities add up to more than 1")
         self.latency = latency
@@ -368,6 +387,16 @@ class FaultProxy:
                            + b"x-amz-request-id: FAULTPROXY\r\n\r\n" + SLOWDOWN_BODY)
             await client_w.drain()
             return True
+        if fault in CANNED:
+            async for _ in body:
+                pass
+            status, reason, code, message = CANNED[fault]
+            xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                   f"<RequestId>FAULTPROXY</RequestId></Error>").encode()
+            client_w.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+                           f"Content-Length: {len(xml)}\r\nx-amz-request-id: FAULTPROXY\r\n\r\n".encode() + xml)
+            await client_w.drain()
+            return True
 
         # Forward the request, on a fresh upstream connection (an idle one the upstream
         # closed meanwhile would otherwise look like an injected fault).
@@ -382,10 +411,7 @@ class FaultProxy:
 
     async def _forward(self, request: _Request, fault: str | None, fraction: float, expect: bool, body, up_r: asyncio.StreamReader,  # type: ignore[no-untyped-def]
                        up_w: asyncio.StreamWriter, client_w: asyncio.StreamWriter) -> bool:
-        head = request.head
-        if expect:
-            lines = [ln for ln in head[:-4].split(b"\r\n") if not ln.lower().startswith(b"expect:")]
-            head = b"\r\n".join(lines) + b"\r\n\r\n"
+        head = self._rewrite_request(request.head, expect)
         up_w.write(head)
         async for data in body:
             up_w.write(data)
@@ -412,8 +438,65 @@ class FaultProxy:
         else:
             r_body = _body_chunks(up_r, None, False, until_eof=True)
             close_after = True
+        part = "partNumber=" in request.target
+        if self.opaque_etags and not part:
+            response_head, r_body, r_length_text = await self._opaque(response_head, r_body, no_body)
         keep = await self._relay(fault, fraction, response_head, r_body, r_length_text, no_body, client_w)
         return keep and not close_after
+
+    # --- being another S3 -------------------------------------------------------------
+
+    def _rewrite_request(self, head: bytes, expect: bool) -> bytes:
+        lines = head[:-4].split(b"\r\n")
+        out = [lines[0]]
+        for line in lines[1:]:
+            name = line.split(b":", 1)[0].strip().lower()
+            if expect and name == b"expect":
+                continue
+            if self.ignore_conditions and name in (b"if-none-match", b"if-match"):
+                self.counters["conditions-dropped"] += 1
+                continue
+            if self.opaque_etags and name == b"if-match":
+                value = line.split(b":", 1)[1].strip().decode("latin-1")
+                line = b"If-Match: " + self._real_etags.get(value.strip('"'), value.strip('"')).join('""').encode()
+            out.append(line)
+        return b"\r\n".join(out) + b"\r\n\r\n"
+
+    def _fake(self, real: str) -> str:
+        import hashlib
+
+        fake = "kms" + hashlib.sha256(real.encode()).hexdigest()[:29]  # 32 characters, not hex: not an MD5
+        self._real_etags[fake] = real
+        return fake
+
+    async def _opaque(self, head: bytes, body, no_body: bool):  # type: ignore[no-untyped-def]
+        """The response with every object ETag replaced (headers, and small XML bodies)."""
+        lines = head[:-4].split(b"\r\n")
+        out = [lines[0]]
+        xml = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"etag":
+                real = value.strip().decode("latin-1").strip('"')
+                line = b'ETag: "' + self._fake(real).encode() + b'"'
+                self.counters["etags-replaced"] += 1
+            if name.strip().lower() == b"content-type" and b"xml" in value.lower():
+                xml = True
+            out.append(line)
+        if no_body or not xml:
+            return b"\r\n".join(out) + b"\r\n\r\n", body, _header_of(out, b"content-length")
+        data = b"".join([chunk async for chunk in body])
+        if (_header_of(out, b"transfer-encoding") or "").lower().find("chunked") >= 0:
+            data = _dechunk(data)
+        text = re.sub(rb"<ETag>(&#34;|&quot;|\")?([^<&\"]+)(&#34;|&quot;|\")?</ETag>",
+                      lambda m: b"<ETag>&quot;" + self._fake(m.group(2).decode()).encode() + b"&quot;</ETag>", data)
+        out = [ln for ln in out if not ln.lower().startswith((b"content-length:", b"transfer-encoding:"))]
+        out.append(f"Content-Length: {len(text)}".encode())
+
+        async def replaced():  # type: ignore[no-untyped-def]
+            yield text
+
+        return b"\r\n".join(out) + b"\r\n\r\n", replaced(), str(len(text))
 
     async def _relay(self, fault: str | None, fraction: float, response_head: bytes, r_body, r_length_text: str | None,  # type: ignore[no-untyped-def]
                      no_body: bool, client_w: asyncio.StreamWriter) -> bool:
@@ -450,6 +533,25 @@ class FaultProxy:
             await client_w.drain()
         await client_w.drain()
         return True
+
+
+def _dechunk(raw: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        end = raw.index(b"\r\n", pos)
+        size = int(raw[pos:end].split(b";")[0].strip(), 16)
+        if size == 0:
+            return bytes(out)
+        out += raw[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+def _header_of(lines: list[bytes], name: bytes) -> str | None:
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]

@@ -1,22 +1,32 @@
-"""The per-save claim on a prefix (`remoteckpt.protocol.claim`), step by step, on local disk
-and S3.  The races it settles between real processes are in test_crash.py."""
+"""The claim on a prefix (`remoteckpt.protocol.claim`) and its lease (`protocol.lease`), step
+by step, on local disk and S3.  Races between real processes are in test_crash.py, whole
+lives of jobs (retries, restarts, zombies, long saves, skewed clocks) in test_lifecycle.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
-from remoteckpt import CheckpointBusyError, CheckpointExistsError, IOOptions, SaveFailedError
+from remoteckpt import CheckpointBusyError, CheckpointExistsError, IOOptions, SaveFailedError, StorageError
 from remoteckpt.protocol import claim as claims
-from remoteckpt.protocol.layout import SaveLayout
+from remoteckpt.protocol.layout import SaveLayout, default_save_id
+from remoteckpt.protocol.lease import Verdict, watch
+from remoteckpt.protocol.records import ClaimRecord, Notice
 from remoteckpt.storage import Store, on_store
 
 T = TypeVar("T")
-FAST = IOOptions(commit_timeout=2.0, poll_interval=0.01)
+LEASE = 0.4
+FAST = IOOptions(commit_timeout=2.0, poll_interval=0.01, lease_timeout=LEASE)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -29,188 +39,207 @@ def layout(rank: int, save_id: str = "a", world: int = 2) -> SaveLayout:
     return SaveLayout("ck", rank, world, save_id)
 
 
-def test_first_save_claims_the_others_are_busy(run: Any) -> None:
+def dead_pid() -> int:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(gone.stdout)
+
+
+def record(**fields: Any) -> ClaimRecord:
+    base: dict[str, Any] = {"save_id": "other", "world_size": 2, "attempt": "x" * 20, "host": "elsewhere", "pid": 1,
+                            "lease": LEASE}
+    return ClaimRecord(**{**base, **fields})
+
+
+def test_a_live_claim_is_busy_and_renewed(run: Any) -> None:
+    """A held claim is renewed in the background (a new version every quarter lease); another
+    save watching it finds it alive and gives up before writing; released, it is gone."""
     async def go(store: Store) -> None:
-        mine = await claims.acquire(store, layout(0, "a"), FAST)
-        held = await claims.read_claim(store, layout(0))
-        assert held is not None and held.record == mine
+        lease = await claims.acquire(store, layout(0, "a"), FAST)
+        first = (await store.head("ck.claim")).etag
+        await asyncio.sleep(LEASE * 0.6)
+        assert (await store.head("ck.claim")).etag != first  # renewed
+        started = time.monotonic()
         with pytest.raises(CheckpointBusyError, match=r"save id 'a' \(2 data files\)"):
             await claims.acquire(store, layout(0, "b"), FAST)
-        with pytest.raises(CheckpointBusyError, match="save id 'a'"):
-            await claims.await_claim(store, layout(1, "b"), FAST)
-        with pytest.raises(CheckpointBusyError):  # same id, other world size: another job
-            await claims.acquire(store, layout(0, "a", world=4), FAST)
-        await claims.await_claim(store, layout(1, "a"), FAST)  # its partner goes on
-        await claims.release(store, layout(0), mine)
-        assert await claims.read_claim(store, layout(0)) is None
+        assert time.monotonic() - started < LEASE * 2
+        await claims.release(lease)
+        assert await store.head("ck.claim") is None
 
     run(go)
 
 
-def test_a_retry_with_the_same_save_id_takes_its_claim_over(run: Any) -> None:
+def test_a_claim_is_never_taken_over_while_renewed(run: Any) -> None:
+    """A save holding its claim for more than five lease timeouts keeps it: every save that
+    tries meanwhile is busy."""
     async def go(store: Store) -> None:
-        first = await claims.acquire(store, layout(0, "a"), FAST)
-        second = await claims.acquire(store, layout(0, "a"), FAST)
-        assert second != first
-        await claims.release(store, layout(0), first)  # no longer ours: left alone
-        held = await claims.read_claim(store, layout(0))
-        assert held is not None and held.record == second
+        lease = await claims.acquire(store, layout(0, "long"), FAST)
+        deadline = time.monotonic() + 5.5 * LEASE
+        tries = 0
+        while time.monotonic() < deadline:
+            with pytest.raises(CheckpointBusyError):
+                await claims.acquire(store, layout(0, "other"), FAST)
+            tries += 1
+        lease.check()  # still ours
+        await lease.renew()
+        await claims.release(lease)
+        assert tries >= 3
 
     run(go)
 
 
-def test_a_dead_saves_claim_is_cleared(run: Any) -> None:
+def test_a_dead_claim_is_taken_over_after_its_lease(run: Any) -> None:
+    """Nobody renews a claim of a vanished holder elsewhere: it is taken over once it has
+    stayed unchanged for the lease its holder stated, whatever the clocks say."""
     async def go(store: Store) -> None:
-        await claims.acquire(store, layout(0, "dead"), FAST)
-        patient = IOOptions(commit_timeout=0.0, poll_interval=0.01)  # every claim counts as dead
-        mine = await claims.acquire(store, layout(0, "b"), patient)
-        held = await claims.read_claim(store, layout(0))
-        assert held is not None and held.record == mine and mine.save_id == "b"
+        await store.put("ck.claim", record(lease=0.3).encode())
+        started = time.monotonic()
+        lease = await claims.acquire(store, layout(0, "b"), FAST)
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 2.0
+        found = await claims.read_claim(store, layout(0))
+        assert found is not None and found[0] is not None and found[0].attempt == lease.attempt
+        await claims.release(lease)
 
     run(go)
 
 
-def test_overwrite_does_not_trample_a_live_save(run: Any) -> None:
-    """overwrite=True may replace a committed checkpoint, not another save in progress."""
+def test_the_holder_that_was_taken_over_stops(run: Any) -> None:
+    """A holder paused past its lease (a zombie) finds its renewal refused: it must not commit."""
     async def go(store: Store) -> None:
-        await claims.acquire(store, layout(0, "a"), FAST)
+        zombie = await claims.acquire(store, layout(0, "z"), FAST)
+        await zombie.stop()  # paused: no renewals (and, being in this process, known to have stopped)
+        claims.forget(zombie)
+        winner = await claims.acquire(store, layout(0, "w"), FAST)
+        with pytest.raises(SaveFailedError, match="taken over"):
+            await zombie.renew()
+        with pytest.raises(SaveFailedError, match="taken over"):
+            await zombie.fresh()
+        await zombie.release()  # deletes nothing: not ours any more
+        assert (await claims.read_claim(store, layout(0)))[0].attempt == winner.attempt
+        await claims.release(winner)
+
+    run(go)
+
+
+def test_claims_known_dead_are_taken_over_at_once(run: Any) -> None:
+    """A claim of a save of this process that has ended, or of a process of this host that is
+    gone, needs no watching; a live process of this host is watched like any holder (it may
+    be paused), and a save running in this very process is busy at once."""
+    here = socket.gethostname()
+
+    async def go(store: Store) -> None:
+        for holder in (record(host=here, pid=dead_pid(), lease=60), record(host=here, pid=os.getpid(), lease=60)):
+            await store.put("ck.claim", holder.encode())
+            started = time.monotonic()
+            lease = await claims.acquire(store, layout(0, "b"), FAST)
+            assert time.monotonic() - started < 1.0
+            await claims.release(lease)
+        running = await claims.acquire(store, layout(0, "a"), FAST)
         with pytest.raises(CheckpointBusyError):
-            await claims.await_claim(store, layout(1, "b"), FAST, overwrite=True)
-        await store.put(layout(0).index, b"committed")
-        await claims.await_claim(store, layout(1, "a"), FAST, overwrite=True)
+            await claims.acquire(store, layout(0, "b"), IOOptions(lease_timeout=60))
+        claims.forget(running)  # its save ended without releasing it
+        await running.stop()
+        taken = await claims.acquire(store, layout(0, "b"), FAST)
+        await claims.release(taken)
 
     run(go)
 
 
-def test_waiting_ends_on_failure_commit_or_timeout(run: Any) -> None:
+def test_junk_claims_are_watched_then_taken_over(run: Any) -> None:
+    async def go(store: Store) -> None:
+        await store.put("ck.claim", os.urandom(32))
+        lease = await claims.acquire(store, layout(0), FAST)
+        await claims.release(lease)
+
+    run(go)
+
+
+def test_two_saves_taking_over_one_dead_claim_one_wins(run: Any) -> None:
+    async def go(store: Store) -> None:
+        await store.put("ck.claim", record(lease=0.2).encode())
+        results = await asyncio.gather(*(claims.acquire(store, layout(0, f"s{i}"), FAST) for i in range(4)),
+                                       return_exceptions=True)
+        won = [r for r in results if not isinstance(r, BaseException)]
+        assert len(won) == 1, results
+        assert all(isinstance(r, CheckpointBusyError) for r in results if isinstance(r, BaseException)), results
+        await claims.release(won[0])
+
+    run(go)
+
+
+def test_watch_judges_by_this_processs_clock(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wall clocks (this host's, another's, the store's LastModified) play no part: with the
+    wall clock hours off, a renewed claim is alive and a silent one dead after its lease."""
+    monkeypatch.setattr(time, "time", lambda: 1e9 + 7 * 3600)  # skewed by hours, and frozen
+
+    async def go(store: Store) -> None:
+        lease = await claims.acquire(store, layout(0, "a"), FAST)
+        assert await watch(store, "ck.claim", lease.etag, LEASE) is Verdict.ALIVE
+        await lease.stop()
+        head = await store.head("ck.claim")
+        started = time.monotonic()
+        assert await watch(store, "ck.claim", head.etag, LEASE) is Verdict.DEAD
+        assert time.monotonic() - started >= LEASE
+        await store.delete("ck.claim")
+        assert await watch(store, "ck.claim", head.etag, LEASE) is Verdict.GONE
+
+    run(go)
+
+
+def test_workers_join_through_notices(run: Any) -> None:
+    """A worker waits for its group's notice to name an attempt of its job; another job's
+    live claim is busy, a committed index (unless overwriting) exists, nobody is a timeout."""
     async def go(store: Store) -> None:
         with pytest.raises(SaveFailedError, match=r"timed out .* \(worker 0\)"):
-            await claims.await_claim(store, layout(1), IOOptions(commit_timeout=0.2, poll_interval=0.01),
-                                     overwrite=False)
-        await store.put(layout(0).failure(0), b"ValueError: bad tensor")
-        with pytest.raises(SaveFailedError, match="bad tensor"):
-            await claims.await_claim(store, layout(1), FAST)
-        await store.delete(layout(0).failure(0))
+            await claims.join(store, layout(1), IOOptions(commit_timeout=0.3, poll_interval=0.01, lease_timeout=LEASE),
+                              overwrite=False)
+        await store.put(layout(1).my_notice, Notice(save_id="a", world_size=2, attempt="t1", state="writing").encode())
+        assert await claims.join(store, layout(1), FAST, overwrite=False) == ("t1", None)
+        other = await claims.acquire(store, layout(0, "b"), FAST)
+        await store.put(layout(1).my_notice, Notice(save_id="b", world_size=2, attempt=other.attempt,
+                                                    state="writing").encode())
+        with pytest.raises(CheckpointBusyError, match="save id 'b'"):
+            await claims.join(store, layout(1, "a"), FAST, overwrite=False)
+        await claims.release(other)
+        await store.delete(layout(1).my_notice)
         await store.put(layout(0).index, b"committed by someone")
         with pytest.raises(CheckpointExistsError, match="already exists"):
-            await claims.await_claim(store, layout(1), FAST)
+            await claims.join(store, layout(1), FAST, overwrite=False)
 
     run(go)
 
 
-def test_junk_claim_is_busy_until_it_is_old(run: Any) -> None:
-    async def go(store: Store) -> None:
-        await store.put(layout(0).claim, os.urandom(32))
-        with pytest.raises(CheckpointBusyError, match="another save"):
-            await claims.acquire(store, layout(0), FAST)
-        await claims.acquire(store, layout(0), IOOptions(commit_timeout=0.0))
-
-    run(go)
-
-
-def test_a_single_worker_takes_over_only_its_own_or_a_dead_processs_claim(run: Any) -> None:
-    """Two single-worker jobs share the default save id, so for one worker the id alone does
-    not make a claim its own: the holder's process must be this one or gone."""
-    import socket
-    import subprocess
-    import sys
-
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)
-    here = socket.gethostname()
-    single = layout(0, "", world=1)
-
-    async def go(store: Store) -> None:
-        for holder, busy in [(claims.ClaimRecord(save_id="", world_size=1, token="x", host=here, pid=1), True),
-                             (claims.ClaimRecord(save_id="", world_size=1, token="x", host="elsewhere", pid=dead_pid), True),
-                             (claims.ClaimRecord(save_id="", world_size=1, token="x", host=here, pid=dead_pid), False),
-                             (claims.ClaimRecord(save_id="", world_size=1, token="x", host=here, pid=os.getpid()), False)]:
-            await store.put(single.claim, holder.encode())
-            if busy:
-                with pytest.raises(CheckpointBusyError):
-                    await claims.acquire(store, single, FAST)
-            else:
-                mine = await claims.acquire(store, single, FAST)
-                assert mine.pid == os.getpid() and mine.token != "x"
-            await store.delete(single.claim)
-
-    run(go)
-
-
-def test_a_claim_whose_save_ended_in_this_process_is_taken_over(run: Any) -> None:
-    """A save that could not release its claim (e.g. a DCP save that failed on another rank)
-    `forget`s it; a later save of this process takes it over.  A multi-worker claim whose
-    process is gone is still busy: its other workers may be writing."""
-    import socket
-    import subprocess
-    import sys
-
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphaned = claims.ClaimRecord(save_id="c", world_size=2, token="y", host=socket.gethostname(),
-                                  pid=int(gone.stdout))
-
-    async def go(store: Store) -> None:
-        old = await claims.acquire(store, layout(0, "a"), FAST)
-        with pytest.raises(CheckpointBusyError):
-            await claims.acquire(store, layout(0, "b"), FAST)
-        claims.forget(old)
-        new = await claims.acquire(store, layout(0, "b"), FAST)
-        assert new.save_id == "b"
-        await claims.release(store, layout(0), new)
-        await store.put(layout(0).claim, orphaned.encode())
-        with pytest.raises(CheckpointBusyError):
-            await claims.acquire(store, layout(0, "b"), FAST)
-
-    run(go)
-
-
-def test_single_worker_saves_claim_where_streamed_creates_can_race(run: Any) -> None:
-    """On S3 a live claim stops a single-worker save before it writes a byte; on local disk
-    the create-only link of the data file decides and no claim is taken."""
-    import numpy as np
-
-    import remoteckpt
-
-    holder = claims.ClaimRecord(save_id="", world_size=1, token="x", host="elsewhere", pid=1)
-
-    async def go(store: Store) -> tuple[bool, str]:
-        await store.put("ck.claim", holder.encode())
-        return store.capabilities.atomic_streamed_create, store.url
-
-    atomic, url = run(go)
-    prefix = f"{url.rstrip('/')}/ck"
-    if atomic:
-        remoteckpt.save({"a": np.ones(3)}, prefix)
-        np.testing.assert_array_equal(remoteckpt.load(prefix)["a"], np.ones(3))
-    else:
-        with pytest.raises(CheckpointBusyError, match="elsewhere"):
-            remoteckpt.save({"a": np.ones(3)}, prefix)
-        assert run(lambda store: store.list("ck.")) == ["ck.claim"]
-        remoteckpt.gc(url, older_than=0)
-        remoteckpt.save({"a": np.ones(3)}, prefix)
-        assert run(lambda store: store.list("ck.")) == ["ck.data-00000-of-00001", "ck.index"]
+def test_notices_are_shared_by_groups_of_workers() -> None:
+    big = [SaveLayout("ck", r, 100, "a") for r in range(100)]
+    assert len({la.my_notice for la in big}) == big[0].groups == 7
+    assert big[15].my_notice == big[0].my_notice != big[16].my_notice
 
 
 def test_the_default_save_id_comes_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers of one job share the launcher's run id, other jobs have theirs: racing jobs
-    are told apart without a save id of their own; an explicit one wins."""
-    for name in ("REMOTECKPT_SAVE_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID"):
+    """Workers of one job share the launcher's run id and restart count, other jobs (and a
+    restart) have theirs: racing jobs are told apart without a save id of their own; an
+    explicit one wins."""
+    for name in ("REMOTECKPT_SAVE_ID", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "SLURM_JOB_ID",
+                 "SLURM_STEP_ID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(name, raising=False)
-    assert SaveLayout.default_save_id() == ""
+    assert default_save_id() == ""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    assert SaveLayout.default_save_id() == "4242"
+    assert default_save_id() == "4242"
     monkeypatch.setenv("SLURM_STEP_ID", "3")
-    assert SaveLayout.default_save_id() == "4242.3"
+    assert default_save_id() == "4242.3"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert default_save_id() == "4242.3.r2"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "f00d")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert default_save_id() == "f00d.r1"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "f00d/with spaces")  # not a safe id: hashed
-    derived = SaveLayout.default_save_id()
-    assert derived.startswith("run-") and SaveLayout("ck", 0, 2, derived).staging == f"ck.tmp-{derived}/"
+    derived = default_save_id()
+    assert derived.startswith("run-") and SaveLayout("ck", 0, 2, derived).save_id == derived
     monkeypatch.setenv("REMOTECKPT_SAVE_ID", "mine")
-    assert SaveLayout.default_save_id() == "mine"
+    assert default_save_id() == "mine"
 
 
-def test_a_multiworker_save_without_an_id_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import numpy as np
-
+def test_a_multiworker_save_without_an_id_warns(tmp_path: Path) -> None:
     from remoteckpt.engine import loop
     from remoteckpt.protocol.save import UnnamedSaveWarning, save_worker
     from remoteckpt.storage import open_store
@@ -231,3 +260,16 @@ def test_a_multiworker_save_without_an_id_warns(tmp_path: Path, monkeypatch: pyt
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnnamedSaveWarning)
         loop.run(go("job-7"))
+
+
+def test_multiworker_saves_are_refused_where_conditional_writes_are_not_enforced() -> None:
+    """A generic fsspec filesystem checks create-only by looking first: two saves could both
+    pass.  A save of several workers there would only pretend to be safe, so it is refused;
+    one worker may save."""
+    import remoteckpt
+
+    url = f"memory://claims-{os.getpid()}-{time.monotonic_ns()}"
+    with pytest.raises(StorageError, match="needs a store that enforces conditional writes"):
+        remoteckpt.save({"a": np.ones(2)}, f"{url}/ck", rank=0, world_size=2, save_id="j")
+    remoteckpt.save({"a": np.ones(2)}, f"{url}/one")
+    np.testing.assert_array_equal(remoteckpt.load(f"{url}/one")["a"], np.ones(2))

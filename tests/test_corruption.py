@@ -11,6 +11,7 @@ reader, and the data files and state file are covered too.)
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import random
 import shutil
 from collections.abc import Iterator
@@ -149,11 +150,15 @@ class Checker:
 
 
 def flip(path: Path, position: int, xor: int) -> None:
+    """Bit rot: one byte changed in place, the file's times left as they were (the medium,
+    not a writer, changed it; a reader open on the file must call it corrupt, not replaced)."""
+    before = path.stat()
     with open(path, "r+b") as f:
         f.seek(position)
         byte = f.read(1)[0]
         f.seek(position)
         f.write(bytes([byte ^ xor]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def _positions(spans: list[Span], shard: int, rng: random.Random) -> list[int]:

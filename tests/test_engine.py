@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -36,10 +38,10 @@ class CountingReads:
         store = reader.store
         inner = store.read_scatter
 
-        async def counted(key: str, start: int, targets: list[tuple[int, memoryview]]) -> ScatterResult:
+        async def counted(key: str, start: int, targets: list[tuple[int, memoryview]], **kw: Any) -> ScatterResult:
             self.requests += 1
             self.bytes += max(o + len(v) for o, v in targets) - start
-            return await inner(key, start, targets)
+            return await inner(key, start, targets, **kw)
 
         store.read_scatter = counted  # type: ignore[method-assign]
 
@@ -204,9 +206,9 @@ def test_whole_tensors_are_read_straight_into_the_output(tmp_path: Path) -> None
     addresses: list[int] = []
     inner = reader.store.read_scatter
 
-    async def spy(key: str, start: int, targets: list[tuple[int, memoryview]]) -> ScatterResult:
+    async def spy(key: str, start: int, targets: list[tuple[int, memoryview]], **kw: Any) -> ScatterResult:
         addresses.extend(np.frombuffer(v, np.uint8).ctypes.data for _, v in targets)
-        return await inner(key, start, targets)
+        return await inner(key, start, targets, **kw)
 
     reader.store.read_scatter = spy  # type: ignore[method-assign]
     target = np.zeros((1024, 1024), np.float32)

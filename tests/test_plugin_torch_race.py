@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.api import CheckpointException  # noqa: E402
 import remoteckpt  # noqa: E402
 import remoteckpt.torch as rt  # noqa: E402
 from remoteckpt.plugins import torch_dcp  # noqa: E402
+from remoteckpt.protocol.records import ClaimRecord  # noqa: E402
 from remoteckpt.storage import on_store  # noqa: E402
 from spawning import run_together  # noqa: E402
 
@@ -120,8 +121,12 @@ def test_a_commit_racing_the_claim_is_refused_as_committed(tmp_path: Path,
     other = {"w": np.arange(4, dtype=np.float32)}
     acquire = torch_dcp.claims.acquire
 
+    raced: list[bool] = []
+
     async def after_a_racing_commit(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.to_thread(remoteckpt.save, other, prefix)
+        if not raced:  # the writer's claim; the racing save's own claim goes through as usual
+            raced.append(True)
+            await asyncio.to_thread(remoteckpt.save, other, prefix)
         return await acquire(*args, **kwargs)
 
     monkeypatch.setattr(torch_dcp.claims, "acquire", after_a_racing_commit)
@@ -134,7 +139,7 @@ def test_a_commit_racing_the_claim_is_refused_as_committed(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.data-00000-of-00001", "ck.index"]
 
     monkeypatch.undo()
-    late = torch_dcp.claims.ClaimRecord(save_id="late-loser", world_size=3, token="x", host="elsewhere", pid=1)
+    late = ClaimRecord(save_id="late-loser", world_size=3, attempt="x" * 20, host="elsewhere", pid=1, lease=0.3)
     on_store(str(tmp_path), lambda store: store.put("ck.claim", late.encode()))
     with pytest.raises(CheckpointException) as caught:
         dcp.save({"w": torch.zeros(4)}, storage_writer=rt.StorageWriter(prefix), no_dist=True)

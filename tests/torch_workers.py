@@ -50,10 +50,10 @@ def count_reads(reader: Any) -> dict[str, int]:
     store = reader.store
     inner = store.read_scatter
 
-    async def counted(key: str, start: int, targets: list[tuple[int, memoryview]]) -> Any:
+    async def counted(key: str, start: int, targets: list[tuple[int, memoryview]], **kw: Any) -> Any:
         counts["requests"] += 1
         counts["bytes"] += max(o + len(v) for o, v in targets) - start
-        return await inner(key, start, targets)
+        return await inner(key, start, targets, **kw)
 
     store.read_scatter = counted
     return counts

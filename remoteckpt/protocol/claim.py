@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Container
 
 from ..errors import CheckpointBusyError, CheckpointChangedError, CheckpointExistsError, CheckpointNotFoundError, \
     SaveFailedError
@@ -37,7 +38,7 @@ from ..storage.base import Store, StoredObject
 from . import poll
 from .layout import SaveLayout
 from .lease import Lease, Verdict, watch
-from .records import MAX_RECORD_BYTES, ClaimRecord, Notice
+from .records import MAX_RECORD_BYTES, ClaimRecord, Failure, Notice
 
 CLAIM_ATTEMPTS = 4
 """Create-only PUTs the coordinator tries before giving up: each failed one either finds a
@@ -160,18 +161,26 @@ async def release(lease: Lease) -> None:
     await lease.release()
 
 
-async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool) -> str:
+async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrite: bool,
+               concluded: Container[str] = ()) -> tuple[str, Failure | None]:
     """A worker (rank > 0): wait for its group's notice to name an attempt of this save in
-    state "writing" and return its token.  Raises `CheckpointBusyError` if another live save
-    holds the prefix, `CheckpointExistsError` if a committed checkpoint is there (unless
-    overwriting), `SaveFailedError` when nobody came within ``commit_timeout``."""
+    state "writing" and return its token, or an attempt that failed before this worker came
+    (its claim still held: the coordinator is waiting for acknowledgements), with its
+    failure.  Attempts in `concluded` (their verdict read already) are an earlier save's.
+    Raises `CheckpointBusyError` if another live save holds the prefix,
+    `CheckpointExistsError` if a committed checkpoint is there (unless overwriting),
+    `SaveFailedError` when nobody came within ``commit_timeout``."""
     deadline = poll.clock() + options.commit_timeout
     next_look = poll.clock() + options.lease_timeout / 2  # at the claim, in case rank 0 never comes
     async for polls in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size)):
         notice = await read_notice(store, layout)
         if notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size:
             if notice.state == "writing":
-                return notice.attempt
+                return notice.attempt, None
+            if notice.state == "failed" and notice.attempt not in concluded:
+                found = await read_claim(store, layout)
+                if found is not None and found[0] is not None and found[0].attempt == notice.attempt:
+                    return notice.attempt, notice.error or Failure(type="SaveFailedError", message="the save failed")
             continue  # the end of an earlier attempt, left behind: wait for this one
         if notice is not None or polls == 3 or poll.clock() >= next_look:
             next_look = poll.clock() + options.lease_timeout / 2

@@ -7,8 +7,8 @@
     collect   every worker's report: one listing, then a GET per report still missing
               (a listing again while many are); a failed report ends the wait
     commit    merge the tables, renew the lease, fence the data files, commit the index
-    publish   the verdict on every notice; once the workers have read it (they delete their
-              reports), remove the notices, the staging and the claim
+    publish   the verdict on every notice; once the workers have read it (each acknowledges
+              with a key of its own), remove the notices, the staging and the claim
 """
 
 from __future__ import annotations
@@ -163,20 +163,22 @@ def _ranks(ranks: Iterable[int]) -> str:
 
 
 async def finish(store: Store, layout: SaveLayout, attempt: str, notices: dict[str, str], options: IOOptions) -> None:
-    """After the verdict is published: wait (bounded) for the workers to delete their
-    reports, then remove this attempt's notices (exactly the versions written) and staging."""
+    """After the verdict is published: wait (bounded) for every worker to acknowledge it,
+    then remove this attempt's notices (exactly the versions written) and staging."""
     deadline = poll.clock() + min(ACK_TIMEOUT, options.commit_timeout)
     staging = layout.staging(attempt)
-    remaining: Sequence[str] = []
-    async for _ in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size)):
-        remaining = await store.list(staging)
-        if not remaining:
+    listed: Sequence[str] = []
+    acked: set[int] = set()
+    async for _ in poll.backoff_polls(options.poll_interval * 4, deadline, cap=poll.interval_cap(layout.world_size)):
+        listed = await store.list(staging)
+        acked = {r for k in listed if (r := layout.rank_of(attempt, k, "ack")) is not None}
+        if len(acked) >= layout.world_size - 1:
             break
     else:
-        log.info("%d worker(s) of %s did not read the verdict in time; removing it anyway",
-                 len(remaining), store.describe(layout.index))
+        log.info("%d worker(s) of %s did not acknowledge the verdict in time; removing it anyway",
+                 layout.world_size - 1 - len(acked), store.describe(layout.index))
     await bounded([*(store.delete(k, if_match=e) for k, e in notices.items()),
-                   *(store.delete(k) for k in remaining)])
+                   *(store.delete(k) for k in listed)])
 
 
 async def publish(store: Store, layout: SaveLayout, notice: Notice) -> dict[str, str]:

@@ -7,6 +7,8 @@
                                          "attempt A is writing", then "A committed" / "A failed"
     NAME.tmp-ATTEMPT/worker-RRRRR        worker R's report: its table and its data file's
                                          identity (size, etag), or its failure
+    NAME.tmp-ATTEMPT/ack-RRRRR           worker R has read the verdict (the coordinator then
+                                         removes the attempt's notices and staging)
 
 ``ATTEMPT`` is a fresh token per save attempt, chosen by the coordinator; every worker learns
 it from its group's notice.  The save id (``save_id=``, ``$REMOTECKPT_SAVE_ID``, or the
@@ -113,11 +115,15 @@ class SaveLayout:
     def report(self, attempt: str, rank: int) -> str:
         return f"{self.staging(attempt)}worker-{rank:05d}"
 
-    def rank_of(self, attempt: str, key: str) -> int | None:
-        """The rank whose report `key` is, None for anything else."""
+    def ack(self, attempt: str, rank: int) -> str:
+        return f"{self.staging(attempt)}ack-{rank:05d}"
+
+    def rank_of(self, attempt: str, key: str, kind: str = "worker") -> int | None:
+        """The rank whose report (or, with ``kind="ack"``, acknowledgement) `key` is, None
+        for anything else."""
         if not key.startswith(self.staging(attempt)):
             return None
-        m = re.fullmatch(r"worker-(\d{5,})", key[len(self.staging(attempt)):])
+        m = re.fullmatch(rf"{kind}-(\d{{5,}})", key[len(self.staging(attempt)):])
         return int(m.group(1)) if m and int(m.group(1)) < self.world_size else None
 
 

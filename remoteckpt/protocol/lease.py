@@ -46,6 +46,7 @@ class Lease:
         self.renewed_at = poll.clock()
         self.lost: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
 
     @property
@@ -86,7 +87,11 @@ class Lease:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.timeout / RENEWALS_PER_LEASE)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.timeout / RENEWALS_PER_LEASE)
+                return  # stopped: never in the middle of a renewal
+            except asyncio.TimeoutError:
+                pass
             try:
                 await self.renew()
             except SaveFailedError:
@@ -96,9 +101,10 @@ class Lease:
                 log.warning("could not renew %s: %s", self.store.describe(self.key), exc)
 
     async def stop(self) -> None:
+        """Stop renewing (a renewal under way completes first)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._stopping.set()
             await asyncio.gather(task, return_exceptions=True)
 
     async def release(self) -> None:

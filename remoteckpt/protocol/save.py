@@ -122,6 +122,8 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
             notices = await coordinator.notify(store, layout, Notice(**job, state="writing"))
         identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
                                            progress=progress, report=report)
+        if multi:
+            crash_point("table-written")  # as the workers after their reports: the wait begins
         start = time.monotonic()
         workers = await coordinator.collect(store, layout, attempt, options, lease) if multi else []
         report.wait_seconds = time.monotonic() - start

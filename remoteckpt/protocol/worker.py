@@ -5,7 +5,10 @@
     report    ``NAME.tmp-ATTEMPT/worker-R``: the table and the data file's identity, or the
               failure (then the worker waits for the verdict too: every rank raises the same)
     verdict   poll the group notice until it names this attempt "committed" or "failed";
-              delete the report (the coordinator's sign that the verdict was read)
+              acknowledge it (``ack-R``: the coordinator cleans up once all have)
+A worker that comes late, when its attempt has already failed (another worker's failure
+ended it before this one joined), learns the verdict from the notice all the same, and
+raises it: every rank of an attempt raises the same error.
 
 A worker whose coordinator vanished judges by the storage itself: once the claim has not been
 renewed for a lease timeout (or names another attempt), its attempt committed if and only if
@@ -41,6 +44,10 @@ log = logging.getLogger("remoteckpt")
 
 REJOINS = 3
 """Times a worker follows its job into a newer attempt before it gives up."""
+
+concluded: set[str] = set()
+"""Attempts whose verdict this process has read (a later save of the same job must not take
+an earlier attempt's failure, still on the notices, for its own)."""
 
 
 @dataclass
@@ -98,14 +105,27 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
     return DataIdentity(key=key, size=written, etag=writer.etag), table_bytes(plan)
 
 
+async def _holds_claim(store: Store, layout: SaveLayout, attempt: str) -> bool:
+    found = await claims.read_claim(store, layout)
+    return found is not None and found[0] is not None and found[0].attempt == attempt
+
+
+async def _claim_moved_on(store: Store, layout: SaveLayout, attempt: str) -> bool:
+    """Whether another attempt holds the claim now (this one was taken over)."""
+    try:
+        found = await claims.read_claim(store, layout)
+    except CheckpointError:
+        return False
+    return found is not None and (found[0] is None or found[0].attempt != attempt)
+
+
 async def _clear_way(store: Store, layout: SaveLayout, key: str, attempt: str) -> bool:
     """Delete the data file in the way if this attempt may: the version seen first, then the
     claim checked (still this attempt's), then no index, then the delete of that version."""
     head = await store.head(key)
     if head is None:
         return True
-    found = await claims.read_claim(store, layout)
-    if found is None or found[0] is None or found[0].attempt != attempt or await store.exists(layout.index):
+    if not await _holds_claim(store, layout, attempt) or await store.exists(layout.index):
         return False
     log.info("replacing %s, written by an earlier attempt of this save", store.describe(key))
     return await store.delete(key, if_match=head.etag)
@@ -121,12 +141,20 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
                      options: IOOptions, progress: Reporter, report: SaveReport) -> SaveReport:
     """Ranks > 0: the steps of the module docstring, until this save commits or fails."""
     for _ in range(REJOINS + 1):
-        attempt = await claims.join(store, layout, options, overwrite=overwrite)
+        attempt, ended = await claims.join(store, layout, options, overwrite=overwrite, concluded=concluded)
         report.attempt = attempt
+        if ended is not None:  # the attempt failed before this worker joined it
+            await _acknowledge(store, layout, attempt)
+            raise ended.error()
         try:
             identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
                                                progress=progress, report=report)
         except BaseException as exc:
+            if isinstance(exc, Exception) and await _claim_moved_on(store, layout, attempt):
+                raise SaveFailedError(
+                    f"worker {layout.rank}: attempt {attempt} of the save of {store.describe(layout.index)} was "
+                    "taken over by a newer attempt while this worker was paused or cut off; it stopped without "
+                    "touching the newer attempt's files") from exc
             if not await _report(store, layout, Report(attempt=attempt, rank=layout.rank, state="failed",
                                                        error=Failure.of(exc, rank=layout.rank))):
                 raise
@@ -187,11 +215,16 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
     if outcome is None:
         raise SaveFailedError(f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) "
                               f"to commit {store.describe(layout.index)}")
-    try:
-        await store.delete(layout.report(attempt, layout.rank))
-    except CheckpointError:
-        log.debug("could not delete worker %d's report", layout.rank, exc_info=True)
+    await _acknowledge(store, layout, attempt)
     return outcome
+
+
+async def _acknowledge(store: Store, layout: SaveLayout, attempt: str) -> None:
+    concluded.add(attempt)
+    try:
+        await store.put(layout.ack(attempt, layout.rank), b"")
+    except CheckpointError:  # the coordinator stops waiting after a while
+        log.debug("could not acknowledge worker %d's verdict", layout.rank, exc_info=True)
 
 
 async def _judge_alone(store: Store, layout: SaveLayout, identity: DataIdentity | None,
@@ -207,5 +240,6 @@ async def _judge_alone(store: Store, layout: SaveLayout, identity: DataIdentity 
             return Verdict.REJOIN, None
     return Verdict.FAILED, Failure(
         type="SaveFailedError",
-        message=f"the coordinator (worker 0) of {store.describe(layout.index)} stopped renewing its claim before "
-                "committing (it died, or lost the storage)")
+        message=f"worker {layout.rank}'s attempt to save {store.describe(layout.index)} ended without a verdict "
+                "reaching it: its coordinator (worker 0) stopped renewing its claim before committing (it died, "
+                "or lost the storage), or the attempt was taken over by a newer one")

@@ -125,8 +125,10 @@ class LocalWriter(ObjectWriter):
             if writeback.wanted(size):  # the commit's fsync then waits for the tail only
                 await asyncio.to_thread(writeback.start, self._file.fileno(), self._offset, size)
             self._offset += size
-        except Exception as exc:
-            await self.abort()
+        except BaseException as exc:
+            await asyncio.shield(self.abort())
+            if not isinstance(exc, Exception):
+                raise
             raise translate(exc, str(self._path)) from exc
 
     async def _open_temp(self) -> Any:
@@ -166,8 +168,10 @@ class LocalWriter(ObjectWriter):
             await asyncio.to_thread(_fsync_dir, self._path.parent)
             self.etag = etag
             self._done = True
-        except Exception as exc:
-            await self.abort()
+        except BaseException as exc:
+            await asyncio.shield(self.abort())  # cancelled or failed: no temp file is left
+            if not isinstance(exc, Exception):
+                raise
             raise translate(exc, str(self._path)) from exc
 
     async def abort(self) -> None:
