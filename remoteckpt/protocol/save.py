@@ -77,7 +77,10 @@ async def refuse_unsafe_store(store: Store, layout: SaveLayout) -> None:
     """Saves of several workers stand on conditional writes: refuse them where the store does
     not enforce those (a generic fsspec filesystem; an S3-compatible server that ignores the
     headers, found by a probe at first use)."""
-    await store.prepare_conditional_writes()
+    try:
+        await store.prepare_conditional_writes()
+    except CheckpointError as exc:  # named by the checkpoint being saved, not the probe's scratch object
+        raise type(exc)(f"{store.describe(layout.index)}: the store did not answer: {exc}") from exc
     if layout.world_size > 1 and not store.capabilities.conditional_writes:
         raise StorageError(
             f"{store.describe(layout.index)}: a save of {layout.world_size} workers needs a store that enforces "
