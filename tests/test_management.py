@@ -15,7 +15,7 @@ from remoteckpt.engine import loop
 from remoteckpt.management.state import parse_state
 from remoteckpt.storage import on_store, open_store
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "tf-2.21"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf-2.21"
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -84,8 +84,6 @@ def test_tensorflow_reads_our_state_and_we_read_its(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sub,latest", [("v1_saver", "model.ckpt-40"), ("tf2_object", "ckpt-1")])
 def test_reads_tensorflow_state_files(sub: str, latest: str) -> None:
     directory = FIXTURES / sub
-    if not directory.is_dir():
-        pytest.skip("fixtures not found")
     assert remoteckpt.latest_checkpoint(directory) == str(directory / latest)
     state = remoteckpt.get_checkpoint_state(directory)
     assert state is not None and state.model_checkpoint_path == latest
