@@ -235,6 +235,37 @@ def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable
         assert len(server.requests) == 5  # the first request and max_attempts retries (botocore)
 
 
+@pytest.mark.parametrize("start,claimed", [(10, 9), (10, 11), (10, None), (0, None), (0, 1)])
+def test_a_206_must_start_at_the_requested_byte(canned: Callable[..., CannedServer], start: int,
+                                                claimed: int | None) -> None:
+    """A 206 whose Content-Range starts elsewhere (or that has none) would put other bytes of
+    the object at the requested position: refused, on every attempt."""
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        first, end = _range(headers)
+        begin = first if claimed is None else claimed
+        body = OBJECT[begin : begin + end - first]
+        content_range = "" if claimed is None else f"Content-Range: bytes {begin}-{begin + len(body) - 1}/{len(OBJECT)}\r\n"
+        sock.sendall(f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n{content_range}\r\n".encode()
+                     + body)
+
+    server = canned(answer)
+    with pytest.raises(StorageError, match=f"does not start at byte {start}"):
+        _scatter("s3://bucket/dir", "obj", start, [(start, 5000)], storage_options=_options(server))
+
+
+def test_a_cut_body_resumes_pinned_to_its_version_through_aiobotocore(canned: Callable[..., CannedServer]) -> None:
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        partial(sock, headers, etag='"v9"', cut=12_345 if number == 1 else None)
+
+    server = canned(answer)
+    got, _, direct = _scatter("s3://bucket/dir", "obj", 0, [(0, 100_000), (200_000, 2**20 - 200_000)],
+                              direct=False, storage_options=_options(server))
+    assert not direct and got == [OBJECT[:100_000], OBJECT[200_000:]]
+    first, second = server.requests[0], server.requests[-1]
+    assert "if-match" not in first
+    assert second["range"].startswith("bytes=12345-") and second["if-match"] == '"v9"'
+
+
 def test_tls_with_a_private_certificate_authority(canned: Callable[..., CannedServer], tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
