@@ -7,6 +7,7 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,35 @@ def test_save_async_snapshots_and_returns_early(base: str) -> None:
     weights[:] = 7  # the caller may change its arrays at once
     assert future.result(timeout=60) == f"{base}/async"
     np.testing.assert_array_equal(remoteckpt.load(f"{base}/async")["w"], np.ones((512, 1024), np.float32))
+
+
+def _held_until(released: threading.Event) -> Callable[[remoteckpt.ProgressEvent], None]:
+    """A progress callback that holds the save at its first event (before any data is written)
+    until `released` is set: what the caller does meanwhile must not reach the checkpoint."""
+    def hold(event: remoteckpt.ProgressEvent) -> None:
+        released.wait(30)
+
+    return hold
+
+
+@pytest.mark.parametrize("kind", ["array", "slice", "slices"])
+def test_save_async_snapshots_every_array_it_is_given(tmp_path: Path, kind: str) -> None:
+    full = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)
+    arrays = [full[:3].copy(), full[3:].copy()]
+    value: object = {"array": full, "slice": remoteckpt.Slice(arrays[0], (6, 4), (0, 0)),
+                     "slices": [remoteckpt.Slice(arrays[0], (6, 4), (0, 0)),
+                                remoteckpt.Slice(arrays[1], (6, 4), (3, 0))]}[kind]
+    expected = {"array": full.copy(), "slice": full[:3].copy(), "slices": full.copy()}[kind]
+    released = threading.Event()
+    future = remoteckpt.save_async({"w": value}, tmp_path / "ck", progress=_held_until(released))
+    full[:] = -1  # the caller changes its arrays while the save has not written a byte
+    for array in arrays:
+        array[:] = -1
+    released.set()
+    future.result(timeout=60)
+    reader = remoteckpt.CheckpointReader(tmp_path / "ck")
+    box = (slice(0, 3),) if kind == "slice" else ()
+    np.testing.assert_array_equal(reader.get_slice("w", box), expected)
 
 
 def test_save_async_errors_come_out_of_the_future(base: str) -> None:
