@@ -96,6 +96,21 @@ def test_slices_round_trip(base_url: str) -> None:
     np.testing.assert_array_equal(remoteckpt.CheckpointReader(prefix + "-a").get_slice("w", ((0, 0), (4, 6))), full[:4])
 
 
+def test_big_endian_arrays_are_saved_as_their_values(tmp_path: Path) -> None:
+    """Arrays in big-endian byte order are stored as TF stores their values (little-endian):
+    the same bytes as their native-order copies, read back equal."""
+    values = {"f": np.array([1.5, -2.0, 3.25], ">f4"), "i": np.arange(-3, 3, dtype=">i8").reshape(2, 3),
+              "c": np.array([1 + 2j, -3j], ">c16"), "h": np.array([0.5, 65504], ">f2")}
+    remoteckpt.save(values, tmp_path / "be")
+    remoteckpt.save({k: v.astype(v.dtype.newbyteorder("=")) for k, v in values.items()}, tmp_path / "native")
+    assert (tmp_path / "be.index").read_bytes() == (tmp_path / "native.index").read_bytes()
+    assert (tmp_path / "be.data-00000-of-00001").read_bytes() == (tmp_path / "native.data-00000-of-00001").read_bytes()
+    loaded = remoteckpt.load(tmp_path / "be")
+    for name, value in values.items():
+        np.testing.assert_array_equal(loaded[name], value)
+        assert loaded[name].dtype == value.dtype.newbyteorder("=")
+
+
 def test_missing_checkpoint_is_not_found(base_url: str) -> None:
     with pytest.raises(CheckpointNotFoundError, match=r"model\.ckpt-404\.index") as info:
         remoteckpt.CheckpointReader(f"{base_url}/model.ckpt-404")
@@ -259,10 +274,23 @@ def get_file(prefix: str, suffix: str) -> bytes:
 def golden_tensors(checkpoint: str) -> dict[str, np.ndarray]:
     """The golden checkpoint's tensors, in its order, each checked against the manifest."""
     spec = MANIFEST[checkpoint]["tensors"]
-    loaded = remoteckpt.load(GOLDEN / MANIFEST[checkpoint]["prefix"])
+    partial = MANIFEST[checkpoint].get("partial")  # tensors only in boxes cannot load whole
+    loaded = remoteckpt.load(GOLDEN / MANIFEST[checkpoint]["prefix"], list(spec) if partial else None)
     for name in spec:
         check_tensor(name, spec[name], loaded[name])
     return {name: loaded[name] for name in sorted(loaded)}
+
+
+def golden_boxes(checkpoint: str, name: str) -> list[Slice]:
+    """The boxes of a tensor the golden checkpoint holds only in parts, as `Slice`s."""
+    spec = MANIFEST[checkpoint]["partial"][name]
+    reader = remoteckpt.CheckpointReader(GOLDEN / MANIFEST[checkpoint]["prefix"])
+    out = []
+    for box in spec["boxes"]:
+        value = reader.get_slice(name, (box["start"], box["shape"]))
+        check_tensor(name, box, value)
+        out.append(Slice(value, tuple(spec["full_shape"]), tuple(box["start"])))
+    return out
 
 
 def golden_entries(checkpoint: str) -> dict[bytes, object]:
@@ -307,7 +335,7 @@ def test_chunk_crcs_extend_tensorflows_entries_and_are_verified(tmp_path: Path) 
     """With chunk CRCs on, the data file is still TF's, every entry keeps TF's offset, size and
     whole CRC (which TF checks), and each chunk CRC is the masked CRC32C of TF's bytes of that
     chunk; a damaged chunk is refused by every read that needs it, and only by those."""
-    chunk = 4096
+    chunk = 5000  # 300 KiB = 61 chunks and a short one
     tensors = golden_tensors("dtypes")
     prefix = remoteckpt.save(tensors, tmp_path / "ckpt", options=remoteckpt.IOOptions(crc_chunk=chunk))
     data = golden_files("dtypes")["ckpt.data-00000-of-00001"]
@@ -342,6 +370,18 @@ def test_chunk_crcs_extend_tensorflows_entries_and_are_verified(tmp_path: Path) 
     np.testing.assert_array_equal(reader.get_slice("big/float32", (slice(0, first_row - 1),)),
                                   tensors["big/float32"][: first_row - 1])
     np.testing.assert_array_equal(reader.get_tensor("zz/last"), tensors["zz/last"])
+
+
+def test_a_tensor_of_exactly_one_chunk_keeps_tensorflows_entry(tmp_path: Path) -> None:
+    """Chunk CRCs start past one chunk: with `crc_chunk` equal to the largest tensor's size,
+    the index is TF's byte for byte."""
+    tensors = golden_tensors("dtypes")
+    size = tensors["big/float32"].nbytes
+    remoteckpt.save(tensors, tmp_path / "ckpt", options=remoteckpt.IOOptions(crc_chunk=size))
+    assert (tmp_path / "ckpt.index").read_bytes() == golden_files("dtypes")["ckpt.index"]
+    remoteckpt.save(tensors, tmp_path / "more", options=remoteckpt.IOOptions(crc_chunk=size - 4))
+    entry = remoteckpt.CheckpointReader(tmp_path / "more").index.entries[b"big/float32"]
+    assert entry.chunk_size == size - 4 and len(entry.chunk_crc32c) == 2
 
 
 @pytest.mark.parametrize("name,where", [("big/float32", 123_457), ("strings/vector", "element"),
@@ -387,7 +427,8 @@ def _worker_shares(checkpoint: str) -> list[dict[str, object]]:
                 for r in range(3)]
     c, w = tensors["part/c"], tensors["part/w"]
     return [{"part/c": Slice(np.ascontiguousarray(c[:, :1]), (3, 4), (0, 0)), "part/w": Slice(w[:4], (10, 6), (0, 0))},
-            {"part/c": Slice(np.ascontiguousarray(c[:, 1:]), (3, 4), (0, 1)), "part/w": Slice(w[4:], (10, 6), (4, 0))}]
+            {"part/c": Slice(np.ascontiguousarray(c[:, 1:]), (3, 4), (0, 1)), "part/w": Slice(w[4:], (10, 6), (4, 0)),
+             "part/sparse": golden_boxes(checkpoint, "part/sparse"), "part/wide": golden_boxes(checkpoint, "part/wide")}]
 
 
 @pytest.mark.parametrize("checkpoint", ["sharded", "sliced"])

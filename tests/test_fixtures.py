@@ -111,7 +111,7 @@ def test_index_spanning_two_blocks_reads_every_tensor() -> None:
 def test_sliced_fixture_reads_whole_and_in_boxes() -> None:
     spec = CHECKPOINTS["sliced"]
     reader = remoteckpt.CheckpointReader(prefix_of("sliced"))
-    assert sorted(reader.get_variable_to_shape_map()) == ["part/c", "part/w"]  # slice entries are hidden
+    assert sorted(reader.get_variable_to_shape_map()) == ["part/c", "part/sparse", "part/w", "part/wide"]
     assert reader.index.num_shards == spec["num_shards"]
     for name, specs in spec["slices"].items():
         assert [b.spec() for b, _ in reader.index.slice_boxes(name.encode())] == specs
@@ -154,3 +154,17 @@ def test_every_golden_index_re_encodes_to_its_bytes(checkpoint: str) -> None:
     out = io.BytesIO()
     assert encode_index(index.header, index.entries, out) == len(data)
     assert out.getvalue() == data
+
+
+@pytest.mark.parametrize("name", ["part/sparse", "part/wide"])
+def test_boxes_with_large_starts_and_lengths_are_found(name: str) -> None:
+    """Tensors TF saved only in boxes (starts up to 2**33, lengths up to 8192): each box is
+    found under the slice key remoteckpt computes, and reads back as TF was given it."""
+    spec = CHECKPOINTS["sliced"]["partial"][name]
+    reader = remoteckpt.CheckpointReader(prefix_of("sliced"))
+    assert reader.get_variable_to_shape_map()[name] == spec["full_shape"]
+    for box in spec["boxes"]:
+        got = reader.get_slice(name, (box["start"], box["shape"]))
+        check_tensor(f"{name}{box['start']}", box, got)
+    with pytest.raises(remoteckpt.CorruptCheckpointError, match="do not cover"):
+        reader.get_slice(name, ([0] * len(spec["full_shape"]), [1] * len(spec["full_shape"])))
