@@ -233,3 +233,28 @@ def test_a_multiworker_save_committing_after_another_save_fails_on_every_worker(
     assert isinstance(coordinator, CheckpointExistsError), coordinator
     assert isinstance(worker, CheckpointError), worker
     assert _index(prefix) == THEIRS
+
+
+# --- replacing a checkpoint -------------------------------------------------------------------------
+
+
+class FailingCommit(CommitProtocol):
+    """A commit that never happens (the storage refuses it)."""
+
+    async def commit(self, store: Store, key: str, data: bytes, **kwargs: Any) -> None:  # type: ignore[override]
+        raise StorageError(f"{store.describe(key)}: service unavailable")
+
+
+def test_a_failed_overwrite_never_leaves_the_old_index_over_new_data(directory: str) -> None:
+    """Replacing a checkpoint whose commit then fails: the prefix holds the old checkpoint whole,
+    or none at all; never the old index over the new save's data files."""
+    prefix = f"{directory}/ck"
+    old = {"w": np.arange(1000, dtype=np.float32)}
+    remoteckpt.save(old, prefix)
+    with pytest.raises(StorageError, match="service unavailable"):
+        remoteckpt.save({"w": -np.arange(1000, dtype=np.float32)}, prefix, overwrite=True, commit=FailingCommit())
+    try:
+        restored = remoteckpt.load(prefix)
+    except remoteckpt.CheckpointNotFoundError:
+        return
+    np.testing.assert_array_equal(restored["w"], old["w"])

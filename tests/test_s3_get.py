@@ -194,8 +194,8 @@ def test_a_cut_body_resumes_pinned_to_its_version(canned: Callable[..., CannedSe
     assert second["range"] == f"bytes=12345-{2**20 - 1}" and second["if-match"] == '"v7"'
 
 
-@pytest.mark.parametrize("case", ["ignores-range", "chunked", "not-found", "denied", "changed", "stall",
-                                  "always-503"])
+@pytest.mark.parametrize("case", ["ignores-range", "chunked", "chunked-with-length", "not-found", "denied", "changed",
+                                  "stall", "always-503"])
 def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable[..., CannedServer],
                                                                 case: str) -> None:
     def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
@@ -203,6 +203,10 @@ def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable
             sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(OBJECT)}\r\n\r\n".encode() + OBJECT)
         elif case == "chunked":
             sock.sendall(b"HTTP/1.1 206 Partial\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        elif case == "chunked-with-length":  # framing bytes would land in the target
+            body = b"1388\r\n" + OBJECT[10:5010] + b"\r\n0\r\n\r\n"
+            sock.sendall(f"HTTP/1.1 206 Partial\r\nContent-Range: bytes 10-5009/{len(OBJECT)}\r\n"
+                         f"Transfer-Encoding: chunked\r\nContent-Length: 5000\r\n\r\n".encode() + body)
         elif case == "not-found":
             error(sock, 404, "NoSuchKey")
         elif case == "denied":
@@ -220,6 +224,7 @@ def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable
     server = canned(answer)
     expected = {"ignores-range": (StorageError, "does not start at byte 10"),
                 "chunked": (StorageError, "without a Content-Length"),
+                "chunked-with-length": (StorageError, "without a Content-Length"),
                 "not-found": (CheckpointNotFoundError, "no such file"),
                 "denied": (StorageError, "permission denied"),
                 "changed": (StorageError, "changed while it was being read"),
