@@ -126,8 +126,15 @@ def check_imports_copy(copy: Path) -> None:
         raise CatalogueError(f"the copy imports remoteckpt from {found}, not from {copy}")
 
 
+MARKER = "REMOTECKPT_MUTATION_COPY"
+"""Set in the environment of every test run to the copy's path: how `_sweep` recognises what
+those runs started (an S3 server runs in a session of its own, so killing the run's process
+group does not reach it)."""
+
+
 def _environment(copy: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env[MARKER] = str(copy)
     env["PYTHONPATH"] = os.pathsep.join([str(copy), str(copy / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a mutant of the same size and mtime second must not reuse a .pyc
     env.pop("REMOTECKPT_CRASH_AT", None)
@@ -136,8 +143,9 @@ def _environment(copy: Path) -> dict[str, str]:
 
 def run_tests(copy: Path, tests: Sequence[str], timeout: float) -> tuple[int | None, str]:
     """Run pytest on `tests` in `copy`, stopping at the first failure.  Returns (exit code, or
-    None on timeout; output).  The run gets SIGINT first on timeout, so its fixtures (the S3
-    server) are torn down, and its process group SIGKILL 20 s later."""
+    None on timeout; output).  On timeout the run gets SIGINT first, so that its fixtures (the
+    S3 server) are torn down, and its process group SIGKILL 30 s later; whatever it started
+    and left behind is then killed by pid (`_sweep`)."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     proc = subprocess.Popen(command, cwd=copy, env=_environment(copy), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -150,12 +158,13 @@ def run_tests(copy: Path, tests: Sequence[str], timeout: float) -> tuple[int | N
     finally:
         if proc.poll() is None:  # interrupted: never leave the child running
             _stop(proc)
+        _sweep(copy)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
     try:
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=20)
+        os.kill(proc.pid, signal.SIGINT)  # pytest tears its fixtures down (the S3 server stops)
+        proc.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:
@@ -163,6 +172,26 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     except ProcessLookupError:
         pass
     proc.communicate()
+
+
+def _sweep(copy: Path) -> None:
+    """Kill, by pid, the processes our test runs in `copy` started and left behind (Linux:
+    those whose environment carries `MARKER` = `copy`)."""
+    if not Path("/proc").is_dir():
+        return
+    needle = f"{MARKER}={copy}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            workdir = Path(os.readlink(entry / "cwd"))
+            os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+        if workdir.name.startswith("remoteckpt-seaweed-") and workdir.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(workdir, ignore_errors=True)  # the killed S3 server's data
 
 
 def _first_failure(output: str) -> str:
