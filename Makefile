@@ -3,6 +3,7 @@
 #   make bench    benchmarks; results go to bench-results/ (see docs/benchmarks.md)
 #   make demo     save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
 #   make soak     reliability soak (crash, network, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
+#   make mutate   mutation run of the core against its fast tests (MUTATE_ARGS="--only merge"); docs/reliability.md
 #   make protos   regenerate remoteckpt/_proto from protos/
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test bench demo protos clean soak
+.PHONY: install test bench demo protos clean soak mutate
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +47,6 @@ clean:
 
 soak: $(STAMP)
 	$(PY) -m remoteckpt.bench.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)
+
+mutate: $(STAMP)
+	$(PY) tests/mutation/run.py $(MUTATE_ARGS)

@@ -7,6 +7,7 @@ import asyncio
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from typing import Any
@@ -113,6 +114,35 @@ def test_save_async_snapshots_and_returns_early(base: str) -> None:
     np.testing.assert_array_equal(remoteckpt.load(f"{base}/async")["w"], np.ones((512, 1024), np.float32))
 
 
+def _held_until(released: threading.Event) -> Callable[[remoteckpt.ProgressEvent], None]:
+    """A progress callback that holds the save at its first event (before any data is written)
+    until `released` is set: what the caller does meanwhile must not reach the checkpoint."""
+    def hold(event: remoteckpt.ProgressEvent) -> None:
+        released.wait(30)
+
+    return hold
+
+
+@pytest.mark.parametrize("kind", ["array", "slice", "slices"])
+def test_save_async_snapshots_every_array_it_is_given(tmp_path: Path, kind: str) -> None:
+    full = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)
+    arrays = [full[:3].copy(), full[3:].copy()]
+    value: object = {"array": full, "slice": remoteckpt.Slice(arrays[0], (6, 4), (0, 0)),
+                     "slices": [remoteckpt.Slice(arrays[0], (6, 4), (0, 0)),
+                                remoteckpt.Slice(arrays[1], (6, 4), (3, 0))]}[kind]
+    expected = {"array": full.copy(), "slice": full[:3].copy(), "slices": full.copy()}[kind]
+    released = threading.Event()
+    future = remoteckpt.save_async({"w": value}, tmp_path / "ck", progress=_held_until(released))
+    full[:] = -1  # the caller changes its arrays while the save has not written a byte
+    for array in arrays:
+        array[:] = -1
+    released.set()
+    future.result(timeout=60)
+    reader = remoteckpt.CheckpointReader(tmp_path / "ck")
+    box = (slice(0, 3),) if kind == "slice" else ()
+    np.testing.assert_array_equal(reader.get_slice("w", box), expected)
+
+
 def test_save_async_errors_come_out_of_the_future(base: str) -> None:
     remoteckpt.save({"a": np.ones(1)}, f"{base}/taken")
     future = remoteckpt.save_async({"a": np.zeros(1)}, f"{base}/taken")
@@ -141,7 +171,8 @@ def test_memory_budget_bounds_concurrent_holders() -> None:
                 await asyncio.sleep(0.01)
                 active -= n
 
-        await asyncio.gather(*(worker(4) for _ in range(8)), worker(25))  # 25 > budget: admitted alone
+        await asyncio.wait_for(asyncio.gather(*(worker(4) for _ in range(8)), worker(25)),  # 25 > budget:
+                               timeout=10)                                                 # admitted alone
         return peak
 
     assert loop.run(scenario()) == 25
@@ -157,6 +188,46 @@ def test_planner_splits_and_coalesces() -> None:
     assert [(op.start, op.length, len(op.pieces)) for op in ops][:2] == [(0, 22, 2), (100, 30, 1)]
     assert [p.index for p in split([ReadRequest("f", 0, 40, 7)], 16)] == [0, 1, 2]
     assert coalesce([Piece("f", 0, 4, 0, 0), Piece("f", 2, 4, 1, 0)], gap=10, max_length=100)[1].start == 2
+
+
+def test_pieces_of_different_files_are_never_coalesced() -> None:
+    """Sorted by (file, offset), the first piece of the next file may follow the last of this one
+    within the gap: it still needs a request of its own."""
+    pieces = [Piece("data-0", 0, 10, 0, 0), Piece("data-1", 12, 10, 1, 0), Piece("data-1", 24, 10, 2, 0)]
+    ops = coalesce(pieces, gap=100, max_length=1000)
+    assert [(op.key, op.start, op.length, len(op.pieces)) for op in ops] == [("data-0", 0, 10, 1), ("data-1", 12, 22, 2)]
+
+
+def test_box_runs_cover_every_row_of_a_box() -> None:
+    outer = (4, 5, 6)
+    runs = box_byte_runs(outer, (1, 2, 1), (2, 3, 4), 2)
+    assert runs is not None and len(runs) == 2 * 3
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(outer)
+    raw = array.tobytes()
+    got = b"".join(raw[o : o + n] for o, n in runs)
+    assert got == np.ascontiguousarray(array[1:3, 2:5, 1:5]).tobytes()
+    assert box_byte_runs(outer, (0, 0, 0), outer, 2) == [(0, array.nbytes)]
+    assert box_byte_runs(outer, (2, 0, 0), (1, 5, 6), 2) == [(2 * 5 * 6 * 2, 5 * 6 * 2)]
+
+
+def test_an_object_shrinking_under_an_open_reader_is_reported_truncated(base: str) -> None:
+    """Sizes are checked when a reader first needs a file; bytes that are then missing (the
+    file was replaced by a shorter one) are reported as truncation, naming tensor and file."""
+    from remoteckpt.storage import on_store
+
+    prefix = remoteckpt.save({"a": np.arange(10, dtype=np.float32), "b": np.arange(1000, dtype=np.float64)},
+                             f"{base}/ck")
+    reader = remoteckpt.CheckpointReader(prefix)
+    np.testing.assert_array_equal(reader.get_tensor("a"), np.arange(10, dtype=np.float32))  # sizes now known
+    data_key = "ck.data-00000-of-00001"
+
+    async def shrink(store: object) -> None:
+        data = await store.get(data_key)  # type: ignore[attr-defined]
+        await store.put(data_key, data[:-100])  # type: ignore[attr-defined]
+
+    on_store(base, shrink)
+    with pytest.raises(remoteckpt.CorruptCheckpointError, match=r"'b'.*ck\.data-00000-of-00001 is truncated"):
+        reader.get_tensor("b")
 
 
 def test_box_runs_and_chunk_spans() -> None:

@@ -172,3 +172,115 @@ def test_sliced_plan_has_full_entry_and_slice_entries() -> None:
     })
     assert len(plan.entries[b"p"].slices) == 1 and not plan.entries[b"q"].slices
     assert slice_key(b"p", Box((0, 0), (2, 3), (False, True))) in plan.entries
+
+
+# --- damaged and hand-made structures: each inconsistency refused, naming what is wrong ------------
+
+
+def test_varint_past_64_bits_is_refused() -> None:
+    assert coding.decode_varint(b"\xff" * 9 + b"\x01", 0) == (2**64 - 1, 10)
+    with pytest.raises(CorruptCheckpointError):
+        coding.decode_varint(b"\x80" * 9 + b"\x02", 0)  # 2**64
+    with pytest.raises(CorruptCheckpointError):
+        coding.decode_varint(b"\x80" * 9 + b"\x7f", 0)
+
+
+def _block(entries: list[tuple[int, bytes, bytes]], restarts: list[int], *, value_len: int | None = None) -> bytes:
+    """A block spelled out: (shared, key delta, value) entries, then the restart array."""
+    out = bytearray()
+    for shared, delta, value in entries:
+        out += coding.encode_varint(shared) + coding.encode_varint(len(delta))
+        out += coding.encode_varint(len(value) if value_len is None else value_len) + delta + value
+    return bytes(out) + b"".join(coding.encode_fixed32(r) for r in restarts) + coding.encode_fixed32(len(restarts))
+
+
+def test_block_entries_are_parsed_with_their_shared_prefixes() -> None:
+    block = _block([(0, b"ab", b"1"), (1, b"c", b"2"), (0, b"b", b"3")], [0, 11])
+    assert [(k, bytes(v)) for k, v in iter_block(block)] == [(b"ab", b"1"), (b"ac", b"2"), (b"b", b"3")]
+
+
+def test_a_restart_entry_sharing_a_prefix_is_refused() -> None:
+    block = _block([(0, b"ab", b"1"), (1, b"c", b"2")], [0, 6])
+    with pytest.raises(CorruptCheckpointError, match="restart point shares a prefix"):
+        list(iter_block(block))
+
+
+@pytest.mark.parametrize("claimed", [2, 4, 5])
+def test_an_entry_running_into_the_restart_array_is_refused(claimed: int) -> None:
+    block = _block([(0, b"a", b"x")], [0], value_len=claimed)
+    with pytest.raises(CorruptCheckpointError, match="bad entry"):
+        list(iter_block(block))
+
+
+@pytest.mark.parametrize("length", [127, 128, 129, 255, 256, 16383, 16384])
+def test_keys_and_values_of_every_varint_width_round_trip(length: int) -> None:
+    entries = {b"k" * length: b"v" * length, b"l": b"w" * length, b"m" * (length + 1): b""}
+    data = _table(entries)
+    assert {k: bytes(v) for k, v in read_table(lambda o, n: data[o : o + n], len(data))} == entries
+
+
+def _trailer(block: bytes) -> bytes:
+    return b"\x00" + coding.encode_fixed32(coding.mask_crc(coding.crc32c(b"\x00", coding.crc32c(block))))
+
+
+def _raw_table(blocks: list[tuple[bytes, bytes]]) -> bytes:
+    """A table of the given (data block, separator key) pairs, in that order, unchecked."""
+    out, index = bytearray(), BlockBuilder(1)
+    for block, separator in blocks:
+        index.add(separator, coding.encode_varint(len(out)) + coding.encode_varint(len(block)))
+        out += block + _trailer(block)
+    meta = BlockBuilder().finish()
+    meta_handle = coding.encode_varint(len(out)) + coding.encode_varint(len(meta))
+    out += meta + _trailer(meta)
+    index_block = index.finish()
+    footer = meta_handle + coding.encode_varint(len(out)) + coding.encode_varint(len(index_block))
+    out += index_block + _trailer(index_block)
+    return bytes(out + footer + bytes(40 - len(footer)) + bytes.fromhex("57fb808b247547db"))
+
+
+def _one_block(*keys: bytes) -> bytes:
+    builder = BlockBuilder()
+    for key in keys:
+        builder.add(key, b"v")
+    return builder.finish()
+
+
+def test_hand_made_tables_read_and_keys_out_of_order_are_refused() -> None:
+    good = _raw_table([(_one_block(b"a", b"b"), b"b"), (_one_block(b"c"), b"d")])
+    assert [k for k, _ in read_table(lambda o, n: good[o : o + n], len(good))] == [b"a", b"b", b"c"]
+    for blocks in ([(_one_block(b"b"), b"b"), (_one_block(b"b"), b"c")],   # a key repeated across blocks
+                   [(_one_block(b"b", b"b"), b"b")],                      # and within one
+                   [(_one_block(b"c"), b"c"), (_one_block(b"a"), b"d")]):  # a later block sorting first
+        bad = _raw_table(blocks)
+        with pytest.raises(CorruptCheckpointError, match="out of order"):
+            list(read_table(lambda o, n: bad[o : o + n], len(bad)))
+
+
+def test_a_block_handle_reaching_into_the_footer_is_refused() -> None:
+    size = len(WORKED_INDEX)
+    footer = WORKED_INDEX[-48:]
+    _, pos = coding.decode_varint(footer, 0)
+    _, pos = coding.decode_varint(footer, pos)
+    offset, end = coding.decode_varint(footer, pos)
+    length, end = coding.decode_varint(footer, end)
+    for extra in (1, 20, 48):
+        handles = footer[:pos] + coding.encode_varint(offset) + coding.encode_varint(length + extra)
+        damaged = WORKED_INDEX[:-48] + handles + bytes(40 - len(handles)) + footer[40:]
+        with pytest.raises(CorruptCheckpointError, match="points past the end of the file"):
+            list(read_table(lambda o, n: damaged[o : o + n], size))
+
+
+@pytest.mark.parametrize("position", range(8))
+def test_every_byte_of_the_magic_is_checked(position: int) -> None:
+    damaged = bytearray(WORKED_INDEX)
+    damaged[len(damaged) - 8 + position] ^= 0x20
+    with pytest.raises(CorruptCheckpointError, match="magic"):
+        list(read_table(lambda o, n: damaged[o : o + n], len(damaged)))
+
+
+def test_string_lengths_claiming_the_checksum_bytes_are_refused() -> None:
+    payload = b"".join(encode_strings([b"hi", b"yo"])[0])  # 02 02 | checksum | h i y o
+    with pytest.raises(CorruptCheckpointError, match="run past the end"):
+        decode_strings(payload[:6], 2)  # the elements' 4 bytes missing: lengths reach into the checksum
+    with pytest.raises(CorruptCheckpointError, match="run past the end"):
+        decode_strings(payload[:-1], 2)

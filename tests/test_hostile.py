@@ -150,3 +150,73 @@ def test_a_huge_index_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     with pytest.raises(CorruptCheckpointError, match=r"ck\.index is \d+ bytes, more than"):
         remoteckpt.CheckpointReader(tmp_path / "ck")
 
+
+
+def _entry(dtype: int, shape: list[int], *, offset: int = 0, size: int = 0, shard: int = 0) -> BundleEntry:
+    entry = BundleEntry(dtype=dtype, offset=offset, size=size, shard_id=shard)
+    entry.shape.SetInParent()
+    for d in shape:
+        entry.shape.dim.add(size=d)
+    return entry
+
+
+@pytest.mark.parametrize("shape", [[-1, 0], [0, -1], [-2, 0], [3, -1, 0]])
+def test_negative_dimensions_are_refused_even_with_no_elements(tmp_path: Path, shape: list[int]) -> None:
+    prefix = _write_index(tmp_path, {b"x": _entry(1, shape)})
+    with pytest.raises(CorruptCheckpointError, match=r"'x'.*invalid shape"):
+        remoteckpt.CheckpointReader(prefix).get_tensor("x")
+
+
+@pytest.mark.parametrize("shard,shards", [(1, 1), (2, 2), (7, 1)])
+def test_an_entry_in_a_shard_past_the_last_is_refused(tmp_path: Path, shard: int, shards: int) -> None:
+    prefix = _write_index(tmp_path, {b"x": _entry(1, [1], size=4, shard=shard)}, make_header(shards))
+    with pytest.raises(CorruptCheckpointError, match=f"shard {shard} of a {shards}-shard bundle"):
+        remoteckpt.CheckpointReader(prefix)
+
+
+def test_format_versions_a_version_1_reader_may_read(tmp_path: Path) -> None:
+    header = make_header(1)
+    header.version.min_consumer = 1  # "readers of version 1 and up": us
+    header.version.producer = 2
+    prefix = _write_index(tmp_path, {b"x": _entry(1, [0])}, header)
+    assert remoteckpt.CheckpointReader(prefix).get_tensor("x").shape == (0,)
+    header.version.bad_consumers.append(1)
+    with pytest.raises(CorruptCheckpointError, match="newer"):
+        remoteckpt.CheckpointReader(_write_index(tmp_path, {b"x": _entry(1, [0])}, header))
+
+
+def _sliced_index(tmp_path: Path, full: list[int], boxes: list[list[tuple[int, int]]]) -> str:
+    """An index of tensor "w" (float32, `full`) stored as `boxes` ((start, length) per dim),
+    each box's entry pointing at zeros of the right size in the data file."""
+    from remoteckpt.format.slices import Box, box_to_proto, slice_key
+
+    entries = {b"w": _entry(1, full)}
+    offset = 0
+    for extents in boxes:
+        box = Box(tuple(s for s, _ in extents), tuple(n for _, n in extents), tuple(False for _ in extents))
+        entries[b"w"].slices.append(box_to_proto(box))
+        size = 4 * int(np.prod([n for _, n in extents]))
+        entries[slice_key(b"w", box)] = _entry(1, [n for _, n in extents], offset=offset, size=size)
+        entries[slice_key(b"w", box)].crc32c = mask_crc(crc32c(bytes(size)))
+        offset += size
+    prefix = _write_index(tmp_path, entries)
+    (tmp_path / "ck.data-00000-of-00001").write_bytes(bytes(max(offset, 64)))
+    return prefix
+
+
+def test_stored_boxes_reaching_past_their_tensor_are_refused(tmp_path: Path) -> None:
+    prefix = _sliced_index(tmp_path, [4, 2], [[(0, 2), (0, 2)], [(2, 4), (0, 2)]])
+    with pytest.raises(CorruptCheckpointError, match="outside dimension of size 4"):
+        remoteckpt.CheckpointReader(prefix).get_tensor("w")
+
+
+def test_overlapping_stored_boxes_are_refused(tmp_path: Path) -> None:
+    prefix = _sliced_index(tmp_path, [4, 2], [[(0, 3), (0, 2)], [(2, 2), (0, 2)]])
+    reader = remoteckpt.CheckpointReader(prefix)
+    with pytest.raises(CorruptCheckpointError, match="'w'.*stored slices overlap"):
+        reader.get_tensor("w")
+    with pytest.raises(CorruptCheckpointError, match="overlap"):
+        reader.get_slice("w", (slice(0, 1),))
+    np.testing.assert_array_equal(
+        remoteckpt.CheckpointReader(_sliced_index(tmp_path, [4, 2], [[(0, 2), (0, 2)], [(2, 2), (0, 2)]]))
+        .get_tensor("w"), np.zeros((4, 2), np.float32))

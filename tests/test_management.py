@@ -15,7 +15,7 @@ from remoteckpt.engine import loop
 from remoteckpt.management.state import parse_state
 from remoteckpt.storage import on_store, open_store
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "tf-2.21"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf-2.21"
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -84,8 +84,6 @@ def test_tensorflow_reads_our_state_and_we_read_its(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sub,latest", [("v1_saver", "model.ckpt-40"), ("tf2_object", "ckpt-1")])
 def test_reads_tensorflow_state_files(sub: str, latest: str) -> None:
     directory = FIXTURES / sub
-    if not directory.is_dir():
-        pytest.skip("fixtures not found")
     assert remoteckpt.latest_checkpoint(directory) == str(directory / latest)
     state = remoteckpt.get_checkpoint_state(directory)
     assert state is not None and state.model_checkpoint_path == latest
@@ -245,3 +243,64 @@ def test_saver_names_its_job_to_every_save(tmp_path: Path, monkeypatch: pytest.M
     assert results[0] == results[1] == [str(tmp_path / f"model.ckpt-{s}") for s in (0, 1)]
     assert remoteckpt.load(str(tmp_path / "model.ckpt-1"))["w1"].tolist() == [1, 1, 1]
     assert remoteckpt.load(str(tmp_path / "managed" / "ckpt-9"))["w0"].tolist() == [9, 9, 9]
+
+
+def _fail_state_writes(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Every state-file write after the first `after` raises, as a storage outage would."""
+    from remoteckpt.management import saver as saver_module
+
+    real = saver_module.write_state
+    calls = {"n": 0}
+
+    async def flaky(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise remoteckpt.StorageError("state file: connection reset")
+        await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(saver_module, "write_state", flaky)
+
+
+def test_a_failed_state_write_deletes_no_checkpoint_it_lists(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention runs only after the state file names the checkpoints kept: when that write
+    fails, the checkpoint the old state file names is still there, whole."""
+    saver = remoteckpt.Saver(max_to_keep=1)
+    saver.save({"w": np.zeros(3)}, f"{base}/model.ckpt", global_step=0)
+    _fail_state_writes(monkeypatch, after=0)
+    with pytest.raises(remoteckpt.StorageError, match="state file"):
+        saver.save({"w": np.ones(3)}, f"{base}/model.ckpt", global_step=1)
+    state = remoteckpt.get_checkpoint_state(base)
+    assert state is not None and state.all_model_checkpoint_paths == ("model.ckpt-0",)
+    for prefix in state.all_prefixes:
+        np.testing.assert_array_equal(remoteckpt.load(prefix)["w"], np.zeros(3))
+    assert remoteckpt.latest_checkpoint(base) == f"{base}/model.ckpt-0"
+
+
+def test_a_failed_deletion_leaves_the_old_checkpoint_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old checkpoint is deleted index first: when deleting its index fails, none of its
+    data files is gone (an index over missing data would read as committed and fail)."""
+    from remoteckpt.storage.local import LocalStore
+
+    real = LocalStore.delete
+
+    async def no_index_deletes(self: LocalStore, key: str) -> None:
+        if key.endswith(".index"):
+            raise remoteckpt.StorageError(f"{key}: permission denied")
+        await real(self, key)
+
+    saver = remoteckpt.Saver(max_to_keep=1)
+    saver.save({"w": np.zeros(3)}, tmp_path / "model.ckpt", global_step=0)
+    monkeypatch.setattr(LocalStore, "delete", no_index_deletes)
+    saver.save({"w": np.ones(3)}, tmp_path / "model.ckpt", global_step=1)  # the failed deletion is only logged
+    np.testing.assert_array_equal(remoteckpt.load(tmp_path / "model.ckpt-0")["w"], np.zeros(3))
+
+
+def test_a_checkpoint_the_saver_has_not_recorded_is_replaced(base: str) -> None:
+    """A run that crashed between its commit and the state file left step 5 committed but not
+    listed: the restarted job's Saver saves step 5 again (as TF's Saver does)."""
+    remoteckpt.save({"w": np.zeros(3)}, f"{base}/model.ckpt-5")
+    saver = remoteckpt.Saver(max_to_keep=2)
+    assert saver.save({"w": np.ones(3)}, f"{base}/model.ckpt", global_step=5) == f"{base}/model.ckpt-5"
+    np.testing.assert_array_equal(remoteckpt.load(f"{base}/model.ckpt-5")["w"], np.ones(3))
+    with pytest.raises(remoteckpt.CheckpointExistsError):  # one it recorded is not replaced silently
+        saver.save({"w": np.full(3, 2.0)}, f"{base}/model.ckpt", global_step=5)

@@ -194,8 +194,8 @@ def test_a_cut_body_resumes_pinned_to_its_version(canned: Callable[..., CannedSe
     assert second["range"] == f"bytes=12345-{2**20 - 1}" and second["if-match"] == '"v7"'
 
 
-@pytest.mark.parametrize("case", ["ignores-range", "chunked", "not-found", "denied", "changed", "stall",
-                                  "always-503"])
+@pytest.mark.parametrize("case", ["ignores-range", "chunked", "chunked-with-length", "not-found", "denied", "changed",
+                                  "stall", "always-503"])
 def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable[..., CannedServer],
                                                                 case: str) -> None:
     def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
@@ -203,6 +203,10 @@ def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable
             sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(OBJECT)}\r\n\r\n".encode() + OBJECT)
         elif case == "chunked":
             sock.sendall(b"HTTP/1.1 206 Partial\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        elif case == "chunked-with-length":  # framing bytes would land in the target
+            body = b"1388\r\n" + OBJECT[10:5010] + b"\r\n0\r\n\r\n"
+            sock.sendall(f"HTTP/1.1 206 Partial\r\nContent-Range: bytes 10-5009/{len(OBJECT)}\r\n"
+                         f"Transfer-Encoding: chunked\r\nContent-Length: 5000\r\n\r\n".encode() + body)
         elif case == "not-found":
             error(sock, 404, "NoSuchKey")
         elif case == "denied":
@@ -220,6 +224,7 @@ def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable
     server = canned(answer)
     expected = {"ignores-range": (StorageError, "ignored the Range header"),
                 "chunked": (StorageError, "without a Content-Length"),
+                "chunked-with-length": (StorageError, "without a Content-Length"),
                 "not-found": (CheckpointNotFoundError, "no such file"),
                 "denied": (StorageError, "permission denied"),
                 "changed": (StorageError, "changed while it was being read"),
@@ -233,6 +238,37 @@ def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable
     assert SECRET not in text and "canaryAccessKey" not in text and "Signature" not in text
     if case == "always-503":
         assert len(server.requests) == 5  # the first request and max_attempts retries (botocore)
+
+
+@pytest.mark.parametrize("start,claimed", [(10, 9), (10, 11), (10, None), (0, None), (0, 1)])
+def test_a_206_must_start_at_the_requested_byte(canned: Callable[..., CannedServer], start: int,
+                                                claimed: int | None) -> None:
+    """A 206 whose Content-Range starts elsewhere (or that has none) would put other bytes of
+    the object at the requested position: refused, on every attempt."""
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        first, end = _range(headers)
+        begin = first if claimed is None else claimed
+        body = OBJECT[begin : begin + end - first]
+        content_range = "" if claimed is None else f"Content-Range: bytes {begin}-{begin + len(body) - 1}/{len(OBJECT)}\r\n"
+        sock.sendall(f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n{content_range}\r\n".encode()
+                     + body)
+
+    server = canned(answer)
+    with pytest.raises(StorageError, match=f"does not start at byte {start}"):
+        _scatter("s3://bucket/dir", "obj", start, [(start, 5000)], storage_options=_options(server))
+
+
+def test_a_cut_body_resumes_pinned_to_its_version_through_aiobotocore(canned: Callable[..., CannedServer]) -> None:
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        partial(sock, headers, etag='"v9"', cut=12_345 if number == 1 else None)
+
+    server = canned(answer)
+    got, _, direct = _scatter("s3://bucket/dir", "obj", 0, [(0, 100_000), (200_000, 2**20 - 200_000)],
+                              direct=False, storage_options=_options(server))
+    assert not direct and got == [OBJECT[:100_000], OBJECT[200_000:]]
+    first, second = server.requests[0], server.requests[-1]
+    assert "if-match" not in first
+    assert second["range"].startswith("bytes=12345-") and second["if-match"] == '"v9"'
 
 
 def test_tls_with_a_private_certificate_authority(canned: Callable[..., CannedServer], tmp_path: Path) -> None:
