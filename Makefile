@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # The test run installs every framework the plugins serve, so their tests run too.  torch is
 # pinned here (not in the extras): 2.13.0 is the CPU build; an unpinned torch is a CUDA build.
-EXTRAS ?= test,interop,jax
+EXTRAS ?= test,tensorflow,jax
 PINNED ?= torch==2.13.0
 comma := ,
 PY := $(VENV)/bin/python
@@ -38,8 +38,16 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m remoteckpt.demo $(if $(STORE),--store $(STORE),)
 
-protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/remoteckpt/_proto/*.proto
+# The pinned code generator lives apart from the environments (its protobuf pin would clash
+# with TensorFlow's); tests/test_protos.py installs and runs the same one.
+PROTOC_DIR := build/protoc
+
+$(PROTOC_DIR)/.requirements: protos/protoc-requirements.txt | $(PY)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(PROTOC_DIR) -r $<
+	cp $< $@
+
+protos: $(PROTOC_DIR)/.requirements
+	PYTHONPATH=$(PROTOC_DIR) $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/remoteckpt/_proto/*.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench-results

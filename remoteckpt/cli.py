@@ -6,6 +6,7 @@
     remoteckpt cp SRC DST [--overwrite] [--json]
     remoteckpt gc DIR [--older-than SECONDS] [--dry-run] [--json]
     remoteckpt bench [URL] [...]
+    remoteckpt --version
 
 Paths are local paths or URLs (``s3://bucket/key``; endpoint and credentials from the usual
 ``AWS_*`` environment).  Long operations draw a progress bar on a terminal and stay quiet
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__
 from .errors import CheckpointError
 from .management.gc import gc
 from .progress import ProgressBar
@@ -130,6 +132,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remoteckpt", description="TensorFlow checkpoints on disk and S3.",
                                      epilog="exit codes: 0 ok, 1 checkpoint error or failed verify, 2 usage")
+    parser.add_argument("--version", action="version", version=f"remoteckpt {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list a checkpoint's tensors (like TF's inspect_checkpoint)")

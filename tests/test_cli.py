@@ -145,3 +145,13 @@ def test_progress_bar_draws_on_a_terminal_only() -> None:
         bar.close()
     assert "written" in tty.getvalue() and "512B/1.0KiB" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"remoteckpt {remoteckpt.__version__}"
+    assert importlib.metadata.version("remoteckpt") == remoteckpt.__version__
