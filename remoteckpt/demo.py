@@ -25,7 +25,7 @@ import numpy as np
 
 from . import load
 from .api import save_checkpoint
-from .devserver import SeaweedServer
+from .testing import SeaweedServer
 from .engine import loop
 from .progress import ProgressBar, ProgressEvent
 from .protocol.save import SaveReport

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from remoteckpt.devserver import SeaweedServer, find_weed
+from remoteckpt.testing import SeaweedServer, find_weed
 
 # Would override or confuse the AWS_* settings the S3 fixtures install.
 _AWS_ENV_CONFLICTS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remoteckpt.devserver import find_weed
+from remoteckpt.testing import find_weed
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:

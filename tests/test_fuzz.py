@@ -460,7 +460,7 @@ def test_credentials_never_leak_against_a_dead_endpoint(debug_logs: _Capture, s3
 
 def test_credentials_never_leak_when_refused(debug_logs: _Capture) -> None:
     """A server that checks signatures refuses the canary credentials."""
-    from remoteckpt.devserver import SeaweedServer
+    from remoteckpt.testing import SeaweedServer
 
     with SeaweedServer(verify_signatures=True) as server:
         options = {"key": CANARY_KEY, "secret": CANARY_SECRET, "endpoint_url": server.endpoint_url}

@@ -24,7 +24,7 @@ import pytest
 
 import remoteckpt
 from faultproxy import FAULTS, FaultProxy, Rule
-from remoteckpt.devserver import SeaweedServer
+from remoteckpt.testing import SeaweedServer
 from remoteckpt.storage import on_store
 
 T = TypeVar("T")

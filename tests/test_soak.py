@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from remoteckpt.bench import soak
-from remoteckpt.devserver import SeaweedServer
+from remoteckpt.testing import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_SLACK = 5.0

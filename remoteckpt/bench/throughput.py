@@ -578,7 +578,7 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
     try:
         if url is None:
             try:
-                from ..devserver import SeaweedServer
+                from ..testing import SeaweedServer
 
                 server = SeaweedServer(bucket="remoteckpt-bench").start()
                 os.environ.update(server.env())

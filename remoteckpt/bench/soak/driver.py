@@ -55,7 +55,7 @@ def s3_endpoint(args: argparse.Namespace, needed: bool, total: float) -> Iterato
         env = {"AWS_ENDPOINT_URL": args.s3_endpoint, **{k: os.environ[k] for k in AWS_VARIABLES if k in os.environ}}
         yield {"base": f"s3://{args.s3_bucket}/soak-{uuid.uuid4().hex[:8]}", "env": env, "endpoint": args.s3_endpoint}
         return
-    from remoteckpt.devserver import SeaweedServer
+    from remoteckpt.testing import SeaweedServer
 
     with SeaweedServer(startup_timeout=min(60.0, max(10.0, total / 3)), stop_timeout=STOP_SECONDS) as server:
         yield {"base": f"s3://{server.bucket}/soak-{uuid.uuid4().hex[:8]}", "env": server.env(),
