@@ -1,4 +1,5 @@
-"""`make demo` works as the README says: on its own embedded S3 server and on a directory."""
+"""`make demo` (examples/demo.py) works as the README says: on its own embedded S3 server and on a
+directory."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 
 from remoteckpt.testing import find_weed
 
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "remoteckpt.demo", "--mib", "8", "--workers", "2", *args],
+    return subprocess.run([sys.executable, str(DEMO), "--mib", "8", "--workers", "2", *args],
                           capture_output=True, text=True, timeout=300)
 
 
