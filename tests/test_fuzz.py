@@ -341,6 +341,7 @@ JSON_VALUES = st.recursive(
     max_leaves=20)
 
 
+@pytest.mark.torch
 def test_dcp_metadata_reader_on_hostile_json() -> None:
     seed = _dcp_metadata_seed()
     torch_metadata = pytest.importorskip("remoteckpt.plugins.torch_metadata")
@@ -458,6 +459,7 @@ def test_credentials_never_leak_against_a_dead_endpoint(debug_logs: _Capture, s3
     _every_call_fails_without_canary(f"s3://{s3_server.bucket}/canary", options, debug_logs)
 
 
+@pytest.mark.s3
 def test_credentials_never_leak_when_refused(debug_logs: _Capture) -> None:
     """A server that checks signatures refuses the canary credentials."""
     from remoteckpt.testing import SeaweedServer
@@ -492,6 +494,7 @@ def test_credentials_never_leak_on_success(debug_logs: _Capture, s3_server: Any)
     assert CANARY_KEY in botocore_log
 
 
+@pytest.mark.torch
 def test_plugin_objects_never_pickle_credentials() -> None:
     """DCP pickles its storage objects (e.g. for a process-based async_save): with credentials
     in their storage_options they refuse, without a canary in the error; without, they travel."""

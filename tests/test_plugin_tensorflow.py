@@ -37,6 +37,8 @@ import remoteckpt.tensorflow as rtf  # noqa: E402
 from remoteckpt import IOOptions  # noqa: E402
 from remoteckpt.testing import SeaweedServer  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ".data-00000-of-00001"
 

@@ -61,6 +61,7 @@ def test_field_numbers_are_tensorflows() -> None:
                                       "all_model_checkpoint_timestamps", "last_preserved_timestamp")] == [1, 2, 3, 4]
 
 
+@pytest.mark.tensorflow
 def test_same_wire_bytes_as_tensorflow() -> None:
     tf_bundle = pytest.importorskip("tensorflow.core.protobuf.tensor_bundle_pb2")
     ours = tensor_bundle_pb2.BundleEntryProto(dtype=7, shard_id=2, offset=9, size=4, crc32c=123)

@@ -226,6 +226,7 @@ def test_missing_binary_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tm
         SeaweedServer()
 
 
+@pytest.mark.s3
 def test_command_line_server_prints_exports_and_stops_on_interrupt(tmp_path: Path) -> None:
     """`python -m remoteckpt.testing` serves in the foreground; its export lines reach it."""
     import shlex
