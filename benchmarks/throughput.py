@@ -4,7 +4,7 @@ TensorFlow's `tf.train.Checkpoint` and PyTorch's Distributed Checkpoint, on loca
     python -m benchmarks [--quick] [--gib G] [--tensors N] [--repeat R] [URL]
 
 Without a URL: local disk (a temporary directory) and S3 on an embedded SeaweedFS server
-(`remoteckpt.devserver`).  ``s3://bucket/prefix``: only S3, on that storage, configured from
+(`remoteckpt.testing`).  ``s3://bucket/prefix``: only S3, on that storage, configured from
 the standard AWS environment.  A local directory: only local disk, there.
 
 Rows (each the best of R runs; every suite runs in a fresh process, see `harness`):
