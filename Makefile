@@ -66,10 +66,13 @@ bench: $(STAMP)
 soak: $(FAST_STAMP)
 	PYTHONPATH=$(CURDIR)/tests $(FAST_PY) -m benchmarks.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)
 
-# In the full environment: the plugins' modules import their frameworks.
+# The public modules (the package's __all__ names no submodules, so they are listed here), in the
+# full environment: the plugins' modules import their frameworks.
+API_MODULES := remoteckpt remoteckpt.tensorflow remoteckpt.torch remoteckpt.jax remoteckpt.testing remoteckpt.plugins
+
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -r docs/requirements.txt
-	$(PY) -m pdoc --docformat markdown --output-directory build/docs remoteckpt '!remoteckpt._proto'
+	$(PY) -m pdoc --docformat markdown --output-directory build/docs $(API_MODULES)
 	@echo "API reference: build/docs/index.html"
 
 # The pinned code generator lives apart from the environments (its protobuf pin would clash
