@@ -63,6 +63,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "remoteckpt", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_every_command_on_local_and_s3(base: str, tmp_path: Path) -> None:
     saver = remoteckpt.Saver(max_to_keep=5)
     for step in (100, 200):

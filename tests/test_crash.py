@@ -43,7 +43,7 @@ import remoteckpt
 import reliability_workers as rw
 from remoteckpt.faults import POINTS
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 CONCURRENT_SCENARIOS = 8
 STAGGER = 0.4

@@ -11,7 +11,7 @@ import pytest
 
 from remoteckpt.testing import find_weed
 
-pytestmark = pytest.mark.multiprocess
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 

@@ -90,6 +90,7 @@ def _run_job(directory: str, world: int, extra: dict[str, str] | None = None) ->
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_the_job_runs_as_four_workers_and_resumes(s3_prefix: str) -> None:
     outputs = _run_job(s3_prefix, 4)

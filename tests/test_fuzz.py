@@ -278,6 +278,7 @@ def _inside(directory: str, state: Any) -> None:
             assert os.path.normpath(joined).startswith(os.path.normpath(directory).rstrip(os.sep) + os.sep), joined
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.one_of(hostile_state(), st.binary(max_size=400), mutated([STATE])),
        st.sampled_from(["/data/run", "s3://bucket/run", "/"]))

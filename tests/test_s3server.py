@@ -201,6 +201,7 @@ def _disk_bytes(root: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_vacuum_reclaims_deleted_objects(s3_server: SeaweedServer) -> None:
     """Deleted bytes stay on disk until a vacuum (the benchmark runs one between suites, or
     the embedded server's volumes fill up over a long run)."""

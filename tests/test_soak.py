@@ -20,7 +20,7 @@ import pytest
 from benchmarks import soak
 from remoteckpt.testing import SeaweedServer
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.s3]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.s3]
 
 ROOT = Path(__file__).resolve().parents[1]
 
