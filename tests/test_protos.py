@@ -70,3 +70,21 @@ def test_same_wire_bytes_as_tensorflow() -> None:
     theirs = tf_bundle.BundleEntryProto.FromString(ours.SerializeToString())
     assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
     assert theirs.shape.dim[0].size == 3 and theirs.slices[0].extent[0].length == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["5.26.1", "6.31.1"])
+def test_generated_code_loads_on_older_protobuf_runtimes(runtime: str, tmp_path: Path) -> None:
+    """pyproject.toml declares protobuf 5.26.1 to 7.x: the committed code loads on the oldest
+    5.x and on the 6.x TensorFlow 2.21 asks for, without a warning (this environment's runtime
+    is checked by every other test)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp_path),
+                    f"protobuf=={runtime}"], check=True, timeout=600)
+    code = ("import google.protobuf as pb, sys; assert pb.__version__ == sys.argv[1], pb.__version__\n"
+            "from remoteckpt._proto import checkpoint_state_pb2, tensor_bundle_pb2\n"
+            "entry = tensor_bundle_pb2.BundleEntryProto(dtype=1, chunk_size=4, chunk_crc32c=[7])\n"
+            "assert tensor_bundle_pb2.BundleEntryProto.FromString(entry.SerializeToString()) == entry\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code, runtime], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
