@@ -194,8 +194,8 @@ def test_a_cut_body_resumes_pinned_to_its_version(canned: Callable[..., CannedSe
     assert second["range"] == f"bytes=12345-{2**20 - 1}" and second["if-match"] == '"v7"'
 
 
-@pytest.mark.parametrize("case", ["ignores-range", "chunked", "not-found", "denied", "changed", "stall",
-                                  "always-503"])
+@pytest.mark.parametrize("case", ["ignores-range", "chunked", "not-found", "denied", "changed",
+                                  pytest.param("stall", marks=pytest.mark.slow), "always-503"])
 def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable[..., CannedServer],
                                                                 case: str) -> None:
     def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:

@@ -195,7 +195,7 @@ class SeaweedServer:
         *,
         weed: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 3.0,
         attempts: int = 3,
         verify_signatures: bool = False,
     ) -> None:
@@ -207,6 +207,9 @@ class SeaweedServer:
         (``access_key``/``secret_key``, passed to ``weed mini`` through its
         AWS_* environment) and rejects requests signed with anything else;
         by default no identity exists and any credentials are accepted.
+        ``stop_timeout`` is how long :meth:`stop` lets ``weed`` shut down
+        before killing it (its data is thrown away either way; a server
+        with requests still open may take 10 s or more to exit by itself).
         """
         self.bucket = bucket
         self.verify_signatures = verify_signatures
