@@ -1,30 +1,52 @@
 # remoteckpt: every target installs what it needs into a local virtual environment first.
-#   make test     the whole test suite (TensorFlow, PyTorch and JAX included, so every test runs)
-#   make bench    benchmarks; results go to bench-results/ (see docs/benchmarks.md)
-#   make demo     save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
-#   make soak     reliability soak (crash, network, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
-#   make mutate   mutation run of the core against its fast tests (MUTATE_ARGS="--only merge"); docs/reliability.md
-#   make protos   regenerate remoteckpt/_proto from protos/
+#   make test       the whole test suite (TensorFlow, PyTorch and JAX included, so every test runs)
+#   make test-fast  the suite without TensorFlow, PyTorch, JAX and the slow tests, in .venv-fast
+#   make demo       save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
+#   make bench      benchmarks; results go to bench-results/ (see docs/benchmarks.md)
+#   make soak       reliability soak (crash, network, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
+#   make mutate     mutation run of the core against its fast tests (MUTATE_ARGS="--only merge"); docs/reliability.md
+#   make docs       API reference from the docstrings, into build/docs/
+#   make protos     regenerate remoteckpt/_proto from protos/
 
 PYTHON ?= python3
 VENV ?= .venv
-# The test run installs every framework the plugins serve, so their tests run too.  torch is
+# The full run installs every framework the plugins serve, so their tests run too.  torch is
 # pinned here (not in the extras): 2.13.0 is the CPU build; an unpinned torch is a CUDA build.
-EXTRAS ?= test,interop,jax
+EXTRAS ?= test,tensorflow,jax
 PINNED ?= torch==2.13.0
+FAST_VENV ?= .venv-fast
+DEMO_VENV ?= .venv-demo
+PYTEST_ARGS ?=
+# The tests make test-fast leaves out (markers registered in pyproject.toml).
+FAST_MARKERS ?= not slow and not tensorflow and not torch and not jax
+
 comma := ,
 PY := $(VENV)/bin/python
+FAST_PY := $(FAST_VENV)/bin/python
+DEMO_PY := $(DEMO_VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-PYTEST_ARGS ?=
+FAST_STAMP := $(FAST_VENV)/.installed-test
+DEMO_STAMP := $(DEMO_VENV)/.installed-testing
 
-.PHONY: install test bench demo protos clean soak mutate
+.PHONY: install test test-fast bench demo soak mutate docs protos clean
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+# $(call venv,DIR,EXTRAS,MORE): a virtual environment in DIR with remoteckpt[EXTRAS] (editable) and MORE.
+define venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -e ".[$(2)]" $(3)
+endef
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" $(PINNED)
+$(STAMP): pyproject.toml
+	$(call venv,$(VENV),$(EXTRAS),$(PINNED))
+	touch $@
+
+$(FAST_STAMP): pyproject.toml
+	$(call venv,$(FAST_VENV),test,)
+	touch $@
+
+$(DEMO_STAMP): pyproject.toml
+	$(call venv,$(DEMO_VENV),testing,)
 	touch $@
 
 install: $(STAMP)
@@ -32,21 +54,41 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: $(FAST_STAMP)
+	$(FAST_PY) -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_PY) examples/demo.py $(if $(STORE),--store $(STORE),)
+
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) -m remoteckpt.bench $(BENCH_ARGS)
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
-demo: $(STAMP)
-	$(PY) -m remoteckpt.demo $(if $(STORE),--store $(STORE),)
+soak: $(FAST_STAMP)
+	PYTHONPATH=$(CURDIR)/tests $(FAST_PY) -m benchmarks.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)
 
-protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/remoteckpt/_proto/*.proto
+# The public modules (the package's __all__ names no submodules, so they are listed here), in the
+# full environment: the plugins' modules import their frameworks.
+API_MODULES := remoteckpt remoteckpt.tensorflow remoteckpt.torch remoteckpt.jax remoteckpt.testing remoteckpt.plugins
+
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -r docs/requirements.txt
+	$(PY) -m pdoc --docformat markdown --output-directory build/docs $(API_MODULES)
+	@echo "API reference: build/docs/index.html"
+
+# The pinned code generator lives apart from the environments (its protobuf pin would clash
+# with TensorFlow's); tests/test_protos.py installs and runs the same one.
+PROTOC_DIR := build/protoc
+
+$(PROTOC_DIR)/.requirements: protos/protoc-requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps --upgrade --target $(PROTOC_DIR) -r $<
+	cp $< $@
+
+protos: $(PROTOC_DIR)/.requirements
+	PYTHONPATH=$(PROTOC_DIR) $(PYTHON) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/remoteckpt/_proto/*.proto
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench-results
-
-soak: $(STAMP)
-	$(PY) -m remoteckpt.bench.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)
+	rm -rf $(VENV) $(FAST_VENV) $(DEMO_VENV) build dist *.egg-info .pytest_cache .hypothesis bench-results
 
 mutate: $(STAMP)
 	$(PY) tests/mutation/run.py $(MUTATE_ARGS)

@@ -10,6 +10,8 @@
 Files are byte-compatible with TensorFlow in both directions.
 """
 
+__version__ = "0.1.0"
+
 from .api import list_variables, load, load_checkpoint, save, save_async
 from .errors import (
     CheckpointError,
@@ -36,7 +38,6 @@ from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
 from .writer import Slice
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Box",

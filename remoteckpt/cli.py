@@ -5,7 +5,8 @@
     remoteckpt verify PREFIX [--json]
     remoteckpt cp SRC DST [--overwrite] [--json]
     remoteckpt gc DIR [--older-than SECONDS] [--dry-run] [--json]
-    remoteckpt bench [URL] [...]
+    remoteckpt bench [URL] [--gib G] [--tensors N] [--repeat R] [--json]
+    remoteckpt --version
 
 Paths are local paths or URLs (``s3://bucket/key``; endpoint and credentials from the usual
 ``AWS_*`` environment).  Long operations draw a progress bar on a terminal and stay quiet
@@ -27,10 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__
 from .errors import CheckpointError
 from .management.gc import gc
 from .progress import ProgressBar
 from .reader import CheckpointReader
+from .tools.bench import __doc__ as bench_doc
+from .tools.bench import format_report, run_bench
 from .tools.copy import copy_checkpoint
 from .tools.inventory import describe_tensors, list_checkpoints, verify
 
@@ -127,9 +131,24 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        report = run_bench(args.url, gib=args.gib, tensors=args.tensors, repeat=args.repeat, log=log)
+    except ValueError as exc:
+        print(f"remoteckpt bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _emit_json(report.as_dict())
+    else:
+        print(format_report(report))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remoteckpt", description="TensorFlow checkpoints on disk and S3.",
                                      epilog="exit codes: 0 ok, 1 checkpoint error or failed verify, 2 usage")
+    parser.add_argument("--version", action="version", version=f"remoteckpt {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list a checkpoint's tensors (like TF's inspect_checkpoint)")
@@ -159,16 +178,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gc)
-    sub.add_parser("bench", help="benchmarks (see `remoteckpt bench --help`)", add_help=False)
+    p = sub.add_parser("bench", help="save and restore throughput at a storage location",
+                       description=bench_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("url", nargs="?", help="s3://bucket/prefix, a local directory or any URL (default: a temporary directory)")
+    p.add_argument("--gib", type=float, default=1.0, help="GiB of float32 tensors (default 1)")
+    p.add_argument("--tensors", type=int, default=32, help="number of tensors (default 32)")
+    p.add_argument("--repeat", type=int, default=2, help="saves and restores; the best counts (default 2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        from .bench.__main__ import main as bench_main
-
-        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.verbose:
         # Only remoteckpt's own logger: botocore's debug output would print request headers.

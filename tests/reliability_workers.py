@@ -1,7 +1,7 @@
 """Crash-consistency harness: worker processes that save through `remoteckpt.Saver` and die
 (SIGKILL) at a named point or at a random moment, and a verifier of what they leave behind.
 
-Used by tests/test_crash.py (small, in `make test`) and remoteckpt.bench.soak (at scale).
+Used by tests/test_crash.py (small, in `make test`) and benchmarks/soak (at scale).
 
 Workers are real OS processes forked from a multiprocessing "forkserver" that has imported
 numpy, remoteckpt and s3fs once (a fresh interpreter per worker would cost ~0.5 s of CPU

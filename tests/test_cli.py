@@ -63,6 +63,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "remoteckpt", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_every_command_on_local_and_s3(base: str, tmp_path: Path) -> None:
     saver = remoteckpt.Saver(max_to_keep=5)
     for step in (100, 200):
@@ -145,3 +146,41 @@ def test_progress_bar_draws_on_a_terminal_only() -> None:
         bar.close()
     assert "written" in tty.getvalue() and "512B/1.0KiB" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"remoteckpt {remoteckpt.__version__}"
+    assert importlib.metadata.version("remoteckpt") == remoteckpt.__version__
+
+
+def test_bench_measures_a_store_and_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", str(tmp_path), "--gib", "0.01", "--tensors", "3", "--repeat", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["url"] == str(tmp_path) and doc["tensors"] == 3 and doc["bytes"] > 0
+    for op in ("save", "restore"):
+        assert len(doc[op]["seconds"]) == 2 and doc[op]["best_seconds"] == min(doc[op]["seconds"])
+        assert doc[op]["gib_per_s"] > 0
+    assert list(tmp_path.iterdir()) == []  # the scratch directory is gone, the URL kept
+    assert main(["bench", str(tmp_path), "--gib", "0.01", "--tensors", "2", "--repeat", "1"]) == 0
+    assert "save     remoteckpt.save" in capsys.readouterr().out
+    assert main(["bench", "--repeat", "0"]) == 2
+
+
+def test_bench_on_s3_deletes_what_it_wrote(s3_prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from remoteckpt.tools.inventory import list_checkpoints
+
+    remoteckpt.save({"keep": np.ones(3)}, f"{s3_prefix}/keep.ckpt")
+    assert main(["bench", s3_prefix, "--gib", "0.01", "--tensors", "2", "--repeat", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["save"]["gib_per_s"] > 0
+    assert [c.prefix.rsplit("/", 1)[1] for c in list_checkpoints(s3_prefix)] == ["keep.ckpt"]
+    assert remoteckpt.list_variables(f"{s3_prefix}/keep.ckpt") == [("keep", [3])]
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    assert [p.rsplit("/", 1)[1] for p in fs.find(s3_prefix.removeprefix("s3://"))] == \
+        ["keep.ckpt.data-00000-of-00001", "keep.ckpt.index"]  # objects; SeaweedFS may keep an empty folder

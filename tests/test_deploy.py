@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,26 @@ def test_kubernetes_indexed_job_wiring() -> None:
     assert env["CHECKPOINT_DIR"]["value"].startswith("s3://")
 
 
+def test_images_are_pinned_and_the_job_runs_unprivileged() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert "@sha256:" in base or re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*", base), base
+    uid, gid = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.M)[-1]
+    assert int(uid) > 0 and int(gid) > 0
+    pod = yaml.safe_load((DEPLOY / "k8s" / "job.yaml").read_text())["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": int(uid), "runAsGroup": int(gid)}
+    for service in yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"].values():
+        if "image" in service and "build" not in service:
+            assert re.fullmatch(r"[\w./-]+:\d+\.\d+(\.\d+)?", service["image"]), service["image"]
+
+
+def test_readme_names_every_file() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.name != "README.md":
+            assert f"`{path.relative_to(DEPLOY)}`" in readme, path
+
+
 def _run_job(directory: str, world: int, extra: dict[str, str] | None = None) -> list[str]:
     procs = []
     for rank in range(world):
@@ -69,6 +90,8 @@ def _run_job(directory: str, world: int, extra: dict[str, str] | None = None) ->
     return outputs
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_job_runs_as_four_workers_and_resumes(s3_prefix: str) -> None:
     outputs = _run_job(s3_prefix, 4)
     assert f"latest checkpoint: {s3_prefix}/model.ckpt-11" in outputs[0]

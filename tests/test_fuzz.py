@@ -278,6 +278,7 @@ def _inside(directory: str, state: Any) -> None:
             assert os.path.normpath(joined).startswith(os.path.normpath(directory).rstrip(os.sep) + os.sep), joined
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.one_of(hostile_state(), st.binary(max_size=400), mutated([STATE])),
        st.sampled_from(["/data/run", "s3://bucket/run", "/"]))
@@ -341,6 +342,7 @@ JSON_VALUES = st.recursive(
     max_leaves=20)
 
 
+@pytest.mark.torch
 def test_dcp_metadata_reader_on_hostile_json() -> None:
     seed = _dcp_metadata_seed()
     torch_metadata = pytest.importorskip("remoteckpt.plugins.torch_metadata")
@@ -458,9 +460,10 @@ def test_credentials_never_leak_against_a_dead_endpoint(debug_logs: _Capture, s3
     _every_call_fails_without_canary(f"s3://{s3_server.bucket}/canary", options, debug_logs)
 
 
+@pytest.mark.s3
 def test_credentials_never_leak_when_refused(debug_logs: _Capture) -> None:
     """A server that checks signatures refuses the canary credentials."""
-    from remoteckpt.devserver import SeaweedServer
+    from remoteckpt.testing import SeaweedServer
 
     with SeaweedServer(verify_signatures=True) as server:
         options = {"key": CANARY_KEY, "secret": CANARY_SECRET, "endpoint_url": server.endpoint_url}
@@ -492,6 +495,7 @@ def test_credentials_never_leak_on_success(debug_logs: _Capture, s3_server: Any)
     assert CANARY_KEY in botocore_log
 
 
+@pytest.mark.torch
 def test_plugin_objects_never_pickle_credentials() -> None:
     """DCP pickles its storage objects (e.g. for a process-based async_save): with credentials
     in their storage_options they refuse, without a canary in the error; without, they travel."""

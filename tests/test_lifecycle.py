@@ -21,6 +21,8 @@ from lifecycle_workers import LEASE, PART_SIZE, Job, Rank, expected, stopped, te
 from remoteckpt import IOOptions
 from remoteckpt.storage import on_store
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 
 @pytest.fixture(params=["local", "s3"])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any] | None]:

@@ -70,6 +70,7 @@ def test_keep_every_n_hours_preserves(base: str, monkeypatch: pytest.MonkeyPatch
     assert _indexes(base) == ["m-2", "m-4", "m-5"]  # newer than the hourly mark when they fell off
 
 
+@pytest.mark.tensorflow
 def test_tensorflow_reads_our_state_and_we_read_its(tmp_path: Path) -> None:
     tf = pytest.importorskip("tensorflow")
     saver = remoteckpt.Saver(max_to_keep=3)
@@ -183,6 +184,7 @@ def test_gc_removes_leftovers_only(base: str) -> None:
     np.testing.assert_array_equal(remoteckpt.load(f"{base}/m-1")["w"], np.ones(4))
 
 
+@pytest.mark.tensorflow
 def test_retention_matches_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tf = pytest.importorskip("tensorflow")
     schedule = [(step, 1_800_000_000.0 + step * 1500) for step in range(12)]  # 25 min apart

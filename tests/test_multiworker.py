@@ -13,6 +13,8 @@ import remoteckpt
 from spawning import run_each
 from workers import COLS, ROWS, full_matrix, save_worker, saver_worker, worker_tensors
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.fixture(params=["local", "s3"])
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -82,6 +84,7 @@ def test_missing_worker_times_out_naming_it(tmp_path: Path) -> None:
         remoteckpt.CheckpointReader(prefix)
 
 
+@pytest.mark.tensorflow
 def test_tensorflow_reads_a_four_worker_checkpoint(base: str) -> None:
     tf = pytest.importorskip("tensorflow")
     if base.startswith("s3://"):

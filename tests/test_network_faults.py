@@ -24,7 +24,7 @@ import pytest
 
 import remoteckpt
 from faultproxy import FAULTS, FaultProxy, Rule
-from remoteckpt.devserver import SeaweedServer
+from remoteckpt.testing import SeaweedServer
 from remoteckpt.storage import on_store
 
 T = TypeVar("T")
@@ -112,7 +112,8 @@ def save_and_restore(prefix: str, options: dict[str, Any], seed: int = 0) -> Non
 
 # --- each fault alone: retried through -------------------------------------------------------
 
-@pytest.mark.parametrize("fault", ["slowdown", "cut-request", "cut-response", "drop-response"])
+@pytest.mark.parametrize("fault", [pytest.param("slowdown", marks=pytest.mark.slow), "cut-request", "cut-response",
+                                   "drop-response"])
 def test_each_fault_is_retried_through(proxy: FaultProxy, base: str, fault: str) -> None:
     """At 25% of requests, with the library's default retry and timeout settings."""
     proxy.reset(**{fault.replace("-", "_"): 0.25})
@@ -152,6 +153,7 @@ def test_cut_bodies_are_fetched_again(proxy: FaultProxy, base: str) -> None:
 
 # --- everything at once: succeed exactly, or fail clearly ------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_heavy_mixed_faults_never_give_wrong_bytes(proxy: FaultProxy, base: str, seed: int) -> None:
     """40% of requests fail one way or another and retries are few: saves and restores may
@@ -257,6 +259,7 @@ def test_a_stalled_request_times_out_and_is_retried(proxy: FaultProxy, base: str
     assert proxy.counters["stall"] == 1 and time.monotonic() - start < 30
 
 
+@pytest.mark.slow
 def test_a_dead_server_fails_clearly_and_in_bounded_time(proxy: FaultProxy, base: str) -> None:
     """Every request stalls: the error names the object, after the retries' bound."""
     proxy.reset(stall=1.0, stall_seconds=60)

@@ -260,6 +260,8 @@ pytest.importorskip("jax")  # importing jax starts no backend; the child does th
 
 import remoteckpt  # noqa: E402
 
+pytestmark = pytest.mark.jax
+
 _outcomes: dict[str, dict[str, str]] = {}
 
 
@@ -311,6 +313,7 @@ def test_layout_of_a_sharded_save(local_base: str) -> None:
     assert remoteckpt.list_variables(f"{local_base}/scalars_numpy_and_strings/c")[0] == ("done", [])
 
 
+@pytest.mark.tensorflow
 def test_tensorflow_reads_a_sharded_jax_save(local_base: str) -> None:
     tf = pytest.importorskip("tensorflow")
     run_child(local_base)

@@ -35,7 +35,9 @@ import ml_dtypes  # noqa: E402
 import remoteckpt  # noqa: E402
 import remoteckpt.tensorflow as rtf  # noqa: E402
 from remoteckpt import IOOptions  # noqa: E402
-from remoteckpt.devserver import SeaweedServer  # noqa: E402
+from remoteckpt.testing import SeaweedServer  # noqa: E402
+
+pytestmark = pytest.mark.tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ".data-00000-of-00001"

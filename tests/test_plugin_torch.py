@@ -31,7 +31,7 @@ from spawning import run_ranks  # noqa: E402
 
 MiB = 2**20
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.torch, pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _tf() -> Any:
@@ -40,6 +40,7 @@ def _tf() -> Any:
 
 # --- many processes --------------------------------------------------------------------------
 
+@pytest.mark.tensorflow
 def test_sharded_save_4_ranks_load_2_ranks_local_and_s3(tmp_path: Path, s3_prefix: str) -> None:
     import torch_workers as w
 

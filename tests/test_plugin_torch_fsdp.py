@@ -21,7 +21,7 @@ pytest.importorskip("torch.distributed.fsdp")
 import remoteckpt  # noqa: E402
 from spawning import run_ranks  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.torch, pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -41,7 +41,7 @@ from remoteckpt.protocol.records import ClaimRecord  # noqa: E402
 from remoteckpt.storage import on_store  # noqa: E402
 from spawning import run_together  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.torch, pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 WORLD = 2
 PART_SIZE = 5 * 2**20  # each rank's 6 MiB data file is a multipart upload on S3

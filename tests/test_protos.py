@@ -3,6 +3,7 @@ carry TensorFlow's field numbers."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +13,30 @@ import pytest
 from remoteckpt._proto import checkpoint_state_pb2, tensor_bundle_pb2, tensor_shape_pb2, tensor_slice_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
+PIN = ROOT / "protos" / "protoc-requirements.txt"
+GENERATOR = ROOT / "build" / "protoc"
+
+
+def pinned_generator() -> Path:
+    """The directory holding the pinned grpcio-tools (protos/protoc-requirements.txt), installed
+    there once as `make protos` does: apart from the environment, whose protobuf may be newer
+    than the one that grpcio-tools release asks for."""
+    stamp = GENERATOR / ".requirements"
+    if not stamp.exists() or stamp.read_text() != PIN.read_text():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
+                        "--target", str(GENERATOR), "-r", str(PIN)], check=True)
+        stamp.write_text(PIN.read_text())
+    return GENERATOR
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
-    pytest.importorskip("grpc_tools", reason="grpcio-tools (the test extra) generates the code")
     protos = sorted((ROOT / "protos").rglob("*.proto"))
     assert protos
+    env = {**os.environ, "PYTHONPATH": str(pinned_generator())}
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"--python_out={tmp_path}",
          f"--pyi_out={tmp_path}", *map(str, protos)],
-        check=True,
+        check=True, env=env,
     )
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2.py*"))
     committed = sorted(p.relative_to(ROOT) for p in (ROOT / "remoteckpt" / "_proto").glob("*_pb2.py*"))
@@ -46,6 +61,7 @@ def test_field_numbers_are_tensorflows() -> None:
                                       "all_model_checkpoint_timestamps", "last_preserved_timestamp")] == [1, 2, 3, 4]
 
 
+@pytest.mark.tensorflow
 def test_same_wire_bytes_as_tensorflow() -> None:
     tf_bundle = pytest.importorskip("tensorflow.core.protobuf.tensor_bundle_pb2")
     ours = tensor_bundle_pb2.BundleEntryProto(dtype=7, shard_id=2, offset=9, size=4, crc32c=123)
@@ -54,3 +70,21 @@ def test_same_wire_bytes_as_tensorflow() -> None:
     theirs = tf_bundle.BundleEntryProto.FromString(ours.SerializeToString())
     assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
     assert theirs.shape.dim[0].size == 3 and theirs.slices[0].extent[0].length == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["5.26.1", "6.31.1"])
+def test_generated_code_loads_on_older_protobuf_runtimes(runtime: str, tmp_path: Path) -> None:
+    """pyproject.toml declares protobuf 5.26.1 to 7.x: the committed code loads on the oldest
+    5.x and on the 6.x TensorFlow 2.21 asks for, without a warning (this environment's runtime
+    is checked by every other test)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp_path),
+                    f"protobuf=={runtime}"], check=True, timeout=600)
+    code = ("import google.protobuf as pb, sys; assert pb.__version__ == sys.argv[1], pb.__version__\n"
+            "from remoteckpt._proto import checkpoint_state_pb2, tensor_bundle_pb2\n"
+            "entry = tensor_bundle_pb2.BundleEntryProto(dtype=1, chunk_size=4, chunk_crc32c=[7])\n"
+            "assert tensor_bundle_pb2.BundleEntryProto.FromString(entry.SerializeToString()) == entry\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code, runtime], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

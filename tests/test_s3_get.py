@@ -195,7 +195,7 @@ def test_a_cut_body_resumes_pinned_to_its_version(canned: Callable[..., CannedSe
 
 
 @pytest.mark.parametrize("case", ["ignores-range", "chunked", "chunked-with-length", "not-found", "denied", "changed",
-                                  "stall", "always-503"])
+                                  pytest.param("stall", marks=pytest.mark.slow), "always-503"])
 def test_bad_answers_fail_clearly_and_never_deliver_wrong_bytes(canned: Callable[..., CannedServer],
                                                                 case: str) -> None:
     def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:

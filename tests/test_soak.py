@@ -1,4 +1,4 @@
-"""The reliability soak (remoteckpt.bench.soak, ``make soak``) at a tiny size, as a subprocess:
+"""The reliability soak (benchmarks/soak, ``make soak``) at a tiny size, as a subprocess:
 every phase does some work and finds nothing wrong, the JSON record splits the corruption
 phase's damages by kind, the run ends within its stated bound; and a unit of work (or a
 phase's whole process) that hangs is reported as a hang while the run still ends in time; a
@@ -8,6 +8,7 @@ phase's process that dies (a signal, an exit code) is reported as a violation.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,10 +17,20 @@ from typing import Any
 
 import pytest
 
-from remoteckpt.bench import soak
-from remoteckpt.devserver import SeaweedServer
+from benchmarks import soak
+from remoteckpt.testing import SeaweedServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.s3]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    """The soak runs from the repository root with the test suite's modules importable, as
+    `make soak` runs it (and with the AWS_* settings of the moment)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+
+
 STARTUP_SLACK = 5.0
 """Seconds the soak's interpreter may take to start before its clock (and bound) starts."""
 SMOKE_SEED = 233
@@ -39,7 +50,7 @@ HANG = ["--only", "fuzz", "--minutes", str(HANG_MINUTES), "--grace", "2"]
 def _soak(args: list[str], out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
     """Run the soak with `args`; its process, JSON record and wall time."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "remoteckpt.bench.soak", *args, "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.soak", *args, "--out", str(out)], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=180)
     wall = time.monotonic() - start
     records = sorted(out.glob("soak-*.json"))
@@ -118,7 +129,7 @@ def test_a_phase_process_that_dies_is_a_violation(how: str, tmp_path: Path) -> N
 
 def test_a_phase_given_twice_is_refused(tmp_path: Path) -> None:
     """Each phase's snapshot is named by the phase: a second run of it would read the first's."""
-    proc = subprocess.run([sys.executable, "-m", "remoteckpt.bench.soak", "--only", "fuzz,fuzz", "--out",
-                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--only", "fuzz,fuzz", "--out",
+                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "twice" in proc.stderr, proc.stderr
     assert not list(tmp_path.iterdir())

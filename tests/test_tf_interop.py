@@ -62,6 +62,8 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 import remoteckpt  # noqa: E402
 from remoteckpt import Slice  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow
+
 DATA = ".data-00000-of-00001"
 TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 

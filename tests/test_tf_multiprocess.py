@@ -29,6 +29,8 @@ from remoteckpt.storage import on_store, split_prefix  # noqa: E402
 from spawning import run_each  # noqa: E402
 from tf_workers import SAVE_COUNTER, STEP, build_state, tf_save_worker  # noqa: E402
 
+pytestmark = [pytest.mark.tensorflow, pytest.mark.multiprocess]
+
 WORLD = 2
 TIMEOUT = 60.0
 OBJECT_GRAPH = rtf.OBJECT_GRAPH_KEY

@@ -28,7 +28,7 @@ _U64 = struct.Struct("<Q")
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC32C (Castagnoli) of `data`, continuing from `crc` (0 to start).  Hardware speed."""
-    return _crc32c.crc32c(data, value=crc)
+    return _crc32c.crc32c(data, crc)  # positional: crc32c 2.4 takes no keyword arguments
 
 
 def mask_crc(crc: int) -> int:

@@ -1,1 +1,1 @@
-"""Operations on whole checkpoints, behind the CLI: list a directory, verify, copy."""
+"""What the CLI does beyond save and load: list a directory, verify, copy, measure a store."""

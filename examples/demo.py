@@ -1,8 +1,10 @@
 """``make demo``: a 4-worker save to an embedded S3 server, then a verified restore.
 
-    python -m remoteckpt.demo                  # starts SeaweedFS on 127.0.0.1, saves to s3://
-    python -m remoteckpt.demo --store DIR      # the same on a local directory (or any URL)
-    python -m remoteckpt.demo --workers 2 --mib 512
+    python examples/demo.py                  # starts SeaweedFS on 127.0.0.1, saves to s3://
+    python examples/demo.py --store DIR      # the same on a local directory (or any URL)
+    python examples/demo.py --workers 2 --mib 512
+
+Needs remoteckpt and, for the S3 server, its testing extra: ``pip install "remoteckpt[testing]"``.
 
 Each worker process holds a quarter of every weight matrix (rows) and saves it as slices of the
 full tensor; rank 0 merges the tables and commits one TensorFlow-readable checkpoint.
@@ -23,14 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from . import load
-from .api import save_checkpoint
-from .devserver import SeaweedServer
-from .engine import loop
-from .progress import ProgressBar, ProgressEvent
-from .protocol.save import SaveReport
-from .reader import CheckpointReader
-from .writer import Slice
+from remoteckpt import CheckpointReader, ProgressBar, ProgressEvent, Slice, load
+from remoteckpt.api import save_checkpoint
+from remoteckpt.engine import loop
+from remoteckpt.protocol.save import SaveReport
 
 WIDTH = 1024
 
@@ -86,6 +84,8 @@ def _worker(rank: int, world: int, prefix: str, mib: int, events: Any, env: dict
 
 @contextlib.contextmanager
 def _s3() -> Iterator[tuple[str, dict[str, str]]]:
+    from remoteckpt.testing import SeaweedServer
+
     print("starting an embedded S3 server (SeaweedFS) on 127.0.0.1 ...", flush=True)
     with SeaweedServer() as server:
         print(f"  endpoint {server.endpoint_url}, bucket {server.bucket!r} (ready in {server.startup_seconds:.1f} s)")
@@ -111,7 +111,7 @@ def _watch(events: Any, world: int, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="remoteckpt.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="examples/demo.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", help="a local directory (or any URL) instead of the embedded S3 server")
     parser.add_argument("--workers", type=int, default=4)

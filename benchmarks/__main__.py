@@ -1,6 +1,6 @@
-"""``python -m remoteckpt.bench [URL] [--quick] [--gib G] [--tensors N] [--repeat R] [--only micro|throughput] [--out DIR]``
+"""``python -m benchmarks [URL] [--quick] [--gib G] [--tensors N] [--repeat R] [--only micro|throughput] [--out DIR]``
 
-Also ``remoteckpt bench [URL] ...``.  Without a URL: the format micro-benchmarks, then the
+``make bench BENCH_ARGS="..."`` runs it.  Without a URL: the format micro-benchmarks, then the
 throughput benchmark on local disk (a temporary directory) and on an embedded SeaweedFS S3
 server.  With ``s3://bucket/prefix`` (endpoint and credentials from the standard AWS
 environment, e.g. AWS_ENDPOINT_URL) or a local directory: the throughput benchmark there only.
@@ -42,7 +42,7 @@ def micro_main(quick: bool, out_dir: str, argv: list[str] | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="remoteckpt bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", nargs="?", help="s3://bucket/prefix or a local directory to measure "
                         "(default: a temporary directory and an embedded SeaweedFS)")

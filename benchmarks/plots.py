@@ -1,6 +1,6 @@
 """PNG charts of a throughput result (`make bench` writes the JSON; this draws it).
 
-    python -m remoteckpt.bench.plots bench-results/throughput-<time>.json [--out docs/img]
+    python -m benchmarks.plots bench-results/throughput-<time>.json [--out docs/img]
 
 One chart per target (local disk, S3): save and restore throughput of each implementation,
 the raw limit first, so the ratios in docs/benchmarks.md can be seen at a glance.
@@ -56,7 +56,7 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m remoteckpt.bench.plots", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.plots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("result", help="a throughput-*.json written by the benchmark")
     parser.add_argument("--out", default="docs/img")

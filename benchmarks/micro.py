@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..format.bundle import BundleEntry, decode_index, encode_index, make_header
-from ..format.coding import crc32c
-from ..format.payload import decode_strings, encode_strings
+from remoteckpt.format.bundle import BundleEntry, decode_index, encode_index, make_header
+from remoteckpt.format.coding import crc32c
+from remoteckpt.format.payload import decode_strings, encode_strings
 
 
 def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:

@@ -8,6 +8,7 @@ check that ends a phase's process group when the process's parent (the run) is g
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import json
 import os
@@ -25,17 +26,21 @@ from typing import Any, NoReturn
 
 from .bounds import HANG_AT_UNIT, INJECTED_HANG_BOUND, UNIT_BOUNDS, WATCH_SECONDS
 
-TESTS = Path(__file__).resolve().parents[3] / "tests"
+
+def test_module(name: str) -> Any:
+    """The test suite's module `name` (tests/ is on the import path: ``make soak`` puts it there)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        sys.exit(f"the soak runs the test suite's {name}.py: run it from the repository root with tests/ "
+                 "on the import path (make soak, or PYTHONPATH=tests python -m benchmarks.soak)")
 
 
 def import_harness() -> tuple[Any, Any]:
-    if not (TESTS / "reliability_workers.py").exists():
-        sys.exit(f"the soak runner needs the repository's tests/ directory ({TESTS} not found)")
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    import faultproxy  # type: ignore[import-not-found]
-    import reliability_workers  # type: ignore[import-not-found]
-    return reliability_workers, faultproxy
+    """The test suite's reliability workers and fault-injecting proxy."""
+    return test_module("reliability_workers"), test_module("faultproxy")
 
 
 # --- counters, units in flight --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``python -m remoteckpt.bench.soak [--minutes N] [--seed S] [--only PHASES] [--out DIR]``
+"""``python -m benchmarks.soak [--minutes N] [--seed S] [--only PHASES] [--out DIR]``
 
 The reliability suite of tests/test_crash.py, tests/test_network_faults.py,
 tests/test_corruption.py and tests/test_fuzz.py, at scale and hard-bounded in time (``make soak``):
@@ -36,7 +36,9 @@ Units merely cut off at the cutoff are counted (``cut_off_<phase>``, their param
 seconds in the record's schedule), not violations.  SIGTERM/SIGHUP end the run through its
 cleanup; a phase's process whose parent is gone kills its own process group.
 
-Needs the repository's tests/ directory (the harness lives there).  Writes
+Runs the test suite's own workers and helpers (tests/reliability_workers.py, faultproxy.py,
+test_corruption.py, test_fuzz.py): from the repository root, with tests/ on the import path
+(``make soak`` runs ``PYTHONPATH=tests python -m benchmarks.soak``).  Writes
 ``soak-<time>.json`` under --out (default bench-results/) and prints a summary; exits 1 if any
 invariant was violated (silent corruption, a wrong byte, a hang, a foreign exception, a
 leftover after gc).  ``--seed`` makes the sequence of scenarios reproducible.

@@ -55,7 +55,7 @@ def s3_endpoint(args: argparse.Namespace, needed: bool, total: float) -> Iterato
         env = {"AWS_ENDPOINT_URL": args.s3_endpoint, **{k: os.environ[k] for k in AWS_VARIABLES if k in os.environ}}
         yield {"base": f"s3://{args.s3_bucket}/soak-{uuid.uuid4().hex[:8]}", "env": env, "endpoint": args.s3_endpoint}
         return
-    from remoteckpt.devserver import SeaweedServer
+    from remoteckpt.testing import SeaweedServer
 
     with SeaweedServer(startup_timeout=min(60.0, max(10.0, total / 3)), stop_timeout=STOP_SECONDS) as server:
         yield {"base": f"s3://{server.bucket}/soak-{uuid.uuid4().hex[:8]}", "env": server.env(),
@@ -63,7 +63,7 @@ def s3_endpoint(args: argparse.Namespace, needed: bool, total: float) -> Iterato
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m remoteckpt.bench.soak", description=PACKAGE_DOC.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=PACKAGE_DOC.split("\n\n")[1])
     parser.add_argument("--minutes", type=float, default=10.0, help="wall time for all phases (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the scenario sequence (default: random)")
     parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases, run in this order: "
@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace, phases: list[str], die_phase: str, die_how: s
               "bound_seconds": bound, "wall_seconds": round(time.monotonic() - t0, 1),
               "counts": dict(sorted(c.items())), "corruption_by_kind": corruption_by_kind(c),
               "notes": dict(tally.notes.most_common(20)), "violations": tally.violations,
-              "reproduce": (f"python -m remoteckpt.bench.soak --minutes {args.minutes:g} --seed {seed} "
+              "reproduce": (f"python -m benchmarks.soak --minutes {args.minutes:g} --seed {seed} "
                             f"--only {','.join(phases)} --grace {args.grace:g} --concurrency {args.concurrency}")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def machine_info(local_dir: str | None = None) -> dict[str, Any]:
         pass
     if local_dir:
         info["local_filesystem"] = _filesystem(local_dir)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
@@ -230,7 +230,7 @@ def summaries(rows: list[dict[str, Any]]) -> list[str]:
 # --- markdown (for docs/benchmarks.md) ------------------------------------------------------
 
 def markdown(record: dict[str, Any]) -> str:
-    """The record's tables as Markdown: ``python -m remoteckpt.bench.report RESULT.json``."""
+    """The record's tables as Markdown: ``python -m benchmarks.report RESULT.json``."""
     rows = record["rows"]
     out = ["| target | operation | implementation | best s | GiB/s | every run, s | cache | load | notes |",
            "|---|---|---|--:|--:|---|---|--:|---|"]

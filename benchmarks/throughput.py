@@ -1,10 +1,10 @@
 """Throughput of remoteckpt's save and restore against the raw I/O of the same bytes,
 TensorFlow's `tf.train.Checkpoint` and PyTorch's Distributed Checkpoint, on local disk and S3.
 
-    python -m remoteckpt.bench [--quick] [--gib G] [--tensors N] [--repeat R] [URL]
+    python -m benchmarks [--quick] [--gib G] [--tensors N] [--repeat R] [URL]
 
 Without a URL: local disk (a temporary directory) and S3 on an embedded SeaweedFS server
-(`remoteckpt.devserver`).  ``s3://bucket/prefix``: only S3, on that storage, configured from
+(`remoteckpt.testing`).  ``s3://bucket/prefix``: only S3, on that storage, configured from
 the standard AWS environment.  A local directory: only local disk, there.
 
 Rows (each the best of R runs; every suite runs in a fresh process, see `harness`):
@@ -471,7 +471,7 @@ def run_throughput(cfg: Config, progress: Any = sys.stderr,
                 print(f"[round {rnd + 1}/{cfg.repeat}, {n}/{len(steps)}] {target:<5} {name} ...", end="",
                       file=progress, flush=True)
                 start = time.monotonic()
-                got, why = run_suite(f"remoteckpt.bench.{module}", name, one, *call_args, timeout=cfg.timeout)
+                got, why = run_suite(f"benchmarks.{module}", name, one, *call_args, timeout=cfg.timeout)
                 print(f" {time.monotonic() - start:.1f} s" + (f"  (failed: {why})" if why else ""), file=progress,
                       flush=True)
                 if got is None:
@@ -578,7 +578,7 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
     try:
         if url is None:
             try:
-                from ..devserver import SeaweedServer
+                from remoteckpt.testing import SeaweedServer
 
                 server = SeaweedServer(bucket="remoteckpt-bench").start()
                 os.environ.update(server.env())

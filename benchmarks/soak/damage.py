@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import itertools
 import random
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .runtime import TESTS, Phase, Tally, run_units
+from .runtime import Phase, Tally, run_units, test_module
 
 DAMAGE_KINDS = {"bit": "bit flips", "byte": "byte changes", "truncate": "truncations", "swap": "swapped shards"}
 
@@ -20,9 +19,7 @@ DAMAGE_KINDS = {"bit": "bit flips", "byte": "byte changes", "truncate": "truncat
 # --- corruption ---------------------------------------------------------------------------------
 
 def corruption_phase(ph: Phase, workdir: str) -> None:
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    import test_corruption as tc  # type: ignore[import-not-found]
+    tc = test_module("test_corruption")
 
     state: dict[str, Any] = {}
 
@@ -120,11 +117,9 @@ FUZZ_BATCH = 200
 
 
 def fuzz_phase(ph: Phase) -> None:
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
     from remoteckpt.management.state import format_state
 
-    import test_fuzz as tf  # type: ignore[import-not-found]
+    tf = test_module("test_fuzz")
 
     seeds = list(tf.SEEDS)
     states = [format_state("ck-30", ["ck-10", "ck-20", "ck-30"], [1.0, 2.0, 3.0], 0.5),

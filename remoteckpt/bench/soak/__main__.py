@@ -1,7 +1,0 @@
-"""``python -m remoteckpt.bench.soak``: the soak run (and each phase's process, ``--phase-child``)."""
-
-import sys
-
-from . import main
-
-sys.exit(main())
