@@ -21,6 +21,10 @@ loopback only) and, per request, may inject one fault:
   deny            answer ``403 AccessDenied`` (never forwarded)
   latency         (in addition to the above) sleep a random 0..`latency` seconds first
 
+``throttle_above=R`` answers ``503 SlowDown`` (counted as "throttled") to every request that
+arrives while R requests were served in the last second, as S3 does to a prefix that suddenly
+takes more than its partition serves.
+
 Two ways of being another S3, for every request: ``opaque_etags=True`` replaces every object
 ETag the server sends (headers and XML bodies; not those of parts) with a value that is not an
 MD5, as SSE-KMS and SSE-C objects have (and maps them back in ``If-Match`` headers), and
@@ -180,7 +184,8 @@ class FaultProxy:
     def __init__(self, upstream: str, *, seed: int = 0, slowdown: float = 0.0, cut_request: float = 0.0,
                  cut_response: float = 0.0, drop_response: float = 0.0, stall: float = 0.0,
                  latency: float = 0.0, latency_probability: float = 0.0, stall_seconds: float = 30.0,
-                 rules: list[Rule] | None = None, opaque_etags: bool = False, ignore_conditions: bool = False) -> None:
+                 rules: list[Rule] | None = None, opaque_etags: bool = False, ignore_conditions: bool = False,
+                 throttle_above: float | None = None) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("FaultProxy forwards to a plain-http loopback endpoint only")
@@ -189,6 +194,8 @@ class FaultProxy:
         self.probabilities = {"slowdown": slowdown, "cut-request": cut_request, "cut-response": cut_response,
                               "drop-response": drop_response, "stall": stall, "conflict": 0.0, "deny": 0.0}
         self.opaque_etags = opaque_etags
+        self.throttle_above = throttle_above
+        self._arrivals: list[float] = []
         self.ignore_conditions = ignore_conditions
         self._real_etags: dict[str, str] = {}
         if sum(self.probabilities.values()) > 1:
@@ -350,9 +357,22 @@ class FaultProxy:
             raise _Closed(f"bad request line {lines[0][:80]!r}") from None
         return _Request(method, target, version, _parse_headers(lines[1:]), head)
 
+    def _throttled(self) -> bool:
+        if self.throttle_above is None:
+            return False
+        now = time.monotonic()
+        self._arrivals = [t for t in self._arrivals if t > now - 1.0]
+        if len(self._arrivals) >= self.throttle_above:
+            return True
+        self._arrivals.append(now)  # served: counts against the rate
+        return False
+
     async def _one(self, request: _Request, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> bool:
         """Serve one request; False: close the client connection."""
         fault, delay, fraction = self._decide(request.method, request.target)
+        if fault is None and self._throttled():
+            fault = "slowdown"
+            self.counters["throttled"] += 1
         self.counters["requests"] += 1
         if delay:
             self.counters["latency"] += 1

@@ -110,6 +110,10 @@ def translate(exc: BaseException, what: str) -> CheckpointError:
         return CheckpointExistsError(f"{what} already exists")
     if answer.status == 403 or isinstance(exc, PermissionError):
         return StorageError(f"{what}: permission denied{said}")
+    if is_slow_down(exc):
+        return StorageError(f"{what}: the store kept asking to slow down{said}, after the retries the retry budget "
+                            "allows (botocore's max_attempts and retry quota; storage_options={'config_kwargs': "
+                            "{'retries': ...}} sets them)")
     if answer.status is not None:
         return StorageError(f"{what}:{said or f' HTTP {answer.status}'}")
     return StorageError(f"{what}: {type(exc).__name__}: {_safe_message(exc)}")

@@ -25,6 +25,7 @@ import weakref
 from typing import Any
 
 from ..errors import is_conflict
+from .pacing import Pacer
 
 S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 10,
@@ -114,6 +115,8 @@ class S3Client:
         self._fs.retries = max(1, retries)
         if self._fs.session is None:
             self._fs.session = _shared_session(self._fs.kwargs)  # what s3fs would create, shared
+        self.pacer = Pacer()
+        self._watched: set[int] = set()
 
     @property
     def verify(self) -> bool | str | None:
@@ -125,9 +128,11 @@ class S3Client:
         """Run botocore operation `operation` (``"put_object"``, ...).  Failures are raised as
         the backend raises them (classify them with `storage.errors`); a 409
         ConditionalRequestConflict is asked again with jittered backoff."""
+        await self.botocore_client()
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                result: dict[str, Any] = await self._fs._call_s3(operation, **params)
+                async with self.pacer:
+                    result: dict[str, Any] = await self._fs._call_s3(operation, **params)
                 return result
             except Exception as exc:
                 if not is_conflict(exc) or attempt + 1 == CONFLICT_ATTEMPTS:
@@ -138,8 +143,24 @@ class S3Client:
         raise AssertionError("unreachable")
 
     async def botocore_client(self) -> Any:
-        """The underlying aiobotocore client (to presign URLs, and read its configuration)."""
-        return await self._fs.set_session()
+        """The underlying aiobotocore client (to presign URLs, and read its configuration),
+        its retries watched by the pacer."""
+        client = await self._fs.set_session()
+        if id(client) not in self._watched:
+            self._watched.add(id(client))
+            client.meta.events.register("needs-retry.s3", self._saw_answer)
+        return client
+
+    def _saw_answer(self, response: Any = None, **_: Any) -> None:
+        """botocore's retry hook: every answer it may retry passes here first (returns None:
+        botocore decides)."""
+        if response is None:
+            return None
+        http, parsed = response
+        code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        if code in ("SlowDown", "RequestLimitExceeded") or getattr(http, "status_code", 0) == 503:
+            self.pacer.slow_down()
+        return None
 
     async def close(self) -> None:
         creator = getattr(self._fs, "_s3creator", None)  # s3fs's client holder

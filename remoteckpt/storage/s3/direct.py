@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..errors import ResponseError
+from .pacing import Pacer
 
 PRESIGN_REUSE = 300.0
 """Seconds a presigned URL is reused for more ranges of its key; it is signed for three times
@@ -245,8 +246,9 @@ def _xml_field(text: str, name: str) -> str:
 class DirectGets:
     """Ranged GETs of one store's objects on a pool of keep-alive connections."""
 
-    def __init__(self, client: Any, *, verify: bool | str | None, max_idle: int) -> None:
+    def __init__(self, client: Any, *, verify: bool | str | None, max_idle: int, pacer: Pacer | None = None) -> None:
         self._client = client
+        self._pacer = pacer or Pacer()
         self._verify = verify
         self._max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[_GetProtocol]] = {}
@@ -292,7 +294,8 @@ class DirectGets:
                 continue
             before = sink.position
             try:
-                await conn.exchange(request, sink, end - sink.position, self.read_timeout)
+                async with self._pacer:
+                    await conn.exchange(request, sink, end - sink.position, self.read_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
                 conn.close()
                 if sink.position > before:
@@ -305,6 +308,8 @@ class DirectGets:
                 conn.close()
                 raise
             self._release(url, conn)
+            if conn.status == 503:
+                self._pacer.slow_down()
             if conn.status in RETRY_STATUSES and attempt + 1 < self.attempts:
                 await pause(attempt)
                 continue

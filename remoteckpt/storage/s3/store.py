@@ -120,7 +120,8 @@ class S3Store(Store):
             client = await self.client.botocore_client()
             self._direct_checked = True
             if DirectGets.usable(client):
-                self._direct = DirectGets(client, verify=self.client.verify, max_idle=4 * self.parts_in_flight + 16)
+                self._direct = DirectGets(client, verify=self.client.verify, max_idle=4 * self.parts_in_flight + 16,
+                                          pacer=self.client.pacer)
         return self._direct
 
     async def list(self, prefix: str = "") -> builtins.list[str]:
