@@ -198,6 +198,7 @@ class SeaweedServer:
         stop_timeout: float = 3.0,
         attempts: int = 3,
         verify_signatures: bool = False,
+        tls: bool = False,
     ) -> None:
         """Configure (but do not start) a server.
 
@@ -207,12 +208,18 @@ class SeaweedServer:
         (``access_key``/``secret_key``, passed to ``weed mini`` through its
         AWS_* environment) and rejects requests signed with anything else;
         by default no identity exists and any credentials are accepted.
+        With ``tls`` the S3 gateway speaks HTTPS only, with a certificate for
+        127.0.0.1 issued by a throw-away certificate authority (``trustme``,
+        in the ``test`` extra): :attr:`ca_file` holds that authority, and
+        :meth:`env` points ``AWS_CA_BUNDLE`` at it.
         ``stop_timeout`` is how long :meth:`stop` lets ``weed`` shut down
         before killing it (its data is thrown away either way; a server
         with requests still open may take 10 s or more to exit by itself).
         """
         self.bucket = bucket
         self.verify_signatures = verify_signatures
+        self.tls = tls
+        self.ca_file: Path | None = None
         found = Path(weed) if weed is not None else find_weed()
         if found is None:
             raise FileNotFoundError(
@@ -235,8 +242,8 @@ class SeaweedServer:
 
     @property
     def endpoint_url(self) -> str:
-        """``http://127.0.0.1:PORT`` of the S3 gateway."""
-        return f"http://{_LOOPBACK}:{self.ports['s3.port']}"
+        """``http://127.0.0.1:PORT`` of the S3 gateway (``https://`` with `tls`)."""
+        return f"{'https' if self.tls else 'http'}://{_LOOPBACK}:{self.ports['s3.port']}"
 
     @property
     def pid(self) -> int | None:
@@ -245,12 +252,15 @@ class SeaweedServer:
 
     def env(self) -> dict[str, str]:
         """AWS_* variables pointing boto/s3fs clients at this server."""
-        return {
+        env = {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,
         }
+        if self.ca_file is not None:
+            env["AWS_CA_BUNDLE"] = str(self.ca_file)
+        return env
 
     def storage_options(self) -> dict[str, Any]:
         """Explicit keyword arguments for ``s3fs.S3FileSystem``."""
@@ -295,6 +305,8 @@ class SeaweedServer:
             raise RuntimeError("server already started")
         self.workdir = Path(tempfile.mkdtemp(prefix="remoteckpt-seaweed-"))
         try:
+            if self.tls:
+                self._make_certificates()
             last_error: SeaweedStartError | None = None
             for _ in range(max(1, self.attempts)):
                 try:
@@ -352,7 +364,23 @@ class SeaweedServer:
             path = self.workdir / name
             if len(str(path)) <= _MAX_UNIX_SOCKET_PATH:
                 args.append(f"-{flag}={path}")
+        if self.tls:
+            args += [f"-s3.cert.file={self.workdir / 'server.pem'}", f"-s3.key.file={self.workdir / 'server.key'}"]
         return args
+
+    def _make_certificates(self) -> None:
+        """A throw-away certificate authority and a certificate for 127.0.0.1 it issued."""
+        try:
+            import trustme
+        except ImportError as exc:
+            raise SeaweedStartError("SeaweedServer(tls=True) needs trustme: pip install 'remoteckpt[test]'") from exc
+        assert self.workdir is not None
+        authority = trustme.CA()
+        certificate = authority.issue_cert(_LOOPBACK)
+        certificate.private_key_pem.write_to_path(str(self.workdir / "server.key"))
+        certificate.cert_chain_pems[0].write_to_path(str(self.workdir / "server.pem"))
+        self.ca_file = self.workdir / "ca.pem"
+        authority.cert_pem.write_to_path(str(self.ca_file))
 
     def _spawn(self) -> None:
         assert self.workdir is not None
@@ -397,6 +425,7 @@ class SeaweedServer:
         return session.create_client(
             "s3",
             endpoint_url=self.endpoint_url,
+            verify=str(self.ca_file) if self.ca_file is not None else None,
             region_name=self.region,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,

@@ -119,6 +119,12 @@ class S3Client:
         self._watched: set[int] = set()
 
     @property
+    def request_parameters(self) -> dict[str, Any]:
+        """Parameters added to every request (``s3_additional_kwargs``, requester pays): SSE-C
+        keys, RequestPayer, ExpectedBucketOwner, ..."""
+        return {**dict(self._fs.s3_additional_kwargs or {}), **dict(getattr(self._fs, "req_kw", None) or {})}
+
+    @property
     def verify(self) -> bool | str | None:
         """The TLS verification setting (False, a CA bundle path, or None for the default)."""
         value = self._fs.client_kwargs.get("verify")

@@ -49,6 +49,11 @@ ERROR_BODY_LIMIT = 64 * 1024
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 """Answers worth asking again (S3's InternalError and SlowDown among them)."""
 
+HEADER_PARAMETERS = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer",
+                     "ExpectedBucketOwner", "ChecksumMode")
+"""Request parameters a GET must send as headers: where a store sets any of them, its reads take
+aiobotocore's path."""
+
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -263,10 +268,14 @@ class DirectGets:
         self.attempts = max(1, int(total))
 
     @staticmethod
-    def usable(client: Any) -> bool:
-        """Whether `client` reaches its endpoint plainly (http(s), no proxy)."""
+    def usable(client: Any, request_parameters: dict[str, Any] | None = None) -> bool:
+        """Whether `client` reaches its endpoint plainly (http(s), no proxy) and its requests
+        carry no parameters that must travel as headers of every GET (SSE-C keys,
+        RequestPayer, ExpectedBucketOwner): those go through aiobotocore, which sends them."""
         scheme = urllib.parse.urlsplit(client.meta.endpoint_url).scheme
         if scheme not in ("http", "https") or any(os.environ.get(name) for name in _PROXY_ENV):
+            return False
+        if any(key in (request_parameters or {}) for key in HEADER_PARAMETERS):
             return False
         return not getattr(client.meta.config, "proxies", None)
 

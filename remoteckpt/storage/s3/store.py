@@ -119,7 +119,7 @@ class S3Store(Store):
         if not self._direct_checked:
             client = await self.client.botocore_client()
             self._direct_checked = True
-            if DirectGets.usable(client):
+            if DirectGets.usable(client, self.client.request_parameters):
                 self._direct = DirectGets(client, verify=self.client.verify, max_idle=4 * self.parts_in_flight + 16,
                                           pacer=self.client.pacer)
         return self._direct
