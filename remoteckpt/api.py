@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .engine import loop
+from .locate import for_writing
 from .options import DEFAULT_OPTIONS, IOOptions
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from .protocol.layout import SaveLayout
@@ -34,6 +35,7 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
                           commit: CommitProtocol = DEFAULT_COMMIT,
                           progress: ProgressCallback | None = None) -> SaveReport:
     """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
+    prefix = for_writing(prefix)
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
     store = open_store(directory, storage_options, options)
@@ -55,11 +57,13 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     and its own tensors (boxes of one tensor may come from different workers): each writes its
     data file in parallel, rank 0 merges the tables and commits one `.index`, and every call
     returns only after that commit (or raises if it failed).  A committed checkpoint at
-    `prefix` is never replaced unless `overwrite` is true.  `save_id` names this save attempt
+    `prefix` is never replaced unless `overwrite` is true.  A `prefix` ending in ``/`` (or an
+    existing local directory) is a directory: the checkpoint is ``DIR/ckpt`` inside it
+    (`remoteckpt.locate`); the prefix written is returned.  `save_id` names this save attempt
     for all workers (default ``$REMOTECKPT_SAVE_ID``); use a fresh one to retry a crashed save.
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
     """
-    text = os.fspath(prefix)
+    text = for_writing(prefix)
     wait_for_saves()
     loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
                              save_id=save_id, storage_options=storage_options, options=options, commit=commit,
@@ -90,7 +94,7 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
     With ``copy=False`` the arrays are used as they are: for callers that already hold an
     immutable snapshot (framework plugins), who must not change them until the future is done."""
     global _in_flight
-    text = os.fspath(prefix)
+    text = for_writing(prefix)
     with _in_flight_lock:
         wait_for_saves()
         private = snapshot(tensors) if copy else dict(tensors)

@@ -53,6 +53,7 @@ from .format.bundle import (
 from .format.coding import crc32c_combine, unmask_crc
 from .format.payload import decode_strings
 from .format.slices import Box, box_in
+from .locate import DIRECTORY_CHECKPOINT, in_directory, is_directory_id, strip_file_suffix
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback, Reporter
 from .storage import ObjectInfo, Store, open_store, split_prefix
@@ -99,28 +100,52 @@ class CheckpointReader:
 
     def __init__(self, prefix: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
                  options: IOOptions = DEFAULT_OPTIONS) -> None:
-        self._prefix = os.fspath(prefix)
         self._options = options
-        directory, self._name = split_prefix(self._prefix)
         self._data_files: dict[str, ObjectInfo] = {}
-        self._store, self._index = loop.run(self._open(directory, storage_options))
+        text = strip_file_suffix(prefix)
+        if is_directory_id(text):
+            text = loop.run(self._in_directory(
+                text, f"checkpoint not found: {text.rstrip('/')}/{DIRECTORY_CHECKPOINT}.index does not exist",
+                storage_options))
+        try:
+            self._store, self._index = loop.run(self._open(text, storage_options))
+        except CheckpointNotFoundError as missing:
+            if not getattr(missing, "index_missing", False):
+                raise
+            text = loop.run(self._in_directory(text, str(missing.args[0]), storage_options))
+            self._store, self._index = loop.run(self._open(text, storage_options))
+        self._prefix = text
+        directory, self._name = split_prefix(text)
         self._reading = (directory, self._name)
         _reading[self._reading] = _reading.get(self._reading, 0) + 1
         self._finalizer = weakref.finalize(self, _close_soon, self._store, self._reading)
         self._names = {_decode_name(k): k for k in self._index.tensor_keys()}
 
-    async def _open(self, directory: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+    async def _in_directory(self, text: str, missing: str, storage_options: dict[str, Any] | None) -> str:
+        """The checkpoint directory id `text` names (see `remoteckpt.locate`), or the error
+        saying what was looked for."""
+        found = await in_directory(text, storage_options, self._options)
+        if found is None:
+            raise CheckpointNotFoundError(
+                f"{missing}; nor is {text.rstrip('/')}/ a directory holding "
+                "a checkpoint (ckpt.index, or a `checkpoint` state file naming one)")
+        return found
+
+    async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+        directory, name = split_prefix(prefix)
         store = open_store(directory, storage_options, self._options)
-        key = index_filename(self._name)
+        key = index_filename(name)
         try:
             # The data files first, then the index: a checkpoint replaced in between leaves
             # this reader with data versions older than its index, and its reads then fail
             # their version check instead of mixing the two.
-            self._data_files = {i.key: i for i in await store.list_info(f"{self._name}.data-")}
+            self._data_files = {i.key: i for i in await store.list_info(f"{name}.data-")}
             try:
                 data = await store.get(key, max_size=MAX_INDEX_BYTES)
             except CheckpointNotFoundError:
-                raise CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist") from None
+                missing = CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist")
+                missing.index_missing = True  # type: ignore[attr-defined]
+                raise missing from None
             view = memoryview(data)
             try:
                 return store, decode_index(lambda o, n: view[o : o + n], len(view))

@@ -292,6 +292,18 @@ def test_saves_claim_the_prefix_and_a_failed_one_does_not_block_the_next(where: 
     del writer
 
 
+def test_directory_style_checkpoint_ids(tmp_path: Path) -> None:
+    """`StorageWriter("ckpt/step-100/")`, as PyTorch users name checkpoints: the bundle goes
+    inside the directory (``step-100/ckpt.*``), and the directory reads back."""
+    dcp.save({"w": torch.arange(4.0)}, storage_writer=rt.StorageWriter(f"{tmp_path}/step-100/"), no_dist=True)
+    assert sorted(p.name for p in (tmp_path / "step-100").iterdir()) == [
+        "ckpt.data-00000-of-00002", "ckpt.data-00001-of-00002", "ckpt.index"]
+    for checkpoint_id in (f"{tmp_path}/step-100/", f"{tmp_path}/step-100"):
+        state = {"w": torch.zeros(4)}
+        dcp.load(state, storage_reader=rt.StorageReader(checkpoint_id), no_dist=True)
+        assert state["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_empty_state_dict(tmp_path: Path) -> None:
     """A rank with nothing to write still commits (its table is empty)."""
     dcp.save({}, storage_writer=rt.StorageWriter(tmp_path / "e"), no_dist=True)

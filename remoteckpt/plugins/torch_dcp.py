@@ -66,6 +66,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..format.bundle import index_filename
+from ..locate import for_writing
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..protocol import claim as claims
 from ..protocol import coordinator, fence
@@ -242,6 +243,12 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
 
     # --- the work --------------------------------------------------------------------------
 
+    @property
+    def _target(self) -> str:
+        """The prefix written: the checkpoint id, or ``ID/ckpt`` for a directory id."""
+        assert self.prefix is not None
+        return for_writing(self.prefix)
+
     def _add_item(self, tensors: dict[str, Any], item: WriteItem, data: Any) -> tuple[str, int]:
         fqn = item.index.fqn
         if item.type == WriteItemType.BYTE_IO:
@@ -272,8 +279,7 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     @contextlib.asynccontextmanager
     async def _opened(self) -> AsyncIterator[tuple[Any, str]]:
         """(store of the prefix's directory, checkpoint name), closed on exit; on remoteckpt's loop."""
-        assert self.prefix is not None
-        directory, name = split_prefix(self.prefix)
+        directory, name = split_prefix(self._target)
         store = open_store(directory, self.storage_options, self.options)
         try:
             yield store, name
@@ -290,11 +296,10 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         fail, DCP never calls `finish`: the claim is released by this writer's next save, or
         by the next DCP save of the prefix in this process, and stops renewing once the
         writer is gone.  Returns the attempt token."""
-        assert self.prefix is not None
-        earlier = _held_by_prefix.pop(self.prefix, None)
+        earlier = _held_by_prefix.pop(self._target, None)
         if earlier is not None and earlier is not self._claim:
             await _let_go(earlier)
-        directory, name = split_prefix(self.prefix)
+        directory, name = split_prefix(self._target)
         store = open_store(directory, self.storage_options, self.options)
         layout = SaveLayout(name, 0, shards, save_id=self.save_id)
         try:
@@ -308,7 +313,7 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         except BaseException:
             await store.close()
             raise
-        self._claim = _held_by_prefix[self.prefix] = _Held(store, lease, weakref.finalize(self, _abandon, lease))
+        self._claim = _held_by_prefix[self._target] = _Held(store, lease, weakref.finalize(self, _abandon, lease))
         try:
             await coordinator.prepare(store, layout, lease, overwrite=self.overwrite)
         except BaseException:
@@ -320,8 +325,8 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         held, self._claim = self._claim, None
         if held is None:
             return
-        if self.prefix is not None and _held_by_prefix.get(self.prefix) is held:
-            del _held_by_prefix[self.prefix]
+        if self.prefix is not None and _held_by_prefix.get(self._target) is held:
+            del _held_by_prefix[self._target]
         await _let_go(held)
 
     async def _write_shard(self, tensors: dict[str, Any], shard_id: int, num_shards: int,

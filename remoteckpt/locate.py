@@ -1,0 +1,75 @@
+"""Checkpoint ids: what a path or URL given by a user names.
+
+    PREFIX                     TensorFlow's form: PREFIX.index + PREFIX.data-*
+    PREFIX.index               the same checkpoint (readers)
+    PREFIX.data-00000-of-00004 the same checkpoint (readers)
+    DIR/                       a directory-style id (PyTorch DCP's, most trainers' step-N/):
+                               the checkpoint DIR/ckpt inside it; readers also take the
+                               latest checkpoint of DIR's `checkpoint` state file, as
+                               `tf.train.load_checkpoint(DIR)` does
+    DIR (an existing local directory, or, for readers, a prefix with no index whose
+         directory holds a checkpoint)   as DIR/
+
+A trailing slash always means a directory; TensorFlow's prefix form keeps working as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .errors import CheckpointNotFoundError
+from .format.bundle import index_filename
+from .options import DEFAULT_OPTIONS, IOOptions
+from .storage import open_store
+
+DIRECTORY_CHECKPOINT = "ckpt"
+"""The checkpoint's name inside a directory-style id (``step-100/ckpt.index``)."""
+
+_FILE_SUFFIX = re.compile(r"\.(index|data-\d{5,}-of-\d{5,})$")
+
+
+def _is_directory_id(text: str) -> bool:
+    return text.endswith("/") or text.endswith(os.sep) or ("://" not in text and os.path.isdir(text))
+
+
+def for_writing(checkpoint_id: str | os.PathLike[str]) -> str:
+    """The prefix a save writes for `checkpoint_id` (a directory id: ``DIR/ckpt``)."""
+    text = os.fspath(checkpoint_id)
+    if _is_directory_id(text):
+        return f"{text.rstrip('/').rstrip(os.sep)}/{DIRECTORY_CHECKPOINT}"
+    return text
+
+
+def strip_file_suffix(checkpoint_id: str | os.PathLike[str]) -> str:
+    """``PREFIX.index`` or ``PREFIX.data-...`` as ``PREFIX``; anything else as it is."""
+    return _FILE_SUFFIX.sub("", os.fspath(checkpoint_id))
+
+
+async def in_directory(directory: str, storage_options: dict[str, Any] | None = None,
+                       options: IOOptions = DEFAULT_OPTIONS) -> str | None:
+    """The checkpoint a directory id names (``DIR/ckpt``, else the state file's latest), or
+    None when the directory holds neither."""
+    from .management.state import read_state  # the state file's format lives with its management
+
+    root = directory.rstrip("/") if "://" in directory else os.path.abspath(directory)
+    store = open_store(root, storage_options, options)
+    try:
+        if await store.exists(index_filename(DIRECTORY_CHECKPOINT)):
+            return f"{root}/{DIRECTORY_CHECKPOINT}"
+        try:
+            state = await read_state(store, root)
+        except CheckpointNotFoundError:
+            return None
+        if state is not None and await store.exists(index_filename(state.model_checkpoint_path)):
+            return state.latest
+        return None
+    finally:
+        await store.close()
+
+
+def is_directory_id(checkpoint_id: str) -> bool:
+    """Whether `checkpoint_id` can only name a directory (a trailing slash, or an existing
+    local directory)."""
+    return _is_directory_id(checkpoint_id)
