@@ -210,24 +210,39 @@ def test_box_runs_cover_every_row_of_a_box() -> None:
     assert box_byte_runs(outer, (2, 0, 0), (1, 5, 6), 2) == [(2 * 5 * 6 * 2, 5 * 6 * 2)]
 
 
-def test_an_object_shrinking_under_an_open_reader_is_reported_truncated(base: str) -> None:
-    """Sizes are checked when a reader first needs a file; bytes that are then missing (the
-    file was replaced by a shorter one) are reported as truncation, naming tensor and file."""
+def test_an_object_shrinking_under_an_open_reader_is_reported(base: str) -> None:
+    """A data file replaced by a shorter one under an open reader: the reader's reads are
+    pinned to the version it listed, so it says the checkpoint changed (naming it); and the
+    fetch itself reports bytes missing from an object as truncation, naming tensor and file
+    (for stores without versions, or a file cut in place)."""
+    from remoteckpt.engine.fetch import execute
+    from remoteckpt.engine.ranges import Piece, coalesce
     from remoteckpt.storage import on_store
 
     prefix = remoteckpt.save({"a": np.arange(10, dtype=np.float32), "b": np.arange(1000, dtype=np.float64)},
                              f"{base}/ck")
     reader = remoteckpt.CheckpointReader(prefix)
-    np.testing.assert_array_equal(reader.get_tensor("a"), np.arange(10, dtype=np.float32))  # sizes now known
+    np.testing.assert_array_equal(reader.get_tensor("a"), np.arange(10, dtype=np.float32))
     data_key = "ck.data-00000-of-00001"
 
-    async def shrink(store: object) -> None:
+    async def shrink(store: object) -> int:
         data = await store.get(data_key)  # type: ignore[attr-defined]
         await store.put(data_key, data[:-100])  # type: ignore[attr-defined]
+        return len(data)
 
-    on_store(base, shrink)
-    with pytest.raises(remoteckpt.CorruptCheckpointError, match=r"'b'.*ck\.data-00000-of-00001 is truncated"):
+    size = on_store(base, shrink)
+    with pytest.raises(remoteckpt.CheckpointChangedError, match=r"ck was replaced or deleted while it was being read"):
         reader.get_tensor("b")
+    reader.close()
+
+    async def fetch_past_the_end(store: object) -> None:
+        target = memoryview(bytearray(200))
+        pieces = [Piece(data_key, size - 200, 200, 0, 0)]
+        await execute(store, coalesce(pieces, gap=0, max_length=2**20), {(0, 0): target},  # type: ignore[arg-type]
+                      max_concurrency=1, describe=lambda piece: "tensor 'b' in ck")
+
+    with pytest.raises(remoteckpt.CorruptCheckpointError, match=r"'b'.*ck\.data-00000-of-00001 is truncated"):
+        on_store(base, fetch_past_the_end)
 
 
 def test_box_runs_and_chunk_spans() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -285,10 +286,10 @@ def test_a_failed_deletion_leaves_the_old_checkpoint_whole(tmp_path: Path, monke
 
     real = LocalStore.delete
 
-    async def no_index_deletes(self: LocalStore, key: str) -> None:
+    async def no_index_deletes(self: LocalStore, key: str, **kwargs: Any) -> bool:
         if key.endswith(".index"):
             raise remoteckpt.StorageError(f"{key}: permission denied")
-        await real(self, key)
+        return await real(self, key, **kwargs)
 
     saver = remoteckpt.Saver(max_to_keep=1)
     saver.save({"w": np.zeros(3)}, tmp_path / "model.ckpt", global_step=0)

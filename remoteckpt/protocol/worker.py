@@ -14,7 +14,11 @@ A worker whose coordinator vanished judges by the storage itself: once the claim
 renewed for a lease timeout (or names another attempt), its attempt committed if and only if
 ``NAME.index`` exists and its data file is still the version it wrote (the coordinator fenced
 every data file just before committing, and no later attempt could reuse this version).  A
-worker whose attempt was taken over by a newer attempt of its own job joins that one.
+worker whose attempt was taken over by a newer attempt of its own job (the same save id and
+world size: a retry, or a restart that kept the save id after all of its processes died)
+joins that one; one taken over by another save stops without touching anything.  A save id
+names one running instance of a job: a job restarted while processes of its last instance
+may still live (paused, partitioned) needs a new one, as the launchers' restart counts give.
 """
 
 from __future__ import annotations
@@ -110,13 +114,17 @@ async def _holds_claim(store: Store, layout: SaveLayout, attempt: str) -> bool:
     return found is not None and found[0] is not None and found[0].attempt == attempt
 
 
-async def _claim_moved_on(store: Store, layout: SaveLayout, attempt: str) -> bool:
-    """Whether another attempt holds the claim now (this one was taken over)."""
+async def _claim_moved_on(store: Store, layout: SaveLayout, attempt: str) -> str:
+    """Who holds the claim now, if not `attempt`: "job" (a newer attempt of this save id and
+    world size, which this worker joins), "other" (another save), or "" (still this attempt,
+    or nobody)."""
     try:
         found = await claims.read_claim(store, layout)
     except CheckpointError:
-        return False
-    return found is not None and (found[0] is None or found[0].attempt != attempt)
+        return ""
+    if found is None or (found[0] is not None and found[0].attempt == attempt):
+        return ""
+    return "job" if found[0] is not None and found[0].same_job(layout.save_id, layout.world_size) else "other"
 
 
 async def _clear_way(store: Store, layout: SaveLayout, key: str, attempt: str) -> bool:
@@ -150,11 +158,16 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
                                                progress=progress, report=report)
         except BaseException as exc:
-            if isinstance(exc, Exception) and await _claim_moved_on(store, layout, attempt):
+            moved = await _claim_moved_on(store, layout, attempt) if isinstance(exc, Exception) else ""
+            if moved == "job":  # this worker joined an attempt that died; its job has a newer one
+                log.info("worker %d: attempt %s of %s was taken over; joining the new one", layout.rank, attempt,
+                         store.describe(layout.index))
+                continue
+            if moved == "other":
                 raise SaveFailedError(
                     f"worker {layout.rank}: attempt {attempt} of the save of {store.describe(layout.index)} was "
-                    "taken over by a newer attempt while this worker was paused or cut off; it stopped without "
-                    "touching the newer attempt's files") from exc
+                    "taken over by another save while this worker was paused or cut off; it stopped without "
+                    "touching the other save's files") from exc
             if not await _report(store, layout, Report(attempt=attempt, rank=layout.rank, state="failed",
                                                        error=Failure.of(exc, rank=layout.rank))):
                 raise
@@ -194,14 +207,14 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
     deadline = poll.clock() + options.commit_timeout
     claim_seen: str | None = None
     look_at_claim = poll.clock() + options.lease_timeout
-    outcome: tuple[Verdict, Failure | None] | None = None
     first = max(options.poll_interval * 4, 0.02)
     async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size)):
         notice = await claims.read_notice(store, layout)
         if notice is not None and notice.attempt == attempt and notice.state != "writing":
-            outcome = (Verdict.COMMITTED, None) if notice.state == "committed" else (
-                Verdict.FAILED, notice.error or Failure(type="SaveFailedError", message="the coordinator failed"))
-            break
+            await _acknowledge(store, layout, attempt)  # the coordinator's word: it waits for this
+            if notice.state == "committed":
+                return Verdict.COMMITTED, None
+            return Verdict.FAILED, notice.error or Failure(type="SaveFailedError", message="the coordinator failed")
         taken_over = (notice is not None and notice.attempt != attempt and notice.state == "writing"
                       and notice.save_id == layout.save_id and notice.world_size == layout.world_size)
         if taken_over or poll.clock() >= look_at_claim:
@@ -210,13 +223,16 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
             if held and found is not None and found[1].etag != claim_seen:
                 claim_seen, look_at_claim = found[1].etag, poll.clock() + options.lease_timeout
                 continue  # the coordinator is alive: keep waiting
-            outcome = await _judge_alone(store, layout, identity, rejoin=taken_over or not held)
-            break
-    if outcome is None:
-        raise SaveFailedError(f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) "
-                              f"to commit {store.describe(layout.index)}")
-    await _acknowledge(store, layout, attempt)
-    return outcome
+            # No coordinator to acknowledge to: withdraw the report instead (a newer attempt
+            # has cleared this one's staging, or will find it dead).
+            concluded.add(attempt)
+            try:
+                await store.delete(layout.report(attempt, layout.rank))
+            except CheckpointError:
+                log.debug("could not withdraw worker %d's report", layout.rank, exc_info=True)
+            return await _judge_alone(store, layout, identity, rejoin=taken_over or not held)
+    raise SaveFailedError(f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) "
+                          f"to commit {store.describe(layout.index)}")
 
 
 async def _acknowledge(store: Store, layout: SaveLayout, attempt: str) -> None:
