@@ -10,9 +10,10 @@ to run on other hosts (``socket.gethostname``) and have wall clocks hours off, b
            lease), byte-exact, and leaves exactly the checkpoint's files
   restart  a job SIGKILLed mid-save (a named crash point of one rank, then the rest of the job
            killed as a launcher would; or all ranks at a random moment), restarted with the same
-           save id, maybe from other hosts: it commits within one lease (plus RESTART_SLACK_SECONDS)
-           of the dead attempt's last renewal, and, where it had to watch the dead claim, not
-           before that lease ran out; byte-exact; no gc, nothing else left
+           save id, maybe from other hosts: it commits within one lease (plus slack,
+           `restart_bound`) of the dead attempt's last renewal, and, where it had to watch the
+           dead claim, not before that lease ran out; byte-exact; no gc, nothing else left; a
+           job killed after its commit: CheckpointExistsError on every rank of the restart
   zombie   one worker paused (REMOTECKPT_STOP_AT at mid-upload, data-written or table-written;
            or SIGSTOP at a random moment), the rest of its job killed, the job restarted with the
            same save id: the restart commits; then the zombie is woken (SIGCONT): it ends with a
