@@ -3,7 +3,7 @@
 #   make test-fast  the suite without TensorFlow, PyTorch, JAX and the slow tests, in .venv-fast
 #   make demo       save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
 #   make bench      benchmarks; results go to bench-results/ (see docs/benchmarks.md)
-#   make soak       reliability soak (crash, network, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
+#   make soak       reliability soak (crash, network, race, a job's life, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
 #   make mutate     mutation run of the core against its fast tests (MUTATE_ARGS="--only merge"); docs/reliability.md
 #   make docs       API reference from the docstrings, into build/docs/
 #   make protos     regenerate remoteckpt/_proto from protos/

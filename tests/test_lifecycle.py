@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import remoteckpt
-from lifecycle_workers import LEASE, PART_SIZE, Job, Rank, expected, stopped, tensors
+from lifecycle_workers import LEASE, PART_SIZE, Job, Rank, checkpoint_files, committed_versions, expected, tensors, \
+    wait_stopped
+from lifecycle_workers import listing as keys
 from remoteckpt import IOOptions
-from remoteckpt.storage import on_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -30,13 +31,6 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str
     if request.param == "local":
         return str(tmp_path), None
     return request.getfixturevalue("s3_prefix"), {"part_size": PART_SIZE}
-
-
-def keys(directory: str, options: dict[str, Any] | None = None) -> list[str]:
-    async def go(store: Any) -> list[str]:
-        return [*(await store.list()), *(f"upload of {u.key}" for u in await store.pending_uploads())]
-
-    return on_store(directory, go, options)
 
 
 def assert_restores(prefix: str, seed: int, world: int, options: dict[str, Any] | None, *, big: bool = False) -> None:
@@ -63,7 +57,7 @@ def test_a_retry_after_a_clean_failure_succeeds_at_once(where: tuple[str, Any]) 
     assert all(r.get("ok") for r in retry), retry
     assert time.monotonic() - started < 30
     assert_restores(prefix, 0, 2, options)
-    assert keys(directory, options) == ["ck.data-00000-of-00002", "ck.data-00001-of-00002", "ck.index"]
+    assert keys(directory, options) == checkpoint_files("ck", 2)
 
 
 def test_every_rank_raises_the_coordinators_verdict(tmp_path: Path) -> None:
@@ -109,7 +103,7 @@ def test_a_restart_after_sigkill_with_the_same_save_id_succeeds_within_a_lease(w
     # Not before the lease ran out (judged by watching, not by clocks 6 hours off), nor long after.
     assert LEASE <= restarted[0]["seconds"] and took < 40, (restarted, took)
     assert_restores(prefix, 2, 2, options, big=True)
-    assert keys(directory, options) == ["ck.data-00000-of-00002", "ck.data-00001-of-00002", "ck.index"]
+    assert keys(directory, options) == checkpoint_files("ck", 2)
 
 
 def test_a_paused_worker_woken_after_the_restart_changes_no_committed_byte(where: tuple[str, Any]) -> None:
@@ -122,10 +116,7 @@ def test_a_paused_worker_woken_after_the_restart_changes_no_committed_byte(where
                          Rank(1, seed=1, host="node-b", big=True, env={"REMOTECKPT_STOP_AT": "mid-upload"})],
                 save_id="job-z.r0", storage_options=options).start()
     zombie, coordinator = first.procs[1], first.procs[0]
-    deadline = time.monotonic() + 60
-    while not stopped(zombie.pid):
-        assert time.monotonic() < deadline, "the worker never paused"
-        time.sleep(0.05)
+    assert wait_stopped(zombie.pid, 60), "the worker never paused"
     os.kill(coordinator.pid, signal.SIGKILL)  # the job dies; its paused worker lives on
     # Restarted by its launcher: the restart count makes it a new save id (job-z.r1), as
     # TORCHELASTIC_RESTART_COUNT or SLURM_RESTART_COUNT do by default.
@@ -133,17 +124,15 @@ def test_a_paused_worker_woken_after_the_restart_changes_no_committed_byte(where
                     save_id="job-z.r1", storage_options=options).run()
     assert all(r.get("ok") for r in restarted), restarted
     assert_restores(prefix, 2, 2, options, big=True)
-    before = on_store(directory, lambda store: store.list_info("ck."), options)
+    before = committed_versions(directory, options, "ck")
+    assert sorted(before) == checkpoint_files("ck", 2)
     os.kill(zombie.pid, signal.SIGCONT)
     records = first.wait(bound=60)
     woke = records[1]
     assert woke.get("error") in ("SaveFailedError", "CheckpointExistsError"), records
     assert "taken over" in woke["message"] or "newer attempt" in woke["message"] or "appeared" in woke["message"], woke
     assert_restores(prefix, 2, 2, options, big=True)
-    after = on_store(directory, lambda store: store.list_info("ck."), options)
-    committed = {i.key: (i.size, i.etag) for i in before if i.key == "ck.index" or i.key.endswith("-of-00002")}
-    assert sorted(committed) == ["ck.data-00000-of-00002", "ck.data-00001-of-00002", "ck.index"]
-    assert {i.key: (i.size, i.etag) for i in after if i.key in committed} == committed
+    assert committed_versions(directory, options, "ck") == before
 
 
 def test_a_save_longer_than_five_leases_is_never_taken_over(where: tuple[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """``python -m benchmarks.soak [--minutes N] [--seed S] [--only PHASES] [--out DIR]``
 
-The reliability suite of tests/test_crash.py, tests/test_network_faults.py,
+The reliability suite of tests/test_crash.py, tests/test_network_faults.py, tests/test_lifecycle.py,
 tests/test_corruption.py and tests/test_fuzz.py, at scale and hard-bounded in time (``make soak``):
 
   crash       jobs of 1, 2 or 4 worker processes saving with a Saver (local disk and an
@@ -14,6 +14,18 @@ tests/test_corruption.py and tests/test_fuzz.py, at scale and hard-bounded in ti
   race        2 or 3 jobs (1, 2 or 4 workers each, distinct save ids) saving one prefix at
               random moments: exactly one commits, whole; every worker of the others gets
               CheckpointExistsError / CheckpointBusyError; nothing but the winner's files left
+  retry       a job of 2-4 workers whose save fails cleanly (an unsavable tensor) retries the step
+              with the same save id: one error on every rank, then a commit at once, byte-exact,
+              nothing but the checkpoint's files left
+  restart     a job SIGKILLed mid-save (a named point, or a random time) restarted with the same
+              save id, maybe from other "hosts": it commits within a lease (plus slack) of the dead
+              attempt's last renewal and not before that lease ran out, byte-exact, without gc
+  zombie      a worker paused (REMOTECKPT_STOP_AT, or SIGSTOP at a random time), its job killed and
+              restarted, then woken once the restart committed: it ends with a remoteckpt error
+              and changes no committed byte
+  long        a save longer than several leases while another job keeps trying the prefix: never
+              taken over, the other job busy, the long save commits
+              (in all four, some ranks' wall clocks are hours off, both ways: the same outcomes)
   corruption  random bit flips, byte changes, truncations and swapped shards in a 2-shard
               checkpoint: each must raise CorruptCheckpointError when the tensor is read
               (detected / effective counted per kind of damage)
@@ -36,17 +48,19 @@ Units merely cut off at the cutoff are counted (``cut_off_<phase>``, their param
 seconds in the record's schedule), not violations.  SIGTERM/SIGHUP end the run through its
 cleanup; a phase's process whose parent is gone kills its own process group.
 
-Runs the test suite's own workers and helpers (tests/reliability_workers.py, faultproxy.py,
-test_corruption.py, test_fuzz.py): from the repository root, with tests/ on the import path
-(``make soak`` runs ``PYTHONPATH=tests python -m benchmarks.soak``).  Writes
-``soak-<time>.json`` under --out (default bench-results/) and prints a summary; exits 1 if any
-invariant was violated (silent corruption, a wrong byte, a hang, a foreign exception, a
-leftover after gc).  ``--seed`` makes the sequence of scenarios reproducible.
+Runs the test suite's own workers and helpers (tests/reliability_workers.py,
+lifecycle_workers.py, faultproxy.py, test_corruption.py, test_fuzz.py): from the repository
+root, with tests/ on the import path (``make soak`` runs ``PYTHONPATH=tests python -m
+benchmarks.soak``).  Writes ``soak-<time>.json`` under --out (default bench-results/) and prints
+a summary; exits 1 if any invariant was violated (silent corruption, a wrong byte, a hang, a
+foreign exception, a leftover after gc, a restart that did not commit, a committed byte a
+zombie changed...).  ``--seed`` makes the sequence of scenarios reproducible.
 The package, by concept: driver (the run: phases' weights and windows, the S3 endpoint, the
 command line, the record), phase_process (a phase's process, its entry point and the parent's
 side of it), runtime (what runs inside a phase's process: counts, units of work, the overdue
 check, snapshots, the test hooks), bounds (the time bounds, each with its reason), the phases
-(crash: crash and race; network; damage: corruption and fuzz), summary (the printed summary).
+(crash: crash and race; network; lifecycle: retry, restart, zombie and long; damage: corruption
+and fuzz), summary (the printed summary).
 """
 
 from __future__ import annotations

@@ -34,13 +34,32 @@ WATCH_SECONDS = 0.5
 (the file its parent reads, also when it had to kill it)."""
 POLL_SECONDS = 0.2
 """How often the parent checks whether the phase's process has ended."""
-UNIT_BOUNDS = {"crash": 150.0, "network": 120.0, "race": 120.0, "corruption": 30.0, "fuzz": 30.0}
+LIFE_JOB_SECONDS = 30.0
+"""A lifecycle job's bound (tests/lifecycle_workers.py `Job.wait`): a rank still running this
+long after its job started (a woken zombie: after it was woken) is a hang, reported with its
+stack, and killed.  The longest legitimate job is a long save (a slow worker 3 to 6 leases of
+at most 2 s late, then its save) or a woken zombie coordinator (its commit_timeout of 10 s
+waiting for the acknowledgements of its dead workers): up to about 15 s on a loaded 2-core
+machine."""
+RESTART_SLACK_SECONDS = 5.0
+"""A restart must commit within one lease and three eighths of a lease and this many seconds of
+the dead attempt's last renewal (benchmarks/soak/lifecycle.py `restart_bound`): the last
+renewal may come a quarter lease before the kill, the restarted coordinator watches the dead
+claim for a lease (when it cannot take it over at once) with a HEAD every eighth of a lease;
+these seconds are the restarted job's processes starting (a fork from the forkserver each) and
+its save (up to 4 workers of 12 MiB each on S3) on a loaded 2-core machine."""
+UNIT_BOUNDS = {"crash": 150.0, "network": 120.0, "race": 120.0, "corruption": 30.0, "fuzz": 30.0,
+               "retry": 70.0, "restart": 80.0, "zombie": 110.0, "long": 100.0}
 """Seconds one unit of work may run before it is a hang.  A crash job is a run of its workers
 (the harness kills them at 60 s, or commit_timeout + 20 s after the kill), its checks, and
 maybe a restarted run; a network operation is one save or one restore, each of whose requests
 has 10 s to connect and 30 s without a byte, a few attempts; a race is its committers' 60 s
 bound, 30 s for the winner's cleanup and a restore; one damaged checkpoint's reads and a batch
-of 200 fuzz inputs take milliseconds (30 s: a loaded machine is no hang).
+of 200 fuzz inputs take milliseconds (30 s: a loaded machine is no hang).  A lifecycle unit is
+its jobs, each bounded by LIFE_JOB_SECONDS, one after another (retry: two; restart: the killed
+job and its restart; zombie: the first job until its worker pauses, the restart, the woken
+zombie; long: the long save, and the other job's tries while it runs, the last of which may
+start just before it ends), and its checks (restores, listings, gc) of a few seconds.
 
 A unit is judged hung only if its bound ends before its phase's cutoff; in a 10-minute run a race
 (window ~55 s + grace) never can be, a network operation only in the window's first seconds.

@@ -23,12 +23,14 @@ from . import __doc__ as PACKAGE_DOC  # the package's docstring: what the soak d
 from .bounds import (EXIT_SECONDS, GRACE_SECONDS, MIN_WINDOW_SECONDS, RESERVED_SECONDS, STOP_SECONDS,
                      TEARDOWN_SECONDS)
 from .damage import corruption_by_kind
+from .lifecycle import LIFE_PHASES, replay
 from .phase_process import merge_phase, phase_child, run_phase_process
 from .runtime import Tally, import_harness
 from .summary import summary
 
-PHASES = {"crash": 0.45, "network": 0.2, "race": 0.1, "corruption": 0.15, "fuzz": 0.10}
-S3_PHASES = ("crash", "network", "race")
+PHASES = {"crash": 0.30, "network": 0.20, "race": 0.08, "retry": 0.06, "restart": 0.07, "zombie": 0.08, "long": 0.07,
+          "corruption": 0.08, "fuzz": 0.06}
+S3_PHASES = ("crash", "network", "race", *LIFE_PHASES)
 
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 """Passed on to the crash and race workers with --s3-endpoint (an embedded server sets its own)."""
@@ -76,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--s3-endpoint", default=None, help="an S3 endpoint to use (AWS_* credentials from the "
                         "environment) instead of starting SeaweedFS")
     parser.add_argument("--s3-bucket", default="remoteckpt-test", help="its bucket (default remoteckpt-test)")
+    parser.add_argument("--replay", nargs=2, metavar=("PHASE", "PARAMETERS"), default=None,
+                        help=f"run one unit of a lifecycle phase ({', '.join(LIFE_PHASES)}) again, with the JSON "
+                        "parameters a violation was reported with, and exit")
+    parser.add_argument("--times", type=int, default=1, help="with --replay: how many times (default 1)")
     # test hooks and the phase processes' entry point
     parser.add_argument("--hang-unit", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--hang-exit", default=None, help=argparse.SUPPRESS)
@@ -98,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.phase_child:
         phase_child(args.phase_child)
+    if args.replay:
+        if args.replay[0] not in LIFE_PHASES:
+            parser.error(f"--replay: one of {', '.join(LIFE_PHASES)}")
+        import_harness()
+        return replay(args.replay[0], json.loads(args.replay[1]), args.times)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:

@@ -25,8 +25,15 @@ from typing import Any, NoReturn
 from .bounds import EXIT_SECONDS, POLL_SECONDS, STACKS_SECONDS, WATCH_SECONDS
 from .crash import crash_phase, race_phase
 from .damage import corruption_phase, fuzz_phase
+from .lifecycle import LIFE_PHASES, life_phase
 from .network import network_phase
-from .runtime import Phase, Tally, block_exit, exit_with_parent, flag_overdue, save_snapshot, watch
+from .runtime import Phase, Tally, block_exit, exit_with_parent, flag_overdue, import_harness, save_snapshot, \
+    test_module, watch
+
+PHASE_MODULES = {"corruption": "test_corruption", "fuzz": "test_fuzz", **dict.fromkeys(LIFE_PHASES, "lifecycle_workers")}
+"""The test suite's module each phase runs besides the crash harness and the fault proxy."""
+FORKSERVER_PHASES = ("crash", "race", *LIFE_PHASES)
+"""The phases whose jobs are processes of the crash harness's forkserver."""
 
 
 # --- the phase's process ------------------------------------------------------------------------
@@ -43,6 +50,7 @@ def phase_child(spec_path: str) -> NoReturn:
     fatal = open(spec["fatal"], "w")  # noqa: SIM115 - a fatal signal's stacks (the parent reports them)
     faulthandler.enable(file=fatal, all_threads=True)
     threading.Thread(target=exit_with_parent, args=(spec["parent"],), name="soak-parent-watch", daemon=True).start()
+    _load_harness(name)
     deadline = min(time.monotonic() + spec["window"], spec["stop_by"])
     ph = Phase(name, deadline, min(deadline + spec["grace"], spec["stop_by"]), random.Random(f"{spec['seed']}-{name}"),
                hang_unit=spec["hang_unit"], die=spec["die"])
@@ -66,6 +74,19 @@ def phase_child(spec_path: str) -> NoReturn:
     os._exit(0)
 
 
+def _load_harness(name: str) -> None:
+    """Import what phase `name` runs, and start its forkserver, before its window opens: the
+    window is for work (a short one would pass before the first unit could start)."""
+    rw, _ = import_harness()
+    if name in PHASE_MODULES:
+        test_module(PHASE_MODULES[name])
+    if name in FORKSERVER_PHASES:
+        import multiprocessing.forkserver
+
+        rw.context()  # the preloaded modules
+        multiprocessing.forkserver.ensure_running()
+
+
 def _run_phase(ph: Phase, spec: dict[str, Any]) -> None:
     if ph.name == "crash":
         crash_phase(ph, spec["s3"], spec["workdir"], spec["concurrency"])
@@ -73,6 +94,8 @@ def _run_phase(ph: Phase, spec: dict[str, Any]) -> None:
         network_phase(ph, spec["s3"])
     elif ph.name == "race":
         race_phase(ph, spec["s3"], spec["workdir"])
+    elif ph.name in LIFE_PHASES:
+        life_phase(ph, spec["s3"], spec["workdir"], spec["concurrency"])
     elif ph.name == "corruption":
         corruption_phase(ph, spec["workdir"])
     else:

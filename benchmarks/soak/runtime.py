@@ -73,6 +73,19 @@ class Tally:
         with self._lock:
             self.counts.update(counts)
 
+    def most(self, **values: int) -> None:
+        """Keep the largest value given for each name: a maximum, not a sum.  (The run adds
+        each phase's counts once, so a phase's own names keep their maxima.)"""
+        with self._lock:
+            for name, value in values.items():
+                self.counts[name] = max(self.counts[name], value) if name in self.counts else value
+
+    def least(self, **values: int) -> None:
+        """Keep the smallest value given for each name (as `most`)."""
+        with self._lock:
+            for name, value in values.items():
+                self.counts[name] = min(self.counts[name], value) if name in self.counts else value
+
     def note(self, text: str) -> None:
         with self._lock:
             self.notes[text[:200]] += 1

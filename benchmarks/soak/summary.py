@@ -60,6 +60,76 @@ def _race_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
             f"{c['race_no_winner']}, several winners {c['race_several_winners']}, leftovers {c['race_leftovers']}"]
 
 
+def _life_units(c: Counter[str], phase: str) -> str:
+    """The line every lifecycle phase starts with: its units, backends, world sizes, skews, hosts."""
+    return (f"{c[f'{phase}_units']} units ({c[f'{phase}_local']} local, {c[f'{phase}_s3']} S3; "
+            f"{c[f'{phase}_world2']}/{c[f'{phase}_world3']}/{c[f'{phase}_world4']} with 2/3/4 workers; "
+            f"clocks skewed by hours {c[f'{phase}_skewed']}, next job from other hosts {c[f'{phase}_other_hosts']})")
+
+
+def _seconds(c: Counter[str], name: str) -> str:
+    return f"{c[name] / 1000:.2f} s" if name in c else "-"
+
+
+def _leftovers(c: Counter[str], phase: str) -> str:
+    kinds = ", ".join(f"{k[len(phase) + 10:]} {v}" for k, v in sorted(c.items()) if k.startswith(f"{phase}_leftover_"))
+    return f"leftovers by kind: {kinds or 'none'}"
+
+
+def _retry_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
+    return [_life_units(c, "retry"),
+            f"failed attempts whose ranks all raised one error {c['retry_one_error']}; retries committed "
+            f"{c['retry_committed']}, at once {c['retry_at_once']} (slowest coordinator "
+            f"{_seconds(c, 'retry_max_ms_coordinator')}), byte-exact {c['retry_byte_exact']}, only the checkpoint's "
+            f"files left {c['retry_clean']} ({_leftovers(c, 'retry')})"]
+
+
+def _takeovers(c: Counter[str], phase: str) -> str:
+    pct = f"{c[f'{phase}_min_pct_lease_to_takeover'] / 100:.2f}" if f"{phase}_min_pct_lease_to_takeover" in c else "-"
+    return (f"latest commit {_seconds(c, f'{phase}_max_ms_past_lease')} past one lease after the dead attempt's last "
+            f"renewal (late {c[f'{phase}_late_commits']}); watched takeovers {c[f'{phase}_watched_takeovers']} "
+            f"(earliest {pct} leases after the last renewal), early {c[f'{phase}_early_takeovers']}")
+
+
+def _found_committed(c: Counter[str], phase: str) -> str:
+    """The units whose first job had committed before it was killed (or paused)."""
+    return (f"committed before the kill {c[f'{phase}_found_committed']} (restored byte-exact "
+            f"{c[f'{phase}_found_committed_byte_exact']}; the next job's ranks not all CheckpointExistsError "
+            f"{c[f'{phase}_found_committed_disagree']})")
+
+
+def _restart_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
+    return [_life_units(c, "restart"),
+            f"kills at named points {c['restart_named']} (died there {c['restart_died_at_point']}), at random times "
+            f"{c['restart_random']}; " + _found_committed(c, "restart"),
+            f"restarts committed {c['restart_committed']}, byte-exact {c['restart_byte_exact']}, only the "
+            f"checkpoint's files left {c['restart_clean']} ({_leftovers(c, 'restart')})",
+            _takeovers(c, "restart")]
+
+
+def _zombie_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
+    return [_life_units(c, "zombie"),
+            f"tries {c['zombie_units']} ({c['zombie_named']} at named points, {c['zombie_random']} at random "
+            f"times), paused {c['zombie_paused']} (coordinators {c['zombie_coordinator']}), ended first "
+            f"{c['zombie_not_paused']}; " + _found_committed(c, "zombie"),
+            f"restarts committed {c['zombie_restart_committed']}; woken zombies ending with a remoteckpt error "
+            f"{c['zombie_remoteckpt_errors']}; committed bytes changed {c['zombie_committed_bytes_changed']}; "
+            f"restored byte-exact after the wake {c['zombie_byte_exact']}; objects left for gc "
+            f"{c['zombie_leftover_objects']}, all collected {c['zombie_leftovers_collected']}",
+            _takeovers(c, "zombie")]
+
+
+def _long_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
+    leases = (f"{c['long_min_leases_x10'] / 10:g} to {c['long_max_leases_x10'] / 10:g} leases"
+              if "long_min_leases_x10" in c else "-")
+    return [_life_units(c, "long"),
+            f"long saves committed {c['long_committed']} ({leases} each), byte-exact {c['long_byte_exact']}, only "
+            f"the checkpoint's files left {c['long_clean']}; taken over {c['long_taken_over']}",
+            f"the other job's tries {c['long_other_jobs']}: ranks busy {c['long_other_CheckpointBusyError']}, "
+            f"exists (after the commit) {c['long_other_CheckpointExistsError']}; long saves that met a busy try "
+            f"{c['long_busy_seen']}"]
+
+
 def _corruption_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
     by_kind = record["corruption_by_kind"]
     kinds = ", ".join(f"{label} {by_kind[k]['detected']}/{by_kind[k]['effective']} ({by_kind[k]['without_effect']})"
@@ -75,5 +145,6 @@ def _fuzz_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
 
 
 _PHASE_SUMMARIES: dict[str, Callable[[Counter[str], dict[str, Any]], list[str]]] = {
-    "crash": _crash_summary, "network": _network_summary, "race": _race_summary,
+    "crash": _crash_summary, "network": _network_summary, "race": _race_summary, "retry": _retry_summary,
+    "restart": _restart_summary, "zombie": _zombie_summary, "long": _long_summary,
     "corruption": _corruption_summary, "fuzz": _fuzz_summary}

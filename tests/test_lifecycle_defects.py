@@ -1,0 +1,72 @@
+"""Defects of a job's life that the soak's lifecycle phases found (docs/reliability.md, "Open
+defects"), each reproduced deterministically; strict xfails until the protocol is fixed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import remoteckpt
+from lifecycle_workers import Job, Rank, expected
+from remoteckpt import IOOptions
+
+@pytest.mark.xfail(strict=True, reason="a worker that replaces a data file in its way streams its tensors again, "
+                                       "and the second stream appends the chunk CRCs to the first's")
+def test_a_worker_that_replaces_a_file_in_its_way_commits_a_readable_checkpoint(tmp_path: Path) -> None:
+    """A data file in a worker's way (a dead attempt's worker that woke after the coordinator
+    cleared the prefix) is replaced; the checkpoint committed must restore.  Was: the worker's
+    table listed every chunk CRC of its 4 MiB tensor twice, and the committed index could not
+    be read ("chunk checksums do not match the entry's size")."""
+    prefix = str(tmp_path / "ck")
+    options = IOOptions(lease_timeout=5, commit_timeout=20, poll_interval=0.02)
+    big = np.arange(2**20, dtype=np.float32)  # 4 MiB: four chunk CRCs
+    errors: list[BaseException] = []
+
+    def rank(r: int, tensors: dict[str, np.ndarray]) -> None:
+        try:
+            remoteckpt.save(tensors, prefix, rank=r, world_size=2, save_id="job", options=options)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    coordinator = threading.Thread(target=rank, args=(0, {"w0": np.zeros(4, np.float32)}))
+    coordinator.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ck.tmp" / "notice-00000").exists():  # the prefix is cleared, the workers invited
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    (tmp_path / "ck.data-00001-of-00002").write_bytes(b"written by a dead attempt's worker that woke up")
+    worker = threading.Thread(target=rank, args=(1, {"w1": big}))
+    worker.start()
+    coordinator.join(60)
+    worker.join(60)
+    assert errors == []
+    np.testing.assert_array_equal(remoteckpt.load(prefix)["w1"], big)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.xfail(strict=True, reason="the restarted workers join the dead attempt's notice, left at 'writing'")
+def test_a_restart_after_a_committed_kill_raises_checkpoint_exists_on_every_rank(tmp_path: Path) -> None:
+    """The coordinator dies right after its commit (before it published the verdict); the
+    launcher kills the job and restarts it with the same save id: the step is saved, and every
+    rank must say so (CheckpointExistsError), leaving the checkpoint as it is.  Was: rank 0
+    raised CheckpointExistsError; the worker joined the dead attempt (its notice still says
+    "writing"), found its data file in the way, and raised SaveFailedError ("its coordinator
+    stopped renewing its claim before committing")."""
+    prefix = str(tmp_path / "ck")
+    first = Job(prefix, [Rank(0, seed=1, env={"REMOTECKPT_CRASH_AT": "committed"}), Rank(1, seed=1)],
+                save_id="job-9").start()
+    deadline = time.monotonic() + 60
+    while first.procs[0].exitcode is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first.kill()
+    first.wait()
+    restarted = Job(prefix, [Rank(0, seed=2), Rank(1, seed=2)], save_id="job-9").run()
+    got = remoteckpt.load(prefix)
+    assert all(got[k].tobytes() == v.tobytes() for k, v in expected(1, 2).items())
+    assert [r.get("error") for r in restarted] == ["CheckpointExistsError"] * 2, restarted
