@@ -1,5 +1,5 @@
-"""Defects of a job's life that the soak's lifecycle phases found (docs/reliability.md, "Open
-defects"), each reproduced deterministically; strict xfails until the protocol is fixed."""
+"""Defects of a job's life that the soak's lifecycle phases found (docs/reliability.md), each
+reproduced deterministically."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import remoteckpt
 from lifecycle_workers import Job, Rank, expected
 from remoteckpt import IOOptions
 
-@pytest.mark.xfail(strict=True, reason="a worker that replaces a data file in its way streams its tensors again, "
-                                       "and the second stream appends the chunk CRCs to the first's")
 def test_a_worker_that_replaces_a_file_in_its_way_commits_a_readable_checkpoint(tmp_path: Path) -> None:
     """A data file in a worker's way (a dead attempt's worker that woke after the coordinator
     cleared the prefix) is replaced; the checkpoint committed must restore.  Was: the worker's
@@ -49,7 +47,6 @@ def test_a_worker_that_replaces_a_file_in_its_way_commits_a_readable_checkpoint(
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.xfail(strict=True, reason="the restarted workers join the dead attempt's notice, left at 'writing'")
 def test_a_restart_after_a_committed_kill_raises_checkpoint_exists_on_every_rank(tmp_path: Path) -> None:
     """The coordinator dies right after its commit (before it published the verdict); the
     launcher kills the job and restarts it with the same save id: the step is saved, and every

@@ -460,7 +460,9 @@ def zombie_unit(life: Life, p: dict[str, Any]) -> None:
     options = {"lease_timeout": lease}
     pause = {victim: {"env": {STOP_ENV: p["point"]}}} if "point" in p else None
     with ClaimWatcher(where) as watcher:
-        first = life.job(where, p, "a", p["seed"], options, per_rank=pause).start()
+        # A launcher's restart count is part of the default save id: the restarted job (whose
+        # old instance has a live, paused process) saves under a new one (docs/protocol.md).
+        first = life.job(where, p, "a", p["seed"], options, per_rank=pause, save_id=f"{p['save_id']}.r0").start()
         try:
             zombie = first.procs[victim]
             if "point" not in p:
@@ -478,7 +480,8 @@ def zombie_unit(life: Life, p: dict[str, Any]) -> None:
             committed_before = life.index_exists(where)
             seed = p["seed"] if committed_before else p["seed"] + 1
             restarted_at = time.monotonic()
-            restarted = life.job(where, p, "b", p["seed"] + 1, options).run(LIFE_JOB_SECONDS)
+            restarted = life.job(where, p, "b", p["seed"] + 1, options,
+                                 save_id=f"{p['save_id']}.r1").run(LIFE_JOB_SECONDS)
             before = life.lw.committed_versions(where.directory, where.options, NAME)
             exact_before = ((committed_before or all(r.get("ok") for r in restarted))
                             and life.restores(p, where, seed, "after the restart, the zombie still paused"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ log = logging.getLogger("remoteckpt")
 
 CONCURRENT_REQUESTS = 64
 """Small requests (notices, reports, deletes) the coordinator keeps in flight at once."""
+
+_TEMPORARY = re.compile(r"\.tempstate\d+$")
 
 RELIST_ABOVE = 64
 """While more reports than this are missing, one listing (a request per thousand keys)
@@ -66,6 +69,8 @@ class Leftovers:
     index: ObjectInfo | None = None
     data: list[ObjectInfo] = field(default_factory=list)
     staging: list[ObjectInfo] = field(default_factory=list)
+    temporary: list[ObjectInfo] = field(default_factory=list)
+    """Temp files of writers that died (local disk: ``*.tempstate<digits>``)."""
 
 
 async def survey(store: Store, layout: SaveLayout) -> Leftovers:
@@ -78,6 +83,8 @@ async def survey(store: Store, layout: SaveLayout) -> Leftovers:
             found.data.append(info)
         elif rest.startswith(".tmp/") or rest.startswith(".tmp-"):
             found.staging.append(info)
+        elif _TEMPORARY.search(info.key):
+            found.temporary.append(info)
     return found
 
 
@@ -97,12 +104,14 @@ async def prepare(store: Store, layout: SaveLayout, lease: Lease, *, overwrite: 
     ours = {layout.notice(g) for g in range(layout.groups)}
     doomed: list[Awaitable[object]] = [store.delete(i.key, if_match=i.etag) for i in found.data]
     doomed += [store.delete(i.key) for i in found.staging if i.key not in ours]
+    doomed += [store.delete(i.key, if_match=i.etag) for i in found.temporary]
     await bounded(doomed)
     uploads = await store.pending_uploads(layout.data_prefix)
     await bounded(store.abort_upload(u) for u in uploads)
-    if found.data or found.staging or uploads:
-        log.info("%s: cleared %d data file(s), %d staging object(s) and %d upload(s) left by earlier attempts",
-                 store.describe(layout.index), len(found.data), len(found.staging), len(uploads))
+    if found.data or found.staging or found.temporary or uploads:
+        log.info("%s: cleared %d data file(s), %d staging object(s), %d temp file(s) and %d upload(s) left by "
+                 "earlier attempts", store.describe(layout.index), len(found.data), len(found.staging),
+                 len(found.temporary), len(uploads))
 
 
 async def notify(store: Store, layout: SaveLayout, notice: Notice) -> dict[str, str]:

@@ -92,16 +92,21 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
     crash_point("staged")
     key = layout.data(layout.rank)
     for tries in range(2):
+        if tries:
+            plan = plan_bundle(tensors)  # streaming fills in the entries' checksums: a fresh plan
         try:
             async with store.writer(key, exclusive=True) as writer:
                 written = await stream_plan(writer, plan, options, lambda n: progress.add("written", n, plan.size))
             break
         except CheckpointExistsError:
+            if await store.exists(layout.index):
+                committed = CheckpointExistsError.committed(store.describe(layout.index))
+                committed.committed = True  # type: ignore[attr-defined]
+                raise committed from None
             if tries == 1 or not await _clear_way(store, layout, key, attempt):
                 raise CheckpointExistsError(
                     f"{store.describe(key)} appeared while this save was writing it, and this save may not replace "
-                    f"it: another attempt of this save holds {store.describe(layout.claim)}, or "
-                    f"{store.describe(layout.index)} is committed") from None
+                    f"it: another attempt of this save holds {store.describe(layout.claim)}") from None
     crash_point("data-written")
     if report is not None:
         report.bytes_written = written
@@ -158,6 +163,8 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
                                                progress=progress, report=report)
         except BaseException as exc:
+            if getattr(exc, "committed", False):
+                raise  # the step is saved already: every rank finds its index, and says so
             moved = await _claim_moved_on(store, layout, attempt) if isinstance(exc, Exception) else ""
             if moved == "job":  # this worker joined an attempt that died; its job has a newer one
                 log.info("worker %d: attempt %s of %s was taken over; joining the new one", layout.rank, attempt,
@@ -246,10 +253,13 @@ async def _acknowledge(store: Store, layout: SaveLayout, attempt: str) -> None:
 async def _judge_alone(store: Store, layout: SaveLayout, identity: DataIdentity | None,
                        *, rejoin: bool) -> tuple[Verdict, Failure | None]:
     """The verdict without the coordinator's word (see the module docstring)."""
-    if identity is not None and await store.exists(layout.index):
-        head = await store.head(identity.key)
-        if head is not None and head.etag == identity.etag and head.size == identity.size:
+    if await store.exists(layout.index):
+        head = await store.head(identity.key) if identity is not None else None
+        if identity is not None and head is not None and head.etag == identity.etag and head.size == identity.size:
             return Verdict.COMMITTED, None
+        # Committed, but not by this worker's attempt: the step is saved already.
+        return Verdict.FAILED, Failure(type="CheckpointExistsError",
+                                       message=str(CheckpointExistsError.committed(store.describe(layout.index))))
     if rejoin:
         found = await claims.read_claim(store, layout)
         if found is not None and found[0] is not None and found[0].same_job(layout.save_id, layout.world_size):
