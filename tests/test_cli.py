@@ -55,7 +55,7 @@ def test_unknown_tensor_exits_1(prefix: str, capsys: pytest.CaptureFixture[str])
     assert "'nope' not found" in capsys.readouterr().err
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "d") if request.param == "local" else request.getfixturevalue("s3_prefix")
 
@@ -175,8 +175,11 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_bench_measures_a_store_and_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", str(tmp_path), "--gib", "0.01", "--tensors", "3", "--repeat", "2", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["url"] == str(tmp_path) and doc["tensors"] == 3 and doc["bytes"] > 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["url"] == str(tmp_path) and doc["tensors"] == 3 and doc["bytes"] > 0
+    assert doc["scratch"].startswith(f"{tmp_path}/remoteckpt-bench-")
+    assert f"into {doc['scratch']} (deleted at the end)" in err  # says where it writes, on stderr
     for op in ("save", "restore"):
         assert len(doc[op]["seconds"]) == 2 and doc[op]["best_seconds"] == min(doc[op]["seconds"])
         assert doc[op]["gib_per_s"] > 0
