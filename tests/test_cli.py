@@ -470,3 +470,31 @@ def test_gc_dry_run_says_what_it_leaves_and_why(tmp_path: Path) -> None:
     assert "multipart" not in result.stdout  # local disk has none
     swept = _cli("gc", str(tmp_path), "--older-than", "0", "--json")
     assert json.loads(swept.stdout)["removed"] == ["crashed.data-00000-of-00002"]
+
+
+def test_the_log_filter_blanks_every_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from remoteckpt.tools.verbose import Redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-secret-key-value")
+    redact = Redact()
+    lines = [
+        "headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261206/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host, Signature=0123abcd', 'X-Amz-Security-Token': b'FwoGZXIvYXdzEXAMPLETOKEN'}",
+        "{'x-amz-server-side-encryption-customer-key': 'c2VjcmV0LWtleS1iYXNlNjQ=', 'Bucket': 'b'}",
+        "CALL: get_object - () - {'Bucket': 'b', 'Key': 'k', 'SSECustomerKey': b'\\x01\\x02raw-key-bytes'}",
+        "GET https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F2026"
+        "&X-Amz-Signature=deadbeef&X-Amz-Security-Token=TOKENVALUE",
+        "credentials from the-secret-key-value",
+    ]
+    for line in lines:
+        record = logging.LogRecord("botocore.endpoint", logging.DEBUG, __file__, 1, line, (), None)
+        assert redact.filter(record)
+        shown = record.getMessage()
+        for secret in ("AKIDEXAMPLE", "0123abcd", "FwoGZXIvYXdzEXAMPLETOKEN", "c2VjcmV0LWtleS1iYXNlNjQ=",
+                       "raw-key-bytes", "deadbeef", "TOKENVALUE", "the-secret-key-value"):
+            assert secret not in shown, (line, shown)
+    kept = logging.LogRecord("remoteckpt", logging.DEBUG, __file__, 1, "S3 get_object b/k.index: 200, %.3f s",
+                             (0.012,), None)
+    assert redact.filter(kept) and kept.getMessage() == "S3 get_object b/k.index: 200, 0.012 s"

@@ -20,6 +20,7 @@ import asyncio
 import io
 import math
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +65,10 @@ def _name_to_keep(source_prefix: str) -> str:
     for a directory-style checkpoint (``.../step-100/ckpt``) its directory with it
     (``step-100/ckpt``)."""
     directory, name = split_prefix(source_prefix)
-    parent = directory.rstrip("/").rsplit("/", 1)[-1]
-    if name == DIRECTORY_CHECKPOINT and parent and not is_url_root(directory) and "://" not in parent \
-            and directory.rstrip("/") not in ("", os.sep):
-        return f"{parent}/{name}"
-    return name
+    if name != DIRECTORY_CHECKPOINT or is_url_root(directory):
+        return name
+    parent = posixpath.basename(directory.rstrip("/")) if "://" in directory else os.path.basename(directory)
+    return f"{parent}/{name}" if parent else name
 
 
 async def _is_folder(destination: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:
