@@ -6,8 +6,12 @@ returns as soon as the tensors are snapshotted.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import threading
+import time
+import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -18,8 +22,8 @@ from .engine import loop
 from .locate import for_writing
 from .options import DEFAULT_OPTIONS, IOOptions
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
-from .protocol.layout import SaveLayout
-from .protocol.save import SaveReport, save_worker
+from .protocol.layout import SAVE_ID_ENV, SaveLayout
+from .protocol.save import SaveReport, UnnamedSaveWarning, save_worker
 from .progress import ProgressCallback, Reporter
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
@@ -27,6 +31,33 @@ from .writer import Slice
 
 _in_flight_lock = threading.Lock()
 _in_flight: Future[str] | None = None
+
+log = logging.getLogger("remoteckpt")
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The `warnings.warn` stacklevel, for the function calling this one, that points at the
+    first frame outside remoteckpt: the user's line, whichever of remoteckpt's entry points
+    (a plugin, a Saver, a CheckpointManager) it went through."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def warn_if_unnamed(rank: int, world_size: int, save_id: str | None) -> None:
+    """`UnnamedSaveWarning` for a multi-worker save without a save id (on rank 0), raised in
+    the caller's thread and pointing at the caller's line.  Every public save entry point calls
+    it once, before handing the save to remoteckpt's I/O thread."""
+    if world_size > 1 and rank == 0 and not (SaveLayout.default_save_id() if save_id is None else save_id):
+        warnings.warn(
+            f"a save of {world_size} workers without a save id: another job racing for the same prefix "
+            f"could not be told apart from this one (pass save_id=, set ${SAVE_ID_ENV}, or launch with torchrun "
+            "or Slurm, whose run ids are used)", UnnamedSaveWarning, stacklevel=_caller_stacklevel())
 
 
 async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int = 0, world_size: int = 1,
@@ -59,15 +90,21 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     returns only after that commit (or raises if it failed).  A committed checkpoint at
     `prefix` is never replaced unless `overwrite` is true.  A `prefix` ending in ``/`` (or an
     existing local directory) is a directory: the checkpoint is ``DIR/ckpt`` inside it
-    (`remoteckpt.locate`); the prefix written is returned.  `save_id` names this save attempt
-    for all workers (default ``$REMOTECKPT_SAVE_ID``); use a fresh one to retry a crashed save.
+    (`remoteckpt.locate`); the prefix written is returned.  `save_id` names the job to all
+    of its workers (default ``$REMOTECKPT_SAVE_ID``, else torchrun's or Slurm's run id and
+    restart count); a retry of the same job after a failure may keep it: every attempt is its
+    own (docs/protocol.md).  Jobs that may race for one prefix need different ones.
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
     """
     text = for_writing(prefix)
+    warn_if_unnamed(rank, world_size, save_id)
     wait_for_saves()
-    loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
-                             save_id=save_id, storage_options=storage_options, options=options, commit=commit,
-                             progress=progress))
+    start = time.monotonic()
+    report = loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                                      save_id=save_id, storage_options=storage_options, options=options,
+                                      commit=commit, progress=progress))
+    log.info("saved %s (worker %d of %d): %d bytes in %.3f s", text, rank, world_size, report.bytes_written,
+             time.monotonic() - start)
     return text
 
 
@@ -95,6 +132,7 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
     immutable snapshot (framework plugins), who must not change them until the future is done."""
     global _in_flight
     text = for_writing(prefix)
+    warn_if_unnamed(rank, world_size, save_id)
     with _in_flight_lock:
         wait_for_saves()
         private = snapshot(tensors) if copy else dict(tensors)
@@ -139,10 +177,14 @@ def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
     """Tensors of the checkpoint as numpy arrays, each verified: all of them, or `names`,
     plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
     and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges."""
+    start = time.monotonic()
     with CheckpointReader(prefix, storage_options=storage_options, options=options) as reader:
         wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
         wanted += [n for n in (out or {}) if n not in wanted]
-        return loop.run(reader.read_many(wanted, out=out, progress=progress))
+        tensors = loop.run(reader.read_many(wanted, out=out, progress=progress))
+        log.info("loaded %d tensor(s), %d bytes from %s in %.3f s", len(tensors),
+                 sum(getattr(a, "nbytes", 0) for a in tensors.values()), reader.prefix, time.monotonic() - start)
+        return tensors
 
 
 def list_variables(prefix: str | os.PathLike[str], *,

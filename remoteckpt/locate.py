@@ -9,6 +9,7 @@
                                `tf.train.load_checkpoint(DIR)` does
     DIR (an existing local directory, or, for readers, a prefix with no index whose
          directory holds a checkpoint)   as DIR/
+    s3://bucket, s3://bucket/  a bucket's root: always a directory
 
 A trailing slash always means a directory; TensorFlow's prefix form keeps working as it is.
 """
@@ -23,6 +24,7 @@ from .errors import CheckpointNotFoundError
 from .format.bundle import index_filename
 from .options import DEFAULT_OPTIONS, IOOptions
 from .storage import open_store
+from .storage.url import is_url_root
 
 DIRECTORY_CHECKPOINT = "ckpt"
 """The checkpoint's name inside a directory-style id (``step-100/ckpt.index``)."""
@@ -31,7 +33,8 @@ _FILE_SUFFIX = re.compile(r"\.(index|data-\d{5,}-of-\d{5,})$")
 
 
 def _is_directory_id(text: str) -> bool:
-    return text.endswith("/") or text.endswith(os.sep) or ("://" not in text and os.path.isdir(text))
+    return (text.endswith("/") or text.endswith(os.sep) or is_url_root(text)
+            or ("://" not in text and os.path.isdir(text)))
 
 
 def for_writing(checkpoint_id: str | os.PathLike[str]) -> str:
@@ -69,7 +72,40 @@ async def in_directory(directory: str, storage_options: dict[str, Any] | None = 
         await store.close()
 
 
+def _not_found(first: str, directory: str) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(
+        f"checkpoint not found: {first} does not exist; nor is {directory.rstrip('/')}/ a directory holding "
+        "a checkpoint (ckpt.index, or a `checkpoint` state file naming one)")
+
+
+async def for_reading(checkpoint_id: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
+                      options: IOOptions = DEFAULT_OPTIONS) -> str:
+    """The prefix of the committed checkpoint a reader's `checkpoint_id` names (any form of
+    this module's table), or `CheckpointNotFoundError` naming every reading tried."""
+    from .storage import split_prefix
+
+    text = strip_file_suffix(checkpoint_id)
+    if _is_directory_id(text):
+        found = await in_directory(text, storage_options, options)
+        if found is None:
+            raise _not_found(f"{text.rstrip('/')}/{index_filename(DIRECTORY_CHECKPOINT)}", text)
+        return found
+    directory, name = split_prefix(text)
+    store = open_store(directory, storage_options, options)
+    try:
+        exists = await store.exists(index_filename(name))
+        where = store.describe(index_filename(name))
+    finally:
+        await store.close()
+    if exists:
+        return text
+    found = await in_directory(text, storage_options, options)
+    if found is None:
+        raise _not_found(where, text)
+    return found
+
+
 def is_directory_id(checkpoint_id: str) -> bool:
-    """Whether `checkpoint_id` can only name a directory (a trailing slash, or an existing
-    local directory)."""
+    """Whether `checkpoint_id` can only name a directory (a trailing slash, a bucket's root,
+    or an existing local directory)."""
     return _is_directory_id(checkpoint_id)

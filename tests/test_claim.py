@@ -239,27 +239,47 @@ def test_the_default_save_id_comes_from_the_launcher(monkeypatch: pytest.MonkeyP
     assert default_save_id() == "mine"
 
 
-def test_a_multiworker_save_without_an_id_warns(tmp_path: Path) -> None:
-    from remoteckpt.engine import loop
-    from remoteckpt.protocol.save import UnnamedSaveWarning, save_worker
-    from remoteckpt.storage import open_store
-
-    async def go(save_id: str) -> None:
-        store = open_store(str(tmp_path))
-        try:
-            with pytest.raises(SaveFailedError):  # rank 1 never comes: the wait times out
-                await save_worker(store, SaveLayout(f"ck-{save_id or 'none'}", 0, 2, save_id), {"a": np.ones(2)},
-                                  overwrite=False, options=IOOptions(commit_timeout=0.3, poll_interval=0.01))
-        finally:
-            await store.close()
-
-    with pytest.warns(UnnamedSaveWarning, match="without a save id"):
-        loop.run(go(""))
+def test_a_multiworker_save_without_an_id_warns_at_the_callers_line(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`UnnamedSaveWarning` is raised in the caller's thread, once per call, and points at the
+    line that called remoteckpt (not at remoteckpt's code or its I/O thread), whichever entry
+    point: save, save_async, Saver.save, Saver.save_async, CheckpointManager.save."""
     import warnings
+
+    import remoteckpt
+    from remoteckpt.protocol.save import UnnamedSaveWarning
+
+    for var in ("REMOTECKPT_SAVE_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    options = IOOptions(commit_timeout=0.3, poll_interval=0.01)  # rank 1 never comes: the wait times out
+    tensors = {"a": np.ones(2)}
+    saver = remoteckpt.Saver(rank=0, world_size=2, options=options)
+    manager = remoteckpt.CheckpointManager(tmp_path / "managed", rank=0, world_size=2, options=options)
+    calls = {
+        "save": lambda: remoteckpt.save(tensors, tmp_path / "a", rank=0, world_size=2, options=options),
+        "save_async": lambda: remoteckpt.save_async(tensors, tmp_path / "b", rank=0, world_size=2,
+                                                    options=options).result(),
+        "Saver.save": lambda: saver.save(tensors, tmp_path / "c", global_step=1),
+        "Saver.save_async": lambda: saver.save_async(tensors, tmp_path / "d", global_step=1).result(),
+        "CheckpointManager.save": lambda: manager.save(tensors, 1),
+    }
+    for what, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(SaveFailedError):
+                call()
+        unnamed = [w for w in caught if issubclass(w.category, UnnamedSaveWarning)]
+        assert len(unnamed) == 1, (what, [str(w.message) for w in caught])
+        assert "without a save id" in str(unnamed[0].message)
+        assert unnamed[0].filename == __file__, (what, unnamed[0].filename)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnnamedSaveWarning)
-        loop.run(go("job-7"))
+        with pytest.raises(SaveFailedError):
+            remoteckpt.save(tensors, tmp_path / "e", rank=0, world_size=2, save_id="job-7", options=options)
+        monkeypatch.setenv("REMOTECKPT_SAVE_ID", "job-8")
+        with pytest.raises(SaveFailedError):
+            remoteckpt.save(tensors, tmp_path / "f", rank=0, world_size=2, options=options)
 
 
 def test_multiworker_saves_are_refused_where_conditional_writes_are_not_enforced() -> None:

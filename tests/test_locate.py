@@ -66,3 +66,28 @@ def test_tensorflow_reads_a_directory_checkpoint(tmp_path: Path) -> None:
     tf: Any = pytest.importorskip("tensorflow")
     written = remoteckpt.save({"w": np.arange(4, dtype=np.float32)}, f"{tmp_path}/step-9/")
     np.testing.assert_array_equal(tf.train.load_checkpoint(written).get_tensor("w"), np.arange(4))
+
+
+def test_a_bucket_root_is_a_directory() -> None:
+    from remoteckpt.locate import for_writing, is_directory_id
+    from remoteckpt.storage import split_prefix
+
+    for url in ("s3://bucket", "s3://bucket/", "gs://bucket"):
+        assert is_directory_id(url)
+    assert for_writing("s3://bucket") == for_writing("s3://bucket/") == "s3://bucket/ckpt"
+    assert split_prefix("s3://bucket/ckpt") == ("s3://bucket", "ckpt")
+    with pytest.raises(ValueError, match=r"s3://bucket names a bucket, not a checkpoint in it"):
+        split_prefix("s3://bucket")
+    assert not is_directory_id("s3://bucket/model.ckpt-1") and not is_directory_id("memory://model.ckpt-1")
+
+
+def test_urls_remoteckpt_cannot_open_say_why() -> None:
+    import importlib.util
+
+    with pytest.raises(ValueError, match="unknown URL scheme 'foo'"):
+        remoteckpt.load("foo://x/y")
+    if importlib.util.find_spec("gcsfs") is None:
+        with pytest.raises(ImportError, match="gcsfs"):
+            remoteckpt.load("gs://b/x")
+    with pytest.raises(remoteckpt.StorageError, match=r"ftp://x\.invalid: gaierror"):
+        remoteckpt.load("ftp://x.invalid/y")

@@ -123,6 +123,7 @@ class Saver:
              *, overwrite: bool = False) -> str:
         """Save `tensors` at ``save_path`` or ``save_path-{global_step}``; returns that prefix
         once the checkpoint is committed, recorded and old ones are swept."""
+        api.warn_if_unnamed(self.rank, self.world_size, self.save_id)
         self._wait_in_flight()
         prefix = self.prefix_for(save_path, global_step)
         return loop.run(self._save(tensors, prefix, overwrite))
@@ -131,6 +132,7 @@ class Saver:
                    global_step: int | None = None, *, overwrite: bool = False) -> "Future[str]":
         """`save` in the background: returns once the tensors are copied.  One save in flight
         per Saver (this call first waits for the previous one)."""
+        api.warn_if_unnamed(self.rank, self.world_size, self.save_id)
         with self._lock:
             self._wait_in_flight()
             prefix = self.prefix_for(save_path, global_step)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ from ..storage.base import Store
 from . import claim as claims
 from . import coordinator, fence
 from .commit import DEFAULT_COMMIT, CommitProtocol
-from .layout import SAVE_ID_ENV, SaveLayout
+from .layout import SaveLayout
 from .lease import Lease
 from .records import Failure, Notice
 from .worker import SaveReport, run_worker, write_part
@@ -46,7 +45,8 @@ log = logging.getLogger("remoteckpt")
 
 
 class UnnamedSaveWarning(UserWarning):
-    """A multi-worker save without a save id (see `layout.default_save_id`)."""
+    """A multi-worker save without a save id (see `layout.default_save_id`); warned by the
+    public entry points, in the caller's thread (`remoteckpt.api.warn_if_unnamed`)."""
 
 
 async def commit_tables(store: Store, layout: SaveLayout, tables: Sequence[bytes], *,
@@ -96,11 +96,6 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     (as `remoteckpt.save` takes them)."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
-    if layout.world_size > 1 and layout.rank == 0 and not layout.save_id:
-        warnings.warn(
-            f"a save of {layout.world_size} workers without a save id: another job racing for the same prefix "
-            f"could not be told apart from this one (pass save_id=, set ${SAVE_ID_ENV}, or launch with torchrun "
-            "or Slurm, whose run ids are used)", UnnamedSaveWarning, stacklevel=4)
     if layout.rank == 0:
         await _coordinate(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
                           progress=progress, report=report)

@@ -24,6 +24,7 @@ import fsspec
 
 from ..options import DEFAULT_OPTIONS, IOOptions
 from .base import Store
+from .errors import translate
 from .fsspec_store import FsspecStore
 from .local import LocalStore
 from .s3 import PART_SIZE, S3Client, S3Store
@@ -32,6 +33,9 @@ from .s3.client import S3FS_RETRIES
 T = TypeVar("T")
 
 _S3_SCHEMES = ("s3", "s3a")
+
+_PATH_SCHEMES = ("file", "local", "memory")
+"""URL schemes whose first component is a directory like any other, not a bucket or a host."""
 
 _CREDENTIAL_FIELDS = frozenset({"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
                                 "aws_session_token", "access_key", "secret_key", "session_token"})
@@ -45,10 +49,24 @@ def holds_credentials(storage_options: Any) -> bool:
     return False
 
 
+def is_url_root(text: str) -> bool:
+    """Whether `text` is a URL naming a bucket (or host) and nothing inside it:
+    ``s3://bucket``, ``s3://bucket/``.  Such a URL can only be a directory."""
+    if "://" not in text:
+        return False
+    scheme, rest = text.split("://", 1)
+    return scheme not in _PATH_SCHEMES and "/" not in rest.rstrip("/")
+
+
 def split_prefix(prefix: str | os.PathLike[str]) -> tuple[str, str]:
-    """(directory, name) of a checkpoint prefix; the directory keeps its scheme."""
+    """(directory, name) of a checkpoint prefix; the directory keeps its scheme.  A bucket
+    alone (``s3://bucket``) is not a prefix: `ValueError` (it names a directory; see
+    `remoteckpt.locate`)."""
     text = os.fspath(prefix)
     if "://" in text:
+        if is_url_root(text):
+            raise ValueError(f"{text} names a bucket, not a checkpoint in it "
+                             f"(say {text.rstrip('/')}/NAME, or {text.rstrip('/')}/ for a directory)")
         scheme, rest = text.split("://", 1)
         head, name = posixpath.split(rest)
         return f"{scheme}://{head}", name
@@ -77,7 +95,17 @@ def open_store(directory: str, storage_options: dict[str, Any] | None = None,
                        or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "")
         return S3Store(S3Client(storage, retries=retries), rest, directory, part_size=part_size,
                        parts_in_flight=in_flight, endpoint=endpoint, trust_conditional_writes=trust)
-    fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **storage)
+    try:
+        fs, root = fsspec.url_to_fs(directory, skip_instance_cache=True, **storage)
+    except ImportError as exc:  # fsspec knows the scheme; its package is missing
+        raise ImportError(f"{directory}: {scheme}:// URLs need a package that is not installed ({exc})") from exc
+    except ValueError as exc:
+        if scheme not in fsspec.available_protocols():
+            raise ValueError(f"{directory}: unknown URL scheme {scheme!r} (local paths, file://, s3:// and "
+                             "fsspec's schemes work)") from exc
+        raise
+    except OSError as exc:  # a filesystem that connects when created (ftp, sftp, ...)
+        raise translate(exc, directory) from exc
     return FsspecStore(fs, root, directory)
 
 

@@ -7,6 +7,7 @@ then serves until interrupted (Ctrl-C or SIGTERM) and deletes its data on the wa
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import signal
 import sys
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify-signatures", action="store_true",
                         help="accept only requests signed with the printed keys (default: any keys)")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", args.bucket):
+        parser.error(f"{args.bucket!r} is not an S3 bucket name (3 to 63 characters: lowercase letters, digits, "
+                     "dots and hyphens, starting and ending with a letter or digit)")
     stop = threading.Event()
 
     def interrupted(signum: int, frame: FrameType | None) -> None:

@@ -30,6 +30,21 @@ from ..storage import Store, on_store
 GiB = 2**30
 COLUMNS = 1024
 
+CLI_DESCRIPTION = """\
+Measures how fast remoteckpt saves to and restores from one storage location: saves GIB GiB
+of float32 tensors with remoteckpt.save into a fresh scratch directory under URL
+(URL/remoteckpt-bench-XXXXXXXXXXXX, printed before the first run), restores each with
+remoteckpt.load (every checksum verified, values compared), REPEAT times; the best run of each
+counts.  Everything it wrote is deleted at the end; URL itself is never removed, and nothing
+else is touched (no system settings, no caches: local restores read whatever the page cache
+still holds of the save just made, as a restore right after a save would).
+
+URL is s3://bucket/prefix (endpoint and credentials from the standard AWS environment, or
+--endpoint-url and --profile), a local directory or any fsspec URL; without one, a temporary
+directory.  The comparisons with raw I/O, TensorFlow and PyTorch DCP are the repository's
+benchmarks (make bench)."""
+"""`remoteckpt bench --help`'s text: this module's docstring, without markup."""
+
 
 @dataclass(frozen=True)
 class BenchReport:
@@ -38,6 +53,8 @@ class BenchReport:
     url: str
     bytes: int
     tensors: int
+    scratch: str = ""
+    """The scratch directory the runs wrote into (removed at the end)."""
     save_seconds: list[float] = field(default_factory=list)
     restore_seconds: list[float] = field(default_factory=list)
 
@@ -49,7 +66,7 @@ class BenchReport:
         return self.bytes / GiB / self.best(op)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "bytes": self.bytes, "tensors": self.tensors,
+        return {"url": self.url, "scratch": self.scratch, "bytes": self.bytes, "tensors": self.tensors,
                 **{op: {"best_seconds": self.best(op), "gib_per_s": self.gib_per_s(op),
                         "seconds": self.save_seconds if op == "save" else self.restore_seconds}
                    for op in ("save", "restore")}}
@@ -73,7 +90,9 @@ def run_bench(url: str | None = None, *, gib: float = 1.0, tensors: int = 32, re
     base = temporary or str(url).rstrip("/")
     scratch = f"{base}/remoteckpt-bench-{uuid.uuid4().hex[:12]}"
     data = make_tensors(gib=gib, tensors=tensors)
-    report = BenchReport(url=base, bytes=sum(a.nbytes for a in data.values()), tensors=tensors)
+    report = BenchReport(url=base, bytes=sum(a.nbytes for a in data.values()), tensors=tensors, scratch=scratch)
+    if log is not None:
+        log(f"writing {report.bytes / GiB:.2f} GiB per run into {scratch} (deleted at the end)")
     try:
         for r in range(repeat):
             prefix = f"{scratch}/model.ckpt-{r}"

@@ -1,5 +1,10 @@
 """`copy_checkpoint`: one checkpoint from any store to any other, verified, committed like a save.
 
+The source is any checkpoint id a reader takes (``PREFIX``, ``PREFIX.index``, a directory-style
+``step-100/``, a directory's latest: `remoteckpt.locate`).  The destination follows ``aws s3 cp``
+(`destination_prefix`): a destination ending in ``/``, a bucket's root or an existing folder
+means "into this folder", the checkpoint keeping its name; anything else is the new prefix.
+
 Every data file is streamed in `read_chunk` pieces (a few in flight, bounded by the memory
 budget) from the source into a writer at the destination; as the bytes pass, each tensor's
 CRC32C is recomputed and compared with the index, so a damaged source is never copied as if
@@ -15,6 +20,7 @@ import asyncio
 import io
 import math
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +38,11 @@ from ..protocol import coordinator, fence
 from ..protocol.commit import DEFAULT_COMMIT
 from ..protocol.layout import SaveLayout
 from ..protocol.records import DataIdentity
+from ..locate import DIRECTORY_CHECKPOINT, for_reading, is_directory_id
 from ..storage import Store, open_store, split_prefix
+from ..storage.errors import translate
+from ..storage.s3 import S3Store
+from ..storage.url import is_url_root
 
 READ_AHEAD = 4
 """Chunks of one data file being fetched while earlier ones are written."""
@@ -40,11 +50,56 @@ READ_AHEAD = 4
 
 @dataclass(frozen=True)
 class CopyReport:
+    """`source` and `destination` are the checkpoints' prefixes; `tensors_verified` counts
+    tensors as `CheckpointReader` lists them (a partitioned tensor once, whatever its slices)."""
+
     source: str
     destination: str
     files: int
     bytes: int
     tensors_verified: int
+
+
+def _name_to_keep(source_prefix: str) -> str:
+    """The name a checkpoint keeps when copied into a folder: its prefix's last component, or
+    for a directory-style checkpoint (``.../step-100/ckpt``) its directory with it
+    (``step-100/ckpt``)."""
+    directory, name = split_prefix(source_prefix)
+    if name != DIRECTORY_CHECKPOINT or is_url_root(directory):
+        return name
+    parent = posixpath.basename(directory.rstrip("/")) if "://" in directory else os.path.basename(directory)
+    return f"{parent}/{name}" if parent else name
+
+
+async def _is_folder(destination: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:
+    """Whether something is stored under ``destination/`` (a folder of an object store)."""
+    if "://" not in destination or destination.startswith("file://"):
+        return os.path.isdir(destination.removeprefix("file://"))
+    directory, name = split_prefix(destination)
+    store = open_store(directory, storage_options, options)
+    try:
+        if isinstance(store, S3Store):  # one key is enough to know
+            try:
+                page = await store.client.call("list_objects_v2", Bucket=store.bucket,
+                                               Prefix=store.object_key(f"{name}/"), MaxKeys=1)
+            except Exception as exc:
+                raise translate(exc, destination) from exc
+            return bool(page.get("KeyCount") or page.get("Contents") or page.get("CommonPrefixes"))
+        return bool(await store.list_info(f"{name}/"))
+    finally:
+        await store.close()
+
+
+async def destination_prefix(source_prefix: str, destination: str, storage_options: dict[str, Any] | None = None,
+                             options: IOOptions = DEFAULT_OPTIONS) -> str:
+    """Where a copy of the checkpoint at `source_prefix` goes for `destination`, as ``aws s3
+    cp`` decides: a destination ending in ``/``, a bucket's root or an existing folder (a
+    local directory; an object store prefix with objects under it) means "into this folder",
+    keeping the checkpoint's name (`_name_to_keep`); anything else is the new checkpoint's
+    prefix.  Never a silent rename into ``folder/.index``."""
+    if is_directory_id(destination) or await _is_folder(destination, storage_options, options):
+        return f"{destination.rstrip('/').rstrip(os.sep)}/{_name_to_keep(source_prefix)}"
+    return destination
 
 
 class _Verifier:
@@ -137,6 +192,8 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
 async def copy_async(source: str, destination: str, *, overwrite: bool = False,
                      source_options: dict[str, Any] | None = None, destination_options: dict[str, Any] | None = None,
                      options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> CopyReport:
+    source = await for_reading(source, source_options, options)
+    destination = await destination_prefix(source, destination, destination_options, options)
     src_dir, src_name = split_prefix(source)
     dst_dir, dst_name = split_prefix(destination)
     src = open_store(src_dir, source_options, options)
@@ -180,7 +237,7 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
                 pass
         reporter.emit("committed", total, total)
         return CopyReport(source, destination, sum(1 for b, _, _ in results if b) + 1,
-                          sum(b for b, _, _ in results) + len(raw), sum(v for _, v, _ in results))
+                          sum(b for b, _, _ in results) + len(raw), sum(1 for _ in index.tensor_keys()))
     finally:
         await src.close()
         await dst.close()

@@ -18,24 +18,32 @@ conditional write of the key in flight) is asked again here, as AWS documents.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
+import logging
 import os
 import random
+import time
 import weakref
 from typing import Any
 
-from ..errors import is_conflict
+from ..errors import answer_of, is_conflict
 from .pacing import Pacer
+
+log = logging.getLogger("remoteckpt")
 
 S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 10,
     "read_timeout": 30,
-    "retries": {"max_attempts": 8, "mode": "standard"},
+    "retries": {"max_attempts": 8, "mode": "standard"},  # 8 retries: 9 requests at most
     # SigV4 for presigned URLs too (ranged GETs, `direct`); botocore would presign with the
     # legacy SigV2 for some endpoints, which newer AWS regions refuse.
     "signature_version": "s3v4",
 }
-"""botocore `Config` defaults for S3: bounded timeouts, retries with backoff."""
+"""botocore `Config` defaults for S3: bounded timeouts, retries with backoff (copied into each
+client's configuration: botocore rewrites the ``retries`` dict it is given)."""
+
+MAX_RETRIES = 8
 
 S3FS_RETRIES = 1
 """s3fs's own retry loop around each call (``S3FileSystem.retries``), on top of botocore's:
@@ -98,11 +106,49 @@ def s3fs_options(options: dict[str, Any]) -> dict[str, Any]:
     for name, value in S3_CONFIG_DEFAULTS.items():
         if name == "retries" and (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
             continue  # the user's own AWS retry configuration wins
-        config.setdefault(name, value)
+        config.setdefault(name, copy.deepcopy(value))
     opts["config_kwargs"] = config
     # Workers meet through listings: a cached listing would hide a key another process just wrote.
     opts.setdefault("use_listings_cache", False)
     return opts
+
+
+_RETRIED_CODES = frozenset({"SlowDown", "RequestLimitExceeded", "Throttling", "ThrottlingException",
+                            "RequestThrottled", "RequestTimeout", "RequestTimeoutException", "InternalError",
+                            "PriorRequestNotComplete", "TooManyRequestsException"})
+"""S3 error codes botocore's standard retry mode retries (besides 5xx and 429)."""
+
+
+def total_attempts(client: Any) -> int:
+    """Requests botocore sends in all for one call of `client` (the first one and its retries)."""
+    retries = getattr(client.meta.config, "retries", None) or {}
+    # botocore's meaning: total_max_attempts counts the first request, max_attempts does not
+    return max(1, int(retries.get("total_max_attempts") or 1 + int(retries.get("max_attempts", 4))))
+
+
+def _retried_exception(exc: BaseException) -> bool:
+    """Whether botocore's standard mode retries a request that failed with `exc` (no answer)."""
+    from botocore.exceptions import ConnectionError, HTTPClientError
+
+    return isinstance(exc, (ConnectionError, HTTPClientError))
+
+
+def _no_answer(exc: BaseException) -> str:
+    """What went wrong with a request that got no answer, in one short line (the endpoint,
+    never a query string)."""
+    import urllib.parse
+
+    url = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        return f"no connection to {parts.scheme}://{parts.netloc} ({type(exc).__name__})"
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _target(params: dict[str, Any]) -> str:
+    """``bucket/key`` of a request, for logs: never any other parameter (SSE-C keys, ...)."""
+    return "/".join(str(params[k]) for k in ("Bucket", "Key", "Prefix") if params.get(k))
 
 
 class S3Client:
@@ -117,6 +163,7 @@ class S3Client:
             self._fs.session = _shared_session(self._fs.kwargs)  # what s3fs would create, shared
         self.pacer = Pacer()
         self._watched: set[int] = set()
+        self._attempts = 1 + MAX_RETRIES
 
     @property
     def request_parameters(self) -> dict[str, Any]:
@@ -136,11 +183,22 @@ class S3Client:
         ConditionalRequestConflict is asked again with jittered backoff."""
         await self.botocore_client()
         for attempt in range(CONFLICT_ATTEMPTS):
+            start = time.monotonic()
             try:
                 async with self.pacer:
                     result: dict[str, Any] = await self._fs._call_s3(operation, **params)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("S3 %s %s: %s, %.3f s", operation, _target(params),
+                              (result.get("ResponseMetadata") or {}).get("HTTPStatusCode", "ok"),
+                              time.monotonic() - start)
                 return result
             except Exception as exc:
+                if log.isEnabledFor(logging.DEBUG):
+                    answer = answer_of(exc)
+                    log.debug("S3 %s %s: %s, %.3f s", operation, _target(params),
+                              " ".join(dict.fromkeys(str(p) for p in (answer.status, answer.code) if p))
+                              or type(exc).__name__,
+                              time.monotonic() - start)
                 if not is_conflict(exc) or attempt + 1 == CONFLICT_ATTEMPTS:
                     raise
                 if hasattr(params.get("Body"), "seek"):
@@ -154,18 +212,32 @@ class S3Client:
         client = await self._fs.set_session()
         if id(client) not in self._watched:
             self._watched.add(id(client))
+            self._attempts = total_attempts(client)
             client.meta.events.register("needs-retry.s3", self._saw_answer)
         return client
 
-    def _saw_answer(self, response: Any = None, **_: Any) -> None:
-        """botocore's retry hook: every answer it may retry passes here first (returns None:
-        botocore decides)."""
+    def _saw_answer(self, response: Any = None, attempts: int = 1, caught_exception: Any = None,
+                    operation: Any = None, **_: Any) -> None:
+        """botocore's retry hook: every answer (or connection failure) it may retry passes here
+        first (returns None: botocore decides).  SlowDowns brake the pacer; what botocore
+        will retry is logged: a failed connection as a warning (an endpoint that does not answer
+        otherwise costs a minute of silence), an answer worth retrying at info level."""
+        name = getattr(operation, "name", "request")
+        if caught_exception is not None:
+            if attempts < self._attempts and _retried_exception(caught_exception):
+                log.warning("S3 %s: %s; retrying (%d/%d)", name, _no_answer(caught_exception), attempts,
+                            self._attempts - 1)
+            return None
         if response is None:
             return None
         http, parsed = response
         code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
-        if code in ("SlowDown", "RequestLimitExceeded") or getattr(http, "status_code", 0) == 503:
+        status = getattr(http, "status_code", 0)
+        if code in ("SlowDown", "RequestLimitExceeded") or status == 503:
             self.pacer.slow_down()
+        if attempts < self._attempts and (status >= 500 or status == 429 or code in _RETRIED_CODES):
+            log.info("S3 %s: HTTP %s%s; retrying (%d/%d)", name, status, f" {code}" if code else "", attempts,
+                     self._attempts - 1)
         return None
 
     async def close(self) -> None:

@@ -25,6 +25,7 @@ otherwise.  Presigned URLs carry credentials: they never appear in messages or l
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import ssl
@@ -35,6 +36,8 @@ from typing import Any, Protocol
 
 from ..errors import ResponseError
 from .pacing import Pacer
+
+log = logging.getLogger("remoteckpt")
 
 PRESIGN_REUSE = 300.0
 """Seconds a presigned URL is reused for more ranges of its key; it is signed for three times
@@ -294,11 +297,15 @@ class DirectGets:
             if if_match:
                 lines.append(f"If-Match: {if_match}")
             request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            what = f"GET {bucket}/{key} bytes={sink.position}-{end - 1}"  # never the presigned query
+            started = time.monotonic()
             try:
                 conn = await self._connection(url)
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as exc:
                 if attempt + 1 == self.attempts:
                     raise
+                log.warning("S3 %s: no connection to %s (%s); retrying (%d/%d)", what, url.netloc,
+                            type(exc).__name__, attempt + 1, self.attempts - 1)
                 await pause(attempt)
                 continue
             before = sink.position
@@ -311,15 +318,19 @@ class DirectGets:
                     raise BodyCut(if_match or conn.headers.get("etag"), exc) from exc
                 if attempt + 1 == self.attempts:
                     raise
+                log.info("S3 %s: %s before the answer; retrying (%d/%d)", what, type(exc).__name__, attempt + 1,
+                         self.attempts - 1)
                 await pause(attempt)
                 continue
             except BaseException:
                 conn.close()
                 raise
             self._release(url, conn)
+            log.debug("S3 %s: %s, %.3f s", what, conn.status, time.monotonic() - started)
             if conn.status == 503:
                 self._pacer.slow_down()
             if conn.status in RETRY_STATUSES and attempt + 1 < self.attempts:
+                log.info("S3 %s: HTTP %s; retrying (%d/%d)", what, conn.status, attempt + 1, self.attempts - 1)
                 await pause(attempt)
                 continue
             if conn.status // 100 == 2 or conn.status == 416:
