@@ -45,7 +45,8 @@ class PartBody(Payload):
             self._starts.append(total)
             total += len(view)
         super().__init__(self._views, content_type="application/octet-stream")
-        self._size = total
+        self._size = total  # aiohttp's: the Content-Length it sends
+        self._total = total
         self._pos = 0
 
     @property
@@ -55,7 +56,7 @@ class PartBody(Payload):
     # --- the file botocore sees ----------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._size - self._pos
+        return self._total - self._pos
 
     def __bool__(self) -> bool:
         return True  # botocore treats a falsy body as no body
@@ -70,12 +71,12 @@ class PartBody(Payload):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = min(max(0, base + offset), self._size)
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._total}[whence]
+        self._pos = min(max(0, base + offset), self._total)
         return self._pos
 
     def read(self, size: int = -1) -> bytes:
-        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        end = self._total if size is None or size < 0 else min(self._total, self._pos + size)
         out = b"".join(self._slices(self._pos, end))
         self._pos = end
         return out
@@ -103,6 +104,6 @@ class PartBody(Payload):
         await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
-        end = self._size if content_length is None else min(self._size, self._pos + content_length)
+        end = self._total if content_length is None else min(self._total, self._pos + content_length)
         for piece in self._slices(self._pos, end, SEND_SLICE):
             await writer.write(piece)
