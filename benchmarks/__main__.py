@@ -18,14 +18,16 @@ from pathlib import Path
 import crc32c
 
 from .micro import run_micro
+from .slices import run_slices
 
 
 def micro_main(quick: bool, out_dir: str, argv: list[str] | None) -> Path:
     scale = 10 if quick else 1
     rows = run_micro(crc_mib=256 // scale, index_entries=100_000 // scale, strings=100_000 // scale)
-    print(f"{'benchmark':<24}{'value':>12}  unit   detail")
+    rows += run_slices(1_000_000 // scale)
+    print(f"{'benchmark':<32}{'value':>12}  unit   detail")
     for row in rows:
-        print(f"{row['name']:<24}{row['value']:>12.4g}  {row['unit']:<6} {row['detail']}")
+        print(f"{row['name']:<32}{row['value']:>12.4g}  {row['unit']:<6} {row['detail']}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {

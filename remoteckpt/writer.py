@@ -19,6 +19,7 @@ from . import dtypes
 from .errors import InvalidTensorsError
 from .format.bundle import BundleEntry
 from .format.coding import crc32c, mask_crc
+from .format.overlap import find_overlap
 from .format.payload import encode_strings, numeric_bytes, string_elements
 from .format.slices import Box, box_in, box_to_proto, slice_key
 from .storage.base import Buffer
@@ -149,13 +150,23 @@ def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0, checksum: bool
                 raise InvalidTensorsError(f"tensor {name!r} is given both whole and as slices")
             elif full.dtype != dtype_enum or tuple(d.size for d in full.shape.dim) != value.full_shape:
                 raise InvalidTensorsError(f"slices of tensor {name!r} disagree on dtype or full shape")
-            for other in boxes[key]:
-                if other.intersect(box) is not None:
-                    raise InvalidTensorsError(
-                        f"slices of tensor {name!r} overlap: {other.spec()} and {box.spec()}")
             boxes[key].append(box)
             full.slices.append(box_to_proto(box))
             plan.entries[slice_key(key, box)] = entry
         plan.payloads.append(Payload(entry, chunks, size, crc is not None))
         plan.size += size
+    for key, parts in boxes.items():
+        _check_disjoint(key, parts)
     return plan
+
+
+def _check_disjoint(key: bytes, boxes: list[Box]) -> None:
+    if len(boxes) < 2:
+        return
+    shape = (len(boxes), boxes[0].rank)
+    start = np.array([b.start for b in boxes], np.int64).reshape(shape)
+    found = find_overlap(start, start + np.array([b.size for b in boxes], np.int64).reshape(shape))
+    if found is not None:
+        a, b = (boxes[i] for i in found)
+        name = key.decode("utf-8", "surrogateescape")
+        raise InvalidTensorsError(f"slices of tensor {name!r} overlap: {a.spec()} and {b.spec()}")

@@ -13,12 +13,15 @@ its slice key (see `slices`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from .._proto import tensor_bundle_pb2
 from ..errors import CorruptCheckpointError
-from .slices import Box, box_from_proto, slice_key
+from .coding import decode_varint
+from .slices import Box, Boxes, boxes_from_protos, boxes_from_wire, slice_keys
 from .table import ReadAt, Sink, TableBuilder, read_table
 
 BundleEntry = tensor_bundle_pb2.BundleEntryProto
@@ -38,6 +41,13 @@ MAX_ELEMENTS = 1 << 62
 
 MAX_SHARDS = 1 << 24
 """Sanity bound on a header's num_shards: a hostile header must not make us iterate 2**31."""
+
+SLICES_TAG = 0x3A
+"""`BundleEntryProto.slices` on the wire: field 7, length-delimited."""
+
+DECODE_SLICES_WHOLE_FROM = 32
+"""From this many slices on, an entry's slices are decoded from its bytes in one vectorised
+pass (`boxes_from_wire`); below it, one by one (cheaper than setting up the arrays)."""
 
 
 def index_filename(prefix: str) -> str:
@@ -87,18 +97,63 @@ class BundleIndex:
 
     def slice_boxes(self, key: bytes) -> list[tuple[Box, bytes]]:
         """(box, slice key) of every stored box of a sliced tensor."""
-        entry = self.entries[key]
-        shape = entry_shape(entry)
-        return [(box, slice_key(key, box)) for box in (box_from_proto(s, shape) for s in entry.slices)]
+        boxes = entry_boxes(self.entries[key])
+        return [(boxes.box(i), k) for i, k in enumerate(slice_keys(key, boxes))]
 
-    def tensor_keys(self) -> Iterator[bytes]:
+    def tensor_keys(self, boxes: Callable[[bytes], Boxes] | None = None) -> Iterator[bytes]:
         """Keys of tensors a user sees: every entry but the slice entries that full-tensor
-        entries reference (an orphan slice entry is listed under its raw key, as TF does)."""
+        entries reference (an orphan slice entry is listed under its raw key, as TF does).
+        `boxes(key)`, if given, stands for ``entry_boxes(entries[key])`` (a caller's cache)."""
         hidden: set[bytes] = set()
         for key, entry in self.entries.items():
             if entry.slices:
-                hidden.update(k for _, k in self.slice_boxes(key))
+                hidden.update(slice_keys(key, boxes(key) if boxes is not None else entry_boxes(entry)))
         return (k for k in self.entries if k not in hidden)
+
+
+def entry_boxes(entry: BundleEntry, wire: bytes | memoryview | None = None) -> Boxes:
+    """The boxes a sliced tensor's entry lists, resolved against its shape.  Raises
+    `CorruptCheckpointError` for the first slice that does not fit (see `box_from_proto`).
+    `wire`, if given, is `slices_wire(entry)` (a caller that has it saves encoding it again)."""
+    shape = entry_shape(entry)
+    if len(entry.slices) >= DECODE_SLICES_WHOLE_FROM:
+        wire = slices_wire(entry) if wire is None else wire
+        boxes = boxes_from_wire(wire, SLICES_TAG, shape, len(entry.slices)) if wire is not None else None
+        if boxes is not None:
+            return boxes
+    return boxes_from_protos(entry.slices, shape)
+
+
+def slices_wire(entry: BundleEntry) -> memoryview | None:
+    """The encoded slices of `entry` (its field-7 records, back to back), cut from its
+    serialization: after the fields numbered below 7, before the chunk CRC fields (protobuf
+    writes fields in number order, unknown ones last).  None for an entry with unknown
+    fields, or bytes laid out otherwise: the caller then reads the slices one by one."""
+    if len(UnknownFieldSet(entry)):
+        return None
+    data = entry.SerializeToString(deterministic=True)
+    pos = 0
+    while pos < len(data):
+        tag, after = decode_varint(data, pos)
+        if tag == SLICES_TAG:
+            break
+        wire_type = tag & 7
+        if wire_type == 0:
+            pos = decode_varint(data, after)[1]
+        elif wire_type == 2:
+            length, after = decode_varint(data, after)
+            pos = after + length
+        elif wire_type in (1, 5):
+            pos = after + (8 if wire_type == 1 else 4)
+        else:
+            return None
+    else:
+        return memoryview(b"") if not entry.slices else None
+    tail = BundleEntry(chunk_size=entry.chunk_size, chunk_crc32c=entry.chunk_crc32c).SerializeToString(deterministic=True)
+    end = len(data) - len(tail)
+    if end < pos or data[end:] != tail:
+        return None
+    return memoryview(data)[pos:end]
 
 
 def _check_header(header: BundleHeader) -> None:
@@ -114,8 +169,9 @@ def _check_header(header: BundleHeader) -> None:
 
 
 def _check_entry(key: bytes, entry: BundleEntry, num_shards: int) -> None:
-    """Cheap checks of every entry at open; shapes and slices are checked by `check_shape`
-    before a tensor is read (listing a hostile shape is harmless, allocating it is not)."""
+    """Cheap checks of every entry at open; shapes and slices are checked by `check_shape` and
+    `entry_boxes` before a tensor is read (listing a hostile shape is harmless, allocating it
+    is not)."""
     if entry.slices:
         return
     if not 0 <= entry.shard_id < num_shards:
@@ -125,12 +181,11 @@ def _check_entry(key: bytes, entry: BundleEntry, num_shards: int) -> None:
 
 
 def check_shape(key: bytes, entry: BundleEntry) -> tuple[int, ...]:
-    """The entry's shape, after checking it is one a tensor can have (and its slices fit)."""
+    """The entry's shape, after checking it is one a tensor can have (its slices are
+    checked by `entry_boxes`)."""
     shape = entry_shape(entry)
     if entry.shape.unknown_rank or any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
         raise CorruptCheckpointError(f"tensor {key!r} has an invalid shape {list(shape)}")
-    for s in entry.slices:
-        box_from_proto(s, shape)
     return shape
 
 
