@@ -12,8 +12,12 @@ class IOOptions:
     """How remoteckpt moves bytes.  Every field has a default that suits S3 and local disk."""
 
     memory_budget: int = 256 * MiB
-    """Bytes of buffers in flight at once (upload parts, staging copies, temporary read
-    buffers), per save or load.  Output arrays and the tensors being saved are not counted."""
+    """Bytes of temporary buffers held at once, per process: every save, read and copy of a
+    process with the same value draws on one budget (`engine.budget`).  It bounds blocks of
+    tensors converted while they are written (non-contiguous, big-endian), a partial read's
+    blocks, string payloads, and S3 upload parts in flight (``memory_budget // part_size``
+    per writer).  The tensors being saved and the arrays a read returns are the caller's,
+    not counted; an operation that needs one buffer larger than the budget gets it alone."""
 
     max_concurrency: int = 16
     """Requests in flight at once per save or load."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import dtypes
 from .engine import loop
-from .engine.budget import MemoryBudget
+from .engine.budget import MemoryBudget, process_budget
 from .engine.fetch import execute
 from .engine.ranges import Piece, box_byte_runs, chunk_spans, coalesce
 from .errors import (
@@ -248,7 +248,7 @@ class CheckpointReader:
         total = sum(p.entry.size for p in direct) + sum(n for _, spans in buffered for _, n in spans)
         reporter = Reporter(progress, self._prefix)
         on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
-        budget = MemoryBudget(self._options.memory_budget)
+        budget = process_budget(self._options.memory_budget)
         await asyncio.gather(self._read_direct(direct, on_bytes),
                              *(self._read_buffered(p, spans, budget, on_bytes) for p, spans in buffered))
         return results

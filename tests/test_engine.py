@@ -17,7 +17,7 @@ import pytest
 
 import remoteckpt
 from remoteckpt.engine import loop
-from remoteckpt.engine.budget import MemoryBudget
+from remoteckpt.engine.budget import MemoryBudget, process_budget
 from remoteckpt.engine.ranges import Piece, ReadRequest, box_byte_runs, chunk_spans, coalesce, plan_reads, split
 from remoteckpt.options import IOOptions
 from remoteckpt.storage.base import ScatterResult
@@ -176,6 +176,56 @@ def test_memory_budget_bounds_concurrent_holders() -> None:
         return peak
 
     assert loop.run(scenario()) == 25
+
+
+def test_a_large_request_is_served_in_turn_not_starved() -> None:
+    """First come, first served: a request that does not fit holds back the ones behind it,
+    so it gets in (alone, being larger than the budget) once the holders are done."""
+    async def scenario() -> list[str]:
+        budget = MemoryBudget(10)
+        order: list[str] = []
+
+        async def take(name: str, n: int, hold: float) -> None:
+            async with budget.hold(n):
+                order.append(name)
+                await asyncio.sleep(hold)
+
+        first = asyncio.ensure_future(take("small-1", 6, 0.05))
+        await asyncio.sleep(0)
+        big = asyncio.ensure_future(take("big", 25, 0.01))
+        await asyncio.sleep(0)
+        later = [asyncio.ensure_future(take(f"small-{i}", 2, 0.01)) for i in (2, 3)]  # would fit beside small-1
+        await asyncio.wait_for(asyncio.gather(first, big, *later), timeout=10)
+        assert budget.used == 0 and budget.peak == 25
+        return order
+
+    assert loop.run(scenario()) == ["small-1", "big", "small-2", "small-3"]
+
+
+def test_a_cancelled_wait_lets_the_next_one_in() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(10)
+        await budget.acquire(8)
+        blocked = asyncio.ensure_future(budget.acquire(5))  # at the head of the queue
+        await asyncio.sleep(0)
+        behind = asyncio.ensure_future(budget.acquire(2))  # fits, but waits its turn
+        await asyncio.sleep(0)
+        assert not behind.done()
+        blocked.cancel()
+        await asyncio.wait_for(behind, timeout=5)
+        assert budget.used == 10
+        budget.release_now(10)
+        assert budget.used == 0
+
+    loop.run(scenario())
+
+
+def test_one_budget_per_process_and_size() -> None:
+    async def scenario() -> None:
+        assert process_budget(64 * MiB) is process_budget(64 * MiB)
+        assert process_budget(64 * MiB) is not process_budget(32 * MiB)
+
+    loop.run(scenario())
 
 
 def test_planner_splits_and_coalesces() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import loop
-from ..engine.budget import MemoryBudget
+from ..engine.budget import MemoryBudget, process_budget
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
 from ..format.coding import crc32c, unmask_crc
@@ -163,29 +163,40 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
     starts = list(range(0, size, chunk))
 
     async def fetch(start: int) -> bytearray:
-        await budget.acquire(min(chunk, size - start))
-        buf = bytearray(min(chunk, size - start))
-        got = await src.read_into(src_key, start, memoryview(buf))
-        if got != len(buf):
-            raise CorruptCheckpointError(f"{src.describe(src_key)} is shorter than it was a moment ago")
-        return buf
+        n = min(chunk, size - start)
+        await budget.acquire(n)
+        try:
+            buf = bytearray(n)
+            got = await src.read_into(src_key, start, memoryview(buf))
+            if got != len(buf):
+                raise CorruptCheckpointError(f"{src.describe(src_key)} is shorter than it was a moment ago")
+            return buf
+        except BaseException:
+            budget.release_now(n)  # the budget is the process's: nothing may keep it
+            raise
 
     pending = [asyncio.ensure_future(fetch(s)) for s in starts[:READ_AHEAD]]
+    taken = 0  # buffers handed to the loop below, which gives their budget back
     try:
         async with dst.writer(dst_key, exclusive=True) as writer:
             for i, start in enumerate(starts):
                 buf = await pending[i]
+                taken = i + 1
                 if i + READ_AHEAD < len(starts):
                     pending.append(asyncio.ensure_future(fetch(starts[i + READ_AHEAD])))
-                verifier.feed(start, memoryview(buf))
-                await writer.write(buf)
-                await budget.release(len(buf))
+                try:
+                    verifier.feed(start, memoryview(buf))
+                    await writer.write(buf)
+                finally:
+                    budget.release_now(len(buf))
                 reporter.add("written", len(buf), total)
             verifier.close()
     finally:
-        for task in pending:
+        for task in pending[taken:]:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        for left in await asyncio.gather(*pending[taken:], return_exceptions=True):
+            if isinstance(left, bytearray):  # fetched, never taken
+                budget.release_now(len(left))
     return size, verifier.verified, DataIdentity(key=dst_key, size=size, etag=writer.etag)
 
 
@@ -211,7 +222,7 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
                 by_shard[entry.shard_id].append((key, entry))
         total = sum(e.size for items in by_shard.values() for _, e in items)
         reporter = Reporter(progress, destination)
-        budget = MemoryBudget(options.memory_budget)
+        budget = process_budget(options.memory_budget)
         slots = asyncio.Semaphore(max(1, options.max_concurrency // READ_AHEAD))
         n = index.num_shards
         layout = SaveLayout(dst_name, 0, n, save_id="copy")

@@ -269,8 +269,15 @@ CATALOGUE: list[Mutation] = [
       "for piece, crc in zip(op.pieces, result.crcs):", "for piece, crc in zip(op.pieces, reversed(result.crcs)):",
       "coalesced pieces are verified against each other's CRCs", ENGINE + API),
     m("budget-oversize-alone", "engine/budget.py",
-      "lambda: self.used == 0 or self.used + n <= self.capacity", "lambda: self.used + n <= self.capacity",
+      "return self.used == 0 or self.used + n <= self.capacity", "return self.used + n <= self.capacity",
       "a buffer larger than the budget waits forever", ENGINE),
+    m("budget-barging", "engine/budget.py",
+      "        if not self._waiters and self._fits(n):", "        if self._fits(n):",
+      "small requests overtake a large one waiting for its turn, which may then wait forever", ENGINE),
+    m("budget-cancelled-head", "engine/budget.py",
+      "                self._grant()  # it may have been the head that held the others back",
+      "                pass",
+      "a cancelled wait at the head of the queue keeps the ones behind it waiting", ENGINE),
 
     # --- reader.py: verification ----------------------------------------------------------------
     m("reader-chunk-crc-unchecked", "reader.py",
