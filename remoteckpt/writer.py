@@ -2,9 +2,11 @@
 
 `plan_bundle` is pure: it turns the user's mapping into entries and the payloads of the data
 file, in the order given (what `tf.raw_ops.SaveV2` does with its inputs, so the bytes are
-identical).  Numeric payloads are byte views of the caller's arrays (copied only when not
-C-contiguous little-endian); their CRC32C is filled in by `engine.stream` as they are written.
-String payloads are encoded here, CRC included.
+identical).  Numeric payloads are byte views of the caller's arrays; an array whose memory is
+not laid out as its payload (strided, transposed, big-endian) is kept as it is and converted a
+block at a time while it streams, so a save never holds a second copy of it.  Their CRC32C is
+filled in by `engine.stream` as they are written.  String payloads are encoded here, CRC
+included.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .errors import InvalidTensorsError
 from .format.bundle import BundleEntry
 from .format.coding import crc32c, mask_crc
 from .format.overlap import find_overlap
-from .format.payload import encode_strings, numeric_bytes, string_elements
+from .format.payload import encode_strings, is_payload_layout, payload_dtype, payload_elements, string_elements
 from .format.slices import Box, box_in, box_to_proto, slice_key
 from .storage.base import Buffer
 
@@ -43,12 +45,35 @@ class Slice:
 @dataclass
 class Payload:
     """The bytes of one entry, in data-file order.  `checksummed` is False for numeric
-    payloads, whose CRC is computed while they stream out."""
+    payloads, whose CRC is computed while they stream out.  A numeric payload is one byte
+    view in `chunks`, or, for an array whose memory is not laid out as its payload, that
+    array as `source` (and no chunks): `piece` makes its bytes a range at a time."""
 
     entry: BundleEntry
     chunks: list[Buffer]
     size: int
     checksummed: bool
+    source: np.ndarray | None = None
+
+    def piece(self, start: int, stop: int, buffer: np.ndarray | None = None) -> memoryview:
+        """Bytes ``[start, stop)`` of a numeric payload: a view of the caller's array, or for a
+        `source` a little-endian copy of just the elements holding them, made in `buffer`
+        (from `piece_buffer`) or in new memory."""
+        if self.source is None:
+            return memoryview(self.chunks[0]).cast("B")[start:stop]
+        item = self.source.dtype.itemsize
+        first = start // item
+        elements = payload_elements(self.source, first, -(-stop // item), buffer)
+        return memoryview(elements.reshape(-1).view(np.uint8))[start - first * item : stop - first * item]
+
+    def piece_buffer(self, start: int, stop: int) -> np.ndarray | None:
+        """Memory for `piece` of a `source` (None for a view): allocated by the caller's
+        thread, so that blocks made in worker threads all come from one malloc arena and
+        reuse each other's freed memory instead of each thread keeping its own."""
+        if self.source is None:
+            return None
+        item = self.source.dtype.itemsize
+        return np.empty(-(-stop // item) - start // item, payload_dtype(self.source))
 
 
 @dataclass
@@ -61,11 +86,17 @@ class BundlePlan:
 
     @property
     def chunks(self) -> list[Buffer]:
-        return [c for p in self.payloads for c in p.chunks]
+        """Every payload's bytes in order (a converted payload made whole: for small plans)."""
+        return [c for p in self.payloads for c in (p.chunks if p.source is None else [p.piece(0, p.size)])]
+
+
+CHECKSUM_BLOCK = 8 * 2**20
+"""Bytes of a converted payload made at a time when its CRC is computed at plan time."""
 
 
 def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int | None]:
-    """(dtype enum, chunks, size, masked crc or None if computed while streaming)."""
+    """(dtype enum, chunks, size, masked crc or None if computed while streaming); no chunks
+    for an array to convert while streaming (see `Payload.source`)."""
     if array.dtype.kind in "OSU":
         try:
             elements = string_elements(array)
@@ -77,10 +108,11 @@ def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int 
         dtype_enum = dtypes.from_numpy(array.dtype)
     except Exception as exc:
         raise type(exc)(f"tensor {name!r}: {exc}") from None
-    view = numeric_bytes(array)
-    if not len(view):
+    if not array.nbytes:
         return dtype_enum, [], 0, mask_crc(0)
-    return dtype_enum, [view], len(view), None
+    if not is_payload_layout(array):
+        return dtype_enum, [], array.nbytes, None
+    return dtype_enum, [memoryview(array.reshape(-1).view(np.uint8))], array.nbytes, None
 
 
 def _flatten(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -132,8 +164,13 @@ def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0, checksum: bool
             entry.shard_id, entry.offset, entry.size = shard_id, plan.size, size
         else:
             entry.shard_id, entry.offset = shard_id, plan.size
+        source = array if size and not chunks and crc is None else None
         if crc is None and checksum:
-            crc = mask_crc(crc32c(chunks[0]))
+            payload = Payload(entry, chunks, size, False, source)
+            running = 0
+            for start in range(0, size, CHECKSUM_BLOCK):
+                running = crc32c(payload.piece(start, min(size, start + CHECKSUM_BLOCK)), running)
+            crc = mask_crc(running)
         if crc is not None:
             entry.crc32c = crc
         if box is None:
@@ -153,7 +190,7 @@ def plan_bundle(tensors: Mapping[str, Any], *, shard_id: int = 0, checksum: bool
             boxes[key].append(box)
             full.slices.append(box_to_proto(box))
             plan.entries[slice_key(key, box)] = entry
-        plan.payloads.append(Payload(entry, chunks, size, crc is not None))
+        plan.payloads.append(Payload(entry, chunks, size, crc is not None, source))
         plan.size += size
     for key, parts in boxes.items():
         _check_disjoint(key, parts)

@@ -228,6 +228,30 @@ def test_one_budget_per_process_and_size() -> None:
     loop.run(scenario())
 
 
+def test_arrays_laid_out_otherwise_are_converted_in_blocks_as_they_are_written(tmp_path: Path) -> None:
+    """Transposed, strided and big-endian arrays, written in 512 KiB blocks (a 1 MiB budget)
+    that end inside rows: what is stored is their values, with TensorFlow's CRCs."""
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((1001, 777))
+    tensors = {"transposed": base.T, "strided": base.astype(np.float32)[::2, 1::3],
+               "big-endian": base.astype(">f8"), "big-endian-transposed": base.T.astype(">i4", order="F")}
+    assert not any(a.flags.c_contiguous and a.dtype.byteorder != ">" for a in tensors.values())
+    options = IOOptions(memory_budget=1 * MiB, crc_chunk=4096)
+    prefix = remoteckpt.save(tensors, tmp_path / "ck", options=options)
+    loaded = remoteckpt.load(prefix)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(loaded[name], array)
+        assert loaded[name].dtype == array.dtype.newbyteorder("=")
+    tf_like = remoteckpt.save(tensors, tmp_path / "tf", options=IOOptions(memory_budget=1 * MiB, crc_chunk=0))
+    np.testing.assert_array_equal(remoteckpt.load(tf_like)["big-endian"], tensors["big-endian"])
+    budget = loop.run(_budget_of(options))
+    assert budget.used == 0 and 0 < budget.peak <= options.memory_budget
+
+
+async def _budget_of(options: IOOptions) -> MemoryBudget:
+    return process_budget(options.memory_budget)
+
+
 def test_planner_splits_and_coalesces() -> None:
     requests = [ReadRequest("f", 0, 10, 0), ReadRequest("f", 12, 10, 1), ReadRequest("f", 100, 30, 2),
                 ReadRequest("g", 0, 5, 3)]

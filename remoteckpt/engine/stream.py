@@ -11,18 +11,30 @@ the GIL) while block k's ``write`` is in flight (a thread for local files, the n
 S3), one write at a time so the writer still sees the bytes in order.  The checksum must
 not run on the loop thread: the write task would only start once it finished, and S3's
 sockets would wait on it.
+
+An array whose memory is not laid out as its payload (strided, transposed, big-endian; see
+`writer.Payload.source`) is converted here, a block at a time, in the same worker thread as
+its checksum: each block is fresh memory drawn from the process's memory budget
+(`engine.budget`) before it is made and given back once its write is done, so such a save
+holds at most about two blocks beyond the caller's tensors, never a copy of a whole tensor.
+(A writer may keep a block it was given until its upload part is sent: S3 keeps at most
+``memory_budget // part_size`` parts in flight.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+
+import numpy as np
 
 from ..faults import crash_point
 from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
 from ..storage.base import Buffer, ObjectWriter
 from ..writer import BundlePlan, Payload
+from .budget import MemoryBudget, process_budget
 
 WRITE_BLOCK = 8 * 2**20
 """Bytes per write call: large enough that per-call overhead (a thread hop for local files)
@@ -43,15 +55,28 @@ class _OneAhead:
         self._pending: asyncio.Future[None] | None = None
         self._pending_size = 0
 
-    async def write(self, block: Buffer) -> None:
-        await self.drain()
+    async def write(self, block: Buffer, *, release: Callable[[], None] | None = None) -> None:
+        """Hand `block` on; `release()` once its write is over (done, failed or cancelled),
+        whatever the caller is waiting for meanwhile."""
+        try:
+            await self.drain()
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         size = memoryview(block).nbytes
         if size < OVERLAP_MIN:  # not worth a task: nothing to prepare meanwhile
-            await self._writer.write(block)
+            try:
+                await self._writer.write(block)
+            finally:
+                if release is not None:
+                    release()
             if self._on_bytes is not None:
                 self._on_bytes(size)
             return
         self._pending = asyncio.ensure_future(self._writer.write(block))
+        if release is not None:
+            self._pending.add_done_callback(lambda _: release())
         self._pending_size = size
 
     async def drain(self) -> None:
@@ -76,17 +101,18 @@ async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions
     written = 0
     halfway_passed = False
     out = _OneAhead(writer, on_bytes)
+    budget = process_budget(options.memory_budget)
     try:
         for payload in plan.payloads:
             if not halfway_passed and written >= plan.size // 2:
                 halfway_passed = True
                 await out.drain()
                 crash_point("mid-upload")
-            if payload.checksummed:
+            if payload.checksummed and payload.source is None:
                 for chunk in payload.chunks:
                     await out.write(chunk)
             else:
-                await _stream_numeric(out, payload, options.crc_chunk)
+                await _stream_numeric(out, payload, options.crc_chunk, budget)
             written += payload.size
         await out.drain()
     except BaseException:
@@ -99,22 +125,41 @@ def _chunk_crcs(piece: memoryview, step: int) -> list[int]:
     return [crc32c(piece[offset : offset + step]) for offset in range(0, len(piece), step)]
 
 
-async def _stream_numeric(out: _OneAhead, payload: Payload, crc_chunk: int) -> None:
-    (view,) = payload.chunks
-    view = memoryview(view).cast("B")
-    size = len(view)
+def _make(payload: Payload, start: int, stop: int, step: int, buffer: np.ndarray | None) -> tuple[memoryview, list[int]]:
+    piece = payload.piece(start, stop, buffer)
+    return piece, _chunk_crcs(piece, step)
+
+
+async def _stream_numeric(out: _OneAhead, payload: Payload, crc_chunk: int, budget: MemoryBudget) -> None:
+    size = payload.size
     step = crc_chunk if crc_chunk else WRITE_BLOCK
     block = max(step, WRITE_BLOCK // step * step)
+    converted = payload.source is not None
+    if converted:  # fresh blocks, two at most at once (one written, one made): within the budget
+        half = budget.capacity // 2
+        # whole CRC chunks where there are chunk CRCs; any length where one CRC covers it all
+        block = max(step, min(block, half // step * step)) if crc_chunk else min(block, half)
     chunk_crcs: list[int] = []
     running = 0
     for start in range(0, size, block):
-        piece = view[start : start + block]
-        # In a worker thread (crc32c releases the GIL) from OVERLAP_MIN on: the previous
-        # block's write proceeds meanwhile, and the loop stays free for network I/O.
-        if len(piece) >= OVERLAP_MIN:
-            crcs = await asyncio.to_thread(_chunk_crcs, piece, step)
-        else:
-            crcs = _chunk_crcs(piece, step)
+        stop = min(size, start + block)
+        release = None
+        if converted:
+            await budget.acquire(stop - start)
+            release = functools.partial(budget.release_now, stop - start)
+        try:
+            # In a worker thread (crc32c and numpy's copies release the GIL) from
+            # OVERLAP_MIN on: the previous block's write proceeds meanwhile, and the loop
+            # stays free for network I/O.
+            buffer = payload.piece_buffer(start, stop)  # here, on the loop's thread
+            if stop - start >= OVERLAP_MIN:
+                piece, crcs = await asyncio.to_thread(_make, payload, start, stop, step, buffer)
+            else:
+                piece, crcs = _make(payload, start, stop, step, buffer)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         for offset, crc in zip(range(0, len(piece), step), crcs):
             chunk_len = min(step, len(piece) - offset)
             # Full chunks share one length, whose combine operator is cached; the last
@@ -122,7 +167,7 @@ async def _stream_numeric(out: _OneAhead, payload: Payload, crc_chunk: int) -> N
             running = (crc32c_combine(running, crc, chunk_len) if chunk_len == step
                        else crc32c(piece[offset:], running))
         chunk_crcs.extend(crcs)
-        await out.write(piece)
+        await out.write(piece, release=release)
     entry = payload.entry
     entry.crc32c = mask_crc(running)
     if crc_chunk and size > crc_chunk:

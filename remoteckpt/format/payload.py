@@ -17,6 +17,7 @@ A zero-element string tensor still stores the 4-byte Mask(0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,13 +28,50 @@ from .coding import crc32c, decode_varint, encode_fixed32, encode_varint, mask_c
 _U32_MAX = 0xFFFFFFFF
 
 
-def numeric_bytes(array: np.ndarray) -> memoryview:
-    """The payload of a fixed-width array: a byte view, copying only if the array is not
-    C-contiguous little-endian already."""
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    array = np.ascontiguousarray(array)
-    return memoryview(array.reshape(-1).view(np.uint8))
+def is_payload_layout(array: np.ndarray) -> bool:
+    """Whether a fixed-width array's memory already is its payload: C-contiguous and
+    little-endian (or byte-order free)."""
+    return array.flags.c_contiguous and array.dtype.byteorder != ">"
+
+
+def payload_dtype(array: np.ndarray) -> np.dtype:
+    """The dtype of `array`'s elements as its payload holds them: little-endian."""
+    return array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+
+
+def payload_elements(array: np.ndarray, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Elements ``[start, stop)`` of `array` in row-major order, in a contiguous little-endian
+    array (`out`, of ``stop - start`` elements of `payload_dtype`, or a new one): part of the
+    payload of an array whose memory is laid out otherwise (strided, transposed, big-endian),
+    made without copying the rest.  Whole rows are copied by numpy at once; only the partial
+    rows at either end are cut out one level down."""
+    if out is None:
+        out = np.empty(stop - start, payload_dtype(array))
+    _copy_elements(array, start, stop, out)
+    return out
+
+
+def _copy_elements(array: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+    if not len(out):
+        return
+    if array.ndim <= 1:
+        out[...] = array.reshape(-1)[start:stop]  # a 1-d array is its own row-major order
+        return
+    row = math.prod(array.shape[1:])
+    first, skip = divmod(start, row)
+    done = 0
+    while done < len(out):
+        if skip == 0 and len(out) - done >= row:  # whole rows, in one copy
+            rows = (len(out) - done) // row
+            out[done : done + rows * row].reshape((rows, *array.shape[1:]))[...] = array[first : first + rows]
+            done += rows * row
+            first += rows
+            continue
+        take = min(row - skip, len(out) - done)
+        _copy_elements(array[first], skip, skip + take, out[done : done + take])
+        done += take
+        first += 1
+        skip = 0
 
 
 def _length_checksum(lengths: Sequence[int]) -> int:
@@ -111,4 +149,4 @@ def string_elements(array: np.ndarray) -> list[bytes]:
     return out
 
 
-__all__ = ["decode_strings", "encode_strings", "numeric_bytes", "string_elements"]
+__all__ = ["decode_strings", "encode_strings", "is_payload_layout", "payload_dtype", "payload_elements", "string_elements"]
