@@ -13,9 +13,12 @@ never a mix of two checkpoints.  Reads fetch only the byte ranges they need, man
      before anything is allocated
   3. plan (`engine.ranges`): entries that fill a contiguous region of an output array are
      read straight into it, split into pieces and coalesced with their neighbours across
-     tensors; a partial box of a stored entry reads just the chunks holding it (verified by
-     remoteckpt's per-chunk CRCs) or, for entries without them, the whole entry, into a
-     temporary buffer charged to the memory budget
+     tensors; any other part of an entry (a partial box, or a region of the output that is
+     not contiguous) streams through temporary blocks of rows drawn from the process's
+     memory budget, each copied out to the request and given back: just the chunks holding
+     the box where the entry has remoteckpt's per-chunk CRCs, else the whole entry in order,
+     through its one CRC (so a row of a 4 GiB TensorFlow-written tensor costs 4 GiB of reads
+     but never more memory than the budget)
   4. execute (`engine.fetch`) and verify: every byte returned was checked against a CRC32C
 """
 
@@ -34,7 +37,7 @@ from . import dtypes
 from .engine import loop
 from .engine.budget import MemoryBudget, process_budget
 from .engine.fetch import execute
-from .engine.ranges import Piece, box_byte_runs, chunk_spans, coalesce
+from .engine.ranges import Piece, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
 from .errors import (
     CheckpointChangedError,
     CheckpointError,
@@ -67,6 +70,13 @@ OnBytes = Callable[[int], None] | None
 BoxLike = tuple[Sequence[int], Sequence[int]] | tuple[slice, ...] | Box
 """A box: ``(start, size)`` per dimension, a tuple of Python slices, or a `Box`."""
 
+
+STREAM_BLOCKS = 4
+"""A buffered read streams its entry in blocks of a quarter of the memory budget: up to four
+in flight (fetched while earlier ones are copied out), within the budget."""
+
+MIN_STREAM_BLOCK = 256 * 1024
+"""Smallest block a buffered read streams with (a tiny budget would otherwise mean tiny reads)."""
 
 MAX_INDEX_BYTES = 2**30
 """An index is about 100 bytes per tensor (or per slice): a million-tensor checkpoint's is
@@ -244,13 +254,13 @@ class CheckpointReader:
             results.append(out)
             parts += [_Part(name, e, data_key, b, p, request, out) for (e, data_key), b, p in checked]
         direct = [p for p in parts if self._is_direct(p)]
-        buffered = [(p, self._spans(p)) for p in parts if not self._is_direct(p)]
-        total = sum(p.entry.size for p in direct) + sum(n for _, spans in buffered for _, n in spans)
+        buffered = [(p, self._blocks(p)) for p in parts if not self._is_direct(p)]
+        total = sum(p.entry.size for p in direct) + sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
         reporter = Reporter(progress, self._prefix)
         on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
         budget = process_budget(self._options.memory_budget)
         await asyncio.gather(self._read_direct(direct, on_bytes),
-                             *(self._read_buffered(p, spans, budget, on_bytes) for p, spans in buffered))
+                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in buffered))
         return results
 
     def _resolve(self, name: str, box: BoxLike | None) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
@@ -417,41 +427,103 @@ class CheckpointReader:
             if self._index.big_endian:
                 _byteswap(p.out[p.part.relative_to(p.request)])
 
-    def _spans(self, p: _Part) -> list[tuple[int, int]]:
-        """Byte spans of the entry to fetch for a buffered part: the CRC chunks holding the
-        box where the entry has chunk CRCs, else all of it (so that it can be verified)."""
-        if p.out.dtype.kind != "O" and p.entry.chunk_crc32c:
-            relative = tuple(a - b for a, b in zip(p.part.start, p.stored.start))
-            runs = box_byte_runs(p.stored.size, relative, p.part.size, p.out.dtype.itemsize)
-            if runs is not None:
-                return chunk_spans(runs, p.entry.chunk_size, p.entry.size)
-        return [(0, p.entry.size)]
+    def _blocks(self, p: _Part) -> list[tuple[RowBlock, list[tuple[int, int]]]]:
+        """What a buffered part reads, a block of the stored box's rows at a time: (the rows,
+        the byte spans of the entry to fetch for them, ``(start, stop)``).  Without chunk
+        CRCs (every TF-written entry) that is every block, whole and in order, since one CRC
+        covers the whole entry; with them, only the chunks holding some of the box, block by
+        block, so that every byte fetched is verified and no other chunk is read.  A string
+        entry is one block, read whole."""
+        entry = p.entry
+        if p.out.dtype.kind == "O" or not p.stored.rank:
+            return [(RowBlock((), 0, 1, 0, entry.size), [(0, entry.size)])]
+        chunk = entry.chunk_size if entry.chunk_crc32c else 0
+        limit = max(chunk, MIN_STREAM_BLOCK, self._options.memory_budget // STREAM_BLOCKS)
+        itemsize = p.out.dtype.itemsize
+        start = [a - b for a, b in zip(p.part.start, p.stored.start)]
+        out = []
+        for block in row_blocks(tuple(p.stored.size), itemsize, limit):
+            if not chunk:
+                out.append((block, [(block.offset, block.offset + block.length)]))
+                continue
+            held = _held(block, start, p.part.size)
+            if held is None:
+                continue
+            runs = box_byte_runs(tuple(p.stored.size), *held, itemsize)
+            if runs is None:  # too many runs to list: all of the block's rows
+                runs = [(block.offset, block.length)]
+            out.append((block, [(lo, lo + n) for lo, n in chunk_spans(runs, chunk, entry.size)]))
+        return out
 
-    async def _read_buffered(self, p: _Part, spans: list[tuple[int, int]], budget: MemoryBudget,
-                             on_bytes: OnBytes) -> None:
-        """A partial box of an entry, or a string entry: via a temporary buffer."""
+    async def _read_buffered(self, p: _Part, blocks: list[tuple[RowBlock, list[tuple[int, int]]]],
+                             budget: MemoryBudget, on_bytes: OnBytes) -> None:
+        """A partial box of an entry, an entry whose region of the output is not contiguous,
+        or a string entry: the entry streams through temporary blocks, each drawn from the
+        memory budget and given back once its rows are copied out, and every byte fetched
+        goes through a CRC (per chunk as it lands, or combined over the whole entry)."""
         if p.out.dtype.kind == "O":
             await self._read_strings(p, budget, on_bytes)
             return
-        need = sum(length for _, length in spans)
-        async with budget.hold(need):
-            # Pages of `temp` that no span touches are never written, so never resident.
-            temp = np.empty(p.stored.size, dtype=p.out.dtype)
-            raw = memoryview(temp.reshape(-1).view(np.uint8))
-            pieces: list[Piece] = []
-            views: dict[tuple[int, int], memoryview] = {}
-            for offset, length in spans:
-                for piece in self._pieces(p, 0, offset, length, len(pieces)):
-                    start = piece.offset - p.entry.offset
-                    views[0, piece.index] = raw[start : start + piece.length]
-                    pieces.append(piece)
-            crcs = await self._fetch(pieces, views, {0: p.name}, on_bytes)
-            self._verify(p, pieces, crcs)
-            source = temp[p.part.relative_to(p.stored)]
-            if self._index.big_endian:
-                source = source.byteswap()
-            p.out[p.part.relative_to(p.request)] = source
-            del temp, raw, views
+        pieces: list[Piece] = []
+        crcs: dict[tuple[int, int], int] = {}
+        tasks: list[asyncio.Future[None]] = []
+        for block, spans in blocks:  # started in order, so they take their budget in order
+            mine: list[Piece] = []
+            for lo, hi in spans:
+                mine += self._pieces(p, 0, lo, hi - lo, len(pieces) + len(mine))
+            pieces += mine
+            tasks.append(asyncio.ensure_future(self._read_block(p, block, spans, mine, crcs, budget, on_bytes)))
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if not p.entry.chunk_crc32c:
+            self._verify(p, pieces, crcs)  # the whole entry's CRC, from every block's pieces in order
+
+    async def _read_block(self, p: _Part, block: RowBlock, spans: list[tuple[int, int]], pieces: list[Piece],
+                          crcs: dict[tuple[int, int], int], budget: MemoryBudget, on_bytes: OnBytes) -> None:
+        """The spans of the entry into a temporary buffer drawn from the budget (given back
+        once done), verified, and what the rows of `block` hold of the part copied out."""
+        lo, hi = spans[0][0], spans[-1][1]
+        await budget.acquire(hi - lo)
+        try:
+            # Bytes of the buffer between spans are never written, so never resident.
+            buffer = np.empty(max(hi, block.offset + block.length) - min(lo, block.offset), np.uint8)
+            base = min(lo, block.offset)
+            raw = memoryview(buffer)
+            views = {(0, piece.index): raw[piece.offset - p.entry.offset - base :
+                                           piece.offset - p.entry.offset - base + piece.length]
+                     for piece in pieces}
+            landed = await self._fetch(pieces, views, {0: p.name}, on_bytes)
+            if p.entry.chunk_crc32c:
+                self._verify(p, pieces, landed)
+            else:
+                crcs.update(landed)
+            self._copy_out(p, block, buffer[block.offset - base : block.offset - base + block.length])
+            del buffer, raw, views
+        finally:
+            budget.release_now(hi - lo)
+
+    def _copy_out(self, p: _Part, block: RowBlock, data: np.ndarray) -> None:
+        """Copy what `block` (rows of the stored box, as bytes) holds of the part to its place
+        in the output, in one numpy assignment."""
+        shape = tuple(p.stored.size)
+        dim = len(block.prefix)
+        start = [a - b for a, b in zip(p.part.start, p.stored.start)]
+        size = p.part.size
+        rows = data.view(p.out.dtype).reshape((block.hi - block.lo, *shape[dim + 1 :]))
+        lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])
+        if hi <= lo or any(not 0 <= i - s < n for i, s, n in zip(block.prefix, start, size)):
+            return  # rows read only for the CRC
+        source = rows[(slice(lo - block.lo, hi - block.lo),
+                       *(slice(s, s + n) for s, n in zip(start[dim + 1 :], size[dim + 1 :])))]
+        if self._index.big_endian:
+            source = source.byteswap()
+        target = p.out[p.part.relative_to(p.request)]
+        target[(*(i - s for i, s in zip(block.prefix, start)), slice(lo - start[dim], hi - start[dim]))] = source
 
     async def _read_strings(self, p: _Part, budget: MemoryBudget, on_bytes: OnBytes) -> None:
         entry = p.entry
@@ -515,3 +587,14 @@ def _close_soon(store: Store, which: tuple[str, str]) -> None:
     except RuntimeError:  # interpreter shutting down
         pass
 
+
+def _held(block: RowBlock, start: Sequence[int], size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The part of the box (`start`, `size`, in the stored box) that the rows of `block`
+    hold, as (start, size); None if they hold none of it."""
+    dim = len(block.prefix)
+    if not all(s <= i < s + n for i, s, n in zip(block.prefix, start, size)):
+        return None
+    lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])
+    if hi <= lo:
+        return None
+    return ((*block.prefix, lo, *start[dim + 1 :]), (*(1 for _ in block.prefix), hi - lo, *size[dim + 1 :]))

@@ -248,8 +248,74 @@ def test_arrays_laid_out_otherwise_are_converted_in_blocks_as_they_are_written(t
     assert budget.used == 0 and 0 < budget.peak <= options.memory_budget
 
 
+def tensorflow_style(directory: Path, array: np.ndarray) -> str:
+    """`array` saved as TensorFlow saves it: one entry, one CRC, no chunk CRCs."""
+    return remoteckpt.save({"t": array}, directory / "tf", options=IOOptions(crc_chunk=0))
+
+
+def test_a_partial_read_streams_an_entry_without_chunk_crcs_within_the_budget(tmp_path: Path) -> None:
+    """4 MiB in one CRC, read a few rows at a time under a 1 MiB budget: the entry streams
+    through blocks (all of it, for the CRC), the budget's peak stays within it, and what was
+    asked for comes back, from any rows, columns or both."""
+    array = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
+    prefix = tensorflow_style(tmp_path, array)
+    options = IOOptions(memory_budget=1 * MiB)
+    reader = remoteckpt.CheckpointReader(prefix, options=options)
+    assert not reader.index.entries[b"t"].chunk_crc32c
+    counting = CountingReads(reader)
+    for box in [(slice(500, 503),), (slice(0, 1024), slice(7, 9)), (slice(1000, 1024), slice(1000, 1024))]:
+        np.testing.assert_array_equal(reader.get_slice("t", box), array[box])
+    assert counting.bytes == 3 * array.nbytes  # every byte went through the CRC, each time
+    budget = loop.run(_budget_of(options))
+    assert budget.used == 0 and 0 < budget.peak <= options.memory_budget
+
+
 async def _budget_of(options: IOOptions) -> MemoryBudget:
     return process_budget(options.memory_budget)
+
+
+def test_concurrent_reads_share_the_process_budget(tmp_path: Path) -> None:
+    array = np.arange(2**20, dtype=np.float32).reshape(1024, 1024)
+    prefix = tensorflow_style(tmp_path, array)
+    options = IOOptions(memory_budget=2 * MiB)
+    readers = [remoteckpt.CheckpointReader(prefix, options=options) for _ in range(4)]
+
+    async def together() -> list[np.ndarray]:
+        return await asyncio.gather(*(r.read("t", (slice(i, i + 1),)) for i, r in enumerate(readers)))
+
+    for i, row in enumerate(loop.run(together())):
+        np.testing.assert_array_equal(row, array[i : i + 1])
+    budget = loop.run(_budget_of(options))
+    assert budget.used == 0 and 0 < budget.peak <= options.memory_budget  # four reads of 4 MiB, 2 MiB in all
+
+
+def test_reads_and_saves_give_their_budget_back_when_they_fail(tmp_path: Path) -> None:
+    options = IOOptions(memory_budget=1 * MiB)
+    array = np.ones((512, 1024), np.float32)
+    prefix = tensorflow_style(tmp_path, array)
+    data = tmp_path / "tf.data-00000-of-00001"
+    damaged = bytearray(data.read_bytes())
+    damaged[-5] ^= 1
+    data.write_bytes(bytes(damaged))
+    with pytest.raises(remoteckpt.CorruptCheckpointError):
+        remoteckpt.CheckpointReader(prefix, options=options).get_slice("t", (slice(0, 1),))
+
+    class Refusing(Exception):
+        pass
+
+    def refuse(*_: Any) -> None:
+        raise Refusing("no")
+
+    transposed = np.ones((1024, 1024), np.float32).T
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("remoteckpt.storage.local.LocalWriter.write", lambda *a: refuse())
+        with pytest.raises(Exception):
+            remoteckpt.save({"t": transposed}, tmp_path / "fails", options=options)
+    budget = loop.run(_budget_of(options))
+    assert budget.used == 0
+    remoteckpt.save({"t": transposed}, tmp_path / "ok", options=options)  # not held back by anything left
+    np.testing.assert_array_equal(remoteckpt.load(tmp_path / "ok")["t"], transposed)
+    assert budget.used == 0 and budget.peak <= options.memory_budget
 
 
 def test_planner_splits_and_coalesces() -> None:

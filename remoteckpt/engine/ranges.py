@@ -141,6 +141,44 @@ def chunk_spans(runs: Iterable[tuple[int, int]], chunk: int, total: int) -> list
     return spans
 
 
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows ``[lo, hi)`` of dimension ``len(prefix)`` of a C-ordered array, at the indices
+    `prefix` of the dimensions before it (all of every dimension after it): bytes
+    ``[offset, offset + length)`` of the array, contiguous."""
+
+    prefix: tuple[int, ...]
+    lo: int
+    hi: int
+    offset: int
+    length: int
+
+
+def row_blocks(shape: tuple[int, ...], itemsize: int, max_bytes: int) -> list[RowBlock]:
+    """The array of `shape` cut, in order, into contiguous blocks of whole rows of at most
+    `max_bytes` each (a row larger than that is cut along the next dimension, and so on;
+    a block is never less than one element).  A block maps to a numpy slice, so what it
+    holds of a box is copied out with one assignment."""
+    blocks: list[RowBlock] = []
+
+    def cut(prefix: tuple[int, ...], offset: int) -> None:
+        dim = len(prefix)
+        row = itemsize * _prod(shape[dim + 1 :])
+        if dim == len(shape) - 1 or row <= max_bytes:
+            step = max(1, max_bytes // row) if row else shape[dim]
+            for lo in range(0, shape[dim], step or 1):
+                hi = min(shape[dim], lo + step)
+                blocks.append(RowBlock(prefix, lo, hi, offset + lo * row, (hi - lo) * row))
+            return
+        for i in range(shape[dim]):
+            cut((*prefix, i), offset + i * row)
+
+    if not shape:
+        return [RowBlock((), 0, 1, 0, itemsize)]
+    cut((), 0)
+    return blocks
+
+
 def _prod(values: Iterable[int]) -> int:
     out = 1
     for v in values:

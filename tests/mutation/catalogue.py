@@ -295,6 +295,23 @@ CATALOGUE: list[Mutation] = [
       "        block = max(step, min(block, half // step * step)) if crc_chunk else min(block, half)", "        pass",
       "converted blocks are as large as any block whatever the budget: more than the budget in flight",
       ENGINE),
+    m("reader-stream-skips-rows", "reader.py",
+      "            if not chunk:\n                out.append((block, [(block.offset, block.offset + block.length)]))\n"
+      "                continue",
+      "            if not chunk and _held(block, start, p.part.size) is not None:\n"
+      "                out.append((block, [(block.offset, block.offset + block.length)]))\n"
+      "                continue\n            if not chunk:\n                continue",
+      "a partial read of a TF-written entry fetches only the rows it needs: the entry's CRC cannot be "
+      "checked and every such read fails", API + ENGINE),
+    m("reader-stream-copy-rows", "reader.py",
+      "        lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])\n        if hi <= lo",
+      "        lo, hi = block.lo, min(block.hi, start[dim] + size[dim])\n        if hi <= lo",
+      "a block's rows before the box are copied into the output: wrong values", API + ENGINE),
+    m("reader-stream-block-bound", "reader.py",
+      "        limit = max(chunk, MIN_STREAM_BLOCK, self._options.memory_budget // STREAM_BLOCKS)",
+      "        limit = max(chunk, MIN_STREAM_BLOCK, self._options.memory_budget)",
+      "a partial read streams blocks as large as the whole budget, several at once: over the budget",
+      ENGINE),
 
     # --- reader.py: verification ----------------------------------------------------------------
     m("reader-chunk-crc-unchecked", "reader.py",
