@@ -101,6 +101,49 @@ def test_writer_is_invisible_until_commit(store_url: str) -> None:
     run(store_url, body)
 
 
+def test_a_large_streamed_write_is_invisible_until_commit(store_url: str) -> None:
+    """Several MiB in many writes (past every writer's gathering, into its upload or temp file)."""
+    data = np.random.default_rng(5).integers(0, 256, 7 * 2**20 + 13, dtype=np.uint8).tobytes()
+
+    async def body(store: Store) -> None:
+        writer = store.writer("big.bin", exclusive=True)
+        for start in range(0, len(data), 3 * 2**19):
+            await writer.write(memoryview(data)[start : start + 3 * 2**19])
+            assert not await store.exists("big.bin")
+        await writer.commit()
+        assert await store.get("big.bin") == data
+        assert await store.list() == ["big.bin"]
+        again = store.writer("big.bin", exclusive=True)
+        await again.write(data)
+        with pytest.raises(CheckpointExistsError):
+            await again.commit()
+        assert await store.get("big.bin") == data
+        assert await store.list() == ["big.bin"]  # the refused write left nothing
+
+    run(store_url, body)
+
+
+def test_the_generic_writer_streams_through_the_file_object() -> None:
+    """The fsspec store's writer hands its bytes to the filesystem as they come: it holds at
+    most `GATHER` of them, the rest is in the temporary object already."""
+    from remoteckpt.storage.fsspec_store import GATHER
+
+    url = f"memory://conformance/{uuid.uuid4().hex}"
+    piece = bytes(GATHER // 3 + 1)
+
+    async def body(store: Store) -> None:
+        writer = store.writer("s.bin")
+        for n in range(1, 13):
+            await writer.write(piece)
+            assert writer._gathered_size < GATHER  # type: ignore[attr-defined]
+            temps = [i for i in await store.list_info("s.bin.tempstate")]
+            assert sum(i.size for i in temps) + writer._gathered_size == n * len(piece)  # type: ignore[attr-defined]
+        await writer.commit()
+        assert await store.list() == ["s.bin"] and await store.size("s.bin") == 12 * len(piece)
+
+    run(url, body)
+
+
 def test_abort_leaves_nothing(store_url: str) -> None:
     async def body(store: Store) -> None:
         with pytest.raises(RuntimeError):

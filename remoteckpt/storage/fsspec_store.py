@@ -1,11 +1,19 @@
 """Any fsspec filesystem: the generic backend (S3 has its own, `storage.s3`).
 
 Async filesystems (s3fs) are awaited directly on remoteckpt's loop; synchronous ones
-(``memory://``, others) run in the default thread pool.  A writer gathers its chunks and writes
-them with one ``pipe_file`` at commit.  A generic filesystem offers no conditional writes:
-create-only and ``if_match`` are checked by looking first, which narrows a race without
-closing it, so `capabilities.conditional_writes` is False and saves that could race are
-refused here (S3 has its own store, with real conditional requests).
+(``memory://``, others) run in the default thread pool.  A generic filesystem offers no
+conditional writes: create-only and ``if_match`` are checked by looking first, which narrows a
+race without closing it, so `capabilities.conditional_writes` is False and saves that could
+race are refused here (S3 has its own store, with real conditional requests).
+
+A writer streams: its bytes go through the filesystem's own file object as they come (opened
+with ``open_async`` where the filesystem has it, else ``open`` in a thread), at a temporary
+name beside the key, ``<key>.tempstate<random>`` (the local store's, which ``gc`` clears), and
+the commit moves that over the key: the key shows the whole object or nothing, as far as the
+filesystem's move allows.  Writes are gathered up to `GATHER` bytes before they go down (one
+thread hop per small tensor would cost more than the write); an object that never grows past
+that, an index or a claim, is written at commit with one ``pipe_file`` and no temporary name.
+So a writer holds at most `GATHER` bytes, whatever the size of the object.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import builtins
 
 import asyncio
 import datetime
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +89,7 @@ class FsspecStore(Store):
         return _scatter(memoryview(data), start, targets)
 
     def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
-        return _BufferedWriter(self, key, exclusive, if_match)
+        return _StreamingWriter(self, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
         if if_match is not None:
@@ -159,37 +168,110 @@ def _mtime(info: dict[str, Any]) -> float:
     return 0.0
 
 
-class _BufferedWriter(ObjectWriter):
-    """Gathers chunks, writes them with one pipe_file at commit (non-S3 filesystems)."""
+GATHER = 1 * 2**20
+"""Bytes a writer gathers before handing them to the file object in one write."""
+
+
+class _StreamingWriter(ObjectWriter):
+    """Streams into ``<key>.tempstate<random>`` through the filesystem's file object; the
+    commit closes it, checks the write's conditions, and moves it over the key."""
 
     def __init__(self, store: FsspecStore, key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
         self._store = store
         self._exclusive = exclusive
         self._if_match = if_match
-        self._chunks: builtins.list[bytes] = []
+        self._temp = f"{key}.tempstate{secrets.randbits(64)}"
+        self._gathered: builtins.list[bytes] = []
+        self._gathered_size = 0
+        self._file: Any = None
+        self._async_file = False
+        self._opened = False  # the temporary name may exist
 
     async def write(self, data: Buffer) -> None:
-        self._chunks.append(bytes(data))
+        try:
+            self._gathered.append(bytes(data))
+            self._gathered_size += len(self._gathered[-1])
+            if self._gathered_size >= GATHER:
+                await self._flush()
+        except BaseException as exc:
+            await asyncio.shield(self.abort())
+            if not isinstance(exc, Exception):
+                raise
+            raise translate(exc, self._store.describe(self.key)) from exc
+
+    async def _flush(self) -> None:
+        data = b"".join(self._gathered)
+        self._gathered, self._gathered_size = [], 0
+        fs = self._store.fs
+        if self._file is None:
+            path = self._store.path(self._temp)
+            self._opened = True
+            if fs.async_impl:
+                try:
+                    self._file = await fs.open_async(path, "wb")
+                    self._async_file = True
+                except NotImplementedError:
+                    pass
+            if self._file is None:
+                self._file = await asyncio.to_thread(fs.open, path, "wb")
+        if self._async_file:
+            await self._file.write(data)
+        else:
+            await asyncio.to_thread(self._file.write, data)
+
+    async def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            if self._async_file:
+                await file.close()
+            else:
+                await asyncio.to_thread(file.close)
 
     async def commit(self) -> None:
         store, path = self._store, self._store.path(self.key)
-        if self._exclusive and await store.exists(self.key):
-            raise CheckpointExistsError(f"{store.describe(self.key)} already exists")
-        if self._if_match is not None:
-            head = await store.head(self.key)
-            if head is None or head.etag != self._if_match:
-                raise CheckpointChangedError(f"{store.describe(self.key)} is not the version this write expected")
         try:
+            streamed = self._file is not None
+            if streamed:
+                await self._flush()
+                await self._close_file()
+            if self._exclusive and await store.exists(self.key):
+                raise CheckpointExistsError(f"{store.describe(self.key)} already exists")
+            if self._if_match is not None:
+                head = await store.head(self.key)
+                if head is None or head.etag != self._if_match:
+                    raise CheckpointChangedError(f"{store.describe(self.key)} is not the version this write expected")
             faults.publishing()
-            await store._call("pipe_file", path, b"".join(self._chunks))
+            if streamed:
+                await self._move(store.path(self._temp), path)
+            else:
+                data, self._gathered = b"".join(self._gathered), []
+                await store._call("pipe_file", path, data)
             head = await store.head(self.key)
             self.etag = head.etag if head is not None else ""
-        except Exception as exc:
+        except BaseException as exc:
+            await asyncio.shield(self.abort())
+            if not isinstance(exc, Exception):
+                raise
             raise translate(exc, store.describe(self.key)) from exc
-        finally:
-            self._chunks = []
+
+    async def _move(self, source: str, target: str) -> None:
+        fs = self._store.fs
+        if fs.async_impl and hasattr(fs, "_mv_file"):
+            await fs._mv_file(source, target)
+        else:
+            await asyncio.to_thread(fs.mv, source, target)
 
     async def abort(self) -> None:
-        self._chunks = []
-
+        self._gathered = []
+        opened, self._opened = self._opened, False
+        if not opened:
+            return
+        try:
+            await self._close_file()
+        except Exception:
+            pass  # the temporary name is removed below all the same
+        try:
+            await self._store._call("rm_file", self._store.path(self._temp))
+        except Exception:
+            pass  # gone already, or left for gc like a local temp file after a crash
