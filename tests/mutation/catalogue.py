@@ -38,6 +38,7 @@ def both(id: str, file: str, edits: list[tuple[str, str]], why: str, tests: tupl
 FORMAT = ("tests/test_format.py", "tests/test_fixtures.py", "tests/test_hostile.py")
 API = ("tests/test_api.py",)
 MERGE = ("tests/test_merge.py",)
+OVERLAP = ("tests/test_overlap.py",)
 ENGINE = ("tests/test_engine.py",)
 CORRUPTION = ("tests/test_corruption.py",)
 COMMIT = ("tests/test_commit.py",)
@@ -184,12 +185,12 @@ CATALOGUE: list[Mutation] = [
       "hit = (np.maximum(lo[a], lo[b]) < np.minimum(hi[a], hi[b])).all(axis=1)",
       "hit = (np.maximum(lo[a], lo[b]) <= np.minimum(hi[a], hi[b])).all(axis=1)",
       "boxes that only touch count as overlapping where no cut separates them: such layouts are refused",
-      MERGE + FORMAT),
+      OVERLAP + MERGE),
     m("overlap-stuck-cells-dropped", "format/overlap.py",
       "                stuck.append((members[kept], cell[members[kept]]))",
       "                pass",
       "boxes that no cut separates are never compared: identical or overlapping boxes pass the check",
-      MERGE + FORMAT + API),
+      OVERLAP + MERGE + API),
     m("merge-overlap-unchecked", "format/merge.py",
       "            _check_disjoint(key, entry, wires.get(key))", "            pass",
       "overlapping boxes from different workers are committed", MERGE + API),
@@ -199,7 +200,7 @@ CATALOGUE: list[Mutation] = [
     m("slices-wire-nesting", "format/slices.py",
       "    if (pair_end[extents] + values[extents] != next_begin).any():\n        return None",
       "    if False:\n        return None",
-      "a start or length encoded after an extent's end is read as part of it: wrong boxes", FORMAT),
+      "a start or length encoded after an extent's end is read as part of it: wrong boxes", OVERLAP),
     m("slices-keys-one-byte", "format/slices.py",
       "width = np.where(magnitude < 64, 1, 2 + np.searchsorted(_CODE_LIMITS, magnitude, side=\"right\"))",
       "width = np.where(magnitude <= 64, 1, 2 + np.searchsorted(_CODE_LIMITS, magnitude, side=\"right\"))",
@@ -307,10 +308,9 @@ CATALOGUE: list[Mutation] = [
       "        lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])\n        if hi <= lo",
       "        lo, hi = block.lo, min(block.hi, start[dim] + size[dim])\n        if hi <= lo",
       "a block's rows before the box are copied into the output: wrong values", API + ENGINE),
-    m("reader-stream-block-bound", "reader.py",
-      "        limit = max(chunk, MIN_STREAM_BLOCK, self._options.memory_budget // STREAM_BLOCKS)",
-      "        limit = max(chunk, MIN_STREAM_BLOCK, self._options.memory_budget)",
-      "a partial read streams blocks as large as the whole budget, several at once: over the budget",
+    m("reader-stream-budget-kept", "reader.py",
+      "        finally:\n            budget.release_now(hi - lo)", "        finally:\n            pass",
+      "a partial read never gives its blocks' budget back: later reads and saves of the process stall",
       ENGINE),
 
     # --- reader.py: verification ----------------------------------------------------------------
