@@ -36,7 +36,7 @@ from .options import IOOptions
 from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
-from .writer import Slice
+from .engine.plan import Slice
 
 
 __all__ = [

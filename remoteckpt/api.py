@@ -27,7 +27,7 @@ from .protocol.save import SaveReport, UnnamedSaveWarning, save_worker
 from .progress import ProgressCallback, Reporter
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
-from .writer import Slice
+from .engine.plan import Slice
 
 _in_flight_lock = threading.Lock()
 _in_flight: Future[str] | None = None

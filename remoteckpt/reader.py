@@ -1,82 +1,33 @@
-"""Reading a checkpoint: `CheckpointReader`, the API of `tf.train.load_checkpoint`.
+"""`CheckpointReader`: the API of `tf.train.load_checkpoint`, on any store.
 
-When the reader opens, the data files are listed (one request per thousand files: their
-sizes and versions), then the `.index` is fetched in one request and validated whole.  Every
-read is pinned to the versions listed (``If-Match`` on S3), so a reader racing an overwrite or
-a deletion gets the bytes it started with or `CheckpointChangedError` / `CheckpointNotFoundError`,
-never a mix of two checkpoints.  Reads fetch only the byte ranges they need, many at once:
-
-  1. resolve: each requested (tensor, box) -> the stored boxes that intersect it (a tensor's
-     stored boxes are decoded and checked for overlaps once per reader, then searched as
-     arrays: a million slices cost seconds once, not on every read)
-  2. check: every entry against its data file's size and the tensor's dtype and shape,
-     before anything is allocated
-  3. plan (`engine.ranges`): entries that fill a contiguous region of an output array are
-     read straight into it, split into pieces and coalesced with their neighbours across
-     tensors; any other part of an entry (a partial box, or a region of the output that is
-     not contiguous) streams through temporary blocks of rows drawn from the process's
-     memory budget, each copied out to the request and given back: just the chunks holding
-     the box where the entry has remoteckpt's per-chunk CRCs, else the whole entry in order,
-     through its one CRC (so a row of a 4 GiB TensorFlow-written tensor costs 4 GiB of reads
-     but never more memory than the budget)
-  4. execute (`engine.fetch`) and verify: every byte returned was checked against a CRC32C
+Opening a checkpoint: its id is located (`remoteckpt.locate`: a prefix, ``PREFIX.index``, a
+directory), its data files are listed (one request per thousand files: sizes and versions),
+then its `.index` is fetched in one request and validated whole.  Every later read is pinned
+to the versions listed (``If-Match`` on S3), so a reader racing an overwrite or a deletion gets
+the bytes it started with or `CheckpointChangedError`, never a mix of two checkpoints.  The
+reads themselves are `engine.read`'s: only the byte ranges needed, many at once, verified.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import dtypes
 from .engine import loop
-from .engine.budget import MemoryBudget, process_budget
-from .engine.fetch import execute
-from .engine.ranges import Piece, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
-from .errors import (
-    CheckpointChangedError,
-    CheckpointError,
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    ShapeMismatchError,
-    TensorNotFoundError,
-)
-from .format.bundle import (
-    BundleEntry,
-    BundleIndex,
-    check_shape,
-    data_filename,
-    decode_index,
-    entry_boxes,
-    entry_shape,
-    index_filename,
-)
-from .format.coding import crc32c_combine, unmask_crc
-from .format.payload import decode_strings
-from .format.overlap import find_overlap
-from .format.slices import Box, Boxes, box_in, slice_keys
+from .engine.read import BoxLike, OpenCheckpoint
+from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from .format.bundle import BundleEntry, BundleIndex, decode_index, entry_shape, index_filename
 from .locate import DIRECTORY_CHECKPOINT, in_directory, is_directory_id, strip_file_suffix
 from .options import DEFAULT_OPTIONS, IOOptions
-from .progress import ProgressCallback, Reporter
+from .progress import ProgressCallback
 from .storage import ObjectInfo, Store, open_store, split_prefix
 
-OnBytes = Callable[[int], None] | None
-
-BoxLike = tuple[Sequence[int], Sequence[int]] | tuple[slice, ...] | Box
-"""A box: ``(start, size)`` per dimension, a tuple of Python slices, or a `Box`."""
-
-
-STREAM_BLOCKS = 4
-"""A buffered read streams its entry in blocks of a quarter of the memory budget: up to four
-in flight (fetched while earlier ones are copied out), within the budget."""
-
-MIN_STREAM_BLOCK = 256 * 1024
-"""Smallest block a buffered read streams with (a tiny budget would otherwise mean tiny reads)."""
+__all__ = ["BoxLike", "CheckpointReader", "MAX_INDEX_BYTES", "being_read"]
 
 MAX_INDEX_BYTES = 2**30
 """An index is about 100 bytes per tensor (or per slice): a million-tensor checkpoint's is
@@ -88,23 +39,6 @@ def _decode_name(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
 
-def _byteswap(array: np.ndarray) -> None:
-    size = array.dtype.itemsize // (2 if array.dtype.kind == "c" else 1)
-    if size > 1:
-        array.view(f"u{size}").byteswap(inplace=True)
-
-
-@dataclass
-class _Part:
-    """One stored entry's contribution to one request."""
-
-    name: str
-    entry: BundleEntry
-    data_key: str
-    stored: Box  # the box the entry holds
-    part: Box  # its intersection with the request
-    request: Box
-    out: np.ndarray
 
 
 class CheckpointReader:
@@ -133,9 +67,9 @@ class CheckpointReader:
         self._reading = (directory, self._name)
         _reading[self._reading] = _reading.get(self._reading, 0) + 1
         self._finalizer = weakref.finalize(self, _close_soon, self._store, self._reading)
-        self._stored_boxes: dict[bytes, Boxes] = {}
-        self._layouts: dict[bytes, tuple[tuple[int, ...], np.dtype, Boxes | None]] = {}
-        self._names = {_decode_name(k): k for k in self._index.tensor_keys(self._boxes)}
+        self._checkpoint = OpenCheckpoint(self._store, self._index, self._prefix, self._name, self._data_files,
+                                          self._options)
+        self._names = self._checkpoint._names
 
     async def _in_directory(self, text: str, missing: str, storage_options: dict[str, Any] | None) -> str:
         """The checkpoint directory id `text` names (see `remoteckpt.locate`), or the error
@@ -206,10 +140,8 @@ class CheckpointReader:
             raise type(exc)(f"tensor {name!r} in {self._prefix}: {exc}") from None
 
     def _entry(self, name: str) -> tuple[bytes, BundleEntry]:
-        key = self._names.get(name)
-        if key is None:
-            raise TensorNotFoundError(f"tensor {name!r} not found in checkpoint {self._prefix}")
-        return key, self._index.entries[key]
+        return self._checkpoint.entry(name)
+
 
     # --- reading -------------------------------------------------------------------------
 
@@ -239,313 +171,8 @@ class CheckpointReader:
                          progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
-        outs = list(outs) if outs is not None else [None] * len(requests)
-        resolved = [self._resolve(name, box) for name, box in requests]
-        results = []
-        parts: list[_Part] = []
-        for (name, dtype, request, stored), out in zip(resolved, outs):
-            checked = [(self._checked_entry(name, k, b, e, dtype), b, p) for b, k, e, p in stored]
-            if out is None:
-                out = np.empty(request.size, dtype=dtype)
-            elif out.shape != tuple(request.size) or out.dtype != dtype:
-                raise ShapeMismatchError(
-                    f"tensor {name!r} in {self._prefix}: the output array is {out.dtype}{list(out.shape)}, "
-                    f"the checkpoint holds {dtype}{list(request.size)}")
-            results.append(out)
-            parts += [_Part(name, e, data_key, b, p, request, out) for (e, data_key), b, p in checked]
-        direct = [p for p in parts if self._is_direct(p)]
-        buffered = [(p, self._blocks(p)) for p in parts if not self._is_direct(p)]
-        total = sum(p.entry.size for p in direct) + sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
-        reporter = Reporter(progress, self._prefix)
-        on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
-        budget = process_budget(self._options.memory_budget)
-        await asyncio.gather(self._read_direct(direct, on_bytes),
-                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in buffered))
-        return results
+        return await self._checkpoint.read_boxes(requests, outs, progress)
 
-    def _resolve(self, name: str, box: BoxLike | None) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
-        key, entry = self._entry(name)
-        shape, dtype, boxes = self._layout(name, key, entry)
-        request = Box.whole(shape) if box is None else self._resolve_box(name, shape, box)
-        if boxes is None:
-            stored = [(Box.whole(shape), key)]
-        else:  # just the stored boxes that intersect the request
-            picked = boxes.take(boxes.intersecting(request))
-            stored = [(picked.box(i), k) for i, k in enumerate(slice_keys(key, picked))]
-        chosen = []
-        covered = 0
-        for stored_box, stored_key in stored:
-            part = stored_box.intersect(request) if request.num_elements else None
-            if part is None:
-                continue
-            covered += part.num_elements
-            stored_entry = self._index.entries.get(stored_key)
-            if stored_entry is None:
-                raise CorruptCheckpointError(f"tensor {name!r} in {self._prefix}: slice {stored_box.spec()} has no entry")
-            chosen.append((stored_box, stored_key, stored_entry, part))
-        if covered != request.num_elements:
-            raise CorruptCheckpointError(
-                f"tensor {name!r} in {self._prefix}: the stored slices do not cover box {request.spec() or 'scalar'}")
-        return name, dtype, request, chosen
-
-    def _layout(self, name: str, key: bytes, entry: BundleEntry) -> tuple[tuple[int, ...], np.dtype, Boxes | None]:
-        """The tensor's shape, dtype and stored boxes (None: one entry holds it all), checked
-        once per reader (the shape, every box inside it, no two boxes overlapping)."""
-        layout = self._layouts.get(key)
-        if layout is None:
-            try:
-                shape = check_shape(key, entry)
-                dtype = dtypes.to_numpy(entry.dtype)
-                boxes = self._boxes(key) if entry.slices else None
-            except CheckpointError as exc:
-                raise type(exc)(f"tensor {name!r} in {self._prefix}: {exc}") from None
-            if boxes is not None and (found := find_overlap(boxes.start, boxes.stop)) is not None:
-                a, b = (boxes.box(i) for i in found)
-                raise CorruptCheckpointError(f"tensor {name!r}: stored slices overlap: {a.spec()} and {b.spec()}")
-            layout = self._layouts[key] = (shape, dtype, boxes)
-        return layout
-
-    def _boxes(self, key: bytes) -> Boxes:
-        boxes = self._stored_boxes.get(key)
-        if boxes is None:
-            boxes = self._stored_boxes[key] = entry_boxes(self._index.entries[key])
-        return boxes
-
-    def _resolve_box(self, name: str, shape: tuple[int, ...], box: BoxLike) -> Box:
-        start: list[int]
-        size: list[int]
-        if isinstance(box, Box):
-            start, size = list(box.start), list(box.size)
-        elif isinstance(box, tuple) and len(box) == 0:  # `()`: the whole tensor (a scalar's only box)
-            start, size = [0] * len(shape), list(shape)
-        elif all(isinstance(s, slice) for s in box):
-            slices = [s for s in box if isinstance(s, slice)]
-            if len(slices) > len(shape):
-                raise ShapeMismatchError(f"tensor {name!r} has rank {len(shape)}, got {len(slices)} slices")
-            ranges = [s.indices(d) for s, d in zip(slices, shape)]
-            if any(step != 1 for _, _, step in ranges):
-                raise ShapeMismatchError(f"tensor {name!r}: only slices with step 1 are supported")
-            start = [a for a, _, _ in ranges] + [0] * (len(shape) - len(slices))
-            size = [max(0, b - a) for a, b, _ in ranges] + list(shape[len(slices):])
-        else:
-            first, second = box  # type: ignore[misc]
-            start, size = [int(v) for v in first], [int(v) for v in second]
-        try:
-            return box_in(shape, start, size)
-        except ShapeMismatchError as exc:
-            raise ShapeMismatchError(f"tensor {name!r}: {exc}") from None
-
-    def _checked_entry(self, name: str, key: bytes, box: Box, entry: BundleEntry, dtype: np.dtype) -> tuple[BundleEntry, str]:
-        """The entry and its data file's key, after checking that it agrees with the tensor
-        and lies inside its data file (as listed when the reader opened)."""
-        where = f"tensor {name!r} in {self._prefix}"
-        if entry.slices or entry.dtype not in (self._index.entries[self._names[name]].dtype,) or entry_shape(entry) != tuple(box.size):
-            raise CorruptCheckpointError(f"{where}: slice entry {box.spec()} disagrees with the tensor")
-        data_key = data_filename(self._name, entry.shard_id, self._index.num_shards)
-        file = self._store.describe(data_key)
-        listed = self._data_files.get(data_key)
-        if listed is None:
-            raise CheckpointNotFoundError(f"{where}: data file missing: {file}")
-        file_size = listed.size
-        if entry.offset + entry.size > file_size:
-            raise CorruptCheckpointError(
-                f"{where}: bytes {entry.offset}..{entry.offset + entry.size} lie outside {file} ({file_size} bytes)")
-        count = box.num_elements
-        if dtype.kind == "O":
-            if entry.size < count + 4:  # a varint and the length checksum at the least
-                raise CorruptCheckpointError(f"{where}: {entry.size} bytes cannot hold {count} strings ({file})")
-        elif entry.size != count * dtype.itemsize:
-            raise CorruptCheckpointError(
-                f"{where}: entry size {entry.size} does not match {count} x {dtype.itemsize}-byte elements ({file})")
-        if entry.chunk_crc32c and (entry.chunk_size <= 0 or len(entry.chunk_crc32c) != -(-entry.size // entry.chunk_size)):
-            raise CorruptCheckpointError(f"{where}: chunk checksums do not match the entry's size ({file})")
-        return entry, data_key
-
-    def _is_direct(self, p: _Part) -> bool:
-        if p.out.dtype.kind == "O" or p.part != p.stored:
-            return False
-        return bool(p.out[p.part.relative_to(p.request)].flags.c_contiguous)
-
-    def _pieces(self, p: _Part, task: int, offset: int, length: int, first_index: int = 0) -> list[Piece]:
-        """Pieces of the entry's bytes [offset, offset+length) (relative to the entry): one
-        per CRC chunk where the entry has chunk CRCs, else at most `read_chunk` each."""
-        step = p.entry.chunk_size if p.entry.chunk_crc32c else self._options.read_chunk
-        base = p.entry.offset
-        return [Piece(p.data_key, base + o, min(step, offset + length - o), task, first_index + i)
-                for i, o in enumerate(range(offset, offset + length, step))]
-
-    def _verify(self, p: _Part, pieces: list[Piece], crcs: Mapping[tuple[int, int], int]) -> None:
-        entry = p.entry
-        file = self._store.describe(p.data_key)
-        where = f"tensor {p.name!r} in {self._prefix}"
-        if entry.chunk_crc32c:
-            for piece in pieces:
-                chunk = (piece.offset - entry.offset) // entry.chunk_size
-                if crcs[piece.task, piece.index] != unmask_crc(entry.chunk_crc32c[chunk]):
-                    raise CorruptCheckpointError(
-                        f"{where}: checksum mismatch in {file} (chunk {chunk} at byte {piece.offset})")
-            return
-        crc = 0
-        for piece in pieces:
-            crc = crc32c_combine(crc, crcs[piece.task, piece.index], piece.length)
-        if crc != unmask_crc(entry.crc32c):
-            raise CorruptCheckpointError(
-                f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size}): "
-                f"stored {unmask_crc(entry.crc32c):#010x}, computed {crc:#010x}")
-
-    async def _fetch(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
-                     names: Mapping[int, str], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
-        ops = coalesce(pieces, gap=self._options.coalesce_gap, max_length=self._options.read_chunk)
-        try:
-            return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
-                                 describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}",
-                                 on_bytes=on_bytes, etags={k: i.etag for k, i in self._data_files.items() if i.etag})
-        except CheckpointChangedError as exc:
-            raise CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
-                                         f"({exc}); open it again") from exc
-        except CheckpointNotFoundError as exc:
-            raise CheckpointChangedError(f"checkpoint {self._prefix} was deleted while it was being read ({exc})") from exc
-
-    async def _read_direct(self, parts: list[_Part], on_bytes: OnBytes) -> None:
-        """Whole entries straight into their regions of the output arrays, in one plan."""
-        pieces: list[Piece] = []
-        views: dict[tuple[int, int], memoryview] = {}
-        per_part: list[list[Piece]] = []
-        for task, p in enumerate(parts):
-            region = memoryview(p.out[p.part.relative_to(p.request)].reshape(-1).view(np.uint8))
-            mine = self._pieces(p, task, 0, p.entry.size)
-            for piece in mine:
-                start = piece.offset - p.entry.offset
-                views[task, piece.index] = region[start : start + piece.length]
-            pieces += mine
-            per_part.append(mine)
-        if not pieces:
-            return
-        crcs = await self._fetch(pieces, views, {t: p.name for t, p in enumerate(parts)}, on_bytes)
-        for p, mine in zip(parts, per_part):
-            self._verify(p, mine, crcs)
-            if self._index.big_endian:
-                _byteswap(p.out[p.part.relative_to(p.request)])
-
-    def _blocks(self, p: _Part) -> list[tuple[RowBlock, list[tuple[int, int]]]]:
-        """What a buffered part reads, a block of the stored box's rows at a time: (the rows,
-        the byte spans of the entry to fetch for them, ``(start, stop)``).  Without chunk
-        CRCs (every TF-written entry) that is every block, whole and in order, since one CRC
-        covers the whole entry; with them, only the chunks holding some of the box, block by
-        block, so that every byte fetched is verified and no other chunk is read.  A string
-        entry is one block, read whole."""
-        entry = p.entry
-        if p.out.dtype.kind == "O" or not p.stored.rank:
-            return [(RowBlock((), 0, 1, 0, entry.size), [(0, entry.size)])]
-        chunk = entry.chunk_size if entry.chunk_crc32c else 0
-        limit = max(chunk, MIN_STREAM_BLOCK, self._options.memory_budget // STREAM_BLOCKS)
-        itemsize = p.out.dtype.itemsize
-        start = [a - b for a, b in zip(p.part.start, p.stored.start)]
-        out = []
-        for block in row_blocks(tuple(p.stored.size), itemsize, limit):
-            if not chunk:
-                out.append((block, [(block.offset, block.offset + block.length)]))
-                continue
-            held = _held(block, start, p.part.size)
-            if held is None:
-                continue
-            runs = box_byte_runs(tuple(p.stored.size), *held, itemsize)
-            if runs is None:  # too many runs to list: all of the block's rows
-                runs = [(block.offset, block.length)]
-            out.append((block, [(lo, lo + n) for lo, n in chunk_spans(runs, chunk, entry.size)]))
-        return out
-
-    async def _read_buffered(self, p: _Part, blocks: list[tuple[RowBlock, list[tuple[int, int]]]],
-                             budget: MemoryBudget, on_bytes: OnBytes) -> None:
-        """A partial box of an entry, an entry whose region of the output is not contiguous,
-        or a string entry: the entry streams through temporary blocks, each drawn from the
-        memory budget and given back once its rows are copied out, and every byte fetched
-        goes through a CRC (per chunk as it lands, or combined over the whole entry)."""
-        if p.out.dtype.kind == "O":
-            await self._read_strings(p, budget, on_bytes)
-            return
-        pieces: list[Piece] = []
-        crcs: dict[tuple[int, int], int] = {}
-        tasks: list[asyncio.Future[None]] = []
-        for block, spans in blocks:  # started in order, so they take their budget in order
-            mine: list[Piece] = []
-            for lo, hi in spans:
-                mine += self._pieces(p, 0, lo, hi - lo, len(pieces) + len(mine))
-            pieces += mine
-            tasks.append(asyncio.ensure_future(self._read_block(p, block, spans, mine, crcs, budget, on_bytes)))
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        if not p.entry.chunk_crc32c:
-            self._verify(p, pieces, crcs)  # the whole entry's CRC, from every block's pieces in order
-
-    async def _read_block(self, p: _Part, block: RowBlock, spans: list[tuple[int, int]], pieces: list[Piece],
-                          crcs: dict[tuple[int, int], int], budget: MemoryBudget, on_bytes: OnBytes) -> None:
-        """The spans of the entry into a temporary buffer drawn from the budget (given back
-        once done), verified, and what the rows of `block` hold of the part copied out."""
-        lo, hi = spans[0][0], spans[-1][1]
-        await budget.acquire(hi - lo)
-        try:
-            # Bytes of the buffer between spans are never written, so never resident.
-            buffer = np.empty(max(hi, block.offset + block.length) - min(lo, block.offset), np.uint8)
-            base = min(lo, block.offset)
-            raw = memoryview(buffer)
-            views = {(0, piece.index): raw[piece.offset - p.entry.offset - base :
-                                           piece.offset - p.entry.offset - base + piece.length]
-                     for piece in pieces}
-            landed = await self._fetch(pieces, views, {0: p.name}, on_bytes)
-            if p.entry.chunk_crc32c:
-                self._verify(p, pieces, landed)
-            else:
-                crcs.update(landed)
-            self._copy_out(p, block, buffer[block.offset - base : block.offset - base + block.length])
-            del buffer, raw, views
-        finally:
-            budget.release_now(hi - lo)
-
-    def _copy_out(self, p: _Part, block: RowBlock, data: np.ndarray) -> None:
-        """Copy what `block` (rows of the stored box, as bytes) holds of the part to its place
-        in the output, in one numpy assignment."""
-        shape = tuple(p.stored.size)
-        dim = len(block.prefix)
-        start = [a - b for a, b in zip(p.part.start, p.stored.start)]
-        size = p.part.size
-        rows = data.view(p.out.dtype).reshape((block.hi - block.lo, *shape[dim + 1 :]))
-        lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])
-        if hi <= lo or any(not 0 <= i - s < n for i, s, n in zip(block.prefix, start, size)):
-            return  # rows read only for the CRC
-        source = rows[(slice(lo - block.lo, hi - block.lo),
-                       *(slice(s, s + n) for s, n in zip(start[dim + 1 :], size[dim + 1 :])))]
-        if self._index.big_endian:
-            source = source.byteswap()
-        target = p.out[p.part.relative_to(p.request)]
-        target[(*(i - s for i, s in zip(block.prefix, start)), slice(lo - start[dim], hi - start[dim]))] = source
-
-    async def _read_strings(self, p: _Part, budget: MemoryBudget, on_bytes: OnBytes) -> None:
-        entry = p.entry
-        file = self._store.describe(p.data_key)
-        where = f"tensor {p.name!r} in {self._prefix}"
-        async with budget.hold(entry.size):
-            payload = bytearray(entry.size)
-            pieces = self._pieces(p, 0, 0, entry.size)
-            raw = memoryview(payload)
-            views = {(0, piece.index): raw[piece.offset - entry.offset : piece.offset - entry.offset + piece.length]
-                     for piece in pieces}
-            await self._fetch(pieces, views, {0: p.name}, on_bytes)
-            try:
-                values, crc = decode_strings(payload, p.stored.num_elements, big_endian=self._index.big_endian)
-            except CorruptCheckpointError as exc:
-                raise CorruptCheckpointError(f"{where}, {file}: {exc}") from None
-            if crc != unmask_crc(entry.crc32c):
-                raise CorruptCheckpointError(
-                    f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})")
-            stored = np.empty(p.stored.num_elements, dtype=object)
-            stored[:] = values
-            p.out[p.part.relative_to(p.request)] = stored.reshape(p.stored.size)[p.part.relative_to(p.stored)]
 
     def close(self) -> None:
         """Release the store's connections (also done when the reader is garbage-collected)."""
@@ -587,14 +214,3 @@ def _close_soon(store: Store, which: tuple[str, str]) -> None:
     except RuntimeError:  # interpreter shutting down
         pass
 
-
-def _held(block: RowBlock, start: Sequence[int], size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """The part of the box (`start`, `size`, in the stored box) that the rows of `block`
-    hold, as (start, size); None if they hold none of it."""
-    dim = len(block.prefix)
-    if not all(s <= i < s + n for i, s, n in zip(block.prefix, start, size)):
-        return None
-    lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])
-    if hi <= lo:
-        return None
-    return ((*block.prefix, lo, *start[dim + 1 :]), (*(1 for _ in block.prefix), hi - lo, *size[dim + 1 :]))

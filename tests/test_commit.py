@@ -23,7 +23,7 @@ from remoteckpt.format.bundle import encode_index, make_header
 from remoteckpt.protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from remoteckpt.storage import Store, on_store
 from remoteckpt.storage.base import Buffer, ObjectWriter
-from remoteckpt.writer import plan_bundle
+from remoteckpt.engine.plan import plan_bundle
 
 FAST = IOOptions(commit_timeout=10.0, poll_interval=0.01)
 

@@ -44,7 +44,7 @@ import remoteckpt
 from remoteckpt.errors import CheckpointError, CorruptCheckpointError
 from remoteckpt.format.bundle import BundleEntry, decode_index, encode_index, make_header
 from remoteckpt.management.state import format_state, parse_state
-from remoteckpt.writer import plan_bundle
+from remoteckpt.engine.plan import plan_bundle
 
 MEMORY_BOUND = 64 * 2**20
 """Peak bytes a hostile file of at most a few KiB may make the reader allocate."""

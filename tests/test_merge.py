@@ -18,7 +18,7 @@ from remoteckpt.engine import loop
 from remoteckpt.format.bundle import BundleHeader, BundleIndex, make_header
 from remoteckpt.format.merge import merge_indexes
 from remoteckpt.format.slices import box_from_proto, slice_key
-from remoteckpt.writer import plan_bundle
+from remoteckpt.engine.plan import plan_bundle
 
 FAST = IOOptions(commit_timeout=10.0, poll_interval=0.01)
 FULL = (10, 6)

@@ -277,8 +277,10 @@ def test_a_quarter_million_column_slices_merge_and_read(tmp_path: Path, monkeypa
             out.truncate(size * PER_WORKER)
 
     checks = []
-    real = remoteckpt.reader.find_overlap
-    monkeypatch.setattr(remoteckpt.reader, "find_overlap", lambda *a: checks.append(1) or real(*a))
+    import remoteckpt.engine.read
+
+    real = remoteckpt.engine.read.find_overlap
+    monkeypatch.setattr(remoteckpt.engine.read, "find_overlap", lambda *a: checks.append(1) or real(*a))
     reader = remoteckpt.CheckpointReader(tmp_path / "ck")
     assert reader.get_variable_to_shape_map() == {"embedding": list(shape)}  # slice entries hidden
     np.testing.assert_array_equal(reader.get_slice("embedding", ((0, MANY - 3), (8, 3))), np.zeros((8, 3), np.float32))

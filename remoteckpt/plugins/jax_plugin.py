@@ -34,7 +34,7 @@ from ..engine import loop
 from ..errors import InvalidTensorsError, ShapeMismatchError, UnsupportedDTypeError
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
-from ..writer import Slice
+from ..engine.plan import Slice
 
 __all__ = ["key_name", "restore", "save", "save_async", "tensors_of"]
 

@@ -53,7 +53,7 @@ from ..errors import (
 )
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
-from ..writer import Slice
+from ..engine.plan import Slice
 
 OBJECT_GRAPH_KEY: str = trackable_base.OBJECT_GRAPH_PROTO_KEY
 """``_CHECKPOINTABLE_OBJECT_GRAPH``: the DT_STRING scalar holding the serialized

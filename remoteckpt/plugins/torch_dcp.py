@@ -77,7 +77,7 @@ from ..protocol.records import DataIdentity
 from ..protocol.save import commit_tables, refuse_unsafe_store
 from ..protocol.worker import table_bytes, write_part
 from ..storage import Store, open_store, split_prefix
-from ..writer import BundlePlan, Slice
+from ..engine.plan import BundlePlan, Slice
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
 from .torch_dcp_reader import StorageReader
 from .torch_metadata import FORMAT, encode_metadata

@@ -31,14 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.stream import stream_plan
+from ..engine.write import stream_plan
 from ..errors import CheckpointError, CheckpointExistsError, SaveFailedError
 from ..faults import crash_point
 from ..format.bundle import encode_index, make_header
 from ..options import IOOptions
 from ..progress import Reporter
 from ..storage.base import Store
-from ..writer import BundlePlan, plan_bundle
+from ..engine.plan import BundlePlan, plan_bundle
 from . import claim as claims
 from . import poll
 from .layout import SaveLayout

@@ -151,6 +151,11 @@ def _target(params: dict[str, Any]) -> str:
     return "/".join(str(params[k]) for k in ("Bucket", "Key", "Prefix") if params.get(k))
 
 
+def quoted(etag: str) -> str:
+    """An etag as an ``If-Match`` header carries it."""
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
 class S3Client:
     """One S3 client (an s3fs filesystem underneath), bound to the event loop it is made on."""
 

@@ -27,9 +27,8 @@ from ...errors import CheckpointChangedError, StorageError
 from ...format.coding import crc32c
 from ..base import ScatterResult
 from ..errors import ResponseError, is_invalid_range, is_precondition_failed, translate
-from .client import S3Client
+from .client import S3Client, quoted
 from .direct import BadResponse, BodyCut, DirectGets, check_range
-from .uploads import quoted
 
 log = logging.getLogger("remoteckpt")
 

@@ -26,10 +26,10 @@ from ...errors import StorageError
 from ..base import ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities, \
     StoredObject, too_large
 from ..errors import is_not_found, is_precondition_failed, translate
-from .client import S3Client
+from .client import S3Client, quoted
 from .direct import DirectGets
 from .reads import BODY_ERRORS, READ_ATTEMPTS, ScatterSink, pause, read_range
-from .uploads import MAX_PARTS_IN_FLIGHT, MIN_PART_SIZE, PART_SIZE, S3Writer, quoted
+from .uploads import MAX_PARTS_IN_FLIGHT, MIN_PART_SIZE, PART_SIZE, S3Writer, UploadTarget
 
 log = logging.getLogger("remoteckpt")
 
@@ -151,7 +151,9 @@ class S3Store(Store):
     # --- writes ------------------------------------------------------------------------------
 
     def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
-        return S3Writer(self, key, exclusive, if_match)
+        target = UploadTarget(self.client, self.bucket, self.object_key(key), self.describe(key), self.part_size,
+                              self.parts_in_flight)
+        return S3Writer(target, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
         name = self.object_key(key)

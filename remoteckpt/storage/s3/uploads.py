@@ -15,16 +15,14 @@ import builtins
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from ... import faults
 from ...errors import CheckpointChangedError, CheckpointExistsError
 from ..base import Buffer, ObjectWriter
 from ..errors import is_no_such_upload, is_precondition_failed, translate
 from .body import PartBody
-
-if TYPE_CHECKING:
-    from .store import S3Store
+from .client import S3Client, quoted
 
 PART_SIZE = 16 * 2**20
 """S3 multipart part size: above S3's 5 MiB minimum, and large enough that per-request
@@ -44,9 +42,17 @@ is not the MD5 of the bytes."""
 log = logging.getLogger("remoteckpt")
 
 
-def quoted(etag: str) -> str:
-    """An etag as an ``If-Match`` header carries it."""
-    return etag if etag.startswith('"') else f'"{etag}"'
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where a writer puts its object, and how: the client, the bucket and object name, how
+    errors name it, the part size and the parts kept in flight."""
+
+    client: S3Client
+    bucket: str
+    name: str
+    what: str
+    part_size: int
+    parts_in_flight: int
 
 
 class S3Writer(ObjectWriter):
@@ -65,23 +71,23 @@ class S3Writer(ObjectWriter):
       - a failed writer aborts its upload, so no parts are left to pay for.
     """
 
-    def __init__(self, store: S3Store, key: str, exclusive: bool, if_match: str | None) -> None:
+    def __init__(self, target: UploadTarget, key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
-        self._store = store
+        self._target = target
         self._exclusive = exclusive
         self._if_match = if_match
-        self._bucket, self._key = store.bucket, store.object_key(key)
+        self._bucket, self._key, self._what = target.bucket, target.name, target.what
         self._token = uuid.uuid4().hex
         self._pending: builtins.list[Buffer] = []
         self._pending_size = 0
         self._upload_id: str | None = None
-        self._part_size = store.part_size
+        self._part_size = target.part_size
         self._next_part = 1
         self._written = 0
         self._parts: dict[int, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
-        self._slots = asyncio.Semaphore(store.parts_in_flight)
+        self._slots = asyncio.Semaphore(target.parts_in_flight)
         self._closed = False
         self._stray_uploads = False
 
@@ -108,7 +114,7 @@ class S3Writer(ObjectWriter):
         # Sent from the caller's buffers as they are: no part is ever copied (see body.py).
         body = PartBody(self._pending)
         self._pending, self._pending_size = [], 0
-        client = self._store.client
+        client = self._target.client
         try:
             if self._upload_id is None:
                 mpu = await client.call("create_multipart_upload", Bucket=self._bucket, Key=self._key,
@@ -120,7 +126,7 @@ class S3Writer(ObjectWriter):
             if self._upload_id is None:
                 self._stray_uploads = True  # an attempt whose answer was lost may have created one
             await self.abort()
-            raise translate(exc, self._store.describe(self.key)) from exc
+            raise translate(exc, self._what) from exc
         number, self._next_part = self._next_part, self._next_part + 1
         await self._slots.acquire()
         self._raise_failed()
@@ -138,7 +144,7 @@ class S3Writer(ObjectWriter):
     async def _upload_part(self, number: int, body: PartBody) -> None:
         try:
             body.seek(0)
-            out = await self._store.client.call(
+            out = await self._target.client.call(
                 "upload_part", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
                 PartNumber=number, Body=body)
             self._parts[number] = out["ETag"]
@@ -148,10 +154,10 @@ class S3Writer(ObjectWriter):
     def _raise_failed(self) -> None:
         failure = self._failure
         if failure is not None:
-            raise translate(failure, f"{self._store.describe(self.key)} (a part upload)") from failure
+            raise translate(failure, f"{self._what} (a part upload)") from failure
 
     async def commit(self) -> None:
-        client = self._store.client
+        client = self._target.client
         try:
             try:
                 if self._upload_id is None:
@@ -181,18 +187,18 @@ class S3Writer(ObjectWriter):
                 if landed is None:
                     raise
                 log.info("%s: the commit's acknowledgement was lost, but the object is ours",
-                         self._store.describe(self.key))
+                         self._what)
                 self.etag = landed
             self._closed = True
         except Exception as exc:
             await self.abort()
             if is_precondition_failed(exc):
                 if self._exclusive:
-                    raise CheckpointExistsError(f"{self._store.describe(self.key)} already exists") from exc
+                    raise CheckpointExistsError(f"{self._what} already exists") from exc
                 if self._if_match is not None:
-                    raise CheckpointChangedError(f"{self._store.describe(self.key)} is not the version this "
+                    raise CheckpointChangedError(f"{self._what} is not the version this "
                                                  "write expected (another writer replaced or removed it)") from exc
-            raise translate(exc, self._store.describe(self.key)) from exc
+            raise translate(exc, self._what) from exc
         finally:
             await self._abort_strays()
 
@@ -200,7 +206,7 @@ class S3Writer(ObjectWriter):
         """The etag of the object at our key if this writer put it there (its `WRITE_TOKEN`,
         and its size, are ours), else None."""
         try:
-            head = await self._store.client.call("head_object", Bucket=self._bucket, Key=self._key)
+            head = await self._target.client.call("head_object", Bucket=self._bucket, Key=self._key)
         except Exception:
             return None
         metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
@@ -218,12 +224,12 @@ class S3Writer(ObjectWriter):
         self._pending = []
         if self._upload_id is not None:
             try:
-                await self._store.client.call(
+                await self._target.client.call(
                     "abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
             except Exception as exc:
                 if not is_no_such_upload(exc):  # gone already: completed, or aborted by a retry
                     log.warning("could not abort the upload of %s (remoteckpt.gc will): %s",
-                                self._store.describe(self.key), type(exc).__name__)
+                                self._what, type(exc).__name__)
         await self._abort_strays()
 
     async def _abort_strays(self) -> None:
@@ -233,10 +239,12 @@ class S3Writer(ObjectWriter):
             return
         self._stray_uploads = False
         try:
-            for upload in await self._store.pending_uploads(self.key):
-                if upload.key == self.key and upload.upload_id != self._upload_id:
-                    await self._store.abort_upload(upload)
+            page = await self._target.client.call("list_multipart_uploads", Bucket=self._bucket, Prefix=self._key)
+            for upload in page.get("Uploads", []):
+                if upload["Key"] == self._key and upload["UploadId"] != self._upload_id:
+                    await self._target.client.call("abort_multipart_upload", Bucket=self._bucket, Key=self._key,
+                                                   UploadId=upload["UploadId"])
         except Exception as exc:
             log.warning("could not clear stray uploads of %s (remoteckpt.gc will): %s",
-                        self._store.describe(self.key), type(exc).__name__)
+                        self._what, type(exc).__name__)
 

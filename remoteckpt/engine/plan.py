@@ -1,11 +1,11 @@
-"""From the tensors a caller passes to the entries and payloads of one data file.
+"""Planning a save: from the tensors a caller passes to the entries and payloads of one data file.
 
 `plan_bundle` is pure: it turns the user's mapping into entries and the payloads of the data
 file, in the order given (what `tf.raw_ops.SaveV2` does with its inputs, so the bytes are
 identical).  Numeric payloads are byte views of the caller's arrays; an array whose memory is
 not laid out as its payload (strided, transposed, big-endian) is kept as it is and converted a
 block at a time while it streams, so a save never holds a second copy of it.  Their CRC32C is
-filled in by `engine.stream` as they are written.  String payloads are encoded here, CRC
+filled in by `engine.write` as they stream out.  String payloads are encoded here, CRC
 included.
 """
 
@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from . import dtypes
-from .errors import InvalidTensorsError
-from .format.bundle import BundleEntry
-from .format.coding import crc32c, mask_crc
-from .format.overlap import find_overlap
-from .format.payload import encode_strings, is_payload_layout, payload_dtype, payload_elements, string_elements
-from .format.slices import Box, box_in, box_to_proto, slice_key
-from .storage.base import Buffer
+from .. import dtypes
+from ..errors import InvalidTensorsError
+from ..format.bundle import BundleEntry
+from ..format.coding import crc32c, mask_crc
+from ..format.overlap import find_overlap
+from ..format.payload import encode_strings, is_payload_layout, payload_dtype, payload_elements, string_elements
+from ..format.slices import Box, box_in, box_to_proto, slice_key
+from ..storage.base import Buffer
 
 
 @dataclass(frozen=True)

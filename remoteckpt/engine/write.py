@@ -1,4 +1,4 @@
-"""Streaming a planned data file to storage, checksumming as the bytes go.
+"""Saving a planned data file: streaming it to storage, checksumming as the bytes go.
 
 Each numeric payload is walked once in `crc_chunk` steps: the chunk's CRC32C is computed while
 the chunk is in cache, the running CRC of the whole payload is extended from it with
@@ -13,7 +13,7 @@ not run on the loop thread: the write task would only start once it finished, an
 sockets would wait on it.
 
 An array whose memory is not laid out as its payload (strided, transposed, big-endian; see
-`writer.Payload.source`) is converted here, a block at a time, in the same worker thread as
+`engine.plan.Payload.source`) is converted here, a block at a time, in the same worker thread as
 its checksum: each block is fresh memory drawn from the process's memory budget
 (`engine.budget`) before it is made and given back once its write is done, so such a save
 holds at most about two blocks beyond the caller's tensors, never a copy of a whole tensor.
@@ -33,7 +33,7 @@ from ..faults import crash_point
 from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
 from ..storage.base import Buffer, ObjectWriter
-from ..writer import BundlePlan, Payload
+from .plan import BundlePlan, Payload
 from .budget import MemoryBudget, process_budget
 
 WRITE_BLOCK = 8 * 2**20
