@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from .harness import (
-    before_save,
     Config,
     MiB,
+    before_save,
     cache_state,
     fsync_tree,
     make_tensors,

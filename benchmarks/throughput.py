@@ -24,7 +24,6 @@ Functions the engine does not have yet (save_async, rank/world_size) show as "n/
 from __future__ import annotations
 
 import dataclasses
-
 import gc
 import inspect
 import multiprocessing
@@ -41,13 +40,12 @@ from typing import Any
 import numpy as np
 
 from .harness import (
-    before_save,
-    drop_caches,
-    settle_memory,
     Config,
     accepted_kwargs,
     accepts,
+    before_save,
     cache_state,
+    drop_caches,
     make_tensors,
     na,
     nbytes,
@@ -57,6 +55,7 @@ from .harness import (
     run_dir,
     run_suite,
     same_tensors,
+    settle_memory,
     short_error,
     tensor_name,
 )
@@ -558,11 +557,10 @@ def run(url: str | None, cfg: Config, out_dir: str | os.PathLike[str] = "bench-r
     """The whole throughput benchmark: start SeaweedFS if no URL was given, run every suite,
     print the table, write ``OUT/throughput-<timestamp>.json``; (record, its path)."""
     import json
+    import signal
 
     from . import report
     from .harness import drop_caches
-
-    import signal
 
     cfg, notes = configure(url, cfg)
     own_local = url is None

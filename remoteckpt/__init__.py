@@ -13,16 +13,17 @@ Files are byte-compatible with TensorFlow in both directions.
 __version__ = "0.1.0"
 
 from .api import list_variables, load, load_checkpoint, save, save_async
+from .engine.plan import Slice
 from .errors import (
-    CheckpointError,
     CheckpointBusyError,
     CheckpointChangedError,
+    CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidTensorsError,
-    ShapeMismatchError,
     SaveFailedError,
+    ShapeMismatchError,
     StorageError,
     TensorNotFoundError,
     UnsupportedDTypeError,
@@ -36,8 +37,6 @@ from .options import IOOptions
 from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
-from .engine.plan import Slice
-
 
 __all__ = [
     "Box",

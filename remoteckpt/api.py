@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 
 from .engine import loop
+from .engine.plan import Slice
 from .locate import for_writing
 from .options import DEFAULT_OPTIONS, IOOptions
+from .progress import ProgressCallback, Reporter
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from .protocol.layout import SAVE_ID_ENV, SaveLayout
 from .protocol.save import SaveReport, UnnamedSaveWarning, save_worker
-from .progress import ProgressCallback, Reporter
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
-from .engine.plan import Slice
 
 _in_flight_lock = threading.Lock()
 _in_flight: Future[str] | None = None
@@ -145,7 +145,7 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
             if f.cancelled():
                 outer.cancel()
             elif f.exception() is not None:
-                outer.set_exception(f.exception())  # type: ignore[arg-type]
+                outer.set_exception(f.exception())
             else:
                 outer.set_result(text)
 

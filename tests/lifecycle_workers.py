@@ -86,12 +86,11 @@ def worker_main(prefix: str, world: int, save_id: str, spec: Rank, storage_optio
     if spec.clock_skew:
         real = time.time
         time.time = lambda: real() + spec.clock_skew  # type: ignore[assignment]
+    import faulthandler
     import logging
 
     import remoteckpt
     from remoteckpt.options import IOOptions
-
-    import faulthandler
 
     logging.getLogger("remoteckpt").setLevel(logging.ERROR)
     # A rank still running at its job's bound is asked where it is before it is killed.

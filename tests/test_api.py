@@ -236,11 +236,11 @@ def test_local_save_leaves_only_final_files(tmp_path: Path) -> None:
 import json  # noqa: E402
 
 import crc32c as crc32c_package  # noqa: E402
+from test_fixtures import check_tensor  # noqa: E402
 
 from remoteckpt.format.bundle import decode_index  # noqa: E402
 from remoteckpt.format.coding import encode_varint  # noqa: E402
 from remoteckpt.storage import on_store, split_prefix  # noqa: E402
-from test_fixtures import check_tensor  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "tf-2.21"
 MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())["checkpoints"]

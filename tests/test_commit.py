@@ -19,11 +19,11 @@ import remoteckpt
 from remoteckpt import CheckpointError, CheckpointExistsError, IOOptions, StorageError
 from remoteckpt.api import save_checkpoint
 from remoteckpt.engine import loop
+from remoteckpt.engine.plan import plan_bundle
 from remoteckpt.format.bundle import encode_index, make_header
 from remoteckpt.protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from remoteckpt.storage import Store, on_store
 from remoteckpt.storage.base import Buffer, ObjectWriter
-from remoteckpt.engine.plan import plan_bundle
 
 FAST = IOOptions(commit_timeout=10.0, poll_interval=0.01)
 

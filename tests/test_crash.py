@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reliability_workers as rw
 
 import remoteckpt
-import reliability_workers as rw
 from remoteckpt.faults import POINTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]

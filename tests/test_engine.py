@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np

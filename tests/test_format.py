@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from remoteckpt.engine.plan import Slice, plan_bundle
 from remoteckpt.errors import CorruptCheckpointError
 from remoteckpt.format import coding
 from remoteckpt.format.block import BlockBuilder, iter_block
@@ -16,7 +17,6 @@ from remoteckpt.format.bundle import decode_index, encode_index, make_header
 from remoteckpt.format.payload import decode_strings, encode_strings
 from remoteckpt.format.slices import Box, box_from_proto, box_to_proto, slice_key
 from remoteckpt.format.table import TableBuilder, read_table, short_successor, shortest_separator
-from remoteckpt.engine.plan import Slice, plan_bundle
 
 # TF 2.21's SaveV2(["a", "b_str", "c"], [float32 [1, 2], string ["hi", ""], int64 7]).
 WORKED_DATA = bytes.fromhex("0000803f00000040" "0200 78270b34 6869".replace(" ", "") + "0700000000000000")

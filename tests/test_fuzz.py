@@ -41,10 +41,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import remoteckpt
+from remoteckpt.engine.plan import plan_bundle
 from remoteckpt.errors import CheckpointError, CorruptCheckpointError
 from remoteckpt.format.bundle import BundleEntry, decode_index, encode_index, make_header
 from remoteckpt.management.state import format_state, parse_state
-from remoteckpt.engine.plan import plan_bundle
 
 MEMORY_BOUND = 64 * 2**20
 """Peak bytes a hostile file of at most a few KiB may make the reader allocate."""
@@ -314,9 +314,14 @@ def test_huge_state_file_is_refused_unread(tmp_path: Path) -> None:
 
 def _dcp_metadata_seed() -> bytes:
     torch_metadata = pytest.importorskip("remoteckpt.plugins.torch_metadata")
-    from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
-                                                       TensorProperties, TensorStorageMetadata)
     import torch
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
 
     md = Metadata(state_dict_metadata={
         "w": TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size([4, 2]),

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import remoteckpt
+from remoteckpt.engine.plan import plan_bundle
 from remoteckpt.errors import CheckpointError, CorruptCheckpointError
 from remoteckpt.format.bundle import BundleEntry, BundleHeader, decode_index, encode_index, make_header
 from remoteckpt.format.coding import crc32c, encode_fixed32, encode_varint, mask_crc
-from remoteckpt.engine.plan import plan_bundle
 
 
 def _valid_index() -> bytes:

@@ -15,11 +15,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lifecycle_workers import (
+    LEASE,
+    PART_SIZE,
+    Job,
+    Rank,
+    checkpoint_files,
+    committed_versions,
+    expected,
+    tensors,
+    wait_stopped,
+)
+from lifecycle_workers import listing as keys
 
 import remoteckpt
-from lifecycle_workers import LEASE, PART_SIZE, Job, Rank, checkpoint_files, committed_versions, expected, tensors, \
-    wait_stopped
-from lifecycle_workers import listing as keys
 from remoteckpt import IOOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lifecycle_workers import Job, Rank, expected
 
 import remoteckpt
-from lifecycle_workers import Job, Rank, expected
 from remoteckpt import IOOptions
+
 
 def test_a_worker_that_replaces_a_file_in_its_way_commits_a_readable_checkpoint(tmp_path: Path) -> None:
     """A data file in a worker's way (a dead attempt's worker that woke after the coordinator

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import remoteckpt
-from remoteckpt import CheckpointError, CorruptCheckpointError, IOOptions, InvalidTensorsError, Slice
+from remoteckpt import CheckpointError, CorruptCheckpointError, InvalidTensorsError, IOOptions, Slice
 from remoteckpt.api import save_checkpoint
 from remoteckpt.engine import loop
+from remoteckpt.engine.plan import plan_bundle
 from remoteckpt.format.bundle import BundleHeader, BundleIndex, make_header
 from remoteckpt.format.merge import merge_indexes
 from remoteckpt.format.slices import box_from_proto, slice_key
-from remoteckpt.engine.plan import plan_bundle
 
 FAST = IOOptions(commit_timeout=10.0, poll_interval=0.01)
 FULL = (10, 6)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import remoteckpt
 from spawning import run_each
 from workers import COLS, ROWS, full_matrix, save_worker, saver_worker, worker_tensors
+
+import remoteckpt
 
 pytestmark = pytest.mark.multiprocess
 

@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from faultproxy import FAULTS, FaultProxy, Rule
 
 import remoteckpt
-from faultproxy import FAULTS, FaultProxy, Rule
-from remoteckpt.testing import SeaweedServer
 from remoteckpt.storage import on_store
+from remoteckpt.testing import SeaweedServer
 
 T = TypeVar("T")
 MiB = 2**20

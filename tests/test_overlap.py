@@ -12,13 +12,27 @@ import numpy as np
 import pytest
 
 import remoteckpt
-from remoteckpt import CorruptCheckpointError, InvalidTensorsError, Slice
-from remoteckpt.format.bundle import (SLICES_TAG, BundleEntry, BundleIndex, data_filename, encode_index, entry_boxes,
-                                      make_header, slices_wire)
+from remoteckpt import CorruptCheckpointError, Slice
+from remoteckpt.format.bundle import (
+    SLICES_TAG,
+    BundleEntry,
+    BundleIndex,
+    data_filename,
+    encode_index,
+    entry_boxes,
+    make_header,
+    slices_wire,
+)
 from remoteckpt.format.coding import crc32c, mask_crc
 from remoteckpt.format.merge import merge_indexes
 from remoteckpt.format.overlap import find_overlap
-from remoteckpt.format.slices import Box, Boxes, box_from_proto, boxes_from_protos, boxes_from_wire, slice_key, slice_keys
+from remoteckpt.format.slices import (
+    Boxes,
+    boxes_from_protos,
+    boxes_from_wire,
+    slice_key,
+    slice_keys,
+)
 
 
 def brute_force(start: np.ndarray, stop: np.ndarray) -> bool:

@@ -83,7 +83,8 @@ def meshes() -> tuple[Any, Any, Any]:
 def sharded_4x1_restored_on_2_devices(base: str) -> None:
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import remoteckpt.jax as rjax
 
@@ -108,7 +109,8 @@ def sharded_4x1_restored_on_2_devices(base: str) -> None:
 @scenario
 def mesh_2x2_restored_replicated(base: str) -> None:
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import remoteckpt.jax as rjax
 
@@ -165,7 +167,8 @@ def bfloat16_leaves(base: str) -> None:
     import jax
     import jax.numpy as jnp
     import ml_dtypes
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import remoteckpt.jax as rjax
 
@@ -186,7 +189,8 @@ def bfloat16_leaves(base: str) -> None:
 @scenario
 def save_async_outlives_the_arrays(base: str) -> None:
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import remoteckpt.jax as rjax
 

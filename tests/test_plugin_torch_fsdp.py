@@ -18,8 +18,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch.distributed.checkpoint")
 pytest.importorskip("torch.distributed.fsdp")
 
-import remoteckpt  # noqa: E402
 from spawning import run_ranks  # noqa: E402
+
+import remoteckpt  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore::UserWarning")]
 

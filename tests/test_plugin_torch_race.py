@@ -32,6 +32,7 @@ import pytest
 torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
+from spawning import run_together  # noqa: E402
 from torch.distributed.checkpoint.api import CheckpointException  # noqa: E402
 
 import remoteckpt  # noqa: E402
@@ -39,7 +40,6 @@ import remoteckpt.torch as rt  # noqa: E402
 from remoteckpt.plugins import torch_dcp  # noqa: E402
 from remoteckpt.protocol.records import ClaimRecord  # noqa: E402
 from remoteckpt.storage import on_store  # noqa: E402
-from spawning import run_together  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.multiprocess, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -85,7 +85,7 @@ def test_racing_dcp_jobs_one_commits(backend: str, race: str, tmp_path: Path, re
     winners = {r["who"] for r in by_rank.values() if r.get("ok")}
     assert len(winners) == 1, records
     (winner,) = winners
-    for (who, rank), r in by_rank.items():
+    for (who, _rank), r in by_rank.items():
         if who == winner:
             assert r.get("ok") and "failures" not in r, r
             continue

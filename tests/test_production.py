@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from faultproxy import FaultProxy, Rule
 
 import remoteckpt
-from faultproxy import FaultProxy, Rule
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "production.md"
 MiB = 2**20

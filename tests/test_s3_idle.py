@@ -4,7 +4,6 @@ asyncio error is logged, during reads and writes, when the connections close, or
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import textwrap

@@ -17,8 +17,7 @@ import pytest
 from remoteckpt.engine import loop
 from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from remoteckpt.storage import Store, open_store
-from remoteckpt.storage.s3 import S3Store
-from remoteckpt.storage.s3 import PART_SIZE
+from remoteckpt.storage.s3 import PART_SIZE, S3Store
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

@@ -23,11 +23,12 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 tf.get_logger().setLevel("ERROR")
 
+from spawning import run_each  # noqa: E402
+from tf_workers import SAVE_COUNTER, STEP, build_state, tf_save_worker  # noqa: E402
+
 import remoteckpt  # noqa: E402
 import remoteckpt.tensorflow as rtf  # noqa: E402
 from remoteckpt.storage import on_store, split_prefix  # noqa: E402
-from spawning import run_each  # noqa: E402
-from tf_workers import SAVE_COUNTER, STEP, build_state, tf_save_worker  # noqa: E402
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.multiprocess]
 

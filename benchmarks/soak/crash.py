@@ -16,7 +16,6 @@ import numpy as np
 
 from .runtime import Phase, Tally, import_harness, run_units
 
-
 # --- crash --------------------------------------------------------------------------------------
 
 CRASH_STAGGER = 0.3

@@ -15,13 +15,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from types import FrameType
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import __doc__ as PACKAGE_DOC  # the package's docstring: what the soak does
-from .bounds import (EXIT_SECONDS, GRACE_SECONDS, MIN_WINDOW_SECONDS, RESERVED_SECONDS, STOP_SECONDS,
-                     TEARDOWN_SECONDS)
+from .bounds import EXIT_SECONDS, GRACE_SECONDS, MIN_WINDOW_SECONDS, RESERVED_SECONDS, STOP_SECONDS, TEARDOWN_SECONDS
 from .damage import corruption_by_kind
 from .lifecycle import LIFE_PHASES, replay
 from .phase_process import merge_phase, phase_child, run_phase_process

@@ -27,8 +27,17 @@ from .crash import crash_phase, race_phase
 from .damage import corruption_phase, fuzz_phase
 from .lifecycle import LIFE_PHASES, life_phase
 from .network import network_phase
-from .runtime import Phase, Tally, block_exit, exit_with_parent, flag_overdue, import_harness, save_snapshot, \
-    test_module, watch
+from .runtime import (
+    Phase,
+    Tally,
+    block_exit,
+    exit_with_parent,
+    flag_overdue,
+    import_harness,
+    save_snapshot,
+    test_module,
+    watch,
+)
 
 PHASE_MODULES = {"corruption": "test_corruption", "fuzz": "test_fuzz", **dict.fromkeys(LIFE_PHASES, "lifecycle_workers")}
 """The test suite's module each phase runs besides the crash harness and the fault proxy."""

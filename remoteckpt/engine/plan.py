@@ -64,7 +64,7 @@ class Payload:
         item = self.source.dtype.itemsize
         first = start // item
         elements = payload_elements(self.source, first, -(-stop // item), buffer)
-        return memoryview(elements.reshape(-1).view(np.uint8))[start - first * item : stop - first * item]
+        return elements.reshape(-1).view(np.uint8).data[start - first * item : stop - first * item]
 
     def piece_buffer(self, start: int, stop: int) -> np.ndarray | None:
         """Memory for `piece` of a `source` (None for a view): allocated by the caller's
@@ -94,7 +94,7 @@ CHECKSUM_BLOCK = 8 * 2**20
 """Bytes of a converted payload made at a time when its CRC is computed at plan time."""
 
 
-def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int | None]:
+def _payload(array: np.ndarray, name: str) -> tuple[Any, list[Buffer], int, int | None]:
     """(dtype enum, chunks, size, masked crc or None if computed while streaming); no chunks
     for an array to convert while streaming (see `Payload.source`)."""
     if array.dtype.kind in "OSU":
@@ -102,8 +102,9 @@ def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int 
             elements = string_elements(array)
         except TypeError as exc:
             raise InvalidTensorsError(f"tensor {name!r}: {exc}") from None
-        chunks, crc = encode_strings(elements)
-        return dtypes.DT_STRING, chunks, sum(len(c) for c in chunks), crc
+        encoded, crc = encode_strings(elements)
+        chunks: list[Buffer] = list(encoded)
+        return dtypes.DT_STRING, chunks, sum(len(c) for c in encoded), crc
     try:
         dtype_enum = dtypes.from_numpy(array.dtype)
     except Exception as exc:
@@ -112,7 +113,7 @@ def _payload(array: np.ndarray, name: str) -> tuple[int, list[Buffer], int, int 
         return dtype_enum, [], 0, mask_crc(0)
     if not is_payload_layout(array):
         return dtype_enum, [], array.nbytes, None
-    return dtype_enum, [memoryview(array.reshape(-1).view(np.uint8))], array.nbytes, None
+    return dtype_enum, [array.reshape(-1).view(np.uint8).data], array.nbytes, None
 
 
 def _flatten(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -125,7 +126,7 @@ def _flatten(tensors: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             yield name, value
 
 
-def _entry(dtype_enum: int, shape: tuple[int, ...]) -> BundleEntry:
+def _entry(dtype_enum: Any, shape: tuple[int, ...]) -> BundleEntry:
     entry = BundleEntry(dtype=dtype_enum)
     entry.shape.SetInParent()  # TF always serializes the shape, even a scalar's
     for d in shape:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -132,7 +133,8 @@ class OpenCheckpoint:
             parts += [_Part(name, e, data_key, b, p, request, out) for (e, data_key), b, p in checked]
         direct = [p for p in parts if self._is_direct(p)]
         buffered = [(p, self._blocks(p)) for p in parts if not self._is_direct(p)]
-        total = sum(p.entry.size for p in direct) + sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
+        total = sum(p.entry.size for p in direct)
+        total += sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
         reporter = Reporter(progress, self._prefix)
         on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
         budget = process_budget(self._options.memory_budget)
@@ -140,7 +142,8 @@ class OpenCheckpoint:
                              *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in buffered))
         return results
 
-    def _resolve(self, name: str, box: BoxLike | None) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
+    def _resolve(self, name: str, box: BoxLike | None
+                 ) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
         key, entry = self.entry(name)
         shape, dtype, boxes = self._layout(name, key, entry)
         request = Box.whole(shape) if box is None else self._resolve_box(name, shape, box)
@@ -158,7 +161,8 @@ class OpenCheckpoint:
             covered += part.num_elements
             stored_entry = self._index.entries.get(stored_key)
             if stored_entry is None:
-                raise CorruptCheckpointError(f"tensor {name!r} in {self._prefix}: slice {stored_box.spec()} has no entry")
+                raise CorruptCheckpointError(
+                    f"tensor {name!r} in {self._prefix}: slice {stored_box.spec()} has no entry")
             chosen.append((stored_box, stored_key, stored_entry, part))
         if covered != request.num_elements:
             raise CorruptCheckpointError(
@@ -205,18 +209,20 @@ class OpenCheckpoint:
             start = [a for a, _, _ in ranges] + [0] * (len(shape) - len(slices))
             size = [max(0, b - a) for a, b, _ in ranges] + list(shape[len(slices):])
         else:
-            first, second = box  # type: ignore[misc]
+            first, second = cast("tuple[Sequence[int], Sequence[int]]", box)
             start, size = [int(v) for v in first], [int(v) for v in second]
         try:
             return box_in(shape, start, size)
         except ShapeMismatchError as exc:
             raise ShapeMismatchError(f"tensor {name!r}: {exc}") from None
 
-    def _checked_entry(self, name: str, key: bytes, box: Box, entry: BundleEntry, dtype: np.dtype) -> tuple[BundleEntry, str]:
+    def _checked_entry(self, name: str, key: bytes, box: Box, entry: BundleEntry,
+                       dtype: np.dtype) -> tuple[BundleEntry, str]:
         """The entry and its data file's key, after checking that it agrees with the tensor
         and lies inside its data file (as listed when the reader opened)."""
         where = f"tensor {name!r} in {self._prefix}"
-        if entry.slices or entry.dtype not in (self._index.entries[self._names[name]].dtype,) or entry_shape(entry) != tuple(box.size):
+        tensor_dtype = self._index.entries[self._names[name]].dtype
+        if entry.slices or entry.dtype != tensor_dtype or entry_shape(entry) != tuple(box.size):
             raise CorruptCheckpointError(f"{where}: slice entry {box.spec()} disagrees with the tensor")
         data_key = data_filename(self._name, entry.shard_id, self._index.num_shards)
         file = self._store.describe(data_key)
@@ -234,7 +240,8 @@ class OpenCheckpoint:
         elif entry.size != count * dtype.itemsize:
             raise CorruptCheckpointError(
                 f"{where}: entry size {entry.size} does not match {count} x {dtype.itemsize}-byte elements ({file})")
-        if entry.chunk_crc32c and (entry.chunk_size <= 0 or len(entry.chunk_crc32c) != -(-entry.size // entry.chunk_size)):
+        chunks = -(-entry.size // entry.chunk_size) if entry.chunk_size > 0 else -1
+        if entry.chunk_crc32c and (entry.chunk_size <= 0 or len(entry.chunk_crc32c) != chunks):
             raise CorruptCheckpointError(f"{where}: chunk checksums do not match the entry's size ({file})")
         return entry, data_key
 
@@ -281,7 +288,8 @@ class OpenCheckpoint:
             raise CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
                                          f"({exc}); open it again") from exc
         except CheckpointNotFoundError as exc:
-            raise CheckpointChangedError(f"checkpoint {self._prefix} was deleted while it was being read ({exc})") from exc
+            raise CheckpointChangedError(
+                f"checkpoint {self._prefix} was deleted while it was being read ({exc})") from exc
 
     async def _read_direct(self, parts: list[_Part], on_bytes: OnBytes) -> None:
         """Whole entries straight into their regions of the output arrays, in one plan."""
@@ -370,7 +378,7 @@ class OpenCheckpoint:
             # Bytes of the buffer between spans are never written, so never resident.
             buffer = np.empty(max(hi, block.offset + block.length) - min(lo, block.offset), np.uint8)
             base = min(lo, block.offset)
-            raw = memoryview(buffer)
+            raw = buffer.data
             views = {(0, piece.index): raw[piece.offset - p.entry.offset - base :
                                            piece.offset - p.entry.offset - base + piece.length]
                      for piece in pieces}
@@ -395,12 +403,13 @@ class OpenCheckpoint:
         lo, hi = max(block.lo, start[dim]), min(block.hi, start[dim] + size[dim])
         if hi <= lo or any(not 0 <= i - s < n for i, s, n in zip(block.prefix, start, size)):
             return  # rows read only for the CRC
-        source = rows[(slice(lo - block.lo, hi - block.lo),
-                       *(slice(s, s + n) for s, n in zip(start[dim + 1 :], size[dim + 1 :])))]
+        inner = tuple(slice(s, s + n) for s, n in zip(start[dim + 1 :], size[dim + 1 :]))
+        source = rows[(slice(lo - block.lo, hi - block.lo),) + inner]
         if self._index.big_endian:
             source = source.byteswap()
         target = p.out[p.part.relative_to(p.request)]
-        target[(*(i - s for i, s in zip(block.prefix, start)), slice(lo - start[dim], hi - start[dim]))] = source
+        outer = tuple(i - s for i, s in zip(block.prefix, start))
+        target[outer + (slice(lo - start[dim], hi - start[dim]),)] = source
 
     async def _read_strings(self, p: _Part, budget: MemoryBudget, on_bytes: OnBytes) -> None:
         entry = p.entry

@@ -33,8 +33,8 @@ from ..faults import crash_point
 from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
 from ..storage.base import Buffer, ObjectWriter
-from .plan import BundlePlan, Payload
 from .budget import MemoryBudget, process_budget
+from .plan import BundlePlan, Payload
 
 WRITE_BLOCK = 8 * 2**20
 """Bytes per write call: large enough that per-call overhead (a thread hop for local files)
@@ -125,7 +125,8 @@ def _chunk_crcs(piece: memoryview, step: int) -> list[int]:
     return [crc32c(piece[offset : offset + step]) for offset in range(0, len(piece), step)]
 
 
-def _make(payload: Payload, start: int, stop: int, step: int, buffer: np.ndarray | None) -> tuple[memoryview, list[int]]:
+def _make(payload: Payload, start: int, stop: int, step: int,
+          buffer: np.ndarray | None) -> tuple[memoryview, list[int]]:
     piece = payload.piece(start, stop, buffer)
     return piece, _chunk_crcs(piece, step)
 

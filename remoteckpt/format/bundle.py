@@ -149,7 +149,8 @@ def slices_wire(entry: BundleEntry) -> memoryview | None:
             return None
     else:
         return memoryview(b"") if not entry.slices else None
-    tail = BundleEntry(chunk_size=entry.chunk_size, chunk_crc32c=entry.chunk_crc32c).SerializeToString(deterministic=True)
+    extension = BundleEntry(chunk_size=entry.chunk_size, chunk_crc32c=entry.chunk_crc32c)
+    tail = extension.SerializeToString(deterministic=True)
     end = len(data) - len(tail)
     if end < pos or data[end:] != tail:
         return None

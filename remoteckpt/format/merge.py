@@ -41,7 +41,8 @@ def merge_indexes(tables: Sequence[BundleIndex], *, shards_per_table: int = 1) -
     for rank, table in enumerate(tables):
         if table.header.endianness != first.endianness:
             raise CorruptCheckpointError(f"worker {rank}'s table has a different byte order")
-        if table.header.version.SerializeToString(deterministic=True) != first.version.SerializeToString(deterministic=True):
+        if (table.header.version.SerializeToString(deterministic=True)
+                != first.version.SerializeToString(deterministic=True)):
             raise CorruptCheckpointError(f"worker {rank}'s table has a different format version")
         if table.header.num_shards != shards_per_table:
             raise CorruptCheckpointError(
@@ -75,8 +76,8 @@ def merge_indexes(tables: Sequence[BundleIndex], *, shards_per_table: int = 1) -
 def _join(parts: list[BundleEntry]) -> bytes | None:
     """Append the slices of `parts[1:]` to `parts[0]`; return all of them encoded, if every
     part's slices could be cut from its encoding (else they are appended one by one)."""
-    wires = [slices_wire(p) for p in parts]
-    if all(w is not None for w in wires):
+    wires = [w for w in (slices_wire(p) for p in parts) if w is not None]
+    if len(wires) == len(parts):
         parts[0].MergeFromString(b"".join(wires[1:]))  # appends: slices are the only field in these bytes
         return b"".join(wires)
     for part in parts[1:]:

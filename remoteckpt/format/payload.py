@@ -95,7 +95,8 @@ def encode_strings(elements: Sequence[bytes]) -> tuple[list[bytes | memoryview],
     return [header, lc_bytes, *elements], mask_crc(crc)
 
 
-def decode_strings(payload: bytes | bytearray | memoryview, count: int, *, big_endian: bool = False) -> tuple[list[bytes], int]:
+def decode_strings(payload: bytes | bytearray | memoryview, count: int, *,
+                   big_endian: bool = False) -> tuple[list[bytes], int]:
     """Parse a string payload of `count` elements; return (elements, unmasked crc).
 
     The length checksum is verified here; the caller compares the returned crc with the
@@ -149,4 +150,5 @@ def string_elements(array: np.ndarray) -> list[bytes]:
     return out
 
 
-__all__ = ["decode_strings", "encode_strings", "is_payload_layout", "payload_dtype", "payload_elements", "string_elements"]
+__all__ = ["decode_strings", "encode_strings", "is_payload_layout", "payload_dtype", "payload_elements",
+           "string_elements"]

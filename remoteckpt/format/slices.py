@@ -93,7 +93,8 @@ def box_in(shape: Sequence[int], start: Sequence[int], size: Sequence[int]) -> B
     Raises `ShapeMismatchError` if it does not fit inside `shape`.
     """
     if not (len(shape) == len(start) == len(size)):
-        raise ShapeMismatchError(f"box start {list(start)} / size {list(size)} does not match rank of shape {list(shape)}")
+        raise ShapeMismatchError(
+            f"box start {list(start)} / size {list(size)} does not match rank of shape {list(shape)}")
     for dim, s, n in zip(shape, start, size):
         if s < 0 or n < 0 or s + n > dim:
             raise ShapeMismatchError(f"box start {list(start)} size {list(size)} is outside shape {list(shape)}")
@@ -270,7 +271,9 @@ def boxes_from_wire(data: bytes | memoryview, tag: int, shape: Sequence[int], co
     slice_of = np.cumsum(opens_slice, dtype=np.int32) - 1
     extent_of = np.cumsum(opens_extent, dtype=np.int32) - 1
     fields = np.flatnonzero(is_start | is_length)
-    if len(fields) and ((extent_of[fields] < 0).any() or (slice_of[extents][extent_of[fields]] != slice_of[fields]).any()):
+    stray = len(fields) and ((extent_of[fields] < 0).any()
+                             or (slice_of[extents][extent_of[fields]] != slice_of[fields]).any())
+    if stray:
         return None  # a start or length directly in a slice, outside any extent
     per_slice = np.bincount(slice_of[extents], minlength=count)
     if (per_slice != rank).any():
@@ -278,9 +281,9 @@ def boxes_from_wire(data: bytes | memoryview, tag: int, shape: Sequence[int], co
     if (np.bincount(extent_of[is_start], minlength=len(extents)) > 1).any() or \
             (np.bincount(extent_of[is_length], minlength=len(extents)) > 1).any():
         return None  # repeated fields: not a canonical encoding
-    start = np.zeros(len(extents), np.int64)
+    start: np.ndarray = np.zeros(len(extents), np.int64)
     start[extent_of[is_start]] = values[is_start]
-    length = np.full(len(extents), FULL, np.int64)
+    length: np.ndarray = np.full(len(extents), FULL, np.int64)
     length[extent_of[is_length]] = values[is_length]
     start, length = start.reshape(count, rank), length.reshape(count, rank)
     dims = np.asarray(shape, np.int64).reshape(1, rank)
@@ -316,7 +319,7 @@ def slice_keys(name: bytes, boxes: Boxes) -> list[bytes]:
     if count == 0:
         return []
     # the 2*rank numbers of each key, in order: start (0 if full) and length (-1 if full)
-    numbers = np.empty((count, rank, 2), np.int64)
+    numbers: np.ndarray = np.empty((count, rank, 2), np.int64)
     numbers[:, :, 0] = np.where(boxes.full, 0, boxes.start)
     numbers[:, :, 1] = np.where(boxes.full, FULL, boxes.size)
     numbers = numbers.reshape(-1)

@@ -29,8 +29,8 @@ import numpy as np
 
 from .. import api
 from ..engine import loop
-from ..faults import crash_point
 from ..errors import CheckpointNotFoundError, ShapeMismatchError, TensorNotFoundError
+from ..faults import crash_point
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader, being_read
@@ -239,7 +239,8 @@ class Saver:
 
 def restore(prefix: str | os.PathLike[str], *, names: Mapping[str, str] | list[str] | None = None,
             out: Mapping[str, np.ndarray] | None = None, allow_partial: bool = False,
-            storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
+            storage_options: dict[str, Any] | None = None,
+            options: IOOptions = DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
     """`Saver.restore` without a Saver (see there)."""
     text = os.fspath(prefix)
     resolved = _resolve_directory(text, storage_options)
@@ -269,7 +270,8 @@ def restore(prefix: str | os.PathLike[str], *, names: Mapping[str, str] | list[s
                     f"restoring tensor {saved!r} into {tgt!r}: the checkpoint holds {dtype_map[saved]}{shape}, "
                     f"the target is {array.dtype}{list(array.shape)} ({resolved})")
         saved_names = list(mapping)
-        arrays = loop.run(reader.read_many(saved_names, out={s: targets[t] for s, t in mapping.items() if t in targets}))
+        outs = {s: targets[t] for s, t in mapping.items() if t in targets}
+        arrays = loop.run(reader.read_many(saved_names, out=outs))
         return {mapping[s]: arrays[s] for s in saved_names}
 
 

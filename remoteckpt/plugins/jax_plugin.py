@@ -31,10 +31,10 @@ import numpy as np
 
 from .. import api, dtypes
 from ..engine import loop
+from ..engine.plan import Slice
 from ..errors import InvalidTensorsError, ShapeMismatchError, UnsupportedDTypeError
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
-from ..engine.plan import Slice
 
 __all__ = ["key_name", "restore", "save", "save_async", "tensors_of"]
 
@@ -211,8 +211,9 @@ class _Leaf:
             self.dtype = leaf.dtype if isinstance(leaf, np.generic) else dtype
             self.requests.append(None)
         else:
-            raise InvalidTensorsError(f"leaf {name!r}: cannot restore into a {type(leaf).__name__} (expected "
-                                      "jax.Array, jax.ShapeDtypeStruct, numpy array or scalar, Python scalar, str, bytes)")
+            raise InvalidTensorsError(
+                f"leaf {name!r}: cannot restore into a {type(leaf).__name__} (expected jax.Array, "
+                "jax.ShapeDtypeStruct, numpy array or scalar, Python scalar, str, bytes)")
         self.nbytes = sum(int(np.prod(r[1] if r else shape)) for r in self.requests) * max(1, stored_dtype.itemsize)
 
     def _check_shape(self, wanted: tuple[int, ...], stored: tuple[int, ...]) -> None:

@@ -44,6 +44,7 @@ from tensorflow.python.training.saving import saveable_object, saveable_object_u
 
 from .. import api
 from ..engine import loop
+from ..engine.plan import Slice
 from ..errors import (
     CheckpointError,
     InvalidTensorsError,
@@ -53,7 +54,6 @@ from ..errors import (
 )
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
-from ..engine.plan import Slice
 
 OBJECT_GRAPH_KEY: str = trackable_base.OBJECT_GRAPH_PROTO_KEY
 """``_CHECKPOINTABLE_OBJECT_GRAPH``: the DT_STRING scalar holding the serialized

@@ -58,6 +58,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from ..engine import loop
+from ..engine.plan import BundlePlan, Slice
 from ..errors import (
     CheckpointBusyError,
     CheckpointError,
@@ -65,7 +66,6 @@ from ..errors import (
     InvalidTensorsError,
     ShapeMismatchError,
 )
-from ..format.bundle import index_filename
 from ..locate import for_writing
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..protocol import claim as claims
@@ -77,7 +77,6 @@ from ..protocol.records import DataIdentity
 from ..protocol.save import commit_tables, refuse_unsafe_store
 from ..protocol.worker import table_bytes, write_part
 from ..storage import Store, open_store, split_prefix
-from ..engine.plan import BundlePlan, Slice
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
 from .torch_dcp_reader import StorageReader
 from .torch_metadata import FORMAT, encode_metadata

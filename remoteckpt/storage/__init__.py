@@ -7,4 +7,5 @@ of its directory and the prefix's name inside it.
 from .base import ByteRange, ObjectInfo, ObjectWriter, PendingUpload, Store, StoreCapabilities
 from .url import on_store, open_store, split_prefix
 
-__all__ = ["ByteRange", "ObjectInfo", "ObjectWriter", "PendingUpload", "Store", "StoreCapabilities", "on_store", "open_store", "split_prefix"]
+__all__ = ["ByteRange", "ObjectInfo", "ObjectWriter", "PendingUpload", "Store", "StoreCapabilities", "on_store",
+           "open_store", "split_prefix"]

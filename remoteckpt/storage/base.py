@@ -28,9 +28,8 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
 
 from __future__ import annotations
 
-import builtins
-
 import abc
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType

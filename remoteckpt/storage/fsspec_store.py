@@ -18,9 +18,8 @@ So a writer holds at most `GATHER` bytes, whatever the size of the object.
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
+import builtins
 import datetime
 import secrets
 from collections.abc import Sequence

@@ -14,9 +14,8 @@ version is a new file.
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
+import builtins
 import fcntl
 import os
 import secrets

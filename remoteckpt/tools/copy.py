@@ -17,20 +17,20 @@ appears whole or not at all.
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import os
 import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from ..dtypes import DT_STRING
 from ..engine import loop
 from ..engine.budget import MemoryBudget, process_budget
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
 from ..format.coding import crc32c, unmask_crc
 from ..format.payload import decode_strings
-from ..dtypes import DT_STRING
+from ..locate import DIRECTORY_CHECKPOINT, for_reading, is_directory_id
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
 from ..protocol import claim as claims
@@ -38,7 +38,6 @@ from ..protocol import coordinator, fence
 from ..protocol.commit import DEFAULT_COMMIT
 from ..protocol.layout import SaveLayout
 from ..protocol.records import DataIdentity
-from ..locate import DIRECTORY_CHECKPOINT, for_reading, is_directory_id
 from ..storage import Store, open_store, split_prefix
 from ..storage.errors import translate
 from ..storage.s3 import S3Store

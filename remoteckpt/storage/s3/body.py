@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import io
 from collections.abc import Sequence
+
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 

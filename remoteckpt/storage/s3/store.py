@@ -16,15 +16,22 @@ race are refused.  ``storage_options={"conditional_writes": "trust"}`` skips the
 from __future__ import annotations
 
 import builtins
-
 import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from ...errors import StorageError
-from ..base import ObjectInfo, ObjectWriter, PendingUpload, ScatterResult, Store, StoreCapabilities, \
-    StoredObject, too_large
+from ..base import (
+    ObjectInfo,
+    ObjectWriter,
+    PendingUpload,
+    ScatterResult,
+    Store,
+    StoreCapabilities,
+    StoredObject,
+    too_large,
+)
 from ..errors import is_not_found, is_precondition_failed, translate
 from .client import S3Client, quoted
 from .direct import DirectGets

@@ -10,9 +10,8 @@ a failed writer aborts its upload.
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
+import builtins
 import logging
 import uuid
 from dataclasses import dataclass
