@@ -68,3 +68,19 @@ def test_a_restart_after_a_committed_kill_raises_checkpoint_exists_on_every_rank
     got = remoteckpt.load(prefix)
     assert all(got[k].tobytes() == v.tobytes() for k, v in expected(1, 2).items())
     assert [r.get("error") for r in restarted] == ["CheckpointExistsError"] * 2, restarted
+
+
+def test_a_save_leaves_the_claim_temp_file_of_a_racing_save_alone(tmp_path: Path) -> None:
+    """On local disk a create-only PUT of the claim writes ``NAME.claim.tempstate<n>`` and
+    links it into place. A save that holds the claim and clears the prefix must not remove
+    another save's claim temp file: was, a crowd of racing jobs failed one of them with
+    ``CheckpointNotFoundError: ...claim: no such file`` instead of ``CheckpointBusyError``."""
+    prefix = str(tmp_path / "ck")
+    racing = tmp_path / "ck.claim.tempstate12345"
+    racing.write_bytes(b"the claim record of a save whose PUT is in flight")
+    dead = tmp_path / "ck.index.tempstate777"
+    dead.write_bytes(b"an index write that died")
+    remoteckpt.save({"w": np.zeros(4, np.float32)}, prefix, options=IOOptions(lease_timeout=5))
+    assert racing.exists()
+    assert not dead.exists()
+    assert remoteckpt.restore(prefix)["w"].shape == (4,)

@@ -70,7 +70,8 @@ class Leftovers:
     data: list[ObjectInfo] = field(default_factory=list)
     staging: list[ObjectInfo] = field(default_factory=list)
     temporary: list[ObjectInfo] = field(default_factory=list)
-    """Temp files of writers that died (local disk: ``*.tempstate<digits>``)."""
+    """Temp files of writers that died (local disk: ``*.tempstate<digits>``), except the
+    claim's, which belong to saves racing for it right now."""
 
 
 async def survey(store: Store, layout: SaveLayout) -> Leftovers:
@@ -83,7 +84,9 @@ async def survey(store: Store, layout: SaveLayout) -> Leftovers:
             found.data.append(info)
         elif rest.startswith(".tmp/") or rest.startswith(".tmp-"):
             found.staging.append(info)
-        elif _TEMPORARY.search(info.key):
+        elif _TEMPORARY.search(info.key) and not info.key.startswith(f"{layout.claim}."):
+            # A claim's temp file is another save's create-only PUT in flight (local disk):
+            # removing it would fail that save with a missing file; `gc` clears dead ones.
             found.temporary.append(info)
     return found
 
