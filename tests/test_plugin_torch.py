@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -109,6 +110,25 @@ def test_sharded_save_2_ranks_load_4_ranks(tmp_path: Path, s3_prefix: str) -> No
         assert reader.index.num_shards == 3
         assert len(reader.index.entries[b"model.weight"].slices) == 2
         reader.close()
+
+
+def test_one_rank_reads_the_index_for_its_process_group(tmp_path: Path, s3_server: Any, s3_prefix: str) -> None:
+    """StorageReader(process_group=...): 3 ranks load, the index is fetched and the data files
+    listed once for all of them (rank 0 broadcasts both); each rank still reads only its boxes."""
+    import torch_workers as w
+    from faultproxy import FaultProxy
+
+    prefix = f"{s3_prefix}/run/step-300"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        results = run_ranks(w.shared_index_job, 3, tmp_path, prefix, proxy.endpoint_url)
+        log = list(proxy.log)
+    assert results == [prefix] * 3
+    index_gets = [t for m, t, _ in log if m == "GET" and t.split("?")[0].endswith("/run/step-300.index")]
+    listings = [t for m, t, _ in log if m == "GET" and "list-type=2" in t and "step-300.data-" in unquote(t)]
+    assert len(index_gets) == 1 and len(listings) == 1, (index_gets, listings)
+    assert not [t for m, t, _ in log if m == "HEAD"]
+    # The missing checkpoint: one listing and one GET of its index (404), by rank 0 alone.
+    assert len([t for m, t, _ in log if m == "GET" and "step-300-missing.index" in t]) == 1
 
 
 def test_doc_example_runs(tmp_path: Path, s3_prefix: str) -> None:
