@@ -13,10 +13,12 @@
               with a key of its own, awaited like the reports), remove the notices, the
               staging and the claim
 
-The waits cost the coordinator a few listings in all, not one per poll: while nothing
-arrives it asks for `PROBES` missing keys by name per round (a request each) and lists only
-once one of them is found, or once half of those asked for were (most have come: the end is
-near); listings are `LIST_GAP` apart at least, that gap doubling after each.
+The waits cost the coordinator a few listings in all, not one per poll: while many keys are
+missing it asks for `PROBES` of them by name per round (a request each) and lists only once
+one of them was there (reports: each is fetched as soon as it is seen), or once all of a
+round's were (most have come: the end is near; acknowledgements, whose presence is all that
+matters, are listed only then); listings are `LIST_GAP` apart at least, that gap doubling
+after each.
 """
 
 from __future__ import annotations
@@ -156,11 +158,11 @@ async def await_keys(store: Store, prefix: str, rank_of: Callable[[str], int | N
     `deadline`.  Keys are found by listing `prefix` (`rank_of` names the rank of a listed key)
     while many are missing, by asking for each once few are (see the module docstring):
     ``fetch(rank)`` asks, and returns whether the key was there (and taken).  A listed key is
-    fetched too, unless not `fetch_listed` (its presence is all that is awaited).  `check`
-    runs after every round and may raise to end the wait."""
-    last_list: float | None = None
+    fetched too, unless not `fetch_listed`: then its presence is all that is awaited, and
+    listings wait until most keys are there (every key asked for in a round was)."""
+    start, last_list = poll.clock(), None
     gap = LIST_GAP[0]
-    hits = probes = 0
+    hits = last_hits = 0
 
     async def take(ranks: Iterable[int]) -> int:
         found: list[int] = []
@@ -177,18 +179,19 @@ async def await_keys(store: Store, prefix: str, rank_of: Callable[[str], int | N
         if len(missing) <= RELIST_ABOVE:
             await take(sorted(missing))
         else:
-            since = None if last_list is None else poll.clock() - last_list
-            if since is None or (hits and since >= gap) or (probes >= PROBES and 2 * hits >= probes
-                                                             and since >= LIST_GAP[0]):
+            since = poll.clock() - (start if last_list is None else last_list)
+            arriving = fetch_listed and (last_list is None or (hits and since >= gap))
+            most_there = last_hits == PROBES and since >= LIST_GAP[0]
+            if arriving or most_there:
                 present = {r for key in await store.list(prefix) if (r := rank_of(key)) is not None}
                 if fetch_listed:
                     await take(sorted(missing & present))
                 else:
                     missing.difference_update(present)
-                last_list, gap, hits, probes = poll.clock(), min(2 * gap, LIST_GAP[1]), 0, 0
+                last_list, gap, hits, last_hits = poll.clock(), min(2 * gap, LIST_GAP[1]), 0, 0
             else:
-                hits += await take(random.sample(sorted(missing), PROBES))
-                probes += PROBES
+                last_hits = await take(random.sample(sorted(missing), PROBES))
+                hits += last_hits
         check()
         if not missing:
             return

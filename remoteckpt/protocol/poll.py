@@ -35,6 +35,12 @@ KEY_RATE = 100.0
 them reads now and then (the claim, the index): their looks are spread over
 ``world_size / KEY_RATE`` seconds."""
 
+COMMIT_RATE = 4000.0
+"""Workers per second of the coordinator's work between the last report and the verdict
+(merging their tables, listing their data files, writing their notices), at best: a worker
+looks for the verdict first ``world_size / COMMIT_RATE`` seconds after its report at the
+soonest, not before it could be there."""
+
 clock = time.monotonic
 """The time source of every wait and lease judgement (monotonic: a host's wall clock may be
 off by hours, or jump)."""

@@ -227,7 +227,7 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
     claim_seen: str | None = None
     look_every = max(options.lease_timeout, poll.spread(layout.world_size))  # every worker reads the claim
     look_at_claim = poll.clock() + look_every * random.uniform(1.0, 1.5)
-    first = max(options.poll_interval * 4, 0.02)
+    first = max(options.poll_interval * 4, 0.02, layout.world_size / poll.COMMIT_RATE)
     async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size),
                                       share=poll.WAIT_SHARE):
         notice = await claims.read_notice(store, layout)
