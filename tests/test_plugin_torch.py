@@ -126,9 +126,11 @@ def test_one_rank_reads_the_index_for_its_process_group(tmp_path: Path, s3_serve
     index_gets = [t for m, t, _ in log if m == "GET" and t.split("?")[0].endswith("/run/step-300.index")]
     listings = [t for m, t, _ in log if m == "GET" and "list-type=2" in t and "step-300.data-" in unquote(t)]
     assert len(index_gets) == 1 and len(listings) == 1, (index_gets, listings)
-    assert not [t for m, t, _ in log if m == "HEAD"]
-    # The missing checkpoint: one listing and one GET of its index (404), by rank 0 alone.
+    assert not [t for m, t, _ in log if m == "HEAD" and "step-300-missing" not in t]
+    # The missing checkpoint: its index asked for once (404), by rank 0 alone, and the
+    # directory of that name looked into once.
     assert len([t for m, t, _ in log if m == "GET" and "step-300-missing.index" in t]) == 1
+    assert len([t for m, t, _ in log if "step-300-missing/ckpt.index" in t]) == 1
 
 
 def test_doc_example_runs(tmp_path: Path, s3_prefix: str) -> None:

@@ -35,11 +35,11 @@ from torch.distributed.checkpoint.storage import StorageReader as _DCPStorageRea
 from torch.futures import Future
 
 from ..engine import loop
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ShapeMismatchError, UnsupportedDTypeError
-from ..format.bundle import BundleIndex, decode_index, index_filename
+from ..errors import CorruptCheckpointError, ShapeMismatchError, UnsupportedDTypeError
+from ..format.bundle import BundleIndex, decode_index, encode_index, index_filename
 from ..format.slices import Box
 from ..options import DEFAULT_OPTIONS, IOOptions
-from ..reader import MAX_INDEX_BYTES, CheckpointReader
+from ..reader import CheckpointReader
 from ..storage import Store, open_store, split_prefix
 from ..storage.base import ObjectInfo
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
@@ -81,35 +81,25 @@ def metadata_from_index(reader: CheckpointReader) -> Metadata:
                     version=DCP_VERSION)
 
 
-async def read_shared(prefix: str, storage_options: dict[str, Any] | None,
-                      options: IOOptions) -> tuple[bytes, list[ObjectInfo]]:
-    """What every rank's reader needs from storage before its first read: the index's bytes
-    and the data files' listing (listed first, as `CheckpointReader` does: a checkpoint
-    replaced in between fails the version checks of the reads instead of mixing)."""
-    directory, name = split_prefix(prefix)
-    store = open_store(directory, storage_options, options)
-    try:
-        listing = await store.list_info(f"{name}.data-")
-        key = index_filename(name)
-        try:
-            data = await store.get(key, max_size=MAX_INDEX_BYTES)
-        except CheckpointNotFoundError:
-            raise CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist") from None
-        return data, listing
-    finally:
-        await store.close()
-
-
 class _SharedReader(CheckpointReader):
-    """A `CheckpointReader` opened from an index and a listing read by another rank."""
+    """A `CheckpointReader` whose index and data file listing are another rank's: `shared` is
+    (index bytes, listing), or None to read them as any reader does and keep them in `shared`
+    (the index encoded again) for the others."""
 
-    def __init__(self, prefix: str, shared: tuple[bytes, list[ObjectInfo]], *,
+    def __init__(self, prefix: str, shared: tuple[bytes, list[ObjectInfo]] | None, *,
                  storage_options: dict[str, Any] | None, options: IOOptions) -> None:
-        self._shared = shared
+        self.shared = shared
         super().__init__(prefix, storage_options=storage_options, options=options)
 
-    async def _open(self, directory: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
-        data, listing = self._shared
+    async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+        if self.shared is None:
+            store, index = await super()._open(prefix, storage_options)
+            out = io.BytesIO()
+            encode_index(index.header, index.entries, out)
+            self.shared = (out.getvalue(), list(self._data_files.values()))
+            return store, index
+        data, listing = self.shared
+        directory, name = split_prefix(prefix)
         store = open_store(directory, storage_options, self._options)
         self._data_files = {i.key: i for i in listing}
         view = memoryview(data)
@@ -117,7 +107,7 @@ class _SharedReader(CheckpointReader):
             return store, decode_index(lambda o, n: view[o : o + n], len(view))
         except CorruptCheckpointError as exc:
             await store.close()
-            raise CorruptCheckpointError(f"{store.describe(index_filename(self._name))}: {exc}") from None
+            raise CorruptCheckpointError(f"{store.describe(index_filename(name))}: {exc}") from None
 
 
 class StorageReader(AtPrefix, _DCPStorageReader):
@@ -186,15 +176,19 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         payload: list[Any] = [None]
         if dist.get_rank(group) == 0:
             try:
-                payload[0] = ("ok", loop.run(read_shared(str(self.prefix), self.storage_options, self.options)))
+                mine = _SharedReader(str(self.prefix), None, storage_options=self.storage_options,
+                                     options=self.options)
+                payload[0] = ("ok", mine.prefix, mine.shared)
             except Exception as exc:  # every rank raises it
-                payload[0] = ("error", exc)
+                payload[0] = ("error", exc, None)
         dist.broadcast_object_list(payload, src=dist.get_global_rank(group, 0), group=group)
-        kind, value = payload[0]
+        kind, value, shared = payload[0]
         if kind == "error":
             raise value
-        self._reader = _SharedReader(str(self.prefix), value, storage_options=self.storage_options,
-                                     options=self.options)
+        if dist.get_rank(group) == 0:
+            self._reader = mine
+        else:  # the prefix as rank 0 resolved it (a directory id names a checkpoint in it)
+            self._reader = _SharedReader(value, shared, storage_options=self.storage_options, options=self.options)
 
     def read_metadata(self, *args: Any) -> Metadata:
         if self._reader is None and self.process_group is not None:
