@@ -3,6 +3,7 @@
 #   make test-fast  the suite without TensorFlow, PyTorch, JAX and the slow tests, in .venv-fast
 #   make demo       save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
 #   make bench      benchmarks; results go to bench-results/ (see docs/benchmarks.md)
+#   make scale      simulated fleet of 64..4,096 ranks on an embedded S3 (SCALE_ARGS="--ranks 64,256"); docs/scale.md
 #   make soak       reliability soak (crash, network, race, a job's life, corruption, fuzz) at scale, MINUTES=10; docs/reliability.md
 #   make mutate     mutation run of the core against its fast tests (MUTATE_ARGS="--only merge"); docs/reliability.md
 #   make docs       API reference from the docstrings, into build/docs/
@@ -28,7 +29,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 FAST_STAMP := $(FAST_VENV)/.installed-test
 DEMO_STAMP := $(DEMO_VENV)/.installed-testing
 
-.PHONY: install test test-fast bench demo soak mutate docs protos clean
+.PHONY: install test test-fast bench demo scale soak mutate docs protos clean
 
 # $(call venv,DIR,EXTRAS,MORE): a virtual environment in DIR with remoteckpt[EXTRAS] (editable) and MORE.
 define venv
@@ -63,6 +64,10 @@ demo: $(DEMO_STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+scale: $(STAMP)
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
+	$(PY) -m benchmarks.scale $(SCALE_ARGS)
 
 soak: $(FAST_STAMP)
 	PYTHONPATH=$(CURDIR)/tests $(FAST_PY) -m benchmarks.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -20,13 +21,13 @@ import pytest
 torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
+from spawning import run_ranks  # noqa: E402
 from torch.distributed.checkpoint.api import CheckpointException  # noqa: E402
 
 import remoteckpt  # noqa: E402
 import remoteckpt.torch as rt  # noqa: E402
 from remoteckpt.plugins.torch_dcp import BYTES_PREFIX, METADATA_TENSOR  # noqa: E402
 from remoteckpt.plugins.torch_metadata import decode_metadata, encode_metadata  # noqa: E402
-from spawning import run_ranks  # noqa: E402
 
 MiB = 2**20
 
@@ -108,6 +109,27 @@ def test_sharded_save_2_ranks_load_4_ranks(tmp_path: Path, s3_prefix: str) -> No
         assert reader.index.num_shards == 3
         assert len(reader.index.entries[b"model.weight"].slices) == 2
         reader.close()
+
+
+def test_one_rank_reads_the_index_for_its_process_group(tmp_path: Path, s3_server: Any, s3_prefix: str) -> None:
+    """StorageReader(process_group=...): 3 ranks load, the index is fetched and the data files
+    listed once for all of them (rank 0 broadcasts both); each rank still reads only its boxes."""
+    import torch_workers as w
+    from faultproxy import FaultProxy
+
+    prefix = f"{s3_prefix}/run/step-300"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        results = run_ranks(w.shared_index_job, 3, tmp_path, prefix, proxy.endpoint_url)
+        log = list(proxy.log)
+    assert results == [prefix] * 3
+    index_gets = [t for m, t, _ in log if m == "GET" and t.split("?")[0].endswith("/run/step-300.index")]
+    listings = [t for m, t, _ in log if m == "GET" and "list-type=2" in t and "step-300.data-" in unquote(t)]
+    assert len(index_gets) == 1 and len(listings) == 1, (index_gets, listings)
+    assert not [t for m, t, _ in log if m == "HEAD" and "step-300-missing" not in t]
+    # The missing checkpoint: its index asked for once (404), by rank 0 alone, and the
+    # directory of that name looked into once.
+    assert len([t for m, t, _ in log if m == "GET" and "step-300-missing.index" in t]) == 1
+    assert len([t for m, t, _ in log if "step-300-missing/ckpt.index" in t]) == 1
 
 
 # --- one process (no process group) ---------------------------------------------------------
@@ -293,8 +315,14 @@ def test_empty_state_dict(tmp_path: Path) -> None:
 
 def test_metadata_round_trips_as_json() -> None:
     from torch.distributed.checkpoint.metadata import (
-        BytesStorageMetadata, ChunkStorageMetadata, Metadata, MetadataIndex, StorageMeta, TensorProperties,
-        TensorStorageMetadata)
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        StorageMeta,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
 
     metadata = Metadata(
         state_dict_metadata={

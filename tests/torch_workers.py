@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor, init_device_mesh
 
 import remoteckpt.torch as rt
@@ -134,6 +135,37 @@ def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], re
             assert {k: state[k] for k in EXTRA} == EXTRA, (prefix, {k: state[k] for k in EXTRA})
         dist.barrier()
         return prefixes
+    finally:
+        dist.destroy_process_group()
+
+
+def shared_index_job(init_file: str, rank: int, world_size: int, prefix: str, endpoint: str) -> str:
+    """Saves the sharded state (straight to the S3 server), then loads it through `endpoint`
+    (a counting proxy) with a reader whose process group shares the index; checks every value."""
+    mesh = _join(init_file, rank, world_size)
+    try:
+        dcp.save(sharded_state(mesh), storage_writer=rt.StorageWriter(prefix))
+        dist.barrier()
+        state = sharded_state(mesh, zeros=True)
+        dcp.load(state, storage_reader=rt.StorageReader(prefix, storage_options={"endpoint_url": endpoint},
+                                                        process_group=dist.group.WORLD))
+        full = full_state()
+        for key in ("weight", "emb", "cols"):
+            assert torch.equal(state["model"][key].full_tensor(), full[f"model.{key}"]), key
+        for key in ("bias", "count", "mask"):
+            assert torch.equal(state["model"][key], full[f"model.{key}"]), key
+        assert {k: state[k] for k in EXTRA} == EXTRA
+        # A missing checkpoint: rank 0's error, raised on every rank (no rank waits for another).
+        try:
+            dcp.load(sharded_state(mesh, zeros=True),
+                     storage_reader=rt.StorageReader(prefix + "-missing", storage_options={"endpoint_url": endpoint},
+                                                     process_group=dist.group.WORLD))
+        except CheckpointException as exc:  # DCP's wrapping of every rank's error
+            assert "not found" in str(exc), exc
+        else:
+            raise AssertionError("a missing checkpoint loaded")
+        dist.barrier()
+        return prefix
     finally:
         dist.destroy_process_group()
 

@@ -5,6 +5,12 @@ Loading reads, for each of DCP's read items, just its box of the stored tensor (
 reads), straight into the destination tensor when it is a CPU tensor of the stored dtype, so
 any world size and sharding can load any checkpoint.  A bundle without ``_DCP_METADATA``
 (written by TensorFlow or `remoteckpt.save`) loads too: its metadata is derived from the index.
+
+Every rank needs the whole index (and the list of data files, for their sizes and versions).
+DCP calls `read_metadata` on every rank and offers no hook to read it once, so with
+``process_group=`` the reader does it itself: the group's rank 0 lists the data files and
+fetches the index, and broadcasts both (or its error) to the others, which read nothing but
+their boxes.  One index read per job instead of one per rank.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from torch.futures import Future
 
 from ..engine import loop
 from ..errors import CorruptCheckpointError, ShapeMismatchError, UnsupportedDTypeError
+from ..format.bundle import BundleIndex, decode_index, encode_index, index_filename
 from ..format.slices import Box
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
+from ..storage import Store, open_store, split_prefix
+from ..storage.base import ObjectInfo
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
 from .torch_metadata import FORMAT, decode_metadata
 from .torch_tensors import TO_TORCH, numel, numpy_to_tensor, writable_view
@@ -72,18 +81,55 @@ def metadata_from_index(reader: CheckpointReader) -> Metadata:
                     version=DCP_VERSION)
 
 
+class _SharedReader(CheckpointReader):
+    """A `CheckpointReader` whose index and data file listing are another rank's: `shared` is
+    (index bytes, listing), or None to read them as any reader does and keep them in `shared`
+    (the index encoded again) for the others."""
+
+    def __init__(self, prefix: str, shared: tuple[bytes, list[ObjectInfo]] | None, *,
+                 storage_options: dict[str, Any] | None, options: IOOptions) -> None:
+        self.shared = shared
+        super().__init__(prefix, storage_options=storage_options, options=options)
+
+    async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+        if self.shared is None:
+            store, index = await super()._open(prefix, storage_options)
+            out = io.BytesIO()
+            encode_index(index.header, index.entries, out)
+            self.shared = (out.getvalue(), list(self._data_files.values()))
+            return store, index
+        data, listing = self.shared
+        directory, name = split_prefix(prefix)
+        store = open_store(directory, storage_options, self._options)
+        self._data_files = {i.key: i for i in listing}
+        view = memoryview(data)
+        try:
+            return store, decode_index(lambda o, n: view[o : o + n], len(view))
+        except CorruptCheckpointError as exc:
+            await store.close()
+            raise CorruptCheckpointError(f"{store.describe(index_filename(name))}: {exc}") from None
+
+
 class StorageReader(AtPrefix, _DCPStorageReader):
     """Reads a tensor bundle at `prefix` for `dcp.load`: a checkpoint written by
     `StorageWriter` (any world size), or any TensorFlow checkpoint (numeric tensors by name).
     Each read item fetches only its box of the stored tensor.  `reader` is the underlying
-    `remoteckpt.CheckpointReader` (opened on first use)."""
+    `remoteckpt.CheckpointReader` (opened on first use).
+
+    `process_group` (``torch.distributed.group.WORLD`` for the default group): the group's rank
+    0 alone reads the index and lists the data files, and broadcasts them to the others in
+    `read_metadata`; every rank of the group must then load with such a reader, as
+    ``dcp.load`` does (its collectives need every rank anyway).  Not for a load of one rank
+    alone (``no_dist=True``) in a job whose group is up: it would wait for the others."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *,
-                 storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS) -> None:
+                 storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
+                 process_group: Any = None) -> None:
         super().__init__()
         self.prefix = None if prefix is None else os.fspath(prefix)
         self.storage_options = storage_options
         self.options = options
+        self.process_group = process_group
         self.load_id = uuid.uuid4().hex
         self._reader: CheckpointReader | None = None
         self._dtypes: dict[str, np.dtype] | None = None
@@ -93,6 +139,7 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         state = dict(self.__dict__)
         state["_reader"] = None
         state["_dtypes"] = None
+        state["process_group"] = None  # a process group is this process's own
         return state
 
     @property
@@ -118,7 +165,34 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             self.prefix = os.fspath(checkpoint_id)
         self.load_id = uuid.uuid4().hex
 
+    def _open_shared(self) -> None:
+        """Rank 0 of the process group reads what every reader needs and broadcasts it (or
+        its error, which every rank then raises)."""
+        import torch.distributed as dist
+
+        if self.prefix is None:
+            self.reader  # noqa: B018 - raises the error naming the missing prefix
+        group = self.process_group
+        payload: list[Any] = [None]
+        if dist.get_rank(group) == 0:
+            try:
+                mine = _SharedReader(str(self.prefix), None, storage_options=self.storage_options,
+                                     options=self.options)
+                payload[0] = ("ok", mine.prefix, mine.shared)
+            except Exception as exc:  # every rank raises it
+                payload[0] = ("error", exc, None)
+        dist.broadcast_object_list(payload, src=dist.get_global_rank(group, 0), group=group)
+        kind, value, shared = payload[0]
+        if kind == "error":
+            raise value
+        if dist.get_rank(group) == 0:
+            self._reader = mine
+        else:  # the prefix as rank 0 resolved it (a directory id names a checkpoint in it)
+            self._reader = _SharedReader(value, shared, storage_options=self.storage_options, options=self.options)
+
     def read_metadata(self, *args: Any) -> Metadata:
+        if self._reader is None and self.process_group is not None:
+            self._open_shared()
         reader = self.reader
         if reader.has_tensor(METADATA_TENSOR):
             blob = reader.get_tensor(METADATA_TENSOR)

@@ -27,18 +27,28 @@ and tell their workers the attempt themselves.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import Container
 
-from ..errors import CheckpointBusyError, CheckpointChangedError, CheckpointExistsError, CheckpointNotFoundError, \
-    SaveFailedError
+from ..errors import (
+    CheckpointBusyError,
+    CheckpointChangedError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    SaveFailedError,
+)
 from ..options import IOOptions
 from ..storage.base import Store, StoredObject
 from . import poll
 from .layout import SaveLayout
 from .lease import Lease, Verdict, watch
 from .records import MAX_RECORD_BYTES, ClaimRecord, Failure, Notice
+
+FIRST_LOOK = 0.25
+"""Seconds a worker waits for its group's notice before it first looks for a committed index
+or another job's claim (plus its own share of `poll.spread`)."""
 
 CLAIM_ATTEMPTS = 4
 """Create-only PUTs the coordinator tries before giving up: each failed one either finds a
@@ -170,9 +180,14 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
     Raises `CheckpointBusyError` if another live save holds the prefix,
     `CheckpointExistsError` if a committed checkpoint is there (unless overwriting),
     `SaveFailedError` when nobody came within ``commit_timeout``."""
-    deadline = poll.clock() + options.commit_timeout
-    next_look = poll.clock() + options.lease_timeout / 2  # at the claim, in case rank 0 never comes
-    async for polls in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size)):
+    start = poll.clock()
+    deadline = start + options.commit_timeout
+    # A look at the index and the claim, in case rank 0 never comes (a committed checkpoint, another
+    # job's save): soon, at a time of this worker's own within the spread every worker's looks take.
+    spread = poll.spread(layout.world_size)
+    next_look = start + FIRST_LOOK + random.uniform(0.0, spread)
+    async for _ in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size),
+                                      share=poll.WAIT_SHARE):
         notice = await read_notice(store, layout)
         if notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size:
             if notice.state == "writing":
@@ -182,9 +197,10 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
                 if found is not None and found[0] is not None and found[0].attempt == notice.attempt:
                     return notice.attempt, notice.error or Failure(type="SaveFailedError", message="the save failed")
             continue  # the end of an earlier attempt, left behind: wait for this one
-        if notice is not None or polls == 3 or poll.clock() >= next_look:
-            next_look = poll.clock() + options.lease_timeout / 2
-            if not overwrite and polls >= 3 and await store.exists(layout.index):
+        if notice is not None or poll.clock() >= next_look:
+            looked_early = poll.clock() >= start + FIRST_LOOK
+            next_look = poll.clock() + max(options.lease_timeout / 2, spread) * random.uniform(1.0, 1.5)
+            if not overwrite and looked_early and await store.exists(layout.index):
                 raise CheckpointExistsError.committed(store.describe(layout.index))
             await _refuse_foreign_claim(store, layout, options)
     raise SaveFailedError(

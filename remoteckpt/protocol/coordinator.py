@@ -4,28 +4,41 @@
               overwriting: then retire it, index first); clear what dead attempts left
               (their data files, by the versions listed; their staging; their uploads)
     invite    write the group notices: "attempt A is writing"
-    collect   every worker's report: one listing, then a GET per report still missing
-              (a listing again while many are); a failed report ends the wait
+    collect   every worker's report (`await_keys`: listings while many are missing, spaced
+              further apart as they go, each report fetched and its table decoded as soon
+              as it is seen; a GET per report once few are missing); a failed report ends
+              the wait
     commit    merge the tables, renew the lease, fence the data files, commit the index
     publish   the verdict on every notice; once the workers have read it (each acknowledges
-              with a key of its own), remove the notices, the staging and the claim
+              with a key of its own, awaited like the reports), remove the notices, the
+              staging and the claim
+
+The waits cost the coordinator a few listings in all, not one per poll: while many keys are
+missing it asks for `PROBES` of them by name per round (a request each) and lists only once
+one of them was there (reports: each is fetched as soon as it is seen), or once all of a
+round's were (most have come: the end is near; acknowledgements, whose presence is all that
+matters, are listed only then); listings are `LIST_GAP` apart at least, that gap doubling
+after each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, SaveFailedError
+from ..format.bundle import BundleIndex
 from ..options import IOOptions
 from ..storage.base import ObjectInfo, Store
 from . import poll
 from .layout import DATA_FILE, SaveLayout
 from .lease import Lease
 from .records import Failure, Notice, Report
+from .worker import read_table
 
 log = logging.getLogger("remoteckpt")
 
@@ -35,8 +48,20 @@ CONCURRENT_REQUESTS = 64
 _TEMPORARY = re.compile(r"\.tempstate\d+$")
 
 RELIST_ABOVE = 64
-"""While more reports than this are missing, one listing (a request per thousand keys)
-finds them cheaper than a GET each."""
+"""While more keys than this are missing, listings (a request per thousand keys) find them
+cheaper than a GET each; with this many or fewer, each is asked for by name every round."""
+
+PROBES = 2
+"""Missing keys asked for by name per round while many are missing: whether (and, by the share
+found, how many) have arrived since the last listing, for a request each."""
+
+LIST_GAP = (0.25, 8.0)
+"""Seconds between two listings of the keys being awaited: the first gap, doubled after every
+listing up to the second."""
+
+ROUND_CAP = 0.5
+"""Longest sleep between two rounds of the coordinator's waits: once few keys are missing, one
+that arrives is seen within this (the commit follows the last report by about this much)."""
 
 ACK_TIMEOUT = 30.0
 """How long the coordinator waits for workers to read the verdict before it removes the
@@ -129,41 +154,85 @@ async def notify(store: Store, layout: SaveLayout, notice: Notice) -> dict[str, 
     return written
 
 
-async def collect(store: Store, layout: SaveLayout, attempt: str, options: IOOptions, lease: Lease) -> list[Report]:
-    """The reports of workers 1..n-1 of `attempt`, in rank order.  Raises the failure a
-    worker reported (as every rank will), or `SaveFailedError` naming the missing ranks after
-    ``commit_timeout``."""
+async def await_keys(store: Store, prefix: str, rank_of: Callable[[str], int | None], missing: set[int],
+                     fetch: Callable[[int], Awaitable[bool]], *, first: float, deadline: float,
+                     check: Callable[[], None] = lambda: None, fetch_listed: bool = True) -> None:
+    """Wait until every rank of `missing` has its key, removing each as it comes, or until
+    `deadline`.  Keys are found by listing `prefix` (`rank_of` names the rank of a listed key)
+    while many are missing, by asking for each once few are (see the module docstring):
+    ``fetch(rank)`` asks, and returns whether the key was there (and taken).  A listed key is
+    fetched too, unless not `fetch_listed`: then its presence is all that is awaited, and
+    listings wait until most keys are there (every key asked for in a round was)."""
+    start, last_list = poll.clock(), None
+    gap = LIST_GAP[0]
+    hits = last_hits = 0
+
+    async def take(ranks: Iterable[int]) -> int:
+        found: list[int] = []
+
+        async def one(rank: int) -> None:
+            if await fetch(rank):
+                found.append(rank)
+
+        await bounded(one(r) for r in ranks)
+        missing.difference_update(found)
+        return len(found)
+
+    async for _ in poll.backoff_polls(first, deadline, cap=ROUND_CAP):
+        if len(missing) <= RELIST_ABOVE:
+            await take(sorted(missing))
+        else:
+            since = poll.clock() - (start if last_list is None else last_list)
+            arriving = fetch_listed and (last_list is None or (hits and since >= gap))
+            most_there = last_hits == PROBES and since >= LIST_GAP[0]
+            if arriving or most_there:
+                present = {r for key in await store.list(prefix) if (r := rank_of(key)) is not None}
+                if fetch_listed:
+                    await take(sorted(missing & present))
+                else:
+                    missing.difference_update(present)
+                last_list, gap, hits, last_hits = poll.clock(), min(2 * gap, LIST_GAP[1]), 0, 0
+            else:
+                last_hits = await take(random.sample(sorted(missing), PROBES))
+                hits += last_hits
+        check()
+        if not missing:
+            return
+
+
+async def collect(store: Store, layout: SaveLayout, attempt: str, options: IOOptions, lease: Lease,
+                  tables: dict[int, BundleIndex] | None = None) -> list[Report]:
+    """The reports of workers 1..n-1 of `attempt`, in rank order (their tables decoded into
+    `tables` as they come, by rank).  Raises the failure a worker reported (as every rank
+    will), or `SaveFailedError` naming the missing ranks after ``commit_timeout``."""
     deadline = poll.clock() + options.commit_timeout
     reports: dict[int, Report] = {}
     missing = set(range(1, layout.world_size))
 
-    async def fetch(rank: int) -> None:
+    async def fetch(rank: int) -> bool:
         try:
             data = await store.get(layout.report(attempt, rank))
         except CheckpointNotFoundError:
-            return
+            return False
         report = Report.decode(data)
-        if report is not None and report.attempt == attempt and report.rank == rank:
-            reports[rank] = report
+        if report is None or report.attempt != attempt or report.rank != rank:
+            return False  # not (yet) a whole report of this attempt
+        if tables is not None and report.state == "ready":
+            tables[rank] = read_table(report.table, rank, store.describe(layout.index))
+        reports[rank] = report
+        return True
 
-    listed = True  # the first round lists: most reports may be there already
-    async for _ in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(len(missing))):
+    def check() -> None:
         lease.check()
-        if listed or len(missing) > RELIST_ABOVE:
-            ranks = (layout.rank_of(attempt, k) for k in await store.list(layout.staging(attempt)))
-            present = {r for r in ranks if r is not None}
-            wanted = missing & present
-        else:
-            wanted = set(missing)
-        listed = False
-        await bounded(fetch(r) for r in sorted(wanted))
         failed = sorted(r for r, rep in reports.items() if rep.state != "ready")
         if failed:
             first = reports[failed[0]]
             raise WorkerFailed(first.error or Failure(type="SaveFailedError", message=f"worker {failed[0]} failed"))
-        missing -= set(reports)
-        if not missing:
-            return [reports[r] for r in range(1, layout.world_size)]
+
+    await await_keys(store, layout.prefix_of(attempt), lambda key: layout.rank_of(attempt, key), missing,
+                     fetch, first=options.poll_interval, deadline=deadline, check=check)
+    if not missing:
+        return [reports[r] for r in range(1, layout.world_size)]
     raise SaveFailedError(
         f"timed out after {options.commit_timeout:g} s waiting for worker(s) {_ranks(missing)} to write "
         f"{store.describe(layout.index)} (their reports under {store.describe(layout.staging(attempt))})")
@@ -171,26 +240,34 @@ async def collect(store: Store, layout: SaveLayout, attempt: str, options: IOOpt
 
 def _ranks(ranks: Iterable[int]) -> str:
     ordered = sorted(ranks)
-    return "[" + ", ".join(map(str, ordered[:20])) + (f", ... ({len(ordered) - 20} more)" if len(ordered) > 20 else "") + "]"
+    more = f", ... ({len(ordered) - 20} more)" if len(ordered) > 20 else ""
+    return "[" + ", ".join(map(str, ordered[:20])) + more + "]"
 
 
-async def finish(store: Store, layout: SaveLayout, attempt: str, notices: dict[str, str], options: IOOptions) -> None:
+async def finish(store: Store, layout: SaveLayout, attempt: str, notices: dict[str, str], options: IOOptions,
+                 reported: Collection[int] | None = None) -> None:
     """After the verdict is published: wait (bounded) for every worker to acknowledge it,
-    then remove this attempt's notices (exactly the versions written) and staging."""
+    then remove this attempt's notices (exactly the versions written) and staging: the
+    reports of `reported` and the acknowledgements by name, or (`reported` None: an attempt
+    that failed, whose reports are not all known) whatever a listing of the staging finds."""
     deadline = poll.clock() + min(ACK_TIMEOUT, options.commit_timeout)
-    staging = layout.staging(attempt)
-    listed: Sequence[str] = []
-    acked: set[int] = set()
-    async for _ in poll.backoff_polls(options.poll_interval * 4, deadline, cap=poll.interval_cap(layout.world_size)):
-        listed = await store.list(staging)
-        acked = {r for k in listed if (r := layout.rank_of(attempt, k, "ack")) is not None}
-        if len(acked) >= layout.world_size - 1:
-            break
-    else:
+    waiting = set(range(1, layout.world_size))
+
+    async def acknowledged(rank: int) -> bool:
+        return await store.exists(layout.ack(attempt, rank))
+
+    await await_keys(store, layout.prefix_of(attempt, "ack"), lambda key: layout.rank_of(attempt, key, "ack"), waiting,
+                     acknowledged, first=options.poll_interval * 4, deadline=deadline, fetch_listed=False)
+    if waiting:
         log.info("%d worker(s) of %s did not acknowledge the verdict in time; removing it anyway",
-                 layout.world_size - 1 - len(acked), store.describe(layout.index))
+                 len(waiting), store.describe(layout.index))
+    if reported is None:
+        leftovers = await store.list(layout.staging(attempt))
+    else:
+        leftovers = [*(layout.report(attempt, r) for r in reported),
+                     *(layout.ack(attempt, r) for r in range(1, layout.world_size) if r not in waiting)]
     await bounded([*(store.delete(k, if_match=e) for k, e in notices.items()),
-                   *(store.delete(k) for k in listed)])
+                   *(store.delete(k) for k in leftovers)])
 
 
 async def publish(store: Store, layout: SaveLayout, notice: Notice) -> dict[str, str]:

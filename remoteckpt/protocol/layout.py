@@ -113,17 +113,22 @@ class SaveLayout:
         return f"{self.name}.tmp-{attempt}/"
 
     def report(self, attempt: str, rank: int) -> str:
-        return f"{self.staging(attempt)}worker-{rank:05d}"
+        return f"{self.prefix_of(attempt)}{rank:05d}"
 
     def ack(self, attempt: str, rank: int) -> str:
-        return f"{self.staging(attempt)}ack-{rank:05d}"
+        return f"{self.prefix_of(attempt, 'ack')}{rank:05d}"
+
+    def prefix_of(self, attempt: str, kind: str = "worker") -> str:
+        """What every report (or, with ``kind="ack"``, acknowledgement) of `attempt` starts with."""
+        return f"{self.staging(attempt)}{kind}-"
 
     def rank_of(self, attempt: str, key: str, kind: str = "worker") -> int | None:
         """The rank whose report (or, with ``kind="ack"``, acknowledgement) `key` is, None
         for anything else."""
-        if not key.startswith(self.staging(attempt)):
+        prefix = self.prefix_of(attempt, kind)
+        if not key.startswith(prefix):
             return None
-        m = re.fullmatch(rf"{kind}-(\d{{5,}})", key[len(self.staging(attempt)):])
+        m = re.fullmatch(r"(\d{5,})", key[len(prefix):])
         return int(m.group(1)) if m and int(m.group(1)) < self.world_size else None
 
 

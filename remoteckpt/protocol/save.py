@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import CheckpointError, StorageError
 from ..faults import crash_point
-from ..format.bundle import BundleIndex, decode_index, encode_index
+from ..format.bundle import BundleIndex, encode_index
 from ..format.merge import merge_indexes
 from ..options import IOOptions
 from ..progress import Reporter
@@ -37,7 +37,7 @@ from .commit import DEFAULT_COMMIT, CommitProtocol
 from .layout import SaveLayout
 from .lease import Lease
 from .records import Failure, Notice
-from .worker import SaveReport, run_worker, write_part
+from .worker import SaveReport, read_table, run_worker, write_part
 
 __all__ = ["SaveReport", "UnnamedSaveWarning", "commit_tables", "save_worker", "write_part", "refuse_unsafe_store"]
 
@@ -49,18 +49,13 @@ class UnnamedSaveWarning(UserWarning):
     public entry points, in the caller's thread (`remoteckpt.api.warn_if_unnamed`)."""
 
 
-async def commit_tables(store: Store, layout: SaveLayout, tables: Sequence[bytes], *,
+async def commit_tables(store: Store, layout: SaveLayout, tables: Sequence[bytes | BundleIndex], *,
                         commit: CommitProtocol = DEFAULT_COMMIT, report: SaveReport | None = None) -> None:
-    """Merge the workers' tables (rank order) into one index and commit it.  No data is read,
-    copied or renamed.  The caller has fenced the data files."""
+    """Merge the workers' tables (rank order; as written, or decoded already) into one index
+    and commit it.  No data is read, copied or renamed.  The caller has fenced the data files."""
     start = time.monotonic()
-    decoded: list[BundleIndex] = []
-    for rank, data in enumerate(tables):
-        view = memoryview(data)
-        try:
-            decoded.append(decode_index(lambda o, k: view[o : o + k], len(view)))
-        except CheckpointError as exc:
-            raise type(exc)(f"worker {rank}'s table for {store.describe(layout.index)}: {exc}") from None
+    decoded = [t if isinstance(t, BundleIndex) else read_table(t, rank, store.describe(layout.index))
+               for rank, t in enumerate(tables)]
     merged = merge_indexes(decoded)
     out = io.BytesIO()
     encode_index(merged.header, merged.entries, out)
@@ -113,44 +108,49 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     attempt = report.attempt = lease.attempt
     multi = layout.world_size > 1
     notices: dict[str, str] = {}
-    job = {"save_id": layout.save_id, "world_size": layout.world_size, "attempt": attempt}
+
+    def notice(state: str, error: Failure | None = None) -> Notice:
+        return Notice(save_id=layout.save_id, world_size=layout.world_size, attempt=attempt, state=state, error=error)
+
     try:
         await coordinator.prepare(store, layout, lease, overwrite=overwrite)
         if multi:
-            notices = await coordinator.notify(store, layout, Notice(**job, state="writing"))
+            notices = await coordinator.notify(store, layout, notice("writing"))
         identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
                                            progress=progress, report=report)
         if multi:
             crash_point("table-written")  # as the workers after their reports: the wait begins
         start = time.monotonic()
-        workers = await coordinator.collect(store, layout, attempt, options, lease) if multi else []
+        decoded: dict[int, BundleIndex] = {}  # the workers' tables, decoded as they come in
+        workers = await coordinator.collect(store, layout, attempt, options, lease, decoded) if multi else []
         report.wait_seconds = time.monotonic() - start
         await lease.fresh()  # the commit follows well within a lease timeout of this renewal
         await fence.check_data_files(store, layout.data_prefix,
                                      [identity, *(w.data for w in workers if w.data is not None)])
         lease.check()
-        await commit_tables(store, layout, [table, *(w.table for w in workers)], commit=commit, report=report)
+        await commit_tables(store, layout, [table, *(decoded[w.rank] for w in workers)], commit=commit,
+                            report=report)
     except BaseException as exc:
         if not notices:  # the workers were not invited: they see what stopped this save themselves
             await _release(lease)
             raise
         failure = exc.failure if isinstance(exc, coordinator.WorkerFailed) else Failure.of(exc, rank=0)
-        notices = await coordinator.publish(store, layout, Notice(**job, state="failed", error=failure))
-        await _finish(store, layout, lease, attempt, notices, options)
+        notices = await coordinator.publish(store, layout, notice("failed", failure))
+        await _finish(store, layout, lease, attempt, notices, options, None)
         if isinstance(exc, Exception):  # every rank raises the same error
             raise failure.error() from (exc.__cause__ if isinstance(exc, coordinator.WorkerFailed) else exc)
         raise
     if multi:
-        notices = await coordinator.publish(store, layout, Notice(**job, state="committed"))
-        await _finish(store, layout, lease, attempt, notices, options)
+        notices = await coordinator.publish(store, layout, notice("committed"))
+        await _finish(store, layout, lease, attempt, notices, options, range(1, layout.world_size))
     else:
         await _release(lease)
 
 
 async def _finish(store: Store, layout: SaveLayout, lease: Lease, attempt: str, notices: dict[str, str],
-                  options: IOOptions) -> None:
+                  options: IOOptions, reported: Sequence[int] | None) -> None:
     try:
-        await coordinator.finish(store, layout, attempt, notices, options)
+        await coordinator.finish(store, layout, attempt, notices, options, reported)
     except CheckpointError:  # the verdict is out: what is left is for `gc`
         log.warning("could not clean up after %s", store.describe(layout.index), exc_info=True)
     await _release(lease)

@@ -5,7 +5,8 @@
     report    ``NAME.tmp-ATTEMPT/worker-R``: the table and the data file's identity, or the
               failure (then the worker waits for the verdict too: every rank raises the same)
     verdict   poll the group notice until it names this attempt "committed" or "failed";
-              acknowledge it (``ack-R``: the coordinator cleans up once all have)
+              acknowledge it (``ack-R``: the coordinator cleans up once all have; a verdict
+              judged alone, see below, is not acknowledged: no coordinator waits for it)
 A worker that comes late, when its attempt has already failed (another worker's failure
 ended it before this one joined), learns the verdict from the notice all the same, and
 raises it: every rank of an attempt raises the same error.
@@ -26,19 +27,20 @@ from __future__ import annotations
 import enum
 import io
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.plan import BundlePlan, plan_bundle
 from ..engine.write import stream_plan
 from ..errors import CheckpointError, CheckpointExistsError, SaveFailedError
 from ..faults import crash_point
-from ..format.bundle import encode_index, make_header
+from ..format.bundle import BundleIndex, decode_index, encode_index, make_header
 from ..options import IOOptions
 from ..progress import Reporter
 from ..storage.base import Store
-from ..engine.plan import BundlePlan, plan_bundle
 from . import claim as claims
 from . import poll
 from .layout import SaveLayout
@@ -77,6 +79,16 @@ def table_bytes(plan: BundlePlan) -> bytes:
     return out.getvalue()
 
 
+def read_table(data: bytes, rank: int, index: str) -> BundleIndex:
+    """Worker `rank`'s table, decoded and checked; errors name the worker and the index
+    (`index`, described) it was for."""
+    view = memoryview(data)
+    try:
+        return decode_index(lambda o, k: view[o : o + k], len(view))
+    except CheckpointError as exc:
+        raise type(exc)(f"worker {rank}'s table for {index}: {exc}") from None
+
+
 async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, options: IOOptions,
                      attempt: str = "", progress: Reporter | None = None,
                      report: SaveReport | None = None) -> tuple[DataIdentity, bytes]:
@@ -100,9 +112,7 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             break
         except CheckpointExistsError:
             if await store.exists(layout.index):
-                committed = CheckpointExistsError.committed(store.describe(layout.index))
-                committed.committed = True  # type: ignore[attr-defined]
-                raise committed from None
+                raise CheckpointExistsError.committed(store.describe(layout.index)) from None
             if tries == 1 or not await _clear_way(store, layout, key, attempt):
                 raise CheckpointExistsError(
                     f"{store.describe(key)} appeared while this save was writing it, and this save may not replace "
@@ -209,13 +219,15 @@ async def _report(store: Store, layout: SaveLayout, report: Report) -> bool:
 
 async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity: DataIdentity | None,
                         options: IOOptions) -> tuple[Verdict, Failure | None]:
-    """Wait for the coordinator's word on `attempt` (see the module docstring); the report is
-    deleted once it is known."""
+    """Wait for the coordinator's word on `attempt` (see the module docstring), and acknowledge
+    it; a verdict judged alone is not acknowledged (no coordinator waits for it)."""
     deadline = poll.clock() + options.commit_timeout
     claim_seen: str | None = None
-    look_at_claim = poll.clock() + options.lease_timeout
-    first = max(options.poll_interval * 4, 0.02)
-    async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size)):
+    look_every = max(options.lease_timeout, poll.spread(layout.world_size))  # every worker reads the claim
+    look_at_claim = poll.clock() + look_every * random.uniform(1.0, 1.5)
+    first = max(options.poll_interval * 4, 0.02, layout.world_size / poll.COMMIT_RATE)
+    async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size),
+                                      share=poll.WAIT_SHARE):
         notice = await claims.read_notice(store, layout)
         if notice is not None and notice.attempt == attempt and notice.state != "writing":
             await _acknowledge(store, layout, attempt)  # the coordinator's word: it waits for this
@@ -228,7 +240,7 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
             found = await claims.read_claim(store, layout)
             held = found is not None and found[0] is not None and found[0].attempt == attempt
             if held and found is not None and found[1].etag != claim_seen:
-                claim_seen, look_at_claim = found[1].etag, poll.clock() + options.lease_timeout
+                claim_seen, look_at_claim = found[1].etag, poll.clock() + look_every * random.uniform(1.0, 1.5)
                 continue  # the coordinator is alive: keep waiting
             # No coordinator to acknowledge to: withdraw the report instead (a newer attempt
             # has cleared this one's staging, or will find it dead).
