@@ -1,5 +1,6 @@
 # remoteckpt: every target installs what it needs into a local virtual environment first.
-#   make test       the whole test suite (TensorFlow, PyTorch and JAX included, so every test runs)
+#   make test       make lint, then the whole test suite (TensorFlow, PyTorch and JAX included, so every test runs)
+#   make lint       ruff and mypy (configured in pyproject.toml)
 #   make test-fast  the suite without TensorFlow, PyTorch, JAX and the slow tests, in .venv-fast
 #   make demo       save and restore a checkpoint on an embedded S3 server (STORE=/dir for local disk)
 #   make bench      benchmarks; results go to bench-results/ (see docs/benchmarks.md)
@@ -29,7 +30,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 FAST_STAMP := $(FAST_VENV)/.installed-test
 DEMO_STAMP := $(DEMO_VENV)/.installed-testing
 
-.PHONY: install test test-fast bench demo scale soak mutate docs protos clean
+.PHONY: install lint test test-fast bench demo scale soak mutate docs protos clean
 
 # $(call venv,DIR,EXTRAS,MORE): a virtual environment in DIR with remoteckpt[EXTRAS] (editable) and MORE.
 define venv
@@ -52,7 +53,11 @@ $(DEMO_STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(FAST_STAMP)
