@@ -46,9 +46,11 @@ from .layout import SaveLayout
 from .lease import Lease, Verdict, watch
 from .records import MAX_RECORD_BYTES, ClaimRecord, Failure, Notice
 
-FIRST_LOOK = 0.25
+FIRST_LOOK = 1.0
 """Seconds a worker waits for its group's notice before it first looks for a committed index
-or another job's claim (plus its own share of `poll.spread`)."""
+or another job's claim (plus its own share of `poll.spread`): long enough that a coordinator
+that is coming has invited it by then (a join costs no look), short next to the lease, which
+bounds how long a worker waits for a coordinator that is not."""
 
 CLAIM_ATTEMPTS = 4
 """Create-only PUTs the coordinator tries before giving up: each failed one either finds a
@@ -186,8 +188,10 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
     # job's save): soon, at a time of this worker's own within the spread every worker's looks take.
     spread = poll.spread(layout.world_size)
     next_look = start + FIRST_LOOK + random.uniform(0.0, spread)
-    async for _ in poll.backoff_polls(options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size),
-                                      share=poll.WAIT_SHARE):
+    # The first sleep is two poll intervals: the coordinator's path to the invitation is several
+    # round trips (claim, listing, notices), so a look sooner finds nothing new.
+    async for _ in poll.backoff_polls(2 * options.poll_interval, deadline,
+                                      cap=poll.interval_cap(layout.world_size), share=poll.WAIT_SHARE):
         notice = await read_notice(store, layout)
         if notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size:
             if notice.state == "writing":

@@ -57,14 +57,18 @@ def spread(pollers: int) -> float:
 
 
 async def backoff_polls(first: float, deadline: float, *, cap: float = MAX_POLL_INTERVAL,
-                        factor: float = 2.0, share: float | None = None) -> AsyncIterator[int]:
-    """Yield 0 at once, then 1, 2, ... after sleeps growing from `first` by `factor` up to
-    `cap` (with `share`, up to the larger of `cap` and that share of the time since the first
-    yield), each drawn from [1/2, 1] of its nominal length (jitter), until the monotonic
-    `deadline`; the caller raises its own timeout error once the iteration ends."""
+                        factor: float = 2.0, share: float | None = None, at_once: bool = True) -> AsyncIterator[int]:
+    """Yield 0 at once (or, not `at_once`, after a first sleep), then 1, 2, ... after sleeps
+    growing from `first` by `factor` up to `cap` (with `share`, up to the larger of `cap` and
+    that share of the time since the wait began), each drawn from [1/2, 1] of its nominal
+    length (jitter), until the monotonic `deadline`; the caller raises its own timeout error
+    once the iteration ends."""
     nominal = first
     count = 0
     start = clock()
+    if not at_once:
+        await asyncio.sleep(min(nominal * random.uniform(0.5, 1.0), max(0.0, deadline - start)))
+        nominal = min(nominal * factor, cap)
     while True:
         yield count
         count += 1

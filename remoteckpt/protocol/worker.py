@@ -226,8 +226,10 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
     look_every = max(options.lease_timeout, poll.spread(layout.world_size))  # every worker reads the claim
     look_at_claim = poll.clock() + look_every * random.uniform(1.0, 1.5)
     first = max(options.poll_interval * 4, 0.02, layout.world_size / poll.COMMIT_RATE)
+    # No poll at once: the verdict cannot be there yet (the coordinator has this report still to
+    # find, then the merge, the commit and the notices to write).
     async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size),
-                                      share=poll.WAIT_SHARE):
+                                      share=poll.WAIT_SHARE, at_once=False):
         notice = await claims.read_notice(store, layout)
         if notice is not None and notice.attempt == attempt and notice.state != "writing":
             await _acknowledge(store, layout, attempt)  # the coordinator's word: it waits for this
