@@ -120,3 +120,22 @@ def test_the_declared_minimum_versions_work(tmp_path: Path) -> None:
     installed = json.loads(result.stdout.splitlines()[-1])
     for name, version in floors.items():
         assert Version(installed[name.lower().replace("-", "_")]) == Version(version), (name, installed)
+
+
+@pytest.mark.parametrize("stack", [
+    ("tensorflow==2.21.0",),  # the GPU package, not only tensorflow-cpu
+    ("torch==2.4.0",),  # the oldest torch the DCP plugin supports
+    ("torch==2.13.0", "jax"),  # the newest torch, with current JAX
+], ids=lambda stack: "+".join(stack))
+def test_installs_beside_each_ml_stack(tmp_path: Path, stack: tuple[str, ...]) -> None:
+    """pip resolves remoteckpt together with each framework stack its users run (a dry run:
+    the metadata of every wheel, none installed), so no pin of ours conflicts with theirs."""
+    report = tmp_path / "report.json"
+    _pip(sys.executable, "install", "--dry-run", "--ignore-installed", "--report", str(report),
+         str(_source_copy(tmp_path / "src")), *stack, cwd=tmp_path)
+    chosen = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+              for item in json.loads(report.read_text())["install"]}
+    assert "remoteckpt" in chosen, sorted(chosen)
+    for pin in stack:
+        requirement = Requirement(pin)
+        assert requirement.name in chosen and requirement.specifier.contains(chosen[requirement.name]), (pin, chosen)
