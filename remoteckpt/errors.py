@@ -78,10 +78,15 @@ class InvalidTensorsError(CheckpointError, ValueError):
 class CheckpointExistsError(CheckpointError, FileExistsError):
     """A committed checkpoint already exists where a new one was to be written."""
 
+    index_committed: bool = False
+    """True when the thing in the way is a committed index (not a data file of a dead save)."""
+
     @classmethod
     def committed(cls, index: str) -> CheckpointExistsError:
         """The error for a committed checkpoint (its `.index`, as described) in the way."""
-        return cls(f"{index} already exists: a committed checkpoint is there (pass overwrite=True to replace it)")
+        error = cls(f"{index} already exists: a committed checkpoint is there (pass overwrite=True to replace it)")
+        error.index_committed = True
+        return error
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

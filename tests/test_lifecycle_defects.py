@@ -84,3 +84,46 @@ def test_a_save_leaves_the_claim_temp_file_of_a_racing_save_alone(tmp_path: Path
     assert racing.exists()
     assert not dead.exists()
     assert remoteckpt.restore(prefix)["w"].shape == (4,)
+
+
+def test_a_coordinator_whose_claim_was_taken_over_leaves_the_new_attempts_notices_alone(tmp_path: Path) -> None:
+    """A coordinator that wakes to find its claim taken over by a newer attempt of its job must
+    not write its failed verdict over the notices the newer attempt wrote: was, the newer
+    attempt's late workers never saw "writing" and its save ran into the commit timeout."""
+    import os
+
+    from remoteckpt.errors import SaveFailedError
+    from remoteckpt.protocol.records import ClaimRecord, Notice
+
+    prefix = str(tmp_path / "ck")
+    options = IOOptions(lease_timeout=2, commit_timeout=30, poll_interval=0.02)
+    errors: list[BaseException] = []
+
+    def coordinator() -> None:
+        try:  # worker 1 never comes: the save waits for it until its claim is found taken over
+            remoteckpt.save({"w0": np.zeros(4, np.float32)}, prefix, rank=0, world_size=2, save_id="job",
+                            options=options)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    thread = threading.Thread(target=coordinator)
+    thread.start()
+    notice = tmp_path / "ck.tmp" / "notice-00000"
+    deadline = time.monotonic() + 30
+    while not notice.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    def replace(path: Path, data: bytes) -> None:  # a new version, as another process's write makes
+        temp = path.with_name(path.name + ".new")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+
+    newer = Notice(save_id="job", world_size=2, attempt="newer-attempt", state="writing").encode()
+    replace(tmp_path / "ck.claim", ClaimRecord(save_id="job", world_size=2, attempt="newer-attempt").encode())
+    replace(notice, newer)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], SaveFailedError), errors
+    assert "taken over" in str(errors[0])
+    assert notice.read_bytes() == newer

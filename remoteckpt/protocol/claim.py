@@ -46,11 +46,12 @@ from .layout import SaveLayout
 from .lease import Lease, Verdict, watch
 from .records import MAX_RECORD_BYTES, ClaimRecord, Failure, Notice
 
-FIRST_LOOK = 1.0
-"""Seconds a worker waits for its group's notice before it first looks for a committed index
-or another job's claim (plus its own share of `poll.spread`): long enough that a coordinator
-that is coming has invited it by then (a join costs no look), short next to the lease, which
-bounds how long a worker waits for a coordinator that is not."""
+FIRST_LOOK = 0.25
+"""Share of the lease a worker waits for its group's notice before it first looks for a
+committed index or another job's claim itself (plus its own share of `poll.spread`; 1 s at
+least): a coordinator that is coming has invited it by then, or told it what stopped the save
+(a committed checkpoint among them), so a join costs no look; the look is for a coordinator
+that never comes, whose claim (if another job's) is watched for a whole lease anyway."""
 
 CLAIM_ATTEMPTS = 4
 """Create-only PUTs the coordinator tries before giving up: each failed one either finds a
@@ -187,7 +188,8 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
     # A look at the index and the claim, in case rank 0 never comes (a committed checkpoint, another
     # job's save): soon, at a time of this worker's own within the spread every worker's looks take.
     spread = poll.spread(layout.world_size)
-    next_look = start + FIRST_LOOK + random.uniform(0.0, spread)
+    first_look = max(1.0, FIRST_LOOK * options.lease_timeout)
+    next_look = start + first_look + random.uniform(0.0, spread)
     # The first sleep is two poll intervals: the coordinator's path to the invitation is several
     # round trips (claim, listing, notices), so a look sooner finds nothing new.
     async for _ in poll.backoff_polls(2 * options.poll_interval, deadline,
@@ -202,7 +204,7 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
                     return notice.attempt, notice.error or Failure(type="SaveFailedError", message="the save failed")
             continue  # the end of an earlier attempt, left behind: wait for this one
         if notice is not None or poll.clock() >= next_look:
-            looked_early = poll.clock() >= start + FIRST_LOOK
+            looked_early = poll.clock() >= start + first_look
             next_look = poll.clock() + max(options.lease_timeout / 2, spread) * random.uniform(1.0, 1.5)
             if not overwrite and looked_early and await store.exists(layout.index):
                 raise CheckpointExistsError.committed(store.describe(layout.index))

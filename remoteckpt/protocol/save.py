@@ -131,7 +131,10 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         await commit_tables(store, layout, [table, *(decoded[w.rank] for w in workers)], commit=commit,
                             report=report)
     except BaseException as exc:
-        if not notices:  # the workers were not invited: they see what stopped this save themselves
+        # Invited workers get the verdict, but only while the claim is still this attempt's: a
+        # newer attempt that took it over writes its own notices, which must not be overwritten.
+        # (Workers not invited see what stopped this save themselves: the index, or the claim.)
+        if not notices or not await _still_held(lease):
             await _release(lease)
             raise
         failure = exc.failure if isinstance(exc, coordinator.WorkerFailed) else Failure.of(exc, rank=0)
@@ -154,6 +157,16 @@ async def _finish(store: Store, layout: SaveLayout, lease: Lease, attempt: str, 
     except CheckpointError:  # the verdict is out: what is left is for `gc`
         log.warning("could not clean up after %s", store.describe(layout.index), exc_info=True)
     await _release(lease)
+
+
+async def _still_held(lease: Lease) -> bool:
+    """Whether the claim is still this attempt's, renewed within a quarter lease if need be:
+    no other attempt can then take it over before what follows (the failed verdict) is written."""
+    try:
+        await lease.fresh()
+    except CheckpointError:
+        return False
+    return True
 
 
 async def _release(lease: Lease) -> None:

@@ -173,7 +173,7 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
                                                progress=progress, report=report)
         except BaseException as exc:
-            if getattr(exc, "committed", False):
+            if isinstance(exc, CheckpointExistsError) and exc.index_committed:
                 raise  # the step is saved already: every rank finds its index, and says so
             moved = await _claim_moved_on(store, layout, attempt) if isinstance(exc, Exception) else ""
             if moved == "job":  # this worker joined an attempt that died; its job has a newer one

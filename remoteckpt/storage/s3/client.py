@@ -36,6 +36,10 @@ S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 10,
     "read_timeout": 30,
     "retries": {"max_attempts": 8, "mode": "standard"},  # 8 retries: 9 requests at most
+    # Connections per client (botocore's default is 10): a save keeps up to 16 parts in flight
+    # (the default budget over the part size) and a coordinator 64 small requests (reports,
+    # notices, deletes); at 10, a 4,096-rank coordinator fetched its reports 10 at a time.
+    "max_pool_connections": 64,
     # SigV4 for presigned URLs too (ranged GETs, `direct`); botocore would presign with the
     # legacy SigV2 for some endpoints, which newer AWS regions refuse.
     "signature_version": "s3v4",
