@@ -127,3 +127,41 @@ def test_a_coordinator_whose_claim_was_taken_over_leaves_the_new_attempts_notice
     assert len(errors) == 1 and isinstance(errors[0], SaveFailedError), errors
     assert "taken over" in str(errors[0])
     assert notice.read_bytes() == newer
+
+
+def test_a_notice_left_by_a_committed_attempt_does_not_hide_the_index_from_the_workers(tmp_path: Path) -> None:
+    """A job killed after its commit but before its coordinator removed the notices leaves
+    "attempt A committed" behind. Its restart (same save id) must raise CheckpointExistsError
+    on every rank: was, the workers waited on that notice, skipping their looks at the index,
+    and ran into the commit timeout (found by the soak's restart phase, seed 20261206)."""
+    from remoteckpt.errors import CheckpointExistsError
+    from remoteckpt.protocol.records import Notice
+
+    prefix = str(tmp_path / "ck")
+    options = IOOptions(lease_timeout=1, commit_timeout=20, poll_interval=0.02)
+    errors: dict[int, BaseException] = {}
+
+    def rank(r: int) -> None:
+        try:
+            remoteckpt.save({f"w{r}": np.zeros(4, np.float32)}, prefix, rank=r, world_size=2, save_id="job",
+                            options=options)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors[r] = exc
+
+    for r in (0, 1):  # the first job commits
+        threading.Thread(target=rank, args=(r,)).start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ck.index").exists() or (tmp_path / "ck.tmp").exists():
+        assert time.monotonic() < deadline and not errors, errors
+        time.sleep(0.02)
+    (tmp_path / "ck.tmp").mkdir()
+    (tmp_path / "ck.tmp" / "notice-00000").write_bytes(
+        Notice(save_id="job", world_size=2, attempt="the-dead-one", state="committed").encode())
+    began = time.monotonic()
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(errors) == {0, 1} and all(isinstance(e, CheckpointExistsError) for e in errors.values()), errors
+    assert time.monotonic() - began < options.commit_timeout / 2

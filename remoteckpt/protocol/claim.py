@@ -195,15 +195,18 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
     async for _ in poll.backoff_polls(2 * options.poll_interval, deadline,
                                       cap=poll.interval_cap(layout.world_size), share=poll.WAIT_SHARE):
         notice = await read_notice(store, layout)
-        if notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size:
+        ours = notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size
+        if notice is not None and ours:
             if notice.state == "writing":
                 return notice.attempt, None
             if notice.state == "failed" and notice.attempt not in concluded:
                 found = await read_claim(store, layout)
                 if found is not None and found[0] is not None and found[0].attempt == notice.attempt:
                     return notice.attempt, notice.error or Failure(type="SaveFailedError", message="the save failed")
-            continue  # the end of an earlier attempt, left behind: wait for this one
-        if notice is not None or poll.clock() >= next_look:
+            # Otherwise the end of an earlier attempt, left behind (its coordinator died before
+            # removing it): wait for this one, looking at the index and the claim on schedule
+            # (that attempt may have committed the step).
+        if (notice is not None and not ours) or poll.clock() >= next_look:
             looked_early = poll.clock() >= start + first_look
             next_look = poll.clock() + max(options.lease_timeout / 2, spread) * random.uniform(1.0, 1.5)
             if not overwrite and looked_early and await store.exists(layout.index):
