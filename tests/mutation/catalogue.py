@@ -223,8 +223,9 @@ CATALOGUE: list[Mutation] = [
       "header.num_shards += table.header.num_shards", "header.num_shards = table.header.num_shards",
       "the merged header counts one shard", MERGE + API),
     m("merge-version", "format/merge.py",
-      "if table.header.version.SerializeToString(deterministic=True) != first.version.SerializeToString(deterministic=True):",
-      "if False:",
+      "        if (table.header.version.SerializeToString(deterministic=True)\n"
+      "                != first.version.SerializeToString(deterministic=True)):",
+      "        if False:",
       "tables of different format versions are merged", MERGE),
     m("merge-endianness", "format/merge.py",
       "if table.header.endianness != first.endianness:", "if False:",
@@ -464,8 +465,8 @@ CATALOGUE: list[Mutation] = [
       "        elif info.size != identity.size:",
       "a data file replaced by a worker of an older attempt goes under the index", ("tests/test_fence.py",)),
     m("join-another-job", "protocol/claim.py",
-      "        if notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size:",
-      "        if notice is not None:",
+      "        ours = notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size",
+      "        ours = notice is not None",
       "a worker joins another job's attempt and its data goes under that job's index", CLAIM),
 
     # --- api.py snapshot, management/saver.py ordering -------------------------------------------
