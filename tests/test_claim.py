@@ -121,6 +121,23 @@ def test_the_holder_that_was_taken_over_stops(run: Any) -> None:
     run(go)
 
 
+def test_a_holder_taken_over_unknowingly_releases_only_its_own_claim(run: Any) -> None:
+    """A holder that was taken over while paused and releases at once on waking (no renewal
+    has told it yet) deletes the claim only by the version it wrote: the newer holder's
+    claim stays."""
+    async def go(store: Store) -> None:
+        zombie = await claims.acquire(store, layout(0, "z"), FAST)
+        await zombie.stop()
+        claims.forget(zombie)
+        winner = await claims.acquire(store, layout(0, "w"), FAST)
+        await zombie.release()
+        found = await claims.read_claim(store, layout(0))
+        assert found is not None and found[0] is not None and found[0].attempt == winner.attempt
+        await claims.release(winner)
+
+    run(go)
+
+
 def test_claims_known_dead_are_taken_over_at_once(run: Any) -> None:
     """A claim of a save of this process that has ended, or of a process of this host that is
     gone, needs no watching; a live process of this host is watched like any holder (it may

@@ -258,6 +258,18 @@ def test_a_206_must_start_at_the_requested_byte(canned: Callable[..., CannedServ
         _scatter("s3://bucket/dir", "obj", start, [(start, 5000)], storage_options=_options(server))
 
 
+def test_a_200_for_a_range_from_byte_0_says_the_range_was_ignored(canned: Callable[..., CannedServer]) -> None:
+    """A server that ignores the Range header answers 200 with the whole object; from byte 0
+    the first bytes are even the right ones, but the answer is refused as what it is (not as
+    a mere excess of bytes), on every attempt, and nothing lands beyond the range."""
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(OBJECT)}\r\n\r\n".encode() + OBJECT)
+
+    server = canned(answer)
+    with pytest.raises(StorageError, match="ignored the Range header"):
+        _scatter("s3://bucket/dir", "obj", 0, [(0, 5000)], storage_options=_options(server))
+
+
 def test_a_cut_body_resumes_pinned_to_its_version_through_aiobotocore(canned: Callable[..., CannedServer]) -> None:
     def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
         partial(sock, headers, etag='"v9"', cut=12_345 if number == 1 else None)

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from ... import faults
-from ...errors import CheckpointChangedError, CheckpointExistsError
+from ...errors import CheckpointChangedError
 from ..base import Buffer, ObjectWriter
 from ..errors import is_no_such_upload, is_precondition_failed, translate
 from .body import PartBody
@@ -191,13 +191,10 @@ class S3Writer(ObjectWriter):
             self._closed = True
         except Exception as exc:
             await self.abort()
-            if is_precondition_failed(exc):
-                if self._exclusive:
-                    raise CheckpointExistsError(f"{self._what} already exists") from exc
-                if self._if_match is not None:
-                    raise CheckpointChangedError(f"{self._what} is not the version this "
-                                                 "write expected (another writer replaced or removed it)") from exc
-            raise translate(exc, self._what) from exc
+            if is_precondition_failed(exc) and self._if_match is not None:
+                raise CheckpointChangedError(f"{self._what} is not the version this "
+                                             "write expected (another writer replaced or removed it)") from exc
+            raise translate(exc, self._what) from exc  # a 412 of a create-only write: CheckpointExistsError
         finally:
             await self._abort_strays()
 
