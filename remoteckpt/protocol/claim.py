@@ -49,9 +49,10 @@ from .records import MAX_RECORD_BYTES, ClaimRecord, Failure, Notice
 FIRST_LOOK = 0.25
 """Share of the lease a worker waits for its group's notice before it first looks for a
 committed index or another job's claim itself (plus its own share of `poll.spread`; 1 s at
-least): a coordinator that is coming has invited it by then, or told it what stopped the save
-(a committed checkpoint among them), so a join costs no look; the look is for a coordinator
-that never comes, whose claim (if another job's) is watched for a whole lease anyway."""
+least): a coordinator that is coming has invited it by then, so a join costs no look.  What
+stops a coordinator before it invites (a committed checkpoint, another job's live claim) the
+workers find by this look, a quarter lease later than their coordinator did; another job's
+claim is then watched for a whole lease anyway."""
 
 CLAIM_ATTEMPTS = 4
 """Create-only PUTs the coordinator tries before giving up: each failed one either finds a
