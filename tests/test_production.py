@@ -132,8 +132,9 @@ def test_requests_per_save_and_restore(s3_server: Any, s3_prefix: str) -> None:
                 fixed = expected_fixed(world, mib)
                 assert {k: saved[k] for k in fixed} == dict(fixed), (world, mib, saved)
                 polls = {k: v for k, v in saved.items() if k not in fixed}
-                assert set(polls) <= {"ListObjectsV2", "GET notice", "GET report"}, (world, mib, saved)
+                assert set(polls) <= {"ListObjectsV2", "GET notice", "GET report", "HEAD ack"}, (world, mib, saved)
                 assert 2 <= polls.get("ListObjectsV2", 0) <= 10
+                assert polls.get("HEAD ack", 0) <= (world - 1) * (2 + 4 * seconds)
                 assert polls.get("GET notice", 0) + polls.get("GET report", 0) <= world * (6 + 4 * seconds)
                 assert loaded == {"ListObjectsV2": 1, "GET index": 1,
                                   "GET data": world * math.ceil(mib * MiB / READ_CHUNK)}, (world, mib, loaded)
