@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import CorruptCheckpointError
 from ..storage.base import Store
@@ -43,7 +44,13 @@ async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, m
         if on_bytes is not None:
             on_bytes(result.delivered)
 
-    tasks = [asyncio.ensure_future(run(op)) for op in ops]
+    await gather_or_cancel([asyncio.ensure_future(run(op)) for op in ops])
+    return crcs
+
+
+async def gather_or_cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every task; if one fails (or this wait is cancelled), cancel the others and
+    wait for them to end before raising, so that no read still writes into a target."""
     try:
         await asyncio.gather(*tasks)
     except BaseException:
@@ -51,4 +58,3 @@ async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, m
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return crcs

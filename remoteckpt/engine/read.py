@@ -47,7 +47,7 @@ from ..options import IOOptions
 from ..progress import ProgressCallback, Reporter
 from ..storage import ObjectInfo, Store
 from .budget import MemoryBudget, process_budget
-from .fetch import execute
+from .fetch import execute, gather_or_cancel
 from .ranges import Piece, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
 
 OnBytes = Callable[[int], None] | None
@@ -358,13 +358,7 @@ class OpenCheckpoint:
                 mine += self._pieces(p, 0, lo, hi - lo, len(pieces) + len(mine))
             pieces += mine
             tasks.append(asyncio.ensure_future(self._read_block(p, block, spans, mine, crcs, budget, on_bytes)))
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel(tasks)
         if not p.entry.chunk_crc32c:
             self._verify(p, pieces, crcs)  # the whole entry's CRC, from every block's pieces in order
 
