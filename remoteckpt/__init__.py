@@ -22,6 +22,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidTensorsError,
+    LocalTierFullError,
     SaveFailedError,
     ShapeMismatchError,
     StorageError,
@@ -37,6 +38,8 @@ from .options import IOOptions
 from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
+from .tiers.drain import durability, resume_drains, wait_durable
+from .tiers.layout import LocalTier
 
 __all__ = [
     "Box",
@@ -68,6 +71,11 @@ __all__ = [
     "StorageError",
     "TensorNotFoundError",
     "UnsupportedDTypeError",
+    "LocalTier",
+    "LocalTierFullError",
+    "durability",
+    "resume_drains",
+    "wait_durable",
     "list_variables",
     "load",
     "load_checkpoint",

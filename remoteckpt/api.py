@@ -28,6 +28,7 @@ from .protocol.layout import SAVE_ID_ENV, SaveLayout
 from .protocol.save import SaveReport, UnnamedSaveWarning, save_worker
 from .reader import CheckpointReader
 from .storage import open_store, split_prefix
+from .tiers.layout import TierLike, as_tier
 
 _in_flight_lock = threading.Lock()
 _in_flight: Future[str] | None = None
@@ -80,7 +81,7 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
 def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
          options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
-         progress: ProgressCallback | None = None) -> str:
+         progress: ProgressCallback | None = None, local_tier: TierLike | None = None) -> str:
     """Save `tensors` as a TensorFlow checkpoint at `prefix`; return the prefix once committed.
 
     `tensors` maps names to array-likes, to a `Slice` (one box of a larger tensor), or to a
@@ -95,17 +96,32 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     restart count); a retry of the same job after a failure may keep it: every attempt is its
     own (docs/protocol.md).  Jobs that may race for one prefix need different ones.
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
+    With `local_tier` (a directory on local disk, or a `LocalTier`), the checkpoint is
+    committed there and this call returns; a background drain commits it at `prefix`
+    (`durability(prefix)`, `wait_durable(prefix)`; docs/tiered.md).
     """
     text = for_writing(prefix)
     warn_if_unnamed(rank, world_size, save_id)
     wait_for_saves()
     start = time.monotonic()
-    report = loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
-                                      save_id=save_id, storage_options=storage_options, options=options,
-                                      commit=commit, progress=progress))
+    report = loop.run(_save(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                            save_id=save_id, storage_options=storage_options, options=options,
+                            commit=commit, progress=progress, local_tier=local_tier))
     log.info("saved %s (worker %d of %d): %d bytes in %.3f s", text, rank, world_size, report.bytes_written,
              time.monotonic() - start)
     return text
+
+
+async def _save(tensors: Mapping[str, Any], prefix: str, *, local_tier: TierLike | None,
+                durable: Future[str] | None = None, **kwargs: Any) -> SaveReport:
+    """`save_checkpoint`, or with a local tier `tiers.save.save_tiered`."""
+    tier = as_tier(local_tier)
+    if tier is None:
+        return await save_checkpoint(tensors, prefix, **kwargs)
+    from .tiers.save import save_tiered
+
+    report, _ = await save_tiered(tensors, prefix, tier, durable=durable, **kwargs)
+    return report
 
 
 def snapshot(tensors: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,22 +139,30 @@ def snapshot(tensors: Mapping[str, Any]) -> dict[str, Any]:
 def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
                overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
                options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
-               progress: ProgressCallback | None = None, copy: bool = True) -> "Future[str]":
+               progress: ProgressCallback | None = None, copy: bool = True,
+               local_tier: TierLike | None = None) -> "Future[str]":
     """`save` in the background.  Returns a `concurrent.futures.Future` of the prefix as soon
     as the tensors are copied, so the caller may change its arrays right away.  At most one
     save is in flight per process: this call first waits for the previous one to finish
     (its error, if any, stays in its own future).  Errors come out of the future.
     With ``copy=False`` the arrays are used as they are: for callers that already hold an
-    immutable snapshot (framework plugins), who must not change them until the future is done."""
+    immutable snapshot (framework plugins), who must not change them until the future is done.
+    With `local_tier` the future resolves at the local commit; `durability(prefix)` is the
+    future of the remote one (registered before this call returns)."""
     global _in_flight
     text = for_writing(prefix)
     warn_if_unnamed(rank, world_size, save_id)
     with _in_flight_lock:
         wait_for_saves()
         private = snapshot(tensors) if copy else dict(tensors)
-        inner = loop.submit(save_checkpoint(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
-                                            save_id=save_id, storage_options=storage_options, options=options,
-                                            commit=commit, progress=progress))
+        durable = None
+        if local_tier is not None:
+            from .tiers import drain
+
+            durable = drain.promise(text)
+        inner = loop.submit(_save(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
+                                  save_id=save_id, storage_options=storage_options, options=options,
+                                  commit=commit, progress=progress, local_tier=local_tier, durable=durable))
         outer: Future[str] = Future()
 
         def done(f: "Future[SaveReport]") -> None:
@@ -166,19 +190,22 @@ def wait_for_saves() -> None:
 
 
 def load_checkpoint(prefix: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-                    options: IOOptions = DEFAULT_OPTIONS) -> CheckpointReader:
+                    options: IOOptions = DEFAULT_OPTIONS, local_tier: TierLike | None = None) -> CheckpointReader:
     """A `CheckpointReader` for `prefix` (as `tf.train.load_checkpoint`)."""
-    return CheckpointReader(prefix, storage_options=storage_options, options=options)
+    return CheckpointReader(prefix, storage_options=storage_options, options=options, local_tier=local_tier)
 
 
 def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
          out: Mapping[str, np.ndarray] | None = None, storage_options: dict[str, Any] | None = None,
-         options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
+         options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None,
+         local_tier: TierLike | None = None) -> dict[str, np.ndarray]:
     """Tensors of the checkpoint as numpy arrays, each verified: all of them, or `names`,
     plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
-    and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges."""
+    and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges.
+    With `local_tier`, remote `prefix` is read from its nearest tier (docs/tiered.md)."""
     start = time.monotonic()
-    with CheckpointReader(prefix, storage_options=storage_options, options=options) as reader:
+    with CheckpointReader(prefix, storage_options=storage_options, options=options,
+                          local_tier=local_tier) as reader:
         wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
         wanted += [n for n in (out or {}) if n not in wanted]
         tensors = loop.run(reader.read_many(wanted, out=out, progress=progress))

@@ -19,6 +19,8 @@
                                                         version expected: replaced or deleted
                                                         while being read, or a conditional
                                                         write lost to another writer
+        └── LocalTierFullError                          a local tier's size cap reached, and
+                                                        nothing durable left to evict
 
 Messages name the tensor and the file they are about.  Backend exceptions are translated
 into these in one place (`remoteckpt.storage.errors`), with the original as ``__cause__``.
@@ -39,6 +41,7 @@ __all__ = [
     "StorageError",
     "TensorNotFoundError",
     "UnsupportedDTypeError",
+    "LocalTierFullError",
 ]
 
 
@@ -108,6 +111,11 @@ class CheckpointChangedError(StorageError):
     """An object is not the version expected: a checkpoint replaced or deleted while it was
     being read (reads are pinned to the versions first seen, so this is raised instead of
     mixing two), or a conditional write (``If-Match``) that found another version."""
+
+
+class LocalTierFullError(StorageError):
+    """A save to a local tier would exceed its size cap, and no checkpoint could be evicted in
+    time: every one left is not yet durable remotely (their drains are slow, or failing)."""
 
 
 class CheckpointBusyError(CheckpointExistsError):

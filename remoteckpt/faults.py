@@ -35,6 +35,12 @@ ENV = "REMOTECKPT_CRASH_AT"
 STOP_ENV = "REMOTECKPT_STOP_AT"
 POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committing", "committed",
           "state-writing", "state-replacing", "retention", "deleting")
+DRAIN_POINTS = ("draining", "mid-copy", "drained")
+"""Points of a drain to the remote tier (`remoteckpt.tiers.drain`): before its save attempt
+at the remote prefix begins, after the first chunk of a data file is copied (`remoteckpt cp`'s
+copy: it is the drain's), and after the remote index is committed but before the local
+tier's durable marker is written.  A drain's commit passes "committing" too (after the local
+save's own: ``committing:2`` in a one-worker save)."""
 
 _arrivals: dict[tuple[str, str], int] = {}
 _publishing: contextvars.ContextVar[str | None] = contextvars.ContextVar("remoteckpt_publishing", default=None)

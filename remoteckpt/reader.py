@@ -10,6 +10,7 @@ reads themselves are `engine.read`'s: only the byte ranges needed, many at once,
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,8 +27,12 @@ from .locate import DIRECTORY_CHECKPOINT, in_directory, is_directory_id, strip_f
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback
 from .storage import ObjectInfo, Store, open_store, split_prefix
+from .tiers.layout import TierLike, as_tier
+from .tiers.nearest import NearestStore, open_nearest
 
 __all__ = ["BoxLike", "CheckpointReader", "MAX_INDEX_BYTES", "being_read"]
+
+log = logging.getLogger("remoteckpt")
 
 MAX_INDEX_BYTES = 2**30
 """An index is about 100 bytes per tensor (or per slice): a million-tensor checkpoint's is
@@ -47,8 +52,10 @@ class CheckpointReader:
     `CorruptCheckpointError` if the index is invalid.  Safe to use from several threads."""
 
     def __init__(self, prefix: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-                 options: IOOptions = DEFAULT_OPTIONS) -> None:
+                 options: IOOptions = DEFAULT_OPTIONS, local_tier: TierLike | None = None) -> None:
         self._options = options
+        self._storage_options = storage_options
+        self._tier = as_tier(local_tier)  # remote `prefix`, read from its nearest tier (`tiers.nearest`)
         self._data_files: dict[str, ObjectInfo] = {}
         text = strip_file_suffix(prefix)
         if is_directory_id(text):
@@ -82,6 +89,8 @@ class CheckpointReader:
         return found
 
     async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+        if self._tier is not None:
+            return await open_nearest(prefix, self._tier, storage_options, self._options, self._data_files)
         directory, name = split_prefix(prefix)
         store = open_store(directory, storage_options, self._options)
         key = index_filename(name)
@@ -171,6 +180,14 @@ class CheckpointReader:
                          progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
+        try:
+            return await self._checkpoint.read_boxes(requests, outs, progress)
+        except CheckpointError as exc:
+            if not isinstance(self._store, NearestStore) or not self._store.uses_local:
+                raise
+            log.warning("reading %s from the local tier failed (%s); reading it from %s", self._prefix, exc,
+                        self._store.remote.url)
+            await self._store.fall_back(self._data_files, self._name)
         return await self._checkpoint.read_boxes(requests, outs, progress)
 
 

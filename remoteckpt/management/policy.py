@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..options import DEFAULT_OPTIONS, IOOptions
+from ..tiers.layout import TierLike
 from .saver import Saver
 from .state import join, latest_checkpoint
 
@@ -50,20 +51,24 @@ class CheckpointManager:
             manager.save(tensors, step)          # saves only when the policy says so
         manager.final_save(tensors, step)        # always saves the last step (unless just saved)
 
-    `rank`, `world_size`, `save_id`, `storage_options` and `options` are the Saver's.
+    `rank`, `world_size`, `save_id`, `storage_options`, `options` and `local_tier` (a
+    checkpoint committed on local disk first, drained to `directory` in the background:
+    docs/tiered.md) are the Saver's.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int | None = 5,
                  keep_checkpoint_every_n_hours: float = 10000.0, checkpoint_name: str = "ckpt",
                  checkpoint_interval: int | None = None, save_interval_seconds: float | None = None,
                  rank: int = 0, world_size: int = 1, storage_options: dict[str, Any] | None = None,
-                 options: IOOptions = DEFAULT_OPTIONS, save_id: str | None = None) -> None:
+                 options: IOOptions = DEFAULT_OPTIONS, save_id: str | None = None,
+                 local_tier: TierLike | None = None) -> None:
         text = os.fspath(directory)
         self.directory = text.rstrip("/") if "://" in text else os.path.abspath(text)
         self.checkpoint_name = checkpoint_name
         self.policy = SavePolicy(every_steps=checkpoint_interval, every_seconds=save_interval_seconds)
         self.saver = Saver(max_to_keep, keep_checkpoint_every_n_hours, rank=rank, world_size=world_size,
-                           storage_options=storage_options, options=options, save_id=save_id)
+                           storage_options=storage_options, options=options, save_id=save_id,
+                           local_tier=local_tier)
         self._last_step: int | None = None
         self._last_time: float | None = None
         self._adopted = False
@@ -79,7 +84,16 @@ class CheckpointManager:
     @property
     def latest_checkpoint(self) -> str | None:
         return self.saver.last_checkpoints[-1] if self.saver.last_checkpoints else latest_checkpoint(
-            self.directory, storage_options=self.saver.storage_options)
+            self.directory, storage_options=self.saver.storage_options, local_tier=self.saver.local_tier)
+
+    @property
+    def durable_checkpoints(self) -> list[str]:
+        """`checkpoints` committed remotely (with a local tier, the others are only local)."""
+        return self.saver.durable_checkpoints
+
+    def wait_durable(self, timeout: float | None = None) -> list[str]:
+        """Block until every drain to the remote tier has finished (`Saver.wait_durable`)."""
+        return self.saver.wait_durable(timeout)
 
     def should_save(self, step: int) -> bool:
         return self.policy.due(int(step), self._last_step, self._last_time, time.time())

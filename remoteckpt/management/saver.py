@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -29,12 +29,14 @@ import numpy as np
 
 from .. import api
 from ..engine import loop
-from ..errors import CheckpointNotFoundError, ShapeMismatchError, TensorNotFoundError
+from ..errors import CheckpointError, CheckpointNotFoundError, ShapeMismatchError, TensorNotFoundError
 from ..faults import crash_point
 from ..format.bundle import index_filename
+from ..locate import is_directory_id
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader, being_read
 from ..storage import Store, on_store, open_store, split_prefix
+from ..tiers.layout import TierLike, as_tier
 from .state import STATE_FILENAME, format_state, join, latest_checkpoint, read_state, write_state
 
 log = logging.getLogger("remoteckpt")
@@ -72,7 +74,7 @@ class Saver:
     def __init__(self, max_to_keep: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0, *,
                  rank: int = 0, world_size: int = 1, storage_options: dict[str, Any] | None = None,
                  options: IOOptions = DEFAULT_OPTIONS, latest_filename: str = STATE_FILENAME,
-                 save_id: str | None = None) -> None:
+                 save_id: str | None = None, local_tier: TierLike | None = None) -> None:
         self.max_to_keep = max_to_keep
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.rank, self.world_size = rank, world_size
@@ -87,6 +89,9 @@ class Saver:
         self._adopted = False
         self._lock = threading.Lock()
         self._in_flight: Future[str] | None = None
+        self.local_tier = as_tier(local_tier)
+        self._durable: set[str] = set()  # prefixes committed remotely (with a local tier)
+        self._drains: dict[str, Future[str]] = {}  # durability futures of this Saver's saves
 
     # --- what it knows ----------------------------------------------------------------
 
@@ -101,8 +106,33 @@ class Saver:
             return self._last[-1][0]
         if self._directory is not None:
             return latest_checkpoint(self._directory, storage_options=self.storage_options,
-                                     latest_filename=self.latest_filename)
+                                     latest_filename=self.latest_filename, local_tier=self.local_tier)
         return None
+
+    @property
+    def durable_checkpoints(self) -> list[str]:
+        """With a local tier: prefixes of `last_checkpoints` committed remotely (the others
+        are only local so far).  Without one, every checkpoint is."""
+        if self.local_tier is None:
+            return self.last_checkpoints
+        return [p for p, _ in self._last if p in self._durable]
+
+    def durability(self, prefix: str) -> "Future[str]":
+        """The future of `prefix`'s drain (a save of this Saver with a local tier)."""
+        return self._drains[prefix]
+
+    def wait_durable(self, timeout: float | None = None) -> list[str]:
+        """Block until every drain this Saver started is done; `durable_checkpoints`.  The
+        first drain error is raised (after all have finished)."""
+        error: BaseException | None = None
+        for future in list(self._drains.values()):
+            try:
+                future.result(timeout)
+            except BaseException as exc:  # the first one, once all are done
+                error = error or exc
+        if error is not None:
+            raise error
+        return self.durable_checkpoints
 
     def adopt(self, directory: str | os.PathLike[str]) -> list[str]:
         """Read `directory`'s state file now (a save does it anyway): the checkpoints it lists
@@ -153,10 +183,20 @@ class Saver:
         store = open_store(directory, self.storage_options, self.options)
         try:
             if not self._adopted or self._directory != directory:
-                await self._adopt(store, directory)
+                try:
+                    await self._adopt(store, directory)
+                except CheckpointError as exc:
+                    if self.local_tier is None:
+                        raise
+                    self._adopted = False  # the remote tier out of reach: saved locally, adopted later
+                    log.warning("could not read %s (%s); saving on the local tier", directory, exc)
+
             # As TF's Saver: a checkpoint this Saver has not recorded at the target prefix (left
             # by a run that crashed before updating the state file) is replaced, not an error.
             recorded = join(directory, name) in {p for p, _ in self._last}
+            if self.local_tier is not None:
+                await self._save_tiered(tensors, prefix, overwrite or not recorded, directory)
+                return prefix
             await api.save_checkpoint(tensors, prefix, rank=self.rank, world_size=self.world_size,
                                       overwrite=overwrite or not recorded, save_id=self.save_id,
                                       storage_options=self.storage_options, options=self.options)
@@ -169,8 +209,54 @@ class Saver:
             await store.close()
         return prefix
 
+    async def _save_tiered(self, tensors: Mapping[str, Any], prefix: str, overwrite: bool, directory: str) -> None:
+        """The local commit, then the drain; rank 0 writes the remote state file and sweeps
+        the remote tier once the checkpoint is durable (in drain order: `tiers.drain`)."""
+        from ..tiers.save import save_tiered
+
+        assert self.local_tier is not None
+        full = join(directory, split_prefix(prefix)[1])
+        _, future = await save_tiered(tensors, prefix, self.local_tier, rank=self.rank, world_size=self.world_size,
+                                      overwrite=overwrite, save_id=self.save_id,
+                                      storage_options=self.storage_options, options=self.options,
+                                      after=self._after_drain(full, directory) if self.rank == 0 else None)
+        self._record(full)
+        self._drains[full] = future
+        log.info("saved %s on the local tier %s; draining it", full, self.local_tier.path)
+
+    async def _resume(self, directory: str) -> None:
+        """Drain (or drop, by the tier's policy) what a previous run left only local."""
+        from ..tiers.drain import resume
+
+        assert self.local_tier is not None
+        started = await resume(self.local_tier, storage_options=self.storage_options, options=self.options,
+                               remote_directory=directory, after_for=lambda p: self._after_drain(p, directory))
+        known = {p for p, _ in self._last}
+        for c, future in started:
+            self._drains[c.remote] = future
+            if c.remote not in known:
+                self._last.append((c.remote, c.time))
+        self._last.sort(key=lambda item: item[1])
+
+    def _after_drain(self, prefix: str, directory: str) -> Callable[[], Awaitable[None]]:
+        async def after() -> None:
+            self._durable.add(prefix)
+            store = open_store(directory, self.storage_options, self.options)
+            try:
+                crash_point("state-writing")
+                await self._write_state(store, directory)
+                await self._sweep_one(store)
+            finally:
+                await store.close()
+        return after
+
     async def _adopt(self, store: Store, directory: str) -> None:
         self._directory, self._adopted = directory, True
+        await self._adopt_state(store, directory)
+        if self.local_tier is not None and self.rank == 0:
+            await self._resume(directory)
+
+    async def _adopt_state(self, store: Store, directory: str) -> None:
         state = await read_state(store, directory, self.latest_filename)
         if state is None:
             return
@@ -180,6 +266,7 @@ class Saver:
         adopted = [(state.prefix(n), t) for n, t, ok in zip(state.all_model_checkpoint_paths, stamps, exists) if ok]
         known = {p for p, _ in self._last}
         self._last = [item for item in adopted if item[0] not in known] + self._last
+        self._durable.update(p for p, _ in adopted)
         log.info("adopted %d checkpoint(s) from %s", len(adopted), store.describe(self.latest_filename))
 
     def _record(self, prefix: str) -> None:
@@ -192,8 +279,11 @@ class Saver:
             self._to_delete.append(self._last.pop(0))
 
     async def _write_state(self, store: Store, directory: str) -> None:
-        names = [split_prefix(p)[1] for p, _ in self._last]
-        stamps = [t for _, t in self._last]
+        listed = [(p, t) for p, t in self._last if self.local_tier is None or p in self._durable]
+        if not listed:
+            return
+        names = [split_prefix(p)[1] for p, _ in listed]
+        stamps = [t for _, t in listed]
         data = format_state(names[-1], names, stamps,
                             self._next_checkpoint_time - self.keep_checkpoint_every_n_hours * 3600)
         await write_state(store, data, self.latest_filename)
@@ -234,17 +324,26 @@ class Saver:
         if target is None:
             raise CheckpointNotFoundError("no checkpoint to restore: none saved or found yet, and no prefix given")
         return restore(target, names=names, out=out, allow_partial=allow_partial,
-                       storage_options=self.storage_options, options=self.options)
+                       storage_options=self.storage_options, options=self.options, local_tier=self.local_tier)
 
 
 def restore(prefix: str | os.PathLike[str], *, names: Mapping[str, str] | list[str] | None = None,
             out: Mapping[str, np.ndarray] | None = None, allow_partial: bool = False,
             storage_options: dict[str, Any] | None = None,
-            options: IOOptions = DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
-    """`Saver.restore` without a Saver (see there)."""
+            options: IOOptions = DEFAULT_OPTIONS, local_tier: TierLike | None = None) -> dict[str, np.ndarray]:
+    """`Saver.restore` without a Saver (see there).  With `local_tier`, from the nearest tier."""
     text = os.fspath(prefix)
-    resolved = _resolve_directory(text, storage_options)
-    with CheckpointReader(resolved, storage_options=storage_options, options=options) as reader:
+    if local_tier is None:
+        resolved = _resolve_directory(text, storage_options)
+    elif is_directory_id(text):
+        found = latest_checkpoint(text, storage_options=storage_options, local_tier=local_tier)
+        if found is None:
+            raise CheckpointNotFoundError(f"no checkpoint found in {text} nor on the local tier")
+        resolved = found
+    else:
+        resolved = text
+    with CheckpointReader(resolved, storage_options=storage_options, options=options,
+                          local_tier=local_tier) as reader:
         available = reader.get_variable_to_shape_map()
         if names is None:
             mapping = {n: n for n in (out or available)}

@@ -27,6 +27,7 @@ from ..dtypes import DT_STRING
 from ..engine import loop
 from ..engine.budget import MemoryBudget, process_budget
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ..faults import crash_point
 from ..format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
 from ..format.coding import crc32c, unmask_crc
 from ..format.payload import decode_strings
@@ -188,6 +189,8 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
                     await writer.write(buf)
                 finally:
                     budget.release_now(len(buf))
+                if i == 0:
+                    crash_point("mid-copy")
                 reporter.add("written", len(buf), total)
             verifier.close()
     finally:

@@ -1,0 +1,278 @@
+"""The drain: a checkpoint committed on the local tier, saved again to its remote prefix.
+
+A drain is a save attempt at the remote prefix like any other, through `remoteckpt cp`'s
+copy (`tools.copy.copy_async`): the remote prefix is claimed, each local data file is
+streamed as it is (its bytes are the checkpoint's: no tensor is decoded or held whole in
+memory; each tensor's CRC32C is checked as its bytes pass), written create-only, fenced, and
+the local index is committed create-only, byte for byte, last.  Then ``NAME.durable`` is
+written on the tier (`layout`).  A crash at any point leaves the remote prefix without an
+index (its leftovers are the next attempt's or `gc`'s) or with the complete checkpoint.
+
+A drain that finds the remote index committed already (its earlier attempt died between the
+commit and the marker) compares the bytes: equal, the checkpoint is durable; different, the
+remote prefix holds another checkpoint and the drain fails (`CheckpointExistsError`) unless
+the save asked to overwrite.
+
+Drains of one process run one at a time, in the order they were started (a remote tier
+never has a newer checkpoint committed before an older one of the same job), on
+remoteckpt's I/O loop.  Who drains: the coordinator of the save (rank 0), the whole
+checkpoint; the other workers of a multi-worker save learn of durability from the marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from ..engine import loop
+from ..errors import CheckpointExistsError, CheckpointNotFoundError
+from ..faults import crash_point
+from ..format.bundle import index_filename
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..storage import open_store, split_prefix
+from ..storage.local import LocalStore
+from ..tools.copy import copy_async
+from .layout import DURABLE, LocalTier, TierCheckpoint, as_tier, checkpoints, local_prefix, record_bytes
+
+log = logging.getLogger("remoteckpt")
+
+MARKER_POLL = 0.2
+"""Seconds between looks at a durable marker by a worker that does not drain (a local stat)."""
+
+_futures: dict[str, Future[str]] = {}
+"""Durability futures of this process by remote prefix: the drains started here."""
+_futures_lock = threading.Lock()
+_order: dict[int, asyncio.Lock] = {}  # one per loop (a forked child has its own)
+
+
+def _drain_lock() -> asyncio.Lock:
+    key = id(asyncio.get_running_loop())
+    if key not in _order:
+        _order[key] = asyncio.Lock()
+    return _order[key]
+
+
+async def _mark_durable(local: str, remote: str) -> None:
+    directory, name = split_prefix(local)
+    store = LocalStore(directory)
+    try:
+        await store.put(name + DURABLE, record_bytes(remote))
+    finally:
+        await store.close()
+
+
+async def _same_index(local: str, remote: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:
+    l_dir, l_name = split_prefix(local)
+    r_dir, r_name = split_prefix(remote)
+    here, there = LocalStore(l_dir), open_store(r_dir, storage_options, options)
+    try:
+        return bool(await here.get(index_filename(l_name)) == await there.get(index_filename(r_name)))
+    except CheckpointNotFoundError:
+        return False
+    finally:
+        await here.close()
+        await there.close()
+
+
+async def drain(local: str, remote: str, *, overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+                options: IOOptions = DEFAULT_OPTIONS,
+                after: Callable[[], Awaitable[None]] | None = None) -> str:
+    """Save the checkpoint committed at `local` to `remote` (see the module docstring), mark
+    it durable, then run `after` (a Saver's state file and remote retention), all in the
+    order drains were started.  Returns `remote`."""
+    async with _drain_lock():
+        start = time.monotonic()
+        crash_point("draining")
+        try:
+            report = await copy_async(local, remote, overwrite=overwrite, destination_options=storage_options,
+                                      options=options)
+            size = report.bytes
+        except CheckpointExistsError as exc:
+            if not exc.index_committed or not await _same_index(local, remote, storage_options, options):
+                raise
+            size = 0
+            log.info("%s was committed by an earlier drain; marking it durable", remote)
+        crash_point("drained")
+        await _mark_durable(local, remote)
+        log.info("drained %s to %s: %d bytes in %.3f s", local, remote, size, time.monotonic() - start)
+        if after is not None:
+            await after()
+        return remote
+
+
+def promise(remote: str) -> Future[str]:
+    """A fresh durability future for `remote`, registered at once (before the local commit
+    it waits for), so that `durability(remote)` finds it as soon as the save is asked for."""
+    future: Future[str] = Future()
+    future.set_running_or_notify_cancel()
+    _remember(remote, future)
+    return future
+
+
+def start(local: str, remote: str, *, overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+          options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
+          future: Future[str] | None = None) -> Future[str]:
+    """Start `drain` on remoteckpt's loop (callable from any thread, the loop's included);
+    its future (`future`, or a fresh `promise`), also `durability(remote)`'s."""
+    future = future if future is not None else promise(remote)
+
+    async def run() -> None:
+        try:
+            result = await drain(local, remote, overwrite=overwrite, storage_options=storage_options,
+                                 options=options, after=after)
+        except BaseException as exc:  # the caller's, through the future
+            log.warning("draining %s to %s failed: %s", local, remote, exc)
+            future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            future.set_result(result)
+
+    _spawn(run())
+    return future
+
+
+_tasks: set[asyncio.Task[None]] = set()  # drains running: referenced until done
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run `coro` on remoteckpt's loop, from its thread or any other."""
+    running = loop.get_loop()
+    try:
+        here = asyncio.get_running_loop() is running
+    except RuntimeError:
+        here = False
+    if here:
+        task = running.create_task(coro)
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+    else:
+        asyncio.run_coroutine_threadsafe(coro, running)
+
+
+def _remember(remote: str, future: Future[str]) -> None:
+    with _futures_lock:
+        _futures[remote] = future
+
+
+def watch_marker(local: str, remote: str, timeout: float, future: Future[str] | None = None) -> Future[str]:
+    """A future (`future`, or a fresh `promise`) that resolves once `local`'s durable marker
+    appears (a worker that does not drain: the coordinator drains and writes it on the shared
+    tier), or fails after `timeout` seconds."""
+    future = future if future is not None else promise(remote)
+
+    async def look() -> None:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(local + DURABLE):
+            if time.monotonic() > deadline:
+                future.set_exception(CheckpointNotFoundError(
+                    f"{remote} did not become durable within {timeout:g} s: {local + DURABLE} never appeared "
+                    "(the coordinator's drain failed, or its process died)"))
+                return
+            await asyncio.sleep(MARKER_POLL)
+        future.set_result(remote)
+
+    _spawn(look())
+    return future
+
+
+def durability(prefix: str | os.PathLike[str]) -> Future[str]:
+    """The future of the drain of remote `prefix` started in this process: its result is
+    the prefix once the checkpoint is committed remotely (and marked durable locally)."""
+    text = os.fspath(prefix)
+    with _futures_lock:
+        future = _futures.get(text)
+    if future is None:
+        raise CheckpointNotFoundError(f"no drain of {text} was started in this process")
+    return future
+
+
+def wait_durable(prefix: str | os.PathLike[str], *, local_tier: LocalTier | str | os.PathLike[str] | None = None,
+                 storage_options: dict[str, Any] | None = None, timeout: float | None = None) -> str:
+    """Block until the checkpoint at remote `prefix` is durable: its drain in this process has
+    committed it (its error re-raised if it failed), or, with no drain here, its local tier
+    marks it durable or its remote index exists.  `CheckpointNotFoundError` if it is neither
+    and no drain of it runs here; `TimeoutError` after `timeout` seconds."""
+    text = os.fspath(prefix)
+    with _futures_lock:
+        future = _futures.get(text)
+    if future is not None:
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"{text} is not durable yet after {timeout:g} s") from None
+    tier = as_tier(local_tier)
+    if tier is not None and os.path.exists(local_prefix(tier, text) + DURABLE):
+        return text
+    directory, name = split_prefix(text)
+
+    async def exists() -> bool:
+        store = open_store(directory, storage_options)
+        try:
+            return await store.exists(index_filename(name))
+        finally:
+            await store.close()
+
+    if loop.run(exists()):
+        return text
+    raise CheckpointNotFoundError(f"{text} is not durable: no remote index, and no drain of it in this process")
+
+
+def pending(tier: LocalTier) -> list[TierCheckpoint]:
+    """The tier's checkpoints committed locally and not durable, oldest first."""
+    return [c for c in checkpoints(tier) if c.committed and not c.durable]
+
+
+async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = None,
+                 options: IOOptions = DEFAULT_OPTIONS, remote_directory: str | None = None,
+                 after_for: Callable[[str], Callable[[], Awaitable[None]]] | None = None
+                 ) -> list[tuple[TierCheckpoint, Future[str]]]:
+    """After a restart: drain every checkpoint the tier holds committed but not durable
+    (oldest first; only those of `remote_directory` if given), or with ``resume=False``
+    delete them from the tier.  Drains in flight in this process are left alone.  Returns
+    the checkpoints whose drains started, with their futures; ``after_for(remote)`` is the
+    `after` of each drain."""
+    from .retention import delete_local
+
+    started = []
+    for c in pending(tier):
+        if remote_directory is not None and split_prefix(c.remote)[0] != remote_directory.rstrip("/"):
+            continue
+        with _futures_lock:
+            running = c.remote in _futures and not _futures[c.remote].done()
+        if running:
+            continue
+        if not tier.resume:
+            log.info("dropping %s: committed locally, never drained (resume=False)", c.local)
+            await delete_local(tier, c.name)
+            continue
+        log.info("resuming the drain of %s to %s", c.local, c.remote)
+        started.append((c, start(c.local, c.remote, overwrite=c.overwrite, storage_options=storage_options,
+                                 options=options, after=after_for(c.remote) if after_for else None)))
+    return started
+
+
+def resume_drains(local_tier: LocalTier | str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+                  options: IOOptions = DEFAULT_OPTIONS, remote_directory: str | None = None) -> list[Future[str]]:
+    """`resume` for a job's restart, from any thread but remoteckpt's loop: the futures of
+    the drains started (`wait_durable` waits for them too)."""
+    tier = as_tier(local_tier)
+    assert tier is not None
+    return [f for _, f in loop.run(resume(tier, storage_options=storage_options, options=options,
+                                          remote_directory=remote_directory))]
+
+
+def forget(prefix: str) -> None:
+    with _futures_lock:
+        _futures.pop(prefix, None)
+
+
+__all__ = ["drain", "durability", "pending", "resume_drains", "start", "wait_durable",
+           "watch_marker"]

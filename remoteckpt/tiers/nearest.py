@@ -1,0 +1,177 @@
+"""Reading a checkpoint from the nearest tier: what the local tier holds from local disk, the
+rest from the remote prefix by ranged reads.
+
+Opening remote `PREFIX` with a local tier (`open_nearest`):
+  1. the tier's copy counts only if its record names `PREFIX` (`layout`)
+  2. both indexes are fetched (the remote one's absence is no error while the local one is
+     there: a checkpoint not drained yet); when both exist their bytes must be equal (a
+     drain copies the index byte for byte), else the local copy is another checkpoint and is
+     ignored; an index that does not decode (a flipped bit) is ignored for the other
+  3. each data file is read from local disk if the tier holds it with the remote size (or
+     the remote has none), else from the remote prefix
+Every byte read is verified against the index's CRCs as usual (`engine.read`).  A read that
+fails on a local file (damaged, truncated, gone) makes the reader drop the local tier and
+read everything again from the remote prefix (`NearestStore.fall_back`), when there is one:
+a replaced node or a flipped bit costs a slower restore, never a failed one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from ..format.bundle import BundleIndex, decode_index, index_filename
+from ..options import IOOptions
+from ..storage import ObjectInfo, ObjectWriter, Store, StoreCapabilities, open_store, split_prefix
+from ..storage.base import ScatterResult, StoredObject
+from ..storage.local import LocalStore
+from .layout import RECORD, LocalTier, local_prefix, read_record
+
+log = logging.getLogger("remoteckpt")
+
+
+class NearestStore(Store):
+    """Read-only store over a local tier and a remote directory: every key is read from the
+    store it was routed to when the checkpoint was opened (`routes`), else the remote one."""
+
+    def __init__(self, local: Store | None, remote: Store, routes: dict[str, Store]) -> None:
+        self.local, self.remote, self.routes = local, remote, routes
+        self.url = remote.url
+        self.capabilities = StoreCapabilities(conditional_writes=False)
+
+    @property
+    def uses_local(self) -> bool:
+        return self.local is not None and any(s is self.local for s in self.routes.values())
+
+    def _on(self, key: str) -> Store:
+        return self.routes.get(key, self.remote)
+
+    def describe(self, key: str) -> str:
+        return self._on(key).describe(key)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        return await self._on(key).head(key)
+
+    async def get_object(self, key: str, *, max_size: int | None = None) -> StoredObject:
+        return await self._on(key).get_object(key, max_size=max_size)
+
+    async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
+                           etag: str | None = None) -> ScatterResult:
+        return await self._on(key).read_scatter(key, start, targets, etag=etag)
+
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
+        raise StorageError(f"{self.describe(key)}: a checkpoint opened from its nearest tier is read-only")
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> bool:
+        raise StorageError(f"{self.describe(key)}: a checkpoint opened from its nearest tier is read-only")
+
+    async def list(self, prefix: str = "") -> builtins.list[str]:
+        return [i.key for i in await self.list_info(prefix)]
+
+    async def list_info(self, prefix: str = "") -> builtins.list[ObjectInfo]:
+        found: dict[str, ObjectInfo] = {}
+        for key, store in self.routes.items():
+            if key.startswith(prefix):
+                info = await store.head(key)
+                if info is not None:
+                    found[key] = info
+        return [found[k] for k in sorted(found)]
+
+    async def fall_back(self, data_files: dict[str, ObjectInfo], name: str) -> None:
+        """Route everything to the remote store, and list its data files into `data_files`
+        (the reader's, in place).  Raises the `CheckpointNotFoundError` of a checkpoint the
+        remote prefix does not hold."""
+        if not await self.remote.exists(index_filename(name)):
+            raise CheckpointNotFoundError(f"{self.remote.describe(index_filename(name))} does not exist: the "
+                                          "checkpoint is on the local tier only, and there it is damaged")
+        self.routes = {}
+        listed = {i.key: i for i in await self.remote.list_info(f"{name}.data-")}
+        data_files.clear()
+        data_files.update(listed)
+
+    async def close(self) -> None:
+        if self.local is not None:
+            await self.local.close()
+        await self.remote.close()
+
+
+async def _index(store: Store | None, key: str) -> tuple[bytes | None, BundleIndex | None]:
+    """The index's bytes and decoding (None, None where absent; bytes and None if damaged)."""
+    if store is None:
+        return None, None
+    try:
+        data = await store.get(key, max_size=2**30)
+    except CheckpointNotFoundError:
+        return None, None
+    view = memoryview(data)
+    try:
+        return data, decode_index(lambda o, n: view[o : o + n], len(view))
+    except CorruptCheckpointError as exc:
+        log.warning("%s is damaged (%s); reading the other tier's", store.describe(key), exc)
+        return data, None
+
+
+async def open_nearest(prefix: str, tier: LocalTier, storage_options: dict[str, Any] | None, options: IOOptions,
+                       data_files: dict[str, ObjectInfo]) -> tuple[NearestStore, BundleIndex]:
+    """Open remote checkpoint `prefix` from its nearest tier (the module docstring): the
+    store and the index; `data_files` (the reader's) is filled with the listed data files."""
+    local = local_prefix(tier, prefix)
+    l_dir, name = split_prefix(local)
+    r_dir, r_name = split_prefix(prefix)
+    assert name == r_name, (local, prefix)
+    remote = open_store(r_dir, storage_options, options)
+    here: Store | None = None
+    try:
+        try:
+            record = read_record(local + RECORD)
+        except CorruptCheckpointError:
+            record = None
+        if record is not None and record["remote"] == prefix and os.path.isdir(l_dir):
+            here = LocalStore(l_dir)
+        key = index_filename(name)
+        local_bytes, local_index = await _index(here, key)
+        try:
+            remote_bytes, remote_index = await _index(remote, key)
+        except CheckpointError as exc:
+            if local_index is None:
+                raise
+            log.warning("%s: %s; reading the local tier's copy", remote.describe(key), exc)
+            remote_bytes, remote_index = None, None
+        if remote_bytes is not None and local_bytes is not None and remote_bytes != local_bytes:
+            log.info("%s holds another checkpoint than %s; reading the remote one", here and here.describe(key),
+                     prefix)
+            local_index = None
+        if local_index is None and remote_index is None:
+            if remote_bytes is not None:
+                raise CorruptCheckpointError(f"{remote.describe(key)}: the index does not decode")
+            missing = CheckpointNotFoundError(f"checkpoint not found: {remote.describe(key)} does not exist"
+                                              + (f", nor {here.describe(key)}" if here is not None else ""))
+            missing.index_missing = True  # type: ignore[attr-defined]
+            raise missing
+        if local_index is None:
+            here_files: dict[str, ObjectInfo] = {}
+        else:
+            assert here is not None
+            here_files = {i.key: i for i in await here.list_info(f"{name}.data-")}
+        there_files = {i.key: i for i in await remote.list_info(f"{name}.data-")} if remote_bytes is not None else {}
+        routes: dict[str, Store] = {}
+        data_files.clear()
+        for file in sorted(set(here_files) | set(there_files)):
+            mine, theirs = here_files.get(file), there_files.get(file)
+            if mine is not None and (theirs is None or theirs.size == mine.size):
+                routes[file], data_files[file] = here, mine  # type: ignore[assignment]
+            elif theirs is not None:
+                routes[file], data_files[file] = remote, theirs
+        index = local_index if local_index is not None else remote_index
+        routes[key] = here if local_index is not None else remote  # type: ignore[assignment]
+        assert index is not None
+        return NearestStore(here, remote, routes), index
+    except BaseException:
+        if here is not None:
+            await here.close()
+        await remote.close()
+        raise

@@ -1,0 +1,97 @@
+"""Retention of the local tier: the newest `LocalTier.keep` checkpoints, under `max_bytes`.
+
+The remote tier's retention is the Saver's (``max_to_keep``, ``keep_checkpoint_every_n_hours``);
+the local tier's is a cache's: it only ever evicts a checkpoint that is durable remotely (its
+``NAME.durable`` marker, `layout`), so the tiers together always hold every checkpoint the
+job saved and did not retire.  Eviction deletes the index first (the checkpoint stops
+existing at once), then the data files, the marker, and the record last.
+
+    trim(tier)              after a local commit and after each drain: durable checkpoints
+                            older than the newest `keep` are evicted
+    make_room(tier, bytes)  before a local save: durable checkpoints are evicted, oldest
+                            first, until the new one fits under `max_bytes`; if none is left
+                            to evict, the save waits for this process's drains (up to
+                            `full_timeout`), then raises `LocalTierFullError`
+A checkpoint a `CheckpointReader` of this process has open is not evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..errors import LocalTierFullError
+from ..management.saver import delete_checkpoint
+from ..reader import being_read
+from ..storage.local import LocalStore
+from . import drain
+from .layout import DURABLE, RECORD, LocalTier, TierCheckpoint, checkpoints
+
+log = logging.getLogger("remoteckpt")
+
+
+async def delete_local(tier: LocalTier, name: str) -> None:
+    """Remove checkpoint `name` from the tier: index, data files, marker, record."""
+    store = LocalStore(tier.path)
+    try:
+        await delete_checkpoint(store, name)
+        await store.delete(name + DURABLE)
+        await store.delete(name + RECORD)
+    finally:
+        await store.close()
+
+
+def _evictable(c: TierCheckpoint) -> bool:
+    directory, _, base = c.local.rpartition("/")
+    return c.durable and not being_read(directory, base)
+
+
+async def trim(tier: LocalTier) -> list[str]:
+    """Evict the durable checkpoints older than the newest `keep`; their names."""
+    found = [c for c in checkpoints(tier) if c.committed]
+    evicted = []
+    for c in found[: max(0, len(found) - tier.keep)]:
+        if _evictable(c):
+            await delete_local(tier, c.name)
+            evicted.append(c.name)
+    if evicted:
+        log.info("local tier %s: evicted %s (durable remotely)", tier.path, ", ".join(evicted))
+    return evicted
+
+
+async def make_room(tier: LocalTier, needed: int) -> None:
+    """Make `needed` more bytes fit under `tier.max_bytes` (see the module docstring)."""
+    if tier.max_bytes is None:
+        return
+    if needed > tier.max_bytes:
+        raise LocalTierFullError(f"local tier {tier.path}: a checkpoint of {needed} bytes cannot fit under its cap "
+                                 f"of {tier.max_bytes} bytes")
+    deadline = time.monotonic() + tier.full_timeout
+    while True:
+        found = checkpoints(tier)
+        used = sum(c.size for c in found)
+        if used + needed <= tier.max_bytes:
+            return
+        victims = [c for c in found if c.committed and _evictable(c)]
+        if victims:
+            log.info("local tier %s: evicting %s to make room", tier.path, victims[0].name)
+            await delete_local(tier, victims[0].name)
+            continue
+        waiting = []
+        for c in found:
+            try:
+                future = drain.durability(c.remote)
+            except FileNotFoundError:
+                continue
+            if not future.done():
+                waiting.append(future)
+        left = deadline - time.monotonic()
+        if not waiting or left <= 0:
+            raise LocalTierFullError(
+                f"local tier {tier.path}: {used} bytes used, {needed} more needed, cap {tier.max_bytes}; "
+                f"no checkpoint there is durable remotely yet ({len(waiting)} drain(s) in flight here"
+                + (f", waited {tier.full_timeout:g} s" if waiting else "") + ")")
+        log.info("local tier %s is full: waiting for a drain to finish", tier.path)
+        await asyncio.wait([asyncio.wrap_future(f) for f in waiting], timeout=left,
+                           return_when=asyncio.FIRST_COMPLETED)

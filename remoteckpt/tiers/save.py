@@ -1,0 +1,97 @@
+"""A save with a local tier: committed on local disk, then drained to its remote prefix.
+
+Per save, every worker calls `save_tiered` (through `remoteckpt.save(..., local_tier=)`,
+`save_async`, a `Saver` or a plugin); in this order:
+  1. rank 0: `retention.make_room` (the tier's size cap), then the record ``NAME.tier``
+     naming the remote prefix (`layout`); a checkpoint committed on the tier at that name
+     is refused unless overwriting
+  2. every rank: the usual save protocol (`protocol.save`), on the tier's directory: each
+     worker writes its data file there, rank 0 commits the index; every rank returns once
+     that commit has happened
+  3. rank 0: the drain starts in the background (`drain`), then `retention.trim`; ranks > 0
+     watch for the durable marker instead
+The call returns after step 3's start: the training loop waits for local disk only.  The
+durability future (`drain.durability(prefix)`) resolves once the remote index is committed.
+
+Workers of one save share the tier's directory (the processes of one host, or a path on a
+filesystem every host sees): the save protocol meets through it, and rank 0 drains the
+whole checkpoint from it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ..engine.plan import Slice
+from ..errors import CheckpointExistsError
+from ..format.bundle import index_filename
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..progress import ProgressCallback
+from ..protocol.commit import DEFAULT_COMMIT, CommitProtocol
+from ..protocol.save import SaveReport
+from ..storage import split_prefix
+from ..storage.local import LocalStore
+from . import drain, retention
+from .layout import DURABLE, RECORD, LocalTier, local_prefix, record_bytes
+
+
+def payload_bytes(tensors: Mapping[str, Any]) -> int:
+    """About the bytes `tensors` take in a data file (numeric payloads; strings as held)."""
+    total = 0
+    for value in tensors.values():
+        items = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], Slice) else [value]
+        for item in items:
+            array = item.array if isinstance(item, Slice) else value
+            total += int(getattr(array, "nbytes", np.asarray(array).nbytes))
+    return total
+
+
+async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, *, rank: int = 0,
+                      world_size: int = 1, overwrite: bool = False, save_id: str | None = None,
+                      storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
+                      commit: CommitProtocol = DEFAULT_COMMIT, progress: ProgressCallback | None = None,
+                      durable: Future[str] | None = None,
+                      after: Callable[[], Awaitable[None]] | None = None) -> tuple[SaveReport, Future[str]]:
+    """The steps of the module docstring for remote `prefix`; the worker's report of the
+    local save and the durability future (`durable`, if given, is the one resolved).
+    `after` runs (rank 0) once the checkpoint is durable, in drain order."""
+    from ..api import save_checkpoint
+
+    local = local_prefix(tier, prefix)
+    directory, name = split_prefix(local)
+    future = durable if durable is not None else drain.promise(prefix)
+    try:
+        if rank == 0:
+            os.makedirs(directory, exist_ok=True)
+            if not overwrite and os.path.exists(index_filename(local)):
+                raise CheckpointExistsError.committed(index_filename(local))
+            await retention.make_room(tier, payload_bytes(tensors) * world_size)
+            store = LocalStore(directory)
+            try:
+                await store.delete(name + DURABLE)  # of an older checkpoint of this name
+                await store.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
+            finally:
+                await store.close()
+        report = await save_checkpoint(tensors, local, rank=rank, world_size=world_size, overwrite=overwrite,
+                                       save_id=save_id, options=options, commit=commit, progress=progress)
+    except BaseException as exc:
+        if not future.done():
+            future.set_exception(exc)
+        raise
+    if rank != 0:
+        return report, drain.watch_marker(local, prefix, max(options.commit_timeout, tier.full_timeout), future)
+
+    async def then() -> None:
+        await retention.trim(tier)
+        if after is not None:
+            await after()
+
+    drain.start(local, prefix, overwrite=overwrite, storage_options=storage_options, options=options, after=then,
+                future=future)
+    await retention.trim(tier)
+    return report, future

@@ -1,0 +1,291 @@
+"""Tiered checkpoints: a save committed on a local tier and drained to its remote prefix (local
+disk and the SeaweedFS S3 server), restored from the nearest tier, with the local tier's
+retention and size cap.  TensorFlow is the referee for the tier's files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import remoteckpt
+from remoteckpt.storage import on_store
+from remoteckpt.tiers import drain
+from remoteckpt.tiers.layout import DURABLE, LocalTier, checkpoints, local_prefix
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(tmp_path / "remote") if request.param == "local" else request.getfixturevalue("s3_prefix")
+
+
+def tensors(step: int) -> dict[str, np.ndarray]:
+    return {"w": np.arange(3 * 2**20 // 4, dtype=np.float32) + step,  # > one CRC chunk
+            "b": np.full(7, step, np.int64),
+            "words": np.array([b"step", str(step).encode()], dtype=object)}
+
+
+def same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def keys(directory: str) -> list[str]:
+    return on_store(directory, lambda store: store.list())
+
+
+def read_remote(prefix: str, key_suffix: str) -> bytes:
+    directory, name = prefix.rsplit("/", 1)
+    return on_store(directory, lambda store: store.get(name + key_suffix))
+
+
+def test_save_commits_locally_then_drains_byte_identical(base: str, tmp_path: Path) -> None:
+    tier = str(tmp_path / "tier")
+    prefix = f"{base}/model.ckpt-1"
+    assert remoteckpt.save(tensors(1), prefix, local_tier=tier) == prefix
+    local = local_prefix(LocalTier(path=tier), prefix)
+    assert os.path.exists(local + ".index")  # committed locally when save returned
+    assert remoteckpt.wait_durable(prefix) == prefix
+    assert os.path.exists(local + DURABLE)
+    for suffix in (".index", ".data-00000-of-00001"):
+        with open(local + suffix, "rb") as f:
+            assert read_remote(prefix, suffix) == f.read()
+    same(remoteckpt.load(prefix), tensors(1))
+    same(remoteckpt.load(prefix, local_tier=tier), tensors(1))
+    assert not [k for k in keys(base) if ".tmp" in k or k.endswith(".claim")]  # the drain cleaned up
+
+
+def test_tier_holds_a_checkpoint_tensorflow_reads(tmp_path: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    tier = tmp_path / "tier"
+    prefix = str(tmp_path / "remote" / "model.ckpt-5")
+    remoteckpt.save(tensors(5), prefix, local_tier=tier)
+    remoteckpt.wait_durable(prefix)
+    for where in (str(tier / "model.ckpt-5"), prefix):
+        reader = tf.train.load_checkpoint(where)
+        np.testing.assert_array_equal(reader.get_tensor("w"), tensors(5)["w"])
+        assert list(reader.get_tensor("words")) == [b"step", b"5"]
+
+
+def test_save_async_futures(base: str, tmp_path: Path) -> None:
+    tier = str(tmp_path / "tier")
+    prefix = f"{base}/async-ckpt-2"
+    data = tensors(2)
+    future = remoteckpt.save_async(data, prefix, local_tier=tier)
+    durable = remoteckpt.durability(prefix)  # registered before the local commit
+    data["w"][:] = -1  # the snapshot was taken: the caller may change its arrays
+    assert future.result(60) == prefix
+    assert durable.result(60) == prefix
+    same(remoteckpt.load(prefix), tensors(2))
+    assert remoteckpt.wait_durable(prefix) == prefix
+
+
+def test_a_failed_drain_is_never_reported_durable(tmp_path: Path) -> None:
+    tier = str(tmp_path / "tier")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "blocked").write_text("a file where the remote directory should be")
+    prefix = str(remote / "blocked" / "model.ckpt-3")
+    remoteckpt.save(tensors(3), prefix, local_tier=tier)
+    with pytest.raises(OSError):  # the remote directory cannot be made
+        remoteckpt.wait_durable(prefix)
+    assert not os.path.exists(local_prefix(LocalTier(path=tier), prefix) + DURABLE)
+    drain.forget(prefix)  # as in a new process: nothing in flight
+    with pytest.raises(remoteckpt.CheckpointNotFoundError):
+        remoteckpt.wait_durable(prefix, local_tier=tier)
+    # Only local: it still restores from the tier, and is the directory's latest there.
+    same(remoteckpt.load(prefix, local_tier=tier), tensors(3))
+    assert remoteckpt.latest_checkpoint(str(remote / "blocked"), local_tier=tier) == prefix
+
+
+def test_drain_refuses_a_different_committed_remote_checkpoint(base: str, tmp_path: Path) -> None:
+    prefix = f"{base}/model.ckpt-7"
+    remoteckpt.save(tensors(70), prefix)  # another job's checkpoint is there
+    remoteckpt.save(tensors(7), prefix, local_tier=tmp_path / "tier")
+    with pytest.raises(remoteckpt.CheckpointExistsError):
+        remoteckpt.wait_durable(prefix)
+    same(remoteckpt.load(prefix), tensors(70))
+    # The local copy is another checkpoint than the remote one: the nearest tier is not used.
+    same(remoteckpt.load(prefix, local_tier=tmp_path / "tier"), tensors(70))
+
+
+def test_resume_after_restart_drains_what_was_left(tmp_path: Path) -> None:
+    tier = str(tmp_path / "tier")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "run").write_text("in the way")
+    prefix = str(remote / "run" / "model.ckpt-4")
+    remoteckpt.save(tensors(4), prefix, local_tier=tier)
+    with pytest.raises(OSError):
+        remoteckpt.wait_durable(prefix)
+    (remote / "run").unlink()  # the remote store is back
+    futures = remoteckpt.resume_drains(tier)
+    assert [f.result(60) for f in futures] == [prefix]
+    same(remoteckpt.load(prefix), tensors(4))
+    assert remoteckpt.resume_drains(tier) == []  # durable now: nothing left to drain
+
+
+def test_resume_false_drops_undrained_checkpoints(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "run").write_text("in the way")
+    prefix = str(remote / "run" / "model.ckpt-4")
+    remoteckpt.save(tensors(4), prefix, local_tier=tmp_path / "tier")
+    with pytest.raises(OSError):
+        remoteckpt.wait_durable(prefix)
+    tier = LocalTier(path=str(tmp_path / "tier"), resume=False)
+    assert remoteckpt.resume_drains(tier) == []
+    assert checkpoints(tier) == []
+    assert not [f for f in os.listdir(tier.path) if "model.ckpt-4" in f]
+
+
+# --- restore from the nearest tier -----------------------------------------------------------
+
+
+def drained(base: str, tmp_path: Path, step: int = 1) -> tuple[str, str]:
+    tier = str(tmp_path / "tier")
+    prefix = f"{base}/model.ckpt-{step}"
+    remoteckpt.save(tensors(step), prefix, local_tier=tier)
+    remoteckpt.wait_durable(prefix)
+    return prefix, local_prefix(LocalTier(path=tier), prefix)
+
+
+def test_restore_reads_the_local_tier(base: str, tmp_path: Path) -> None:
+    prefix, _ = drained(base, tmp_path)
+    directory, name = prefix.rsplit("/", 1)
+    on_store(directory, lambda store: store.delete(f"{name}.data-00000-of-00001"))
+    same(remoteckpt.load(prefix, local_tier=tmp_path / "tier"), tensors(1))  # every byte from local disk
+    with pytest.raises(remoteckpt.CheckpointNotFoundError):
+        remoteckpt.load(prefix)
+
+
+@pytest.mark.parametrize("damage", ["flipped-bit", "truncated", "missing-data", "missing-tier", "index-bit"])
+def test_restore_falls_back_to_remote(base: str, tmp_path: Path, damage: str) -> None:
+    prefix, local = drained(base, tmp_path)
+    data = local + ".data-00000-of-00001"
+    if damage == "flipped-bit":
+        with open(data, "r+b") as f:
+            f.seek(2**20 + 5)
+            byte = f.read(1)
+            f.seek(2**20 + 5)
+            f.write(bytes([byte[0] ^ 0x10]))
+    elif damage == "truncated":
+        os.truncate(data, os.path.getsize(data) // 2)
+    elif damage == "missing-data":
+        os.remove(data)
+    elif damage == "missing-tier":
+        for f in os.listdir(tmp_path / "tier"):
+            os.remove(tmp_path / "tier" / f)
+    else:
+        with open(local + ".index", "r+b") as f:
+            f.seek(10)
+            byte = f.read(1)
+            f.seek(10)
+            f.write(bytes([byte[0] ^ 0x01]))
+    same(remoteckpt.load(prefix, local_tier=tmp_path / "tier"), tensors(1))
+    with remoteckpt.CheckpointReader(prefix, local_tier=tmp_path / "tier") as reader:
+        np.testing.assert_array_equal(reader.get_slice("w", (slice(2**18, 2**18 + 10),)), tensors(1)["w"][2**18 : 2**18 + 10])
+
+
+def test_damaged_local_only_checkpoint_fails_clearly(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "run").write_text("in the way")
+    prefix = str(remote / "run" / "model.ckpt-1")
+    remoteckpt.save(tensors(1), prefix, local_tier=tmp_path / "tier")
+    with pytest.raises(OSError):
+        remoteckpt.wait_durable(prefix)
+    data = local_prefix(LocalTier(path=str(tmp_path / "tier")), prefix) + ".data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(remoteckpt.CheckpointError, match="local tier only"):
+        remoteckpt.load(prefix, local_tier=tmp_path / "tier")
+
+
+# --- Saver, CheckpointManager, retention ------------------------------------------------------
+
+
+def test_saver_reports_both_steps_and_keeps_per_tier(base: str, tmp_path: Path) -> None:
+    tier = LocalTier(path=str(tmp_path / "tier"), keep=1)
+    saver = remoteckpt.Saver(max_to_keep=2, local_tier=tier)
+    for step in range(4):
+        saver.save(tensors(step), f"{base}/model.ckpt", global_step=step)
+    assert saver.wait_durable(60) == [f"{base}/model.ckpt-2", f"{base}/model.ckpt-3"]
+    assert saver.durable_checkpoints == saver.last_checkpoints
+    state = remoteckpt.get_checkpoint_state(base)
+    assert state is not None and state.all_model_checkpoint_paths == ("model.ckpt-2", "model.ckpt-3")
+    remote_indexes = sorted(k for k in keys(base) if k.endswith(".index"))
+    assert remote_indexes == ["model.ckpt-2.index", "model.ckpt-3.index"]
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-3"]  # keep=1 locally, once durable
+    same(saver.restore(), tensors(3))
+    assert remoteckpt.latest_checkpoint(base, local_tier=tier) == f"{base}/model.ckpt-3"
+
+
+def test_restarted_saver_resumes_drains(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "run").write_text("in the way")
+    base = str(remote / "run")
+    first = remoteckpt.Saver(max_to_keep=3, local_tier=tmp_path / "tier")
+    first.save(tensors(1), f"{base}/model.ckpt", global_step=1)
+    with pytest.raises(OSError):
+        first.wait_durable(60)
+    assert first.durable_checkpoints == []
+    assert first.latest_checkpoint == f"{base}/model.ckpt-1"
+    (remote / "run").unlink()
+    drain.forget(f"{base}/model.ckpt-1")
+    second = remoteckpt.CheckpointManager(base, max_to_keep=3, checkpoint_name="model.ckpt",
+                                         local_tier=tmp_path / "tier")  # a restarted job
+    second.save(tensors(2), 2)
+    assert second.wait_durable(60) == [f"{base}/model.ckpt-1", f"{base}/model.ckpt-2"]
+    state = remoteckpt.get_checkpoint_state(base)
+    assert state is not None and state.all_model_checkpoint_paths == ("model.ckpt-1", "model.ckpt-2")
+    same(remoteckpt.load(f"{base}/model.ckpt-1"), tensors(1))
+
+
+def test_size_cap_evicts_durable_checkpoints_only(base: str, tmp_path: Path) -> None:
+    one = sum(a.nbytes for a in tensors(0).values() if a.dtype != object)
+    tier = LocalTier(path=str(tmp_path / "tier"), keep=10, max_bytes=int(2.5 * one))
+    for step in range(4):
+        remoteckpt.save(tensors(step), f"{base}/model.ckpt-{step}", local_tier=tier)
+        remoteckpt.wait_durable(f"{base}/model.ckpt-{step}")
+        assert sum(c.size for c in checkpoints(tier)) <= tier.max_bytes
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-2", "model.ckpt-3"]
+    for step in range(4):
+        same(remoteckpt.load(f"{base}/model.ckpt-{step}", local_tier=tier), tensors(step))
+
+
+def test_size_cap_never_evicts_what_is_not_durable(tmp_path: Path) -> None:
+    one = sum(a.nbytes for a in tensors(0).values() if a.dtype != object)
+    tier = LocalTier(path=str(tmp_path / "tier"), max_bytes=int(1.5 * one), full_timeout=0.0)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "run").write_text("in the way")
+    remoteckpt.save(tensors(1), str(remote / "run" / "model.ckpt-1"), local_tier=tier)
+    with pytest.raises(OSError):
+        remoteckpt.wait_durable(str(remote / "run" / "model.ckpt-1"))
+    with pytest.raises(remoteckpt.LocalTierFullError, match="durable"):
+        remoteckpt.save(tensors(2), str(remote / "run" / "model.ckpt-2"), local_tier=tier)
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-1"]
+    with pytest.raises(remoteckpt.LocalTierFullError, match="cannot fit"):
+        remoteckpt.save({"huge": np.zeros(2 * one, np.uint8)}, str(remote / "x"), local_tier=tier)
+
+
+def test_gc_cleans_both_tiers(base: str, tmp_path: Path) -> None:
+    tier = LocalTier(path=str(tmp_path / "tier"))
+    prefix, local = drained(base, tmp_path)
+    # What a save killed before its local commit leaves: a record and a data file, no index.
+    with open(local.replace("ckpt-1", "ckpt-2") + ".tier", "wb") as f:
+        f.write(b'{"remote": "%s", "time": 1}' % prefix.replace("ckpt-1", "ckpt-2").encode())
+    with open(local.replace("ckpt-1", "ckpt-2") + ".data-00000-of-00001", "wb") as f:
+        f.write(b"x" * 100)
+    report = remoteckpt.gc(base, older_than=0, local_tier=tier)
+    assert sorted(report.removed) == ["model.ckpt-2.data-00000-of-00001", "model.ckpt-2.tier"]
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-1"]
+    same(remoteckpt.load(prefix, local_tier=tier), tensors(1))
