@@ -32,31 +32,33 @@ def _plugin() -> Any:
 
 def save(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None, world_size: int | None = None,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> str:
+         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> str:
     """Save `pytree` at `prefix`; returns `prefix` once committed.  In a multi-process job
     every process calls it; `rank`/`world_size` default to `jax.process_index()` /
     `jax.process_count()`."""
     return _plugin().save(pytree, prefix, rank=rank, world_size=world_size, storage_options=storage_options,
-                          overwrite=overwrite, save_id=save_id, options=options)
+                          overwrite=overwrite, save_id=save_id, options=options, local_tier=local_tier)
 
 
 def save_async(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None,
                world_size: int | None = None, storage_options: dict[str, Any] | None = None,
                overwrite: bool = False, save_id: str | None = None,
-               options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
+               options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> "Future[str]":
     """`save` in the background: a `concurrent.futures.Future` of `prefix`, returned once the
     shards are copied to host memory."""
     return _plugin().save_async(pytree, prefix, rank=rank, world_size=world_size,
                                 storage_options=storage_options, overwrite=overwrite, save_id=save_id,
-                                options=options)
+                                options=options, local_tier=local_tier)
 
 
 def restore(prefix: str | os.PathLike[str], target: Any = None, *, storage_options: dict[str, Any] | None = None,
-            options: IOOptions = DEFAULT_OPTIONS) -> Any:
+            options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> Any:
     """Restore the pytree at `prefix` into the structure, shardings and dtypes of `target`
     (leaves: `jax.Array`, `jax.ShapeDtypeStruct` with a ``sharding``, numpy arrays or scalars,
-    Python scalars, str, bytes); without `target`, nested dicts of numpy arrays."""
-    return _plugin().restore(prefix, target, storage_options=storage_options, options=options)
+    Python scalars, str, bytes); without `target`, nested dicts of numpy arrays.  `local_tier`:
+    see `remoteckpt.save` (saves) and `remoteckpt.load` (restores, from the nearest tier)."""
+    return _plugin().restore(prefix, target, storage_options=storage_options, options=options,
+                             local_tier=local_tier)
 
 
 def tensors_of(pytree: Any, *, rank: int | None = None) -> dict[str, Any]:

@@ -34,30 +34,34 @@ def _plugin() -> "Any":
 
 def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> str:
+         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> str:
     """Write `checkpoint_or_trackable` (a `tf.train.Checkpoint` or any trackable) at exactly
     `prefix`, as `Checkpoint.write` would (no numbering; ``save_counter`` stored as is).
     Returns `prefix` once committed.  See `remoteckpt.plugins.tensorflow_plugin.save`."""
     return _plugin().save(checkpoint_or_trackable, prefix, rank=rank, world_size=world_size,
                           storage_options=storage_options, overwrite=overwrite, save_id=save_id,
-                          options=options)
+                          options=options, local_tier=local_tier)
 
 
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
                world_size: int = 1, storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
+               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS,
+               local_tier: Any = None) -> "Future[str]":
     """`save` in the background; returns a `concurrent.futures.Future` of `prefix` as soon
     as the variables' values are snapshotted."""
     return _plugin().save_async(checkpoint_or_trackable, prefix, rank=rank, world_size=world_size,
                                 storage_options=storage_options, overwrite=overwrite, save_id=save_id,
-                                options=options)
+                                options=options, local_tier=local_tier)
 
 
 def restore(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *,
-            storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS) -> Any:
+            storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
+            local_tier: Any = None) -> Any:
     """Restore `checkpoint_or_trackable` from the object-based checkpoint at `prefix`;
-    returns TensorFlow's `CheckpointLoadStatus`."""
-    return _plugin().restore(checkpoint_or_trackable, prefix, storage_options=storage_options, options=options)
+    returns TensorFlow's `CheckpointLoadStatus`.  `local_tier`: see `remoteckpt.save`
+    (saves) and `remoteckpt.load` (restores, from the nearest tier)."""
+    return _plugin().restore(checkpoint_or_trackable, prefix, storage_options=storage_options, options=options,
+                             local_tier=local_tier)
 
 
 def checkpoint_tensors(checkpoint_or_trackable: Any) -> dict[str, Any]:

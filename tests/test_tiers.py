@@ -289,3 +289,21 @@ def test_gc_cleans_both_tiers(base: str, tmp_path: Path) -> None:
     assert sorted(report.removed) == ["model.ckpt-2.data-00000-of-00001", "model.ckpt-2.tier"]
     assert [c.name for c in checkpoints(tier)] == ["model.ckpt-1"]
     same(remoteckpt.load(prefix, local_tier=tier), tensors(1))
+
+
+def test_same_name_of_another_remote_prefix(tmp_path: Path) -> None:
+    tier = str(tmp_path / "tier")
+    first, second = str(tmp_path / "run-a" / "model.ckpt-1"), str(tmp_path / "run-b" / "model.ckpt-1")
+    remoteckpt.save(tensors(1), first, local_tier=tier)
+    remoteckpt.wait_durable(first)
+    remoteckpt.save(tensors(2), second, local_tier=tier)  # the durable one of run-a gives way
+    remoteckpt.wait_durable(second)
+    same(remoteckpt.load(first, local_tier=tier), tensors(1))  # from its remote tier now
+    same(remoteckpt.load(second, local_tier=tier), tensors(2))
+    blocked = tmp_path / "run-c"
+    blocked.write_text("in the way")
+    remoteckpt.save(tensors(3), str(blocked / "model.ckpt-2"), local_tier=tier)
+    with pytest.raises(OSError):
+        remoteckpt.wait_durable(str(blocked / "model.ckpt-2"))
+    with pytest.raises(remoteckpt.LocalTierFullError, match="not yet durable"):
+        remoteckpt.save(tensors(4), str(tmp_path / "run-d" / "model.ckpt-2"), local_tier=tier)

@@ -77,6 +77,8 @@ from ..protocol.records import DataIdentity
 from ..protocol.save import commit_tables, refuse_unsafe_store
 from ..protocol.worker import table_bytes, write_part
 from ..storage import Store, open_store, split_prefix
+from ..tiers import save as tiered
+from ..tiers.layout import TierLike, as_tier, local_prefix
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
 from .torch_dcp_reader import StorageReader
 from .torch_metadata import FORMAT, encode_metadata
@@ -145,12 +147,15 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     ``PREFIX.data-*``; local path, ``file://``, ``s3://`` or any fsspec URL).  A committed
     checkpoint at `prefix` is never replaced unless `overwrite`.  `storage_options` and
     `options` are as for `remoteckpt.save`.  Requires DCP's collectives (the default);
-    ``use_collectives=False`` is refused."""
+    ``use_collectives=False`` is refused.  With `local_tier` the checkpoint is committed on
+    that local directory (shared by the ranks of one host) and drained to `prefix` in the
+    background (`remoteckpt.wait_durable(prefix)` on the coordinator; docs/tiered.md)."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
-                 commit: CommitProtocol = DEFAULT_COMMIT) -> None:
+                 commit: CommitProtocol = DEFAULT_COMMIT, local_tier: TierLike | None = None) -> None:
         super().__init__()
+        self.local_tier = as_tier(local_tier)
         self.prefix = None if prefix is None else os.fspath(prefix)
         self.overwrite = overwrite
         self.storage_options = storage_options
@@ -244,8 +249,11 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
 
     @property
     def _target(self) -> str:
-        """The prefix written: the checkpoint id, or ``ID/ckpt`` for a directory id."""
+        """The prefix written: the checkpoint id, or ``ID/ckpt`` for a directory id (with a
+        local tier, that checkpoint's prefix on the tier)."""
         assert self.prefix is not None
+        if self.local_tier is not None:
+            return local_prefix(self.local_tier, for_writing(self.prefix))
         return for_writing(self.prefix)
 
     def _add_item(self, tensors: dict[str, Any], item: WriteItem, data: Any) -> tuple[str, int]:
@@ -298,6 +306,9 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         earlier = _held_by_prefix.pop(self._target, None)
         if earlier is not None and earlier is not self._claim:
             await _let_go(earlier)
+        if self.local_tier is not None:
+            assert self.prefix is not None
+            await tiered.begin(self.local_tier, for_writing(self.prefix), overwrite=self.overwrite, needed=0)
         directory, name = split_prefix(self._target)
         store = open_store(directory, self.storage_options, self.options)
         layout = SaveLayout(name, 0, shards, save_id=self.save_id)
@@ -354,6 +365,10 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
                 await commit_tables(store, layout, [*tables, table], commit=self.commit)
             finally:
                 await self._release_claim()
+        if self.local_tier is not None:
+            assert self.prefix is not None
+            await tiered.finish(self.local_tier, for_writing(self.prefix), overwrite=self.overwrite,
+                                storage_options=self.storage_options, options=self.options)
 
 
 async def _let_go(held: _Held) -> None:

@@ -120,12 +120,16 @@ class StorageReader(AtPrefix, _DCPStorageReader):
     0 alone reads the index and lists the data files, and broadcasts them to the others in
     `read_metadata`; every rank of the group must then load with such a reader, as
     ``dcp.load`` does (its collectives need every rank anyway).  Not for a load of one rank
-    alone (``no_dist=True``) in a job whose group is up: it would wait for the others."""
+    alone (``no_dist=True``) in a job whose group is up: it would wait for the others.
+
+    `local_tier`: read remote `prefix` from its nearest tier (docs/tiered.md); each rank then
+    opens its own reader (what a host's tier holds is its own, not the group's)."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
-                 process_group: Any = None) -> None:
+                 process_group: Any = None, local_tier: Any = None) -> None:
         super().__init__()
+        self.local_tier = local_tier
         self.prefix = None if prefix is None else os.fspath(prefix)
         self.storage_options = storage_options
         self.options = options
@@ -148,7 +152,8 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             if self.prefix is None:
                 raise ValueError("remoteckpt.torch.StorageReader needs a checkpoint prefix "
                                  "(StorageReader(prefix) or dcp.load(..., checkpoint_id=prefix))")
-            self._reader = CheckpointReader(self.prefix, storage_options=self.storage_options, options=self.options)
+            self._reader = CheckpointReader(self.prefix, storage_options=self.storage_options, options=self.options,
+                                            local_tier=self.local_tier)
         return self._reader
 
     def close(self) -> None:
@@ -191,7 +196,7 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             self._reader = _SharedReader(value, shared, storage_options=self.storage_options, options=self.options)
 
     def read_metadata(self, *args: Any) -> Metadata:
-        if self._reader is None and self.process_group is not None:
+        if self._reader is None and self.process_group is not None and self.local_tier is None:
             self._open_shared()
         reader = self.reader
         if reader.has_tensor(METADATA_TENSOR):

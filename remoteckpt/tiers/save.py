@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.plan import Slice
-from ..errors import CheckpointExistsError
+from ..errors import CheckpointExistsError, LocalTierFullError
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback
@@ -37,7 +37,7 @@ from ..protocol.save import SaveReport
 from ..storage import split_prefix
 from ..storage.local import LocalStore
 from . import drain, retention
-from .layout import DURABLE, RECORD, LocalTier, local_prefix, record_bytes
+from .layout import DURABLE, RECORD, LocalTier, checkpoint, local_prefix, name_in_tier, record_bytes
 
 
 def payload_bytes(tensors: Mapping[str, Any]) -> int:
@@ -49,6 +49,49 @@ def payload_bytes(tensors: Mapping[str, Any]) -> int:
             array = item.array if isinstance(item, Slice) else value
             total += int(getattr(array, "nbytes", np.asarray(array).nbytes))
     return total
+
+
+async def begin(tier: LocalTier, prefix: str, *, overwrite: bool, needed: int) -> str:
+    """Step 1 (rank 0, before the local save claims the tier's prefix): room under the cap,
+    the record; returns the local prefix."""
+    local = local_prefix(tier, prefix)
+    directory, name = split_prefix(local)
+    os.makedirs(directory, exist_ok=True)
+    there = checkpoint(tier, name_in_tier(prefix))
+    if there is not None and there.committed and there.remote != prefix:
+        # Another remote prefix of the same name (another run's directory): the tier is its
+        # cache once it is durable, and it may go; before, it is all there is of it.
+        if not there.durable:
+            raise LocalTierFullError(
+                f"local tier {tier.path} holds {there.name} of {there.remote}, not yet durable, under the name "
+                f"{prefix} needs; give this run a tier directory of its own")
+        await retention.delete_local(tier, there.name)
+    if not overwrite and os.path.exists(index_filename(local)):
+        raise CheckpointExistsError.committed(index_filename(local))
+    await retention.make_room(tier, needed)
+    store = LocalStore(directory)
+    try:
+        await store.delete(name + DURABLE)  # of an older checkpoint of this name
+        await store.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
+    finally:
+        await store.close()
+    return local
+
+
+async def finish(tier: LocalTier, prefix: str, *, overwrite: bool, storage_options: dict[str, Any] | None,
+                 options: IOOptions, durable: Future[str] | None = None,
+                 after: Callable[[], Awaitable[None]] | None = None) -> Future[str]:
+    """Step 3 (rank 0, once the local index is committed): the drain started, the tier
+    trimmed; the durability future (`durable` if given).  `after` runs once durable."""
+    async def then() -> None:
+        await retention.trim(tier)
+        if after is not None:
+            await after()
+
+    future = drain.start(local_prefix(tier, prefix), prefix, overwrite=overwrite, storage_options=storage_options,
+                         options=options, after=then, future=durable)
+    await retention.trim(tier)
+    return future
 
 
 async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, *, rank: int = 0,
@@ -63,20 +106,10 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
     from ..api import save_checkpoint
 
     local = local_prefix(tier, prefix)
-    directory, name = split_prefix(local)
     future = durable if durable is not None else drain.promise(prefix)
     try:
         if rank == 0:
-            os.makedirs(directory, exist_ok=True)
-            if not overwrite and os.path.exists(index_filename(local)):
-                raise CheckpointExistsError.committed(index_filename(local))
-            await retention.make_room(tier, payload_bytes(tensors) * world_size)
-            store = LocalStore(directory)
-            try:
-                await store.delete(name + DURABLE)  # of an older checkpoint of this name
-                await store.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
-            finally:
-                await store.close()
+            await begin(tier, prefix, overwrite=overwrite, needed=payload_bytes(tensors) * world_size)
         report = await save_checkpoint(tensors, local, rank=rank, world_size=world_size, overwrite=overwrite,
                                        save_id=save_id, options=options, commit=commit, progress=progress)
     except BaseException as exc:
@@ -85,13 +118,5 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
         raise
     if rank != 0:
         return report, drain.watch_marker(local, prefix, max(options.commit_timeout, tier.full_timeout), future)
-
-    async def then() -> None:
-        await retention.trim(tier)
-        if after is not None:
-            await after()
-
-    drain.start(local, prefix, overwrite=overwrite, storage_options=storage_options, options=options, after=then,
-                future=future)
-    await retention.trim(tier)
-    return report, future
+    return report, await finish(tier, prefix, overwrite=overwrite, storage_options=storage_options, options=options,
+                                durable=future, after=after)

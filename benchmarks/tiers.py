@@ -1,0 +1,240 @@
+"""``python -m benchmarks.tiers [--gib G] [--tensors N] [--repeat R] [--out DIR]``
+
+Tiered checkpoints against their targets, on the same tensors in one run (docs/tiered.md,
+docs/benchmarks.md "Tiered checkpoints"): a local directory (the tier) and an embedded
+SeaweedFS S3 server on this machine (the remote tier).  Each row is the best of R rounds, the
+rounds interleaved; each ratio is computed per round, and the best round's is reported.
+
+    blocking, async     save_async(local_tier=) until it returns   vs  an in-memory copy of the tensors
+    blocking, sync      save(local_tier=) (the local commit)        vs  save() to the same local disk
+    local commit        save(local_tier=)                           vs  raw os.write + fsync, one file
+    drain               tiers.drain.drain() of the committed copy   vs  save() straight to S3
+                        (its peak RSS beyond the process's before: no second copy of the tensors)
+    restore, local      load(local_tier=)                           vs  raw pread of one file
+    restore, S3         load(local_tier=) with the tier wiped       vs  load() from S3
+
+Reads run after the page cache is dropped when the process may (root), else warm (both sides
+alike; noted in the output).  Writes start after `sync`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .baselines import _read_file, _write_file
+from .harness import Config, GiB, drop_caches, make_tensors, nbytes, perf, same_tensors
+from .throughput import current_rss
+
+
+class PeakRss:
+    """Samples this process's RSS every few ms in a thread: the peak above the start."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = current_rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss())
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.start
+
+
+def _cold() -> str:
+    return "cold" if drop_caches() else "warm"
+
+
+def one_round(tensors: dict[str, np.ndarray], local: str, s3: str, rnd: int) -> dict[str, Any]:
+    import remoteckpt
+    from remoteckpt.engine import loop
+    from remoteckpt.tiers import drain
+    from remoteckpt.tiers.layout import LocalTier, local_prefix
+
+    size = nbytes(tensors)
+    out: dict[str, Any] = {}
+    tier = LocalTier(path=os.path.join(local, f"tier-{rnd}"), keep=100)
+    arrays = list(tensors.values())
+
+    # in-memory copy (what save_async must do at the least) and save_async's blocking time
+    start = perf()
+    copies = [np.array(a, copy=True) for a in arrays]
+    out["memcopy"] = perf() - start
+    del copies
+    os.sync()
+    prefix = f"{s3}/async-{rnd}/model.ckpt-a"
+    start = perf()
+    future = remoteckpt.save_async(tensors, prefix, local_tier=tier)
+    out["async_block"] = perf() - start
+    future.result()
+    remoteckpt.wait_durable(prefix)
+
+    # raw write + fsync; a direct local save; the tiered save (its local commit)
+    raw = os.path.join(local, f"raw-{rnd}.bin")
+    os.sync()
+    start = perf()
+    _write_file(raw, arrays)
+    out["raw_write"] = perf() - start
+    os.sync()
+    start = perf()
+    remoteckpt.save(tensors, os.path.join(local, f"direct-{rnd}", "model.ckpt"))
+    out["local_save"] = perf() - start
+    os.sync()
+    prefix = f"{s3}/tiered-{rnd}/model.ckpt-t"
+    start = perf()
+    remoteckpt.save(tensors, prefix, local_tier=tier)
+    out["tiered_save"] = perf() - start
+    remoteckpt.wait_durable(prefix)
+
+    # the drain of a committed local copy vs a direct S3 save of the same tensors
+    os.sync()
+    start = perf()
+    remoteckpt.save(tensors, f"{s3}/direct-{rnd}/model.ckpt")
+    out["s3_save"] = perf() - start
+    drained = f"{s3}/drained-{rnd}/model.ckpt-t"
+    local_copy = local_prefix(tier, prefix)
+    os.sync()
+    with PeakRss() as rss:
+        start = perf()
+        loop.run(drain.drain(local_copy, drained))
+        out["drain"] = perf() - start
+    out["drain_extra_rss"] = rss.extra
+
+    # restores: raw pread, the local tier, S3 as today, S3 after the tier is lost
+    outs = [np.empty_like(a) for a in arrays]
+    out["cache"] = _cold()
+    start = perf()
+    _read_file(raw, outs, 4)
+    out["raw_read"] = perf() - start
+    del outs
+    _cold()
+    start = perf()
+    got = remoteckpt.load(drained, local_tier=LocalTier(path=os.path.dirname(local_copy)))
+    out["tier_restore"] = perf() - start
+    assert same_tensors(tensors, got) is None, "the local tier restored other bytes"
+    del got
+    _cold()
+    start = perf()
+    got = remoteckpt.load(f"{s3}/direct-{rnd}/model.ckpt")
+    out["s3_restore"] = perf() - start
+    del got
+    shutil.rmtree(tier.path)  # a replaced node: the tier is gone
+    _cold()
+    start = perf()
+    got = remoteckpt.load(prefix, local_tier=tier)
+    out["lost_tier_restore"] = perf() - start
+    assert same_tensors(tensors, got) is None, "the restore after losing the tier returned other bytes"
+    del got
+    os.unlink(raw)
+    shutil.rmtree(os.path.join(local, f"direct-{rnd}"), ignore_errors=True)
+    out["bytes"] = size
+    return out
+
+
+TARGETS = [
+    ("blocking, async", "async_block", "memcopy", 1.5, "<="),
+    ("blocking, sync", "tiered_save", "local_save", 1.05, "<="),
+    ("local commit (speed)", "raw_write", "tiered_save", 0.9, ">="),
+    ("drain (speed)", "s3_save", "drain", 0.9, ">="),
+    ("restore from the tier (speed)", "raw_read", "tier_restore", 0.9, ">="),
+    ("restore from S3, tier lost (speed)", "s3_restore", "lost_tier_restore", 1.0, ">="),
+]
+"""(what, numerator, denominator, target, sense): each ratio is numerator / denominator of
+one round (times: for a "speed" row, the peer's time over ours, so higher is better)."""
+
+
+def report(rounds: list[dict[str, Any]]) -> str:
+    size = rounds[0]["bytes"]
+    lines = [f"{size / GiB:.2f} GiB, {len(rounds)} round(s); best time of the rounds, and the best round's ratio",
+             "", "| measurement | seconds | GiB/s |", "|---|---:|---:|"]
+    names = {"memcopy": "in-memory copy of the tensors", "async_block": "save_async(local_tier=): blocks",
+             "raw_write": "raw: os.write + fsync, one file", "local_save": "save() to local disk",
+             "tiered_save": "save(local_tier=): local commit", "s3_save": "save() to S3",
+             "drain": "drain of the local copy to S3", "raw_read": "raw: pread, 4 threads, one file",
+             "tier_restore": "load(local_tier=): from the tier", "s3_restore": "load() from S3",
+             "lost_tier_restore": "load(local_tier=), tier lost: from S3"}
+    for key, label in names.items():
+        best = min(r[key] for r in rounds)
+        lines.append(f"| {label} | {best:.3f} | {size / best / GiB:.2f} |")
+    lines += ["", f"drain: peak RSS beyond the process's before it: "
+              f"{min(r['drain_extra_rss'] for r in rounds) / 2**20:.0f} MiB (best round), "
+              f"{max(r['drain_extra_rss'] for r in rounds) / 2**20:.0f} MiB (worst); the tensors are "
+              f"{size / 2**20:.0f} MiB", f"reads: {rounds[0]['cache']} page cache", "",
+              "| target | ratio | target | met |", "|---|---:|---:|:-:|"]
+    for what, num, den, target, sense in TARGETS:
+        ratios = [r[num] / r[den] for r in rounds]
+        ratio = min(ratios) if sense == "<=" else max(ratios)
+        met = ratio <= target if sense == "<=" else ratio >= target
+        lines.append(f"| {what}: {names[num]} / {names[den]} | {ratio:.2f} | {sense} {target} | "
+                     f"{'yes' if met else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tiers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=0.5)
+    parser.add_argument("--tensors", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", help="local directory for the tier and the local saves (default: a temp dir)")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args(argv)
+    from remoteckpt.testing import SeaweedServer
+
+    from .throughput import _warm_up_server
+
+    cfg = Config(gib=args.gib, tensors=args.tensors)
+    tensors = make_tensors(cfg)
+    local = tempfile.mkdtemp(prefix="rckpt-tiers-", dir=args.dir)
+    started = time.time()
+    load_before = os.getloadavg()
+    server = SeaweedServer(bucket="remoteckpt-bench").start()
+    try:
+        os.environ.update(server.env())
+        _warm_up_server(server)
+        rounds = []
+        for rnd in range(args.repeat):
+            rounds.append(one_round(tensors, local, f"s3://{server.bucket}/tiers", rnd))
+            print(f"round {rnd}: " + ", ".join(f"{k}={v:.3f}" for k, v in rounds[-1].items()
+                                                if isinstance(v, float)), file=sys.stderr)
+            server.vacuum()
+    finally:
+        server.stop()
+        shutil.rmtree(local, ignore_errors=True)
+    text = report(rounds)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"tiers-{int(started)}.json"
+    path.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                                "argv": sys.argv[1:] if argv is None else argv, "rounds": rounds,
+                                "load_average": {"before": load_before, "after": os.getloadavg()},
+                                "table": text}, indent=1))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
