@@ -30,6 +30,10 @@ tests/test_corruption.py and tests/test_fuzz.py, at scale and hard-bounded in ti
               checkpoint: each must raise CorruptCheckpointError when the tensor is read
               (detected / effective counted per kind of damage)
   fuzz        random mutations of valid indexes and state files through the decoders
+  tiers       (only with --only tiers) jobs of 1, 2 or 4 workers saving through a shared local tier drained to S3, one
+              worker killed at a named point of a local commit or a drain: the remote prefix
+              holds the previous checkpoint or the complete new one; a restarted job resumes
+              the drains; both tiers restore byte-exact and gc leaves nothing (tests/tier_workers.py)
 
 How the time bound holds: the phases run one after another, each in a process of its own (and
 its own process group), in windows that share the run's minutes by weight; time a phase

@@ -29,7 +29,10 @@ from .summary import summary
 
 PHASES = {"crash": 0.30, "network": 0.20, "race": 0.08, "retry": 0.06, "restart": 0.07, "zombie": 0.08, "long": 0.07,
           "corruption": 0.08, "fuzz": 0.06}
-S3_PHASES = ("crash", "network", "race", *LIFE_PHASES)
+EXTRA_PHASES = {"tiers": 0.08}
+"""Phases run only when named in --only (``--only tiers``, or with the others): their weight
+then counts like the default phases'."""
+S3_PHASES = ("crash", "network", "race", "tiers", *LIFE_PHASES)
 
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 """Passed on to the crash and race workers with --s3-endpoint (an embedded server sets its own)."""
@@ -68,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall time for all phases (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the scenario sequence (default: random)")
     parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases, run in this order: "
-                        + ", ".join(PHASES))
+                        + ", ".join(PHASES) + " (default: all of these), " + ", ".join(EXTRA_PHASES))
     parser.add_argument("--concurrency", type=int, default=6, help="crash scenarios at once (default 6)")
     parser.add_argument("--out", default="bench-results", help="directory for the JSON record")
     parser.add_argument("--grace", type=float, default=GRACE_SECONDS,
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         import_harness()
         return replay(args.replay[0], json.loads(args.replay[1]), args.times)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = set(phases) - set(PHASES)
+    unknown = set(phases) - set(PHASES) - set(EXTRA_PHASES)
     if unknown:
         parser.error(f"unknown phase(s) {sorted(unknown)}")
     if len(set(phases)) != len(phases):  # each phase's files are named by the phase
@@ -132,7 +135,7 @@ def _run(args: argparse.Namespace, phases: list[str], die_phase: str, die_how: s
     started = time.time()
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     import_harness()
-    weights = {p: PHASES[p] for p in phases}
+    weights = {p: {**PHASES, **EXTRA_PHASES}[p] for p in phases}
     total = args.minutes * 60
     end_of_work, hard_end = t0 + total, t0 + total + args.grace
     bound = total + args.grace + EXIT_SECONDS + TEARDOWN_SECONDS

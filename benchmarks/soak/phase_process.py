@@ -38,10 +38,12 @@ from .runtime import (
     test_module,
     watch,
 )
+from .tiers import tiers_phase
 
-PHASE_MODULES = {"corruption": "test_corruption", "fuzz": "test_fuzz", **dict.fromkeys(LIFE_PHASES, "lifecycle_workers")}
+PHASE_MODULES = {"corruption": "test_corruption", "fuzz": "test_fuzz", "tiers": "tier_workers",
+                 **dict.fromkeys(LIFE_PHASES, "lifecycle_workers")}
 """The test suite's module each phase runs besides the crash harness and the fault proxy."""
-FORKSERVER_PHASES = ("crash", "race", *LIFE_PHASES)
+FORKSERVER_PHASES = ("crash", "race", "tiers", *LIFE_PHASES)
 """The phases whose jobs are processes of the crash harness's forkserver."""
 
 
@@ -107,6 +109,8 @@ def _run_phase(ph: Phase, spec: dict[str, Any]) -> None:
         life_phase(ph, spec["s3"], spec["workdir"], spec["concurrency"])
     elif ph.name == "corruption":
         corruption_phase(ph, spec["workdir"])
+    elif ph.name == "tiers":
+        tiers_phase(ph, spec["s3"], spec["concurrency"])
     else:
         fuzz_phase(ph)
 

@@ -144,7 +144,14 @@ def _fuzz_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
     return [f"{c['fuzz_executions']} executions ({c['fuzz_refused']} refused, {c['fuzz_accepted']} accepted)"]
 
 
+def _tiers_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
+    return [f"{c['tier_jobs']} jobs ({c['tier_world1']}/{c['tier_world2']}/{c['tier_world4']} with 1/2/4 workers), "
+            f"{c['tier_kills_injected']} kills injected; {c['tier_locally_committed']} checkpoints committed "
+            f"locally at the kill, {c['tier_remote_checkpoints']} remote after the restart, "
+            f"{c['tier_restores_byte_exact']} restored byte-exact; silent corruptions {c['tier_silent_corruptions']}"]
+
+
 _PHASE_SUMMARIES: dict[str, Callable[[Counter[str], dict[str, Any]], list[str]]] = {
     "crash": _crash_summary, "network": _network_summary, "race": _race_summary, "retry": _retry_summary,
     "restart": _restart_summary, "zombie": _zombie_summary, "long": _long_summary,
-    "corruption": _corruption_summary, "fuzz": _fuzz_summary}
+    "corruption": _corruption_summary, "fuzz": _fuzz_summary, "tiers": _tiers_summary}
