@@ -307,3 +307,15 @@ def test_same_name_of_another_remote_prefix(tmp_path: Path) -> None:
         remoteckpt.wait_durable(str(blocked / "model.ckpt-2"))
     with pytest.raises(remoteckpt.LocalTierFullError, match="not yet durable"):
         remoteckpt.save(tensors(4), str(tmp_path / "run-d" / "model.ckpt-2"), local_tier=tier)
+
+
+def test_the_docs_example_runs_on_s3(s3_prefix: str, tmp_path: Path) -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs" / "tiered.md"
+    source = doc.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    source = source.replace('"s3://bucket/run/model.ckpt-1000"', repr(f"{s3_prefix}/model.ckpt-1000"))
+    source = source.replace('"/mnt/nvme/ckpt"', repr(str(tmp_path / "tier")))
+    source = source.replace('"s3://bucket/run/model.ckpt-2000"', repr(f"{s3_prefix}/model.ckpt-2000"))
+    namespace: dict[str, object] = {"tensors": tensors(9)}
+    exec(compile(source, str(doc), "exec"), namespace)
+    same(namespace["tensors"], tensors(9))  # type: ignore[arg-type]
+    same(remoteckpt.load(f"{s3_prefix}/model.ckpt-2000"), tensors(9))
