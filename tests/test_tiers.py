@@ -319,3 +319,17 @@ def test_the_docs_example_runs_on_s3(s3_prefix: str, tmp_path: Path) -> None:
     exec(compile(source, str(doc), "exec"), namespace)
     same(namespace["tensors"], tensors(9))  # type: ignore[arg-type]
     same(remoteckpt.load(f"{s3_prefix}/model.ckpt-2000"), tensors(9))
+
+
+def test_a_drain_again_never_replaces_its_own_checkpoint(base: str, tmp_path: Path) -> None:
+    """A drain resumed after its remote commit (killed before its marker) finds its checkpoint
+    committed: marked durable, nothing uploaded again, even when the save may overwrite."""
+    from remoteckpt.engine import loop
+
+    prefix, local = drained(base, tmp_path)
+    directory, name = prefix.rsplit("/", 1)
+    before = on_store(directory, lambda store: store.list_info(name))
+    os.remove(local + DURABLE)
+    assert loop.run(drain.drain(local, prefix, overwrite=True)) == prefix
+    assert os.path.exists(local + DURABLE)
+    assert on_store(directory, lambda store: store.list_info(name)) == before  # the same versions

@@ -222,6 +222,7 @@ class Saver:
                                       after=self._after_drain(full, directory) if self.rank == 0 else None)
         self._record(full)
         self._drains[full] = future
+        future.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._durable.add(full))
         log.info("saved %s on the local tier %s; draining it", full, self.local_tier.path)
 
     async def _resume(self, directory: str) -> None:

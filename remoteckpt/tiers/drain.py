@@ -9,7 +9,8 @@ written on the tier (`layout`).  A crash at any point leaves the remote prefix w
 index (its leftovers are the next attempt's or `gc`'s) or with the complete checkpoint.
 
 A drain that finds the remote index committed already (its earlier attempt died between the
-commit and the marker) compares the bytes: equal, the checkpoint is durable; different, the
+commit and the marker) compares the bytes: equal, the checkpoint is durable (a drain that may
+overwrite looks first, so it never replaces the very checkpoint it drains); different, the
 remote prefix holds another checkpoint and the drain fails (`CheckpointExistsError`) unless
 the save asked to overwrite.
 
@@ -91,6 +92,9 @@ async def drain(local: str, remote: str, *, overwrite: bool = False, storage_opt
         start = time.monotonic()
         crash_point("draining")
         try:
+            if overwrite and await _same_index(local, remote, storage_options, options):
+                # committed by an earlier drain of this very checkpoint: nothing to replace
+                raise CheckpointExistsError.committed(remote)
             report = await copy_async(local, remote, overwrite=overwrite, destination_options=storage_options,
                                       options=options)
             size = report.bytes
