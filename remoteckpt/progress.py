@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
-Kind = Literal["staged", "written", "committed", "read"]
+Kind = Literal["staged", "written", "committed", "read", "durable"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class ProgressEvent:
     """`done` of `total` bytes of one worker's part of one checkpoint.
 
     kinds: ``staged`` (tensors snapshotted or planned), ``written`` (bytes durable in data
-    files), ``committed`` (the checkpoint is committed: done == total), ``read`` (restored)."""
+    files), ``committed`` (the checkpoint is committed: done == total), ``read`` (restored),
+    ``durable`` (a save with a local tier: the drain has committed it remotely; docs/tiered.md)."""
 
     prefix: str
     rank: int

@@ -333,3 +333,14 @@ def test_a_drain_again_never_replaces_its_own_checkpoint(base: str, tmp_path: Pa
     assert loop.run(drain.drain(local, prefix, overwrite=True)) == prefix
     assert os.path.exists(local + DURABLE)
     assert on_store(directory, lambda store: store.list_info(name)) == before  # the same versions
+
+
+def test_progress_reports_the_local_commit_then_durability(tmp_path: Path) -> None:
+    events: list[remoteckpt.ProgressEvent] = []
+    prefix = str(tmp_path / "remote" / "model.ckpt-1")
+    remoteckpt.save(tensors(1), prefix, local_tier=tmp_path / "tier", progress=events.append)
+    remoteckpt.wait_durable(prefix)
+    kinds = [e.kind for e in events]
+    assert "committed" in kinds and kinds[-1] == "durable"
+    assert kinds.index("committed") < kinds.index("durable")
+    assert events[-1].prefix == prefix and events[-1].done == events[-1].total > 0

@@ -37,6 +37,7 @@ from ..errors import CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
+from ..progress import ProgressCallback, Reporter
 from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_async
@@ -83,11 +84,12 @@ async def _same_index(local: str, remote: str, storage_options: dict[str, Any] |
 
 
 async def drain(local: str, remote: str, *, overwrite: bool = False, storage_options: dict[str, Any] | None = None,
-                options: IOOptions = DEFAULT_OPTIONS,
-                after: Callable[[], Awaitable[None]] | None = None) -> str:
+                options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
+                progress: ProgressCallback | None = None) -> str:
     """Save the checkpoint committed at `local` to `remote` (see the module docstring), mark
     it durable, then run `after` (a Saver's state file and remote retention), all in the
-    order drains were started.  Returns `remote`."""
+    order drains were started.  Returns `remote`.  `progress` gets the copy's ``written`` and
+    ``committed`` events (named by `remote`), then ``durable``."""
     async with _drain_lock():
         start = time.monotonic()
         crash_point("draining")
@@ -96,7 +98,7 @@ async def drain(local: str, remote: str, *, overwrite: bool = False, storage_opt
                 # committed by an earlier drain of this very checkpoint: nothing to replace
                 raise CheckpointExistsError.committed(remote)
             report = await copy_async(local, remote, overwrite=overwrite, destination_options=storage_options,
-                                      options=options)
+                                      options=options, progress=progress)
             size = report.bytes
         except CheckpointExistsError as exc:
             if not exc.index_committed or not await _same_index(local, remote, storage_options, options):
@@ -105,6 +107,7 @@ async def drain(local: str, remote: str, *, overwrite: bool = False, storage_opt
             log.info("%s was committed by an earlier drain; marking it durable", remote)
         crash_point("drained")
         await _mark_durable(local, remote)
+        Reporter(progress, remote).emit("durable", size, size)
         log.info("drained %s to %s: %d bytes in %.3f s", local, remote, size, time.monotonic() - start)
         if after is not None:
             await after()
@@ -122,7 +125,7 @@ def promise(remote: str) -> Future[str]:
 
 def start(local: str, remote: str, *, overwrite: bool = False, storage_options: dict[str, Any] | None = None,
           options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
-          future: Future[str] | None = None) -> Future[str]:
+          future: Future[str] | None = None, progress: ProgressCallback | None = None) -> Future[str]:
     """Start `drain` on remoteckpt's loop (callable from any thread, the loop's included);
     its future (`future`, or a fresh `promise`), also `durability(remote)`'s."""
     future = future if future is not None else promise(remote)
@@ -130,7 +133,7 @@ def start(local: str, remote: str, *, overwrite: bool = False, storage_options: 
     async def run() -> None:
         try:
             result = await drain(local, remote, overwrite=overwrite, storage_options=storage_options,
-                                 options=options, after=after)
+                                 options=options, after=after, progress=progress)
         except BaseException as exc:  # the caller's, through the future
             log.warning("draining %s to %s failed: %s", local, remote, exc)
             future.set_exception(exc)

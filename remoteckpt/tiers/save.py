@@ -80,7 +80,8 @@ async def begin(tier: LocalTier, prefix: str, *, overwrite: bool, needed: int) -
 
 async def finish(tier: LocalTier, prefix: str, *, overwrite: bool, storage_options: dict[str, Any] | None,
                  options: IOOptions, durable: Future[str] | None = None,
-                 after: Callable[[], Awaitable[None]] | None = None) -> Future[str]:
+                 after: Callable[[], Awaitable[None]] | None = None,
+                 progress: ProgressCallback | None = None) -> Future[str]:
     """Step 3 (rank 0, once the local index is committed): the drain started, the tier
     trimmed; the durability future (`durable` if given).  `after` runs once durable."""
     async def then() -> None:
@@ -89,7 +90,7 @@ async def finish(tier: LocalTier, prefix: str, *, overwrite: bool, storage_optio
             await after()
 
     future = drain.start(local_prefix(tier, prefix), prefix, overwrite=overwrite, storage_options=storage_options,
-                         options=options, after=then, future=durable)
+                         options=options, after=then, future=durable, progress=progress)
     await retention.trim(tier)
     return future
 
@@ -119,4 +120,4 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
     if rank != 0:
         return report, drain.watch_marker(local, prefix, max(options.commit_timeout, tier.full_timeout), future)
     return report, await finish(tier, prefix, overwrite=overwrite, storage_options=storage_options, options=options,
-                                durable=future, after=after)
+                                durable=future, after=after, progress=progress)
