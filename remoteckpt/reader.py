@@ -180,14 +180,31 @@ class CheckpointReader:
                          progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
+        store = self._store
         try:
-            return await self._checkpoint.read_boxes(requests, outs, progress)
+            result = await self._checkpoint.read_boxes(requests, outs, progress)
         except CheckpointError as exc:
-            if not isinstance(self._store, NearestStore) or not self._store.uses_local:
+            if not isinstance(store, NearestStore) or not store.uses_local:
                 raise
             log.warning("reading %s from the local tier failed (%s); reading it from %s", self._prefix, exc,
-                        self._store.remote.url)
-            await self._store.fall_back(self._data_files, self._name)
+                        store.remote.url)
+            other = await store.confirm()
+            await store.fall_back(self._data_files, self._name)
+        else:
+            if not isinstance(store, NearestStore):
+                return result
+            other = await store.confirm()
+            if other is None:
+                return result
+            log.warning("%s was replaced remotely since the local tier's copy was drained; reading the remote one",
+                        self._prefix)
+            await store.fall_back(self._data_files, self._name)
+        if other is not None:  # the remote checkpoint is another one: its index from now on
+            view = memoryview(other)
+            self._index = decode_index(lambda o, n: view[o : o + n], len(view))
+            self._checkpoint = OpenCheckpoint(self._store, self._index, self._prefix, self._name, self._data_files,
+                                              self._options)
+            self._names = self._checkpoint._names
         return await self._checkpoint.read_boxes(requests, outs, progress)
 
 

@@ -344,3 +344,14 @@ def test_progress_reports_the_local_commit_then_durability(tmp_path: Path) -> No
     assert "committed" in kinds and kinds[-1] == "durable"
     assert kinds.index("committed") < kinds.index("durable")
     assert events[-1].prefix == prefix and events[-1].done == events[-1].total > 0
+
+
+def test_a_remote_checkpoint_replaced_since_the_drain_is_read_instead(base: str, tmp_path: Path) -> None:
+    """A durable local copy is read at once and the remote index compared meanwhile: the
+    remote prefix replaced by another save since (outside the tier) is what the read returns."""
+    prefix, _ = drained(base, tmp_path)
+    remoteckpt.save({"other": np.arange(5)}, prefix, overwrite=True)  # no tier: the local copy is stale
+    with remoteckpt.CheckpointReader(prefix, local_tier=tmp_path / "tier") as reader:
+        assert reader.get_tensor("other").tolist() == [0, 1, 2, 3, 4]
+        assert reader.has_tensor("other") and not reader.has_tensor("w")
+    same(remoteckpt.load(prefix, names=["other"], local_tier=tmp_path / "tier"), {"other": np.arange(5)})

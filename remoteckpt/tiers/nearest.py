@@ -9,6 +9,10 @@ Opening remote `PREFIX` with a local tier (`open_nearest`):
      ignored; an index that does not decode (a flipped bit) is ignored for the other
   3. each data file is read from local disk if the tier holds it with the remote size (or
      the remote has none), else from the remote prefix
+A durable local copy (its marker: the remote index was committed from it) whose data files
+are all there is read at once: the remote index is fetched in the background and compared
+after the first read (`NearestStore.confirm`); should it differ (the remote prefix replaced by
+another save since), the reader switches to the remote checkpoint and reads again.
 Every byte read is verified against the index's CRCs as usual (`engine.read`).  A read that
 fails on a local file (damaged, truncated, gone) makes the reader drop the local tier and
 read everything again from the remote prefix (`NearestStore.fall_back`), when there is one:
@@ -17,6 +21,7 @@ a replaced node or a flipped bit costs a slower restore, never a failed one.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import os
@@ -24,12 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, StorageError
-from ..format.bundle import BundleIndex, decode_index, index_filename
+from ..format.bundle import BundleIndex, data_filename, decode_index, index_filename
 from ..options import IOOptions
 from ..storage import ObjectInfo, ObjectWriter, Store, StoreCapabilities, open_store, split_prefix
 from ..storage.base import ScatterResult, StoredObject
 from ..storage.local import LocalStore
-from .layout import RECORD, LocalTier, local_prefix, read_record
+from .layout import DURABLE, RECORD, LocalTier, local_prefix, read_record
 
 log = logging.getLogger("remoteckpt")
 
@@ -38,10 +43,29 @@ class NearestStore(Store):
     """Read-only store over a local tier and a remote directory: every key is read from the
     store it was routed to when the checkpoint was opened (`routes`), else the remote one."""
 
-    def __init__(self, local: Store | None, remote: Store, routes: dict[str, Store]) -> None:
+    def __init__(self, local: Store | None, remote: Store, routes: dict[str, Store],
+                 check: tuple[asyncio.Task[bytes | None], bytes] | None = None) -> None:
         self.local, self.remote, self.routes = local, remote, routes
         self.url = remote.url
         self.capabilities = StoreCapabilities(conditional_writes=False)
+        self._check = check  # (the remote index being fetched, the local index's bytes)
+
+    async def confirm(self) -> bytes | None:
+        """The remote index's bytes if they differ from the local index the checkpoint was
+        opened with (checked in the background, `open_nearest`'s fast path), else None.  A
+        remote tier out of reach, or without the index any more (retired), confirms nothing
+        against a durable local copy: None."""
+        if self._check is None:
+            return None
+        task, mine = self._check
+        self._check = None
+        try:
+            theirs = await task
+        except CheckpointError as exc:
+            log.warning("%s: could not compare with the remote index (%s); the durable local copy is read",
+                        self.remote.url, exc)
+            return None
+        return theirs if theirs is not None and theirs != mine else None
 
     @property
     def uses_local(self) -> bool:
@@ -85,6 +109,9 @@ class NearestStore(Store):
         """Route everything to the remote store, and list its data files into `data_files`
         (the reader's, in place).  Raises the `CheckpointNotFoundError` of a checkpoint the
         remote prefix does not hold."""
+        if self._check is not None:
+            self._check[0].cancel()
+            self._check = None
         if not await self.remote.exists(index_filename(name)):
             raise CheckpointNotFoundError(f"{self.remote.describe(index_filename(name))} does not exist: the "
                                           "checkpoint is on the local tier only, and there it is damaged")
@@ -94,6 +121,8 @@ class NearestStore(Store):
         data_files.update(listed)
 
     async def close(self) -> None:
+        if self._check is not None:
+            self._check[0].cancel()
         if self.local is not None:
             await self.local.close()
         await self.remote.close()
@@ -115,6 +144,13 @@ async def _index(store: Store | None, key: str) -> tuple[bytes | None, BundleInd
         return data, None
 
 
+async def _remote_index(store: Store, key: str) -> bytes | None:
+    try:
+        return await store.get(key, max_size=2**30)
+    except CheckpointNotFoundError:
+        return None
+
+
 async def open_nearest(prefix: str, tier: LocalTier, storage_options: dict[str, Any] | None, options: IOOptions,
                        data_files: dict[str, ObjectInfo]) -> tuple[NearestStore, BundleIndex]:
     """Open remote checkpoint `prefix` from its nearest tier (the module docstring): the
@@ -134,6 +170,18 @@ async def open_nearest(prefix: str, tier: LocalTier, storage_options: dict[str, 
             here = LocalStore(l_dir)
         key = index_filename(name)
         local_bytes, local_index = await _index(here, key)
+        if here is not None and local_bytes is not None and local_index is not None and os.path.exists(
+                local + DURABLE):
+            # Durable: the remote index was committed from these bytes.  The local files are
+            # read at once; the remote index is compared in the background (`confirm`).
+            held = {i.key: i for i in await here.list_info(f"{name}.data-")}
+            needed = {data_filename(name, s, local_index.num_shards) for s in range(local_index.num_shards)}
+            if needed <= set(held):
+                data_files.clear()
+                data_files.update({k: held[k] for k in needed})
+                routes: dict[str, Store] = {k: here for k in [*needed, key]}
+                task = asyncio.ensure_future(_remote_index(remote, key))
+                return NearestStore(here, remote, routes, (task, local_bytes)), local_index
         try:
             remote_bytes, remote_index = await _index(remote, key)
         except CheckpointError as exc:
@@ -158,7 +206,7 @@ async def open_nearest(prefix: str, tier: LocalTier, storage_options: dict[str, 
             assert here is not None
             here_files = {i.key: i for i in await here.list_info(f"{name}.data-")}
         there_files = {i.key: i for i in await remote.list_info(f"{name}.data-")} if remote_bytes is not None else {}
-        routes: dict[str, Store] = {}
+        routes = {}
         data_files.clear()
         for file in sorted(set(here_files) | set(there_files)):
             mine, theirs = here_files.get(file), there_files.get(file)
