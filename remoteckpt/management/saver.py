@@ -119,17 +119,22 @@ class Saver:
 
     def durability(self, prefix: str) -> "Future[str]":
         """The future of `prefix`'s drain (a save of this Saver with a local tier)."""
-        return self._drains[prefix]
+        from ..tiers.drain import durability
+
+        return self._drains[prefix] if prefix in self._drains else durability(prefix)
 
     def wait_durable(self, timeout: float | None = None) -> list[str]:
         """Block until every drain this Saver started is done; `durable_checkpoints`.  The
-        first drain error is raised (after all have finished)."""
+        first drain error is raised (after all have finished), once: the drains waited for
+        are forgotten."""
         error: BaseException | None = None
-        for future in list(self._drains.values()):
+        for prefix, future in list(self._drains.items()):
             try:
                 future.result(timeout)
             except BaseException as exc:  # the first one, once all are done
                 error = error or exc
+            if future.done():
+                del self._drains[prefix]
         if error is not None:
             raise error
         return self.durable_checkpoints
