@@ -35,7 +35,7 @@ from ..base import (
 from ..errors import is_not_found, is_precondition_failed, translate
 from .client import S3Client, quoted
 from .direct import DirectGets
-from .reads import BODY_ERRORS, READ_ATTEMPTS, ScatterSink, pause, read_range
+from .reads import BODY_ERRORS, READ_ATTEMPTS, ScatterSink, pause, read_object, read_range
 from .uploads import MAX_PARTS_IN_FLIGHT, MIN_PART_SIZE, PART_SIZE, S3Writer, UploadTarget
 
 log = logging.getLogger("remoteckpt")
@@ -87,7 +87,12 @@ class S3Store(Store):
     async def get_object(self, key: str, *, max_size: int | None = None) -> StoredObject:
         """One GET; a body cut short is fetched again (the whole object: this is for small
         ones).  `max_size` is checked against the answer's Content-Length before the body is
-        read."""
+        read.  On the direct path where the client allows it (`reads.read_object`)."""
+        direct = await self._direct_gets()
+        if direct is not None:
+            found = await read_object(direct, self.bucket, self.object_key(key), self.describe(key), max_size)
+            if found is not None:
+                return found
         for attempt in range(READ_ATTEMPTS):
             try:
                 response = await self.client.call("get_object", Bucket=self.bucket, Key=self.object_key(key))
