@@ -352,3 +352,15 @@ def test_racing_conditional_replaces_one_wins(backend: str, tmp_path: Path, requ
         assert await store.get("race") == f"writer {won.index(True)}".encode()
 
     run(url, body)
+
+
+def test_delete_many_removes_every_version_and_ignores_missing_keys(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        keys = [f"stage/r-{i:05d}" for i in range(1203)]  # more than one DeleteObjects request on S3
+        await asyncio.gather(*(store.put(k, b"x") for k in keys[:1200]))
+        await store.put("stage/kept", b"k")
+        await store.delete_many([*keys, keys[0]])  # missing and repeated keys are no error
+        assert await store.list("stage/") == ["stage/kept"]
+        await store.delete_many([])
+
+    run(store_url, body)

@@ -22,21 +22,28 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
   version.  Both are atomic where `capabilities.conditional_writes` says so.
 - `put` is `writer` for data already in memory, returning the new etag.
 - `delete` of a missing key is not an error; with `if_match` it deletes only that version
-  and returns False if another version is there.  `list` returns the keys under a key prefix.
+  and returns False if another version is there.  `delete_many` removes keys whatever their
+  version, in as few requests as the backend allows.  `list` returns the keys under a key
+  prefix.
 - Backend exceptions are translated by `storage.errors.translate`, the original chained.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 
 Buffer = bytes | bytearray | memoryview
+
+DELETE_CONCURRENCY = 64
+"""Deletes in flight in `Store.delete_many` where a backend deletes one key per request: as
+many as an S3 client's connection pool, more than a local disk needs."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,18 @@ class Store(abc.ABC):
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
         """Remove `key` (with `if_match`: only that version).  False if another version is
         there; True otherwise, a missing key included."""
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key of `keys` whatever its version (missing ones included): the
+        cleanup of a save's staging.  S3 sends one request per `DELETE_BATCH` keys; other
+        backends delete them one by one, `DELETE_CONCURRENCY` at a time."""
+        slots = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def one(key: str) -> None:
+            async with slots:
+                await self.delete(key)
+
+        await asyncio.gather(*(one(k) for k in dict.fromkeys(keys)))
 
     @abc.abstractmethod
     async def list(self, prefix: str = "") -> builtins.list[str]:
