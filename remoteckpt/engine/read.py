@@ -83,6 +83,18 @@ class _Part:
     out: np.ndarray
 
 
+@dataclass
+class ReadPlan:
+    """What one `read_boxes` call reads: the output arrays (in request order), the parts
+    read straight into them, the parts streamed through blocks (with each block's spans of
+    the entry), and the bytes to fetch in all."""
+
+    results: list[np.ndarray]
+    direct: list[_Part]
+    buffered: list[tuple[_Part, list[tuple[RowBlock, list[tuple[int, int]]]]]]
+    total: int
+
+
 def decode_name(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
@@ -117,6 +129,18 @@ class OpenCheckpoint:
                          progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
+        plan = self.plan_boxes(requests, outs)
+        reporter = Reporter(progress, self._prefix)
+        on_bytes = (lambda n: reporter.add("read", n, plan.total)) if reporter else None
+        budget = process_budget(self._options.memory_budget)
+        await asyncio.gather(self._read_direct(plan.direct, on_bytes),
+                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in plan.buffered))
+        return plan.results
+
+    def plan_boxes(self, requests: Sequence[tuple[str, BoxLike | None]],
+                   outs: Sequence[np.ndarray | None] | None = None) -> ReadPlan:
+        """Resolve and check every request and allocate its output (the caller's where given):
+        the parts `read_boxes` then fetches, nothing read yet."""
         outs = list(outs) if outs is not None else [None] * len(requests)
         resolved = [self._resolve(name, box) for name, box in requests]
         results = []
@@ -135,12 +159,7 @@ class OpenCheckpoint:
         buffered = [(p, self._blocks(p)) for p in parts if not self._is_direct(p)]
         total = sum(p.entry.size for p in direct)
         total += sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
-        reporter = Reporter(progress, self._prefix)
-        on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
-        budget = process_budget(self._options.memory_budget)
-        await asyncio.gather(self._read_direct(direct, on_bytes),
-                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in buffered))
-        return results
+        return ReadPlan(results, direct, buffered, total)
 
     def _resolve(self, name: str, box: BoxLike | None
                  ) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
@@ -407,8 +426,6 @@ class OpenCheckpoint:
 
     async def _read_strings(self, p: _Part, budget: MemoryBudget, on_bytes: OnBytes) -> None:
         entry = p.entry
-        file = self._store.describe(p.data_key)
-        where = f"tensor {p.name!r} in {self._prefix}"
         async with budget.hold(entry.size):
             payload = bytearray(entry.size)
             pieces = self._pieces(p, 0, 0, entry.size)
@@ -416,16 +433,23 @@ class OpenCheckpoint:
             views = {(0, piece.index): raw[piece.offset - entry.offset : piece.offset - entry.offset + piece.length]
                      for piece in pieces}
             await self._fetch(pieces, views, {0: p.name}, on_bytes)
-            try:
-                values, crc = decode_strings(payload, p.stored.num_elements, big_endian=self._index.big_endian)
-            except CorruptCheckpointError as exc:
-                raise CorruptCheckpointError(f"{where}, {file}: {exc}") from None
-            if crc != unmask_crc(entry.crc32c):
-                raise CorruptCheckpointError(
-                    f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})")
-            stored = np.empty(p.stored.num_elements, dtype=object)
-            stored[:] = values
-            p.out[p.part.relative_to(p.request)] = stored.reshape(p.stored.size)[p.part.relative_to(p.stored)]
+            self.decode_strings(p, payload)
+
+    def decode_strings(self, p: _Part, payload: bytes | bytearray) -> None:
+        """A string entry's payload, checked against its CRC and copied out to the request."""
+        entry = p.entry
+        file = self._store.describe(p.data_key)
+        where = f"tensor {p.name!r} in {self._prefix}"
+        try:
+            values, crc = decode_strings(payload, p.stored.num_elements, big_endian=self._index.big_endian)
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{where}, {file}: {exc}") from None
+        if crc != unmask_crc(entry.crc32c):
+            raise CorruptCheckpointError(
+                f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})")
+        stored = np.empty(p.stored.num_elements, dtype=object)
+        stored[:] = values
+        p.out[p.part.relative_to(p.request)] = stored.reshape(p.stored.size)[p.part.relative_to(p.stored)]
 
 
 def _held(block: RowBlock, start: Sequence[int], size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:

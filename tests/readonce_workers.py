@@ -1,0 +1,75 @@
+"""Code that runs in spawned processes of tests/test_readonce.py (importable by name): ranks of
+a gloo process group loading one checkpoint together, each checking what it got itself."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+import remoteckpt
+
+KiB, MiB = 1024, 2**20
+
+
+def state() -> dict[str, Any]:
+    """The checkpoint: tensors larger than a CRC chunk (1 MiB), small ones, a string."""
+    rng = np.random.default_rng(7)
+    return {
+        "big": rng.standard_normal((768, 1024), dtype=np.float32),  # 3 MiB: 3 chunks
+        "wide": rng.integers(0, 1 << 30, (300, 2048), dtype=np.int64),  # 4.7 MiB
+        "bias": np.linspace(-1, 1, 100, dtype=np.float32),
+        "step": np.array(1234, dtype=np.int64),
+        "note": np.array([b"remote", b"ckpt"], dtype=object),
+    }
+
+
+def rows(rank: int, world_size: int) -> tuple[int, int]:
+    """Rows of `wide` rank `rank` reads in the partial load: overlapping its neighbours'."""
+    step = 300 // world_size
+    return rank * step, min(300, rank * step + 2 * step)
+
+
+def _join(init_file: str, rank: int, world_size: int) -> None:
+    import torch.distributed as dist
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+
+
+def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], whole: str, boxes: str,
+             corrupt: str | None) -> list[str]:
+    """Every prefix (on S3) loaded whole by the group through endpoint `whole`, then boxes of
+    rows that overlap between ranks through endpoint `boxes`; then `corrupt` (a local
+    checkpoint with a damaged chunk) must fail on every rank."""
+    import torch.distributed as dist
+
+    _join(init_file, rank, world_size)
+    expected = state()
+    try:
+        for prefix in prefixes:
+            opts = {"endpoint_url": whole}
+            got = remoteckpt.load(prefix, storage_options=opts, process_group=dist.group.WORLD)
+            assert set(got) == set(expected), (prefix, sorted(got))
+            for name, value in expected.items():
+                assert got[name].dtype == value.dtype and np.array_equal(got[name], value), (prefix, name)
+            lo, hi = rows(rank, world_size)
+            out = np.zeros((hi - lo, 2048), np.int64)
+            opts = {"endpoint_url": boxes}
+            with remoteckpt.CheckpointReader(prefix, storage_options=opts) as reader:
+                read = reader.read_boxes_shared([("wide", (slice(lo, hi),)), ("note", None)], [out, None],
+                                                 dist.group.WORLD)
+            assert read[0] is out and np.array_equal(out, expected["wide"][lo:hi]), (prefix, rank)
+            assert list(read[1]) == list(expected["note"])
+        if corrupt is not None:
+            try:
+                remoteckpt.load(corrupt, process_group=dist.group.WORLD)
+            except remoteckpt.CorruptCheckpointError as exc:
+                assert "checksum mismatch" in str(exc), exc
+            else:
+                raise AssertionError("a damaged checkpoint loaded")
+        dist.barrier()
+        return prefixes
+    finally:
+        dist.destroy_process_group()
