@@ -73,3 +73,35 @@ def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], wh
         return prefixes
     finally:
         dist.destroy_process_group()
+
+
+def dcp_job(init_file: str, rank: int, world_size: int, prefix: str, endpoint: str) -> str:
+    """dcp.save of tests/torch_workers.py's sharded state (straight to the server), then
+    dcp.load through `endpoint` with `cols` replicated on every rank (its column slices
+    read by all) and a process group: every value checked."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    import torch_workers as tw
+    from torch.distributed.tensor import init_device_mesh
+
+    import remoteckpt.torch as rt
+
+    _join(init_file, rank, world_size)
+    try:
+        mesh = init_device_mesh("cpu", (world_size,))
+        dcp.save(tw.sharded_state(mesh), storage_writer=rt.StorageWriter(prefix))
+        dist.barrier()
+        state = tw.sharded_state(mesh, zeros=True, cols="replicate")
+        dcp.load(state, storage_reader=rt.StorageReader(prefix, storage_options={"endpoint_url": endpoint},
+                                                        process_group=dist.group.WORLD))
+        full = tw.full_state()
+        for key in ("weight", "emb", "cols"):
+            assert torch.equal(state["model"][key].full_tensor(), full[f"model.{key}"]), key
+        for key in ("bias", "count", "mask"):
+            assert torch.equal(state["model"][key], full[f"model.{key}"]), key
+        assert {k: state[k] for k in tw.EXTRA} == tw.EXTRA
+        dist.barrier()
+        return prefix
+    finally:
+        dist.destroy_process_group()

@@ -97,3 +97,27 @@ def test_four_ranks_fetch_each_range_once(tmp_path: Path, s3_server: Any, s3_pre
             # bytes), or the rows of `wide` the ranks' boxes cover (the row boxes of 4 ranks
             # cover all 300 rows) and the string.
             assert size <= fetched <= bound if log is whole_log else 0 < fetched <= bound, (name, fetched, bound)
+
+
+def test_dcp_load_with_a_process_group_fetches_each_range_once(tmp_path: Path, s3_server: Any,
+                                                               s3_prefix: str) -> None:
+    """dcp.load by 4 ranks with StorageReader(process_group=...): column slices every rank
+    needs, row slices one rank needs, byte items and the metadata, each byte fetched once."""
+    import readonce_workers as w
+    from faultproxy import FaultProxy
+
+    prefix = f"{s3_prefix}/dcp"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        results = run_ranks(w.dcp_job, 4, tmp_path, prefix, proxy.endpoint_url)
+        log = list(proxy.ranges)
+    assert results == [prefix] * 4
+    files = _ranges(log, "dcp")
+    assert files
+    with remoteckpt.CheckpointReader(prefix) as reader:
+        stored = sum(e.size for e in reader.index.entries.values() if not e.slices)
+    fetched = 0
+    for path, spans in files.items():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (path, spans)
+        fetched += sum(b - a for a, b in spans)
+    assert fetched <= stored, (fetched, stored)
