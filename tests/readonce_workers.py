@@ -105,3 +105,24 @@ def dcp_job(init_file: str, rank: int, world_size: int, prefix: str, endpoint: s
         return prefix
     finally:
         dist.destroy_process_group()
+
+
+def cache_job(barrier: Any, prefix: str, endpoint: str, cache_dir: str, result_path: str) -> None:
+    """One process of several loading `prefix` at once through the host cache at `cache_dir`;
+    writes {"ok": True} or {"error": ...} to `result_path`."""
+    import json
+
+    record: dict[str, Any] = {}
+    try:
+        options = remoteckpt.IOOptions(host_cache=cache_dir, coalesce_gap=0)
+        barrier.wait(60)
+        got = remoteckpt.load(prefix, storage_options={"endpoint_url": endpoint}, options=options)
+        expected = state()
+        assert set(got) == set(expected), sorted(got)
+        for name, value in expected.items():
+            assert got[name].dtype == value.dtype and np.array_equal(got[name], value), name
+        record["ok"] = True
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    with open(result_path, "w") as f:
+        json.dump(record, f)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import remoteckpt
@@ -121,3 +122,75 @@ def test_dcp_load_with_a_process_group_fetches_each_range_once(tmp_path: Path, s
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (path, spans)
         fetched += sum(b - a for a, b in spans)
     assert fetched <= stored, (fetched, stored)
+
+
+# --- the host cache (no process group) ------------------------------------------------------
+
+def _no_byte_twice(log: list[tuple[str, str]], name: str) -> int:
+    """Bytes of the checkpoint's data files fetched, asserting that none was fetched twice."""
+    fetched = 0
+    for path, spans in _ranges(log, name).items():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (path, spans)
+        fetched += sum(b - a for a, b in spans)
+    return fetched
+
+
+def test_processes_on_one_host_share_one_download(tmp_path: Path, s3_server: Any, s3_prefix: str) -> None:
+    """4 processes load one checkpoint at once through a host cache: each byte is fetched
+    from storage once, by one of them; every process gets every value."""
+    import readonce_workers as w
+    from faultproxy import FaultProxy
+    from spawning import run_together
+
+    prefix = f"{s3_prefix}/cached"
+    remoteckpt.save(w.state(), prefix)
+    cache = tmp_path / "cache"
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        records = run_together(w.cache_job, [(prefix, proxy.endpoint_url, str(cache))] * 4, 180)
+        log = list(proxy.ranges)
+    assert records == [{"ok": True}] * 4
+    size = sum(v.nbytes for v in w.state().values() if v.dtype.kind != "O")
+    assert size <= _no_byte_twice(log, "cached") <= size + 64
+    assert not list(cache.glob(".tmp-*"))
+
+
+def test_a_damaged_cache_file_is_detected_and_fetched_again(tmp_path: Path, s3_server: Any,
+                                                           s3_prefix: str) -> None:
+    import readonce_workers as w
+    from faultproxy import FaultProxy
+
+    prefix = f"{s3_prefix}/damaged"
+    remoteckpt.save(w.state(), prefix)
+    cache = tmp_path / "cache"
+    options = remoteckpt.IOOptions(host_cache=str(cache), coalesce_gap=0)
+    expected = w.state()
+
+    def data_ranges(log: list[tuple[str, str]]) -> list[tuple[int, int]]:
+        return [r for spans in _ranges(log, "damaged").values() for r in spans]
+
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        opts = {"endpoint_url": proxy.endpoint_url}
+        remoteckpt.load(prefix, storage_options=opts, options=options)
+        files = sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+        assert len(files) >= 8  # 1 MiB chunks of `big` and `wide`, and the small entries
+        before = len(proxy.ranges)
+        # Served from the cache: no data file is read again.
+        got = remoteckpt.load(prefix, storage_options=opts, options=options)
+        assert all(np.array_equal(got[n], v) for n, v in expected.items() if v.dtype.kind != "O")
+        assert not data_ranges(proxy.ranges[before:])
+        # One file with a flipped byte, one cut short: both caught by their CRCs, fetched
+        # again from storage (those two pieces only) and published again.
+        big = [p for p in files if p.stat().st_size == MiB]
+        damaged, cut = big[0], big[1]
+        data = bytearray(damaged.read_bytes())
+        data[12345] ^= 0x01
+        damaged.write_bytes(bytes(data))
+        cut.write_bytes(cut.read_bytes()[: MiB // 2])
+        got = remoteckpt.load(prefix, storage_options=opts, options=options)
+        refetched = data_ranges(proxy.ranges[before:])
+    for name, value in expected.items():
+        assert np.array_equal(got[name], value), name
+    assert sum(b - a for a, b in refetched) == 2 * MiB, refetched
+    assert damaged.stat().st_size == MiB and cut.stat().st_size == MiB
+    assert bytes(data) != damaged.read_bytes()

@@ -48,6 +48,7 @@ from ..progress import ProgressCallback, Reporter
 from ..storage import ObjectInfo, Store
 from .budget import MemoryBudget, process_budget
 from .fetch import execute, gather_or_cancel
+from .hostcache import Check, host_cache
 from .ranges import Piece, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
 
 OnBytes = Callable[[int], None] | None
@@ -297,11 +298,52 @@ class OpenCheckpoint:
                 f"stored {unmask_crc(entry.crc32c):#010x}, computed {crc:#010x}")
 
     async def _fetch(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
-                     names: Mapping[int, str], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
+                     parts: Mapping[int, _Part], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
+        cache = host_cache(self._options.host_cache, self._options.host_cache_bytes)
+        if cache is None:
+            return await self._fetch_store(pieces, views, parts, on_bytes)
+        expected = {(q.task, q.index): check for q in pieces
+                    if (check := self._piece_check(parts[q.task], q)) is not None}
+
+        def version(key: str) -> str:
+            info = self._data_files[key]
+            return f"{self._store.describe(key)}\0{info.etag or f'{info.size}:{info.mtime}'}"
+
+        crcs = await cache.fetch(pieces, views, expected, version,
+                                 lambda mine: self._fetch_store(mine, views, parts, None),
+                                 self._options.max_concurrency * self._options.read_chunk)
+        if on_bytes is not None:
+            on_bytes(sum(q.length for q in pieces))
+        return crcs
+
+    def _piece_check(self, p: _Part, piece: Piece) -> Check | None:
+        """How the piece's bytes alone are verified (its CRC chunk's CRC, the whole entry's,
+        or decoding a whole string entry), or None if only with the rest of its entry."""
+        entry = p.entry
+        at = piece.offset - entry.offset
+        if entry.chunk_crc32c and at % entry.chunk_size == 0 and piece.length == min(entry.chunk_size,
+                                                                                       entry.size - at):
+            return unmask_crc(entry.chunk_crc32c[at // entry.chunk_size])
+        if at != 0 or piece.length != entry.size:
+            return None
+        if p.out.dtype.kind != "O":
+            return unmask_crc(entry.crc32c)
+
+        def strings(view: memoryview) -> bool:
+            try:
+                _, crc = decode_strings(bytes(view), p.stored.num_elements, big_endian=self._index.big_endian)
+            except CorruptCheckpointError:
+                return False
+            return crc == unmask_crc(entry.crc32c)
+
+        return strings
+
+    async def _fetch_store(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
+                           parts: Mapping[int, _Part], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
         ops = coalesce(pieces, gap=self._options.coalesce_gap, max_length=self._options.read_chunk)
         try:
             return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
-                                 describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}",
+                                 describe=lambda piece: f"tensor {parts[piece.task].name!r} in {self._prefix}",
                                  on_bytes=on_bytes, etags={k: i.etag for k, i in self._data_files.items() if i.etag})
         except CheckpointChangedError as exc:
             raise CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
@@ -325,7 +367,7 @@ class OpenCheckpoint:
             per_part.append(mine)
         if not pieces:
             return
-        crcs = await self._fetch(pieces, views, {t: p.name for t, p in enumerate(parts)}, on_bytes)
+        crcs = await self._fetch(pieces, views, dict(enumerate(parts)), on_bytes)
         for p, mine in zip(parts, per_part):
             self._verify(p, mine, crcs)
             if self._index.big_endian:
@@ -395,7 +437,7 @@ class OpenCheckpoint:
             views = {(0, piece.index): raw[piece.offset - p.entry.offset - base :
                                            piece.offset - p.entry.offset - base + piece.length]
                      for piece in pieces}
-            landed = await self._fetch(pieces, views, {0: p.name}, on_bytes)
+            landed = await self._fetch(pieces, views, {0: p}, on_bytes)
             if p.entry.chunk_crc32c:
                 self._verify(p, pieces, landed)
             else:
@@ -432,7 +474,7 @@ class OpenCheckpoint:
             raw = memoryview(payload)
             views = {(0, piece.index): raw[piece.offset - entry.offset : piece.offset - entry.offset + piece.length]
                      for piece in pieces}
-            await self._fetch(pieces, views, {0: p.name}, on_bytes)
+            await self._fetch(pieces, views, {0: p}, on_bytes)
             self.decode_strings(p, payload)
 
     def decode_strings(self, p: _Part, payload: bytes | bytearray) -> None:
