@@ -69,6 +69,14 @@ def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], wh
                 assert "checksum mismatch" in str(exc), exc
             else:
                 raise AssertionError("a damaged checkpoint loaded")
+            # A request only rank 1 gets wrong fails on every rank, before a byte moves.
+            with remoteckpt.CheckpointReader(corrupt) as reader:
+                try:
+                    reader.read_boxes_shared([("missing" if rank == 1 else "big", None)], None, dist.group.WORLD)
+                except remoteckpt.TensorNotFoundError as exc:
+                    assert "missing" in str(exc) and (rank == 1 or "rank 1 of the group" in str(exc)), exc
+                else:
+                    raise AssertionError("a request for a missing tensor succeeded")
         dist.barrier()
         return prefixes
     finally:

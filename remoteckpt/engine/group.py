@@ -158,17 +158,18 @@ def _contiguous(units: Sequence[_Unit]) -> np.ndarray | None:
 
 
 def _raise_first(errors: Sequence[Any], rank: int) -> None:
-    mine = errors[rank]
-    if mine is not None:
-        raise mine
+    """Another rank's error (the first), naming that rank."""
     for r, err in enumerate(errors):
         if err is not None:
             raise type(err)(f"rank {r} of the group: {err}")
 
 
-def _portable(exc: CheckpointError) -> CheckpointError:
-    """The error as it can travel to the other ranks (its class and message)."""
-    return type(exc)(str(exc))
+def _portable(exc: Exception) -> CheckpointError:
+    """The error as it can travel to the other ranks: its class and message (a
+    `CheckpointError`, as which any other error travels)."""
+    if isinstance(exc, CheckpointError):
+        return type(exc)(str(exc))
+    return CheckpointError(f"{type(exc).__name__}: {exc}")
 
 
 def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLike | None]],
@@ -178,15 +179,17 @@ def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLik
     its fetches run there).  An error of any rank (a bad request, a corrupt unit) is raised
     on every rank: the rank's own, or the first other rank's, naming that rank."""
     needs: _Needs | None = None
-    error: CheckpointError | None = None
+    error: Exception | None = None
     try:
         plan = checkpoint.plan_boxes(requests, outs)
         needs = _needs(plan)
-    except CheckpointError as exc:
+    except Exception as exc:  # raised on every rank, after the gather
         error = exc
     gathered = group.all_gather_object(
         (list(needs.units) if needs is not None else [], socket.gethostname(),
          None if error is None else _portable(error)))
+    if error is not None:
+        raise error
     _raise_first([g[2] for g in gathered], group.rank)
     assert needs is not None
     transfers = plan_sharing([g[0] for g in gathered], block=checkpoint._options.read_chunk,
@@ -194,23 +197,26 @@ def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLik
     mine = [t for t in transfers if t.owner == group.rank]
     ready = {(t.key, t.offset): concurrent.futures.Future[None]() for t in mine}
     fetching = loop.submit(_fetch_owned(checkpoint, mine, needs, ready))
-    failure: CheckpointError | None = None
+    failure: Exception | None = None
     try:
         for t in transfers:
             failure = _exchange(t, needs, group, ready, failure)
     finally:
         try:
             fetching.result()
-        except CheckpointError as exc:
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below
             failure = failure or exc
-    _raise_first(group.all_gather_object(None if failure is None else _portable(failure)), group.rank)
+    errors = group.all_gather_object(None if failure is None else _portable(failure))
+    if failure is not None:
+        raise failure
+    _raise_first(errors, group.rank)
     _settle(checkpoint, plan, needs)
     return plan.results
 
 
 def _exchange(t: Transfer, needs: _Needs, group: Collective,
               ready: dict[tuple[str, int], concurrent.futures.Future[None]],
-              failure: CheckpointError | None) -> CheckpointError | None:
+              failure: Exception | None) -> Exception | None:
     """This rank's side of one transfer; returns the first fetch error so far (after which
     this rank still sends, so that no receiver waits forever, and raises at the end)."""
     me = group.rank
@@ -222,7 +228,7 @@ def _exchange(t: Transfer, needs: _Needs, group: Collective,
     if me == t.owner:
         try:
             ready[t.key, t.offset].result()
-        except CheckpointError as exc:
+        except Exception as exc:  # noqa: BLE001 - sent anyway, raised at the end
             failure = failure or exc
         if not t.receivers:
             return failure
