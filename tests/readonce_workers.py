@@ -39,12 +39,17 @@ def _join(init_file: str, rank: int, world_size: int) -> None:
 
 
 def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], whole: str, boxes: str,
-             corrupt: str | None) -> list[str]:
+             corrupt: str | None, hosts: list[str] | None) -> list[str]:
     """Every prefix (on S3) loaded whole by the group through endpoint `whole`, then boxes of
     rows that overlap between ranks through endpoint `boxes`; then `corrupt` (a local
-    checkpoint with a damaged chunk) must fail on every rank."""
+    checkpoint with a damaged chunk) must fail on every rank.  `hosts`: the host each rank
+    tells the group it is on (None: this machine's name, for all)."""
     import torch.distributed as dist
 
+    from remoteckpt.engine.group import HOST_ENV
+
+    if hosts is not None:
+        os.environ[HOST_ENV] = hosts[rank]
     _join(init_file, rank, world_size)
     expected = state()
     try:
@@ -54,6 +59,11 @@ def load_job(init_file: str, rank: int, world_size: int, prefixes: list[str], wh
             assert set(got) == set(expected), (prefix, sorted(got))
             for name, value in expected.items():
                 assert got[name].dtype == value.dtype and np.array_equal(got[name], value), (prefix, name)
+            # Each rank's arrays are its own, however the group shared the bytes.
+            got["big"][0, 0] = rank + 1000
+            dist.barrier()
+            assert got["big"][0, 0] == rank + 1000 and np.array_equal(got["big"][1:], expected["big"][1:])
+            dist.barrier()
             lo, hi = rows(rank, world_size)
             out = np.zeros((hi - lo, 2048), np.int64)
             opts = {"endpoint_url": boxes}

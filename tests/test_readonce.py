@@ -60,10 +60,14 @@ def _ranges(log: list[tuple[str, str]], name: str) -> dict[str, list[tuple[int, 
     return out
 
 
-def test_four_ranks_fetch_each_range_once(tmp_path: Path, s3_server: Any, s3_prefix: str) -> None:
+@pytest.mark.parametrize("hosts", [None, ["a", "a", "b", "b"]], ids=["one-host", "two-hosts"])
+def test_four_ranks_fetch_each_range_once(hosts: list[str] | None, tmp_path: Path, s3_server: Any,
+                                          s3_prefix: str) -> None:
     """4 gloo ranks load a replicated checkpoint (and overlapping row boxes of it) through a
     counting proxy: no byte of a data file is fetched twice, every rank gets every value; a
-    damaged chunk is caught by the rank that fetched it and raised on every rank."""
+    damaged chunk is caught by the rank that fetched it and raised on every rank.  On one
+    host the ranks share the bytes through shared memory; as two hosts (of two ranks each),
+    through gloo broadcasts and sends."""
     import readonce_workers as w
     from faultproxy import FaultProxy
 
@@ -81,7 +85,7 @@ def test_four_ranks_fetch_each_range_once(tmp_path: Path, s3_server: Any, s3_pre
         f.write(bytes([byte[0] ^ 0xFF]))
     with FaultProxy(s3_server.endpoint_url) as whole_proxy, FaultProxy(s3_server.endpoint_url) as boxes_proxy:
         results = run_ranks(w.load_job, 4, tmp_path, [chunked, whole], whole_proxy.endpoint_url,
-                            boxes_proxy.endpoint_url, damaged)
+                            boxes_proxy.endpoint_url, damaged, hosts)
         whole_log, boxes_log = list(whole_proxy.ranges), list(boxes_proxy.ranges)
     assert results == [[chunked, whole]] * 4
     state = w.state()

@@ -32,8 +32,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import os
 import socket
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +47,12 @@ from . import loop
 from .fetch import execute, gather_or_cancel
 from .ranges import Piece, coalesce
 from .read import BoxLike, OpenCheckpoint, ReadPlan, _byteswap, _Part
+from .segment import Segment, layout, open_segment
 from .share import Transfer, Unit, plan_sharing
+
+HOST_ENV = "REMOTECKPT_GROUP_HOST"
+"""The host name a rank gives the group plan, instead of its own: lets one machine run the
+plan and the transfers of a group spread over several hosts (tests, benchmarks)."""
 
 
 class Collective(abc.ABC):
@@ -98,6 +105,7 @@ class _Needs:
 
     units: dict[Unit, _Unit] = field(default_factory=dict)
     staged: list[tuple[_Part, Any, int]] = field(default_factory=list)  # (part, staging buffer, entry offset of it)
+    regions: dict[int, _Part] = field(default_factory=dict)  # id of a direct part's region -> the part
 
     def add(self, unit: Unit, target: Target, crc: int, part: _Part) -> None:
         if unit[2] == 0:
@@ -129,6 +137,7 @@ def _needs(plan: ReadPlan) -> _Needs:
     needs = _Needs()
     for p in plan.direct:
         region = p.out[p.part.relative_to(p.request)].reshape(-1).view(np.uint8)
+        needs.regions[id(region)] = p
         _entry_units(needs, p, 0, p.entry.size, region, 0)
     for p, blocks in plan.buffered:
         if p.out.dtype.kind == "O":
@@ -186,17 +195,27 @@ def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLik
     except Exception as exc:  # raised on every rank, after the gather
         error = exc
     gathered = group.all_gather_object(
-        (list(needs.units) if needs is not None else [], socket.gethostname(),
-         None if error is None else _portable(error)))
+        (list(needs.units) if needs is not None else [], os.environ.get(HOST_ENV) or socket.gethostname(),
+         None if error is None else _portable(error), uuid.uuid4().hex))
     if error is not None:
         raise error
     _raise_first([g[2] for g in gathered], group.rank)
     assert needs is not None
-    transfers = plan_sharing([g[0] for g in gathered], block=checkpoint._options.read_chunk,
-                             hosts=[g[1] for g in gathered])
+    hosts = [g[1] for g in gathered]
+    transfers = plan_sharing([g[0] for g in gathered], block=checkpoint._options.read_chunk, hosts=hosts)
     mine = [t for t in transfers if t.owner == group.rank]
+    if group.size > 1 and len(set(hosts)) == 1:
+        positions, size = layout(u for g in gathered for u in g[0])
+        segment = open_segment(f"remoteckpt-{gathered[0][3]}", size)
+        try:
+            if all(group.all_gather_object(segment is not None)):
+                assert segment is not None
+                return _read_on_one_host(checkpoint, plan, outs, needs, group, mine, segment, positions)
+        finally:
+            if segment is not None and group.rank == 0:
+                segment.unlink()  # every rank has mapped it (or none will)
     ready = {(t.key, t.offset): concurrent.futures.Future[None]() for t in mine}
-    fetching = loop.submit(_fetch_owned(checkpoint, mine, needs, ready))
+    fetching = loop.submit(_fetch_owned(checkpoint, mine, needs, ready, lambda u: needs.units[u].view()))
     failure: Exception | None = None
     try:
         for t in transfers:
@@ -256,16 +275,18 @@ def _exchange(t: Transfer, needs: _Needs, group: Collective,
 
 
 async def _fetch_owned(checkpoint: OpenCheckpoint, mine: list[Transfer], needs: _Needs,
-                       ready: dict[tuple[str, int], concurrent.futures.Future[None]]) -> None:
-    """Fetch and verify this rank's transfers, at most `max_concurrency` at once, in plan
-    order; each transfer's future is resolved (or failed) as soon as it is done."""
+                       ready: dict[tuple[str, int], concurrent.futures.Future[None]],
+                       target: Callable[[Unit], np.ndarray]) -> None:
+    """Fetch and verify this rank's transfers (each unit into `target(unit)`), at most
+    `max_concurrency` at once, in plan order; each transfer's future is resolved (or
+    failed) as soon as it is done."""
     slots = asyncio.Semaphore(checkpoint._options.max_concurrency)
 
     async def one(t: Transfer) -> None:
         future = ready[t.key, t.offset]
         try:
             async with slots:
-                await _fetch_transfer(checkpoint, t, needs)
+                await _fetch_transfer(checkpoint, t, needs, target)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -274,13 +295,14 @@ async def _fetch_owned(checkpoint: OpenCheckpoint, mine: list[Transfer], needs: 
     await gather_or_cancel([asyncio.ensure_future(one(t)) for t in mine])
 
 
-async def _fetch_transfer(checkpoint: OpenCheckpoint, t: Transfer, needs: _Needs) -> None:
+async def _fetch_transfer(checkpoint: OpenCheckpoint, t: Transfer, needs: _Needs,
+                          target_of: Callable[[Unit], np.ndarray]) -> None:
     options = checkpoint._options
     pieces: list[Piece] = []
     views: dict[tuple[int, int], memoryview] = {}
     for task, unit in enumerate(t.units):
         key, offset, length = unit
-        target = needs.units[unit].view()
+        target = target_of(unit)
         for index, start in enumerate(range(offset, offset + length, options.read_chunk)):
             n = min(options.read_chunk, offset + length - start)
             pieces.append(Piece(key, start, n, task, index))
@@ -297,17 +319,60 @@ async def _fetch_transfer(checkpoint: OpenCheckpoint, t: Transfer, needs: _Needs
             crc = crc32c_combine(crc, crcs[task, index], min(options.read_chunk, unit[1] + unit[2] - start))
         wanted = needs.units[unit]
         if wanted.strings is not None:
-            checkpoint.decode_strings(wanted.strings, bytes(wanted.view()))
+            checkpoint.decode_strings(wanted.strings, bytes(target_of(unit)))
         elif crc != wanted.crc:
             raise CorruptCheckpointError(
                 f"tensor {wanted.name!r} in {checkpoint._prefix}: checksum mismatch in "
                 f"{checkpoint._store.describe(unit[0])} (bytes {unit[1]}..{unit[1] + unit[2]})")
 
 
-def _settle(checkpoint: OpenCheckpoint, plan: ReadPlan, needs: _Needs) -> None:
+def _read_on_one_host(checkpoint: OpenCheckpoint, plan: ReadPlan, outs: Sequence[np.ndarray | None] | None,
+                      needs: _Needs, group: Collective, mine: list[Transfer], segment: Segment,
+                      positions: dict[Unit, int]) -> list[np.ndarray]:
+    """Every rank on one host: the transfers fetched into the shared-memory segment
+    (`engine.segment`), then outputs mapped from it or targets copied out of it."""
+    def shared(unit: Unit) -> np.ndarray:
+        return segment.shared[positions[unit] : positions[unit] + unit[2]]
+
+    ready = {(t.key, t.offset): concurrent.futures.Future[None]() for t in mine}
+    failure: Exception | None = None
+    try:
+        loop.run(_fetch_owned(checkpoint, mine, needs, ready, shared))
+    except Exception as exc:  # noqa: BLE001 - raised on every rank below
+        failure = exc
+    errors = group.all_gather_object(None if failure is None else _portable(failure))
+    if failure is not None:
+        raise failure
+    _raise_first(errors, group.rank)
+    allocated = [o is None for o in outs] if outs is not None else [True] * len(plan.results)
+    whole = {id(p.out): p for p in plan.direct if p.part == p.request}
+    counts: dict[int, int] = {}
+    for part in plan.direct + [q for q, _ in plan.buffered]:
+        counts[id(part.out)] = counts.get(id(part.out), 0) + 1
+    mapped: set[int] = set()  # parts whose output is now a view of the segment
+    if not checkpoint._index.big_endian:
+        for i, out in enumerate(plan.results):
+            p = whole.get(id(out))
+            if p is None or not allocated[i] or counts[id(out)] != 1 or not p.entry.size:
+                continue
+            first = min(p.entry.size, p.entry.chunk_size) if p.entry.chunk_crc32c else p.entry.size
+            unit = (p.data_key, p.entry.offset, first)  # the entry's first unit: the others follow it
+            start = positions[unit]
+            plan.results[i] = segment.private[start : start + p.entry.size].view(out.dtype).reshape(out.shape)
+            mapped.add(id(p))
+    for unit, wanted in needs.units.items():
+        for array, start in wanted.targets:
+            owner = needs.regions.get(id(array))
+            if owner is None or id(owner) not in mapped:
+                array[start : start + wanted.length] = shared(unit)
+    _settle(checkpoint, plan, needs, duplicates=False)
+    return plan.results
+
+
+def _settle(checkpoint: OpenCheckpoint, plan: ReadPlan, needs: _Needs, duplicates: bool = True) -> None:
     """After the exchange: duplicate views filled, big-endian bytes swapped, staged parts
     copied out, string entries decoded."""
-    for unit in needs.units.values():
+    for unit in needs.units.values() if duplicates else ():
         for i in range(1, len(unit.targets)):
             unit.view(i)[:] = unit.view()
     if checkpoint._index.big_endian:
