@@ -75,11 +75,11 @@ def rank_main(init_file: str, rank: int, ranks: int, mode: str, prefix: str, war
 
 
 def run_mode(mode: str, ranks: int, prefix: str, warm: str, endpoint: str, digests: dict[str, int],
-             size: int, work: Path) -> float:
+             size: int, work: Path, cache_root: str | None) -> float:
     """One run of `mode`: the seconds from the first rank's start to the last one's end."""
     context = multiprocessing.get_context("spawn")
     init_file = str(work / f"pg-{uuid.uuid4().hex}")
-    cache_dir = work / f"cache-{uuid.uuid4().hex}"
+    cache_dir = Path(cache_root or work) / f"rk-cache-{uuid.uuid4().hex}"
     outs = [str(work / f"rank-{uuid.uuid4().hex}.json") for _ in range(ranks)]
     procs = [context.Process(target=rank_main, args=(init_file, r, ranks, mode, prefix, warm, endpoint,
                                                      str(cache_dir), digests, size, outs[r]))
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, default=4, help="processes loading it (default 4)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each mode and way; the median counts")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--cache-root", help="where the host-cache mode's cache directory goes "
+                        "(default: the temporary directory, on disk; /dev/shm for memory)")
     parser.add_argument("--out", default="bench-results", help="directory for the JSON results")
     args = parser.parse_args(argv)
     try:
@@ -134,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 with FaultProxy(server.endpoint_url) as proxy:
                     proxied.append(run_mode(mode, args.ranks, prefix, warm, proxy.endpoint_url, digests, size,
-                                           Path(tmp)))
+                                           Path(tmp), args.cache_root))
                     fetched.append(proxy.counters["response-bytes"])
-                direct.append(run_mode(mode, args.ranks, prefix, warm, server.endpoint_url, digests, size, Path(tmp)))
+                direct.append(run_mode(mode, args.ranks, prefix, warm, server.endpoint_url, digests, size, Path(tmp),
+                                       args.cache_root))
             results[mode] = {"fetched_bytes": fetched, "seconds_through_proxy": proxied, "seconds": direct}
             print(f"{mode:<11} fetched {statistics.median(fetched) / 2**30:6.3f} GiB  "
                   f"{statistics.median(direct):7.2f} s  (through the proxy {statistics.median(proxied):7.2f} s)",
@@ -148,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gib": args.gib, "bytes": size,
+              "cache_root": args.cache_root, "load_average_after": os.getloadavg(),
               "ranks": args.ranks, "repeat": args.repeat, "machine": {"python": sys.version.split()[0],
               "platform": platform.platform(), "cpus": os.cpu_count()}, "results": results}
     path = out / f"readonce-{int(time.time())}.json"

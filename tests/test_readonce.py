@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import remoteckpt
-from remoteckpt.engine.share import fetched_bytes, plan_sharing
+from remoteckpt.engine.segment import layout
+from remoteckpt.engine.share import fetched_bytes, pack, plan_sharing, unpack
 
 pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,6 +46,25 @@ def test_a_unit_is_fetched_by_a_rank_needing_it_and_hosts_are_balanced_first() -
     assert sorted(t.owner for t in transfers) == [0, 1, 2, 3]
     transfers = plan_sharing([units] * 4, block=10, hosts=["a", "a", "a", "b"])
     assert sum(t.owner == 3 for t in transfers) == 2
+
+
+def test_units_travel_as_runs_and_come_back_the_same() -> None:
+    chunks = [("f", 100 + i * MiB, MiB) for i in range(5)] + [("f", 100 + 5 * MiB, 7)]  # a tensor's chunks
+    wholes = [("f", 200 * MiB, 3), ("f", 200 * MiB + 3, 5), ("f", 200 * MiB + 8, 5)]  # small entries
+    other = [("g", 0, 64 * 1024), ("g", 64 * 1024, 64 * 1024)]
+    units = chunks + wholes + other
+    runs = pack(units)
+    assert runs[0] == ("f", 100, 5 * MiB + 7, MiB) and len(runs) == 4
+    assert unpack(runs) == sorted(units)
+    assert unpack(pack([])) == []
+
+
+def test_a_host_segment_keeps_runs_contiguous_and_offsets_within_a_page() -> None:
+    units = [("f", 4100 + i * 100, 100) for i in range(3)] + [("f", 9000, 10), ("g", 0, 5)]
+    positions, size = layout(units)
+    assert [positions[u] for u in units[:3]] == [4, 104, 204]  # one run, at 4100 % 4096
+    assert positions[("f", 9000, 10)] == 4096 + 9000 % 4096
+    assert positions[("g", 0, 5)] == 8192 and size == 8197
 
 
 # --- ranks of a gloo group ------------------------------------------------------------------

@@ -8,7 +8,8 @@ group calls it at the same point, each with its own requests; then:
                allocate) and lists the units it needs: CRC chunks, or whole entries without
                chunk CRCs, with where each lands (its region of an output array, or a
                staging buffer of a partial box or a string entry)
-    gather     the units (and hosts, and any planning error) all-gathered: one collective
+    gather     the units (as runs: a tensor's chunks are one) and hosts, and any planning
+               error, all-gathered: one collective
     share      `engine.share.plan_sharing`, on every rank alike: who fetches what
     fetch      each rank fetches its own transfers (`engine.fetch`, on remoteckpt's I/O loop,
                many at once) straight into its destinations and verifies every unit against
@@ -48,7 +49,7 @@ from .fetch import execute, gather_or_cancel
 from .ranges import Piece, coalesce
 from .read import BoxLike, OpenCheckpoint, ReadPlan, _byteswap, _Part
 from .segment import Segment, layout, open_segment
-from .share import Transfer, Unit, plan_sharing
+from .share import Transfer, Unit, pack, plan_sharing, unpack
 
 HOST_ENV = "REMOTECKPT_GROUP_HOST"
 """The host name a rank gives the group plan, instead of its own: lets one machine run the
@@ -195,17 +196,18 @@ def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLik
     except Exception as exc:  # raised on every rank, after the gather
         error = exc
     gathered = group.all_gather_object(
-        (list(needs.units) if needs is not None else [], os.environ.get(HOST_ENV) or socket.gethostname(),
+        (pack(list(needs.units)) if needs is not None else [], os.environ.get(HOST_ENV) or socket.gethostname(),
          None if error is None else _portable(error), uuid.uuid4().hex))
     if error is not None:
         raise error
     _raise_first([g[2] for g in gathered], group.rank)
     assert needs is not None
     hosts = [g[1] for g in gathered]
-    transfers = plan_sharing([g[0] for g in gathered], block=checkpoint._options.read_chunk, hosts=hosts)
+    wanted = [unpack(g[0]) for g in gathered]
+    transfers = plan_sharing(wanted, block=checkpoint._options.read_chunk, hosts=hosts)
     mine = [t for t in transfers if t.owner == group.rank]
     if group.size > 1 and len(set(hosts)) == 1:
-        positions, size = layout(u for g in gathered for u in g[0])
+        positions, size = layout(u for units in wanted for u in units)
         segment = open_segment(f"remoteckpt-{gathered[0][3]}", size)
         try:
             if all(group.all_gather_object(segment is not None)):

@@ -82,6 +82,33 @@ def plan_sharing(needs: Sequence[Sequence[Unit]], *, block: int,
             for key, offset, length, who, units in blocks]
 
 
+Run = tuple[str, int, int, int]
+"""``(file, offset, length, step)``: the units of `step` bytes from `offset` on, the last one
+shorter if `length` is not a multiple of `step`.  How a rank's units travel to the others:
+a tensor's chunks are one run, not one tuple each."""
+
+
+def pack(units: Sequence[Unit]) -> list[Run]:
+    """`units` (sorted, without duplicates) as runs; `unpack` gives them back."""
+    runs: list[Run] = []
+    last = 0  # length of the last unit of the last run
+    for key, offset, length in sorted(set(units)):
+        if runs:
+            r_key, r_offset, r_length, step = runs[-1]
+            if r_key == key and r_offset + r_length == offset and last == step and length <= step:
+                runs[-1] = (r_key, r_offset, r_length + length, step)
+                last = length
+                continue
+        runs.append((key, offset, length, length))
+        last = length
+    return runs
+
+
+def unpack(runs: Sequence[Run]) -> list[Unit]:
+    return [(key, start, min(step, offset + length - start))
+            for key, offset, length, step in runs for start in range(offset, offset + length, step)]
+
+
 def fetched_bytes(transfers: Sequence[Transfer], size: int) -> list[int]:
     """Bytes each of the `size` ranks fetches from storage under the plan."""
     out = [0] * size
