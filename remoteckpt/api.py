@@ -173,15 +173,25 @@ def load_checkpoint(prefix: str | os.PathLike[str], *, storage_options: dict[str
 
 def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
          out: Mapping[str, np.ndarray] | None = None, storage_options: dict[str, Any] | None = None,
-         options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
+         options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None,
+         process_group: Any = None) -> dict[str, np.ndarray]:
     """Tensors of the checkpoint as numpy arrays, each verified: all of them, or `names`,
     plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
-    and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges."""
+    and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges.
+    With `process_group` (a `torch.distributed` group, ``torch.distributed.group.WORLD``
+    for the default one), every rank of the group calls `load` at once and each unique byte
+    range is fetched by one rank only, then sent to the others that need it
+    (`CheckpointReader.read_boxes_shared`); `progress` is not reported then."""
     start = time.monotonic()
     with CheckpointReader(prefix, storage_options=storage_options, options=options) as reader:
         wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
         wanted += [n for n in (out or {}) if n not in wanted]
-        tensors = loop.run(reader.read_many(wanted, out=out, progress=progress))
+        if process_group is None:
+            tensors = loop.run(reader.read_many(wanted, out=out, progress=progress))
+        else:
+            arrays = reader.read_boxes_shared([(n, None) for n in wanted], [(out or {}).get(n) for n in wanted],
+                                              process_group)
+            tensors = dict(zip(wanted, arrays))
         log.info("loaded %d tensor(s), %d bytes from %s in %.3f s", len(tensors),
                  sum(getattr(a, "nbytes", 0) for a in tensors.values()), reader.prefix, time.monotonic() - start)
         return tensors

@@ -10,7 +10,9 @@ Every rank needs the whole index (and the list of data files, for their sizes an
 DCP calls `read_metadata` on every rank and offers no hook to read it once, so with
 ``process_group=`` the reader does it itself: the group's rank 0 lists the data files and
 fetches the index, and broadcasts both (or its error) to the others, which read nothing but
-their boxes.  One index read per job instead of one per rank.
+their boxes.  One index read per job instead of one per rank.  The data too is then read
+once per group (`engine.group`): every byte range that any rank needs is fetched by one rank
+and sent to the others that need it (data-parallel replicas restore one copy from storage).
 """
 
 from __future__ import annotations
@@ -120,7 +122,9 @@ class StorageReader(AtPrefix, _DCPStorageReader):
     0 alone reads the index and lists the data files, and broadcasts them to the others in
     `read_metadata`; every rank of the group must then load with such a reader, as
     ``dcp.load`` does (its collectives need every rank anyway).  Not for a load of one rank
-    alone (``no_dist=True``) in a job whose group is up: it would wait for the others."""
+    alone (``no_dist=True``) in a job whose group is up: it would wait for the others.
+    With it, each byte range is also fetched by one rank of the group only and sent to the
+    others that need it (`remoteckpt.engine.group`)."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
@@ -195,7 +199,10 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             self._open_shared()
         reader = self.reader
         if reader.has_tensor(METADATA_TENSOR):
-            blob = reader.get_tensor(METADATA_TENSOR)
+            if self.process_group is not None:
+                blob = reader.read_boxes_shared([(METADATA_TENSOR, None)], None, self.process_group)[0]
+            else:
+                blob = reader.get_tensor(METADATA_TENSOR)
             try:
                 metadata = decode_metadata(blob.item() if isinstance(blob, np.ndarray) else blob)
             except CorruptCheckpointError as exc:
@@ -220,6 +227,7 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         if self._dtypes is None:
             self._dtypes = {}
         batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]] = []
+        batches = [batch]
         temp_bytes = 0
         for item in plan.items:
             fqn = item.storage_index.fqn
@@ -240,9 +248,18 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             if writable_view(target, self._dtype(fqn)) is None:
                 temp_bytes += target.numel() * target.element_size()
                 if temp_bytes >= self.options.memory_budget:
-                    self._read_batch(batch, planner)
                     batch, temp_bytes = [], 0
-        self._read_batch(batch, planner)
+                    batches.append(batch)
+        if self.process_group is None:
+            for batch in batches:
+                self._read_batch(batch, planner)
+        else:  # every rank reads as many batches (some empty) together
+            import torch.distributed as dist
+
+            rounds: list[Any] = [0] * dist.get_world_size(self.process_group)
+            dist.all_gather_object(rounds, len(batches), group=self.process_group)
+            for i in range(max(rounds)):
+                self._read_batch(batches[i] if i < len(batches) else [], planner, shared=True)
         future: Future[None] = Future()
         future.set_result(None)
         return future
@@ -257,12 +274,16 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         return found
 
     def _read_batch(self, batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]],
-                    planner: LoadPlanner) -> None:
-        if not batch:
+                    planner: LoadPlanner, shared: bool = False) -> None:
+        if not batch and not shared:
             return
         outs = [None if target is None else writable_view(target, self._dtype(name))
                 for _, name, _, target in batch]
-        arrays = loop.run(self.reader.read_boxes([(name, box) for _, name, box, _ in batch], outs))
+        requests = [(name, box) for _, name, box, _ in batch]
+        if shared:
+            arrays = self.reader.read_boxes_shared(requests, outs, self.process_group)
+        else:
+            arrays = loop.run(self.reader.read_boxes(requests, outs))
         for (item, _, _, target), out, array in zip(batch, outs, arrays):
             if target is None:
                 value = array.item() if isinstance(array, np.ndarray) else array
