@@ -66,14 +66,20 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
                           overwrite: bool = False, save_id: str | None = None,
                           storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
                           commit: CommitProtocol = DEFAULT_COMMIT,
-                          progress: ProgressCallback | None = None, incremental: bool = False) -> SaveReport:
-    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
+                          progress: ProgressCallback | None = None,
+                          incremental: bool | str = False) -> SaveReport:
+    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings).
+    `incremental` may also name the base: a checkpoint of the prefix's directory, by its name
+    there (``model.ckpt-1000``)."""
     prefix = for_writing(prefix)
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
     store = open_store(directory, storage_options, options)
     try:
-        since = Incremental(base=await previous_checkpoint(store, directory, name)) if incremental else None
+        since = None
+        if incremental:
+            base = incremental if isinstance(incremental, str) else await previous_checkpoint(store, directory, name)
+            since = Incremental(base=base)
         return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
                                  prefix=prefix, progress=Reporter(progress, prefix, rank, world_size),
                                  incremental=since)
