@@ -94,7 +94,7 @@ def test_unchanged_tensors_are_copied_and_each_checkpoint_stands_alone(directory
     async def digests(store: Store) -> dict[bytes, bytes]:
         data = await store.get(index_filename("model-2"))
         index = decode_index(lambda o, k: data[o : o + k], len(data))
-        return {k: e.content_blake2b for k, e in index.entries.items() if k}
+        return {k: e.content_sha256 for k, e in index.entries.items() if k}
 
     assert all(len(d) == 16 for d in on(directory, digests).values())
     if not directory.startswith("s3://"):
@@ -142,7 +142,7 @@ def test_a_digest_or_crc_mismatch_is_written_never_copied(tmp_path: Path) -> Non
         probe = index_of(await store.get(index_filename("probe")))
         base = index_of(await store.get(index_filename("m-1")))
         base.entries[b"layer0/w"].crc32c = probe.entries[b"layer0/w"].crc32c  # CRC agrees, digest not
-        base.entries[b"layer1/w"].content_blake2b = probe.entries[b"layer1/w"].content_blake2b  # and the reverse
+        base.entries[b"layer1/w"].content_sha256 = probe.entries[b"layer1/w"].content_sha256  # and the reverse
         out = io.BytesIO()
         encode_index(base.header, base.entries, out)
         await store.put(index_filename("m-1"), out.getvalue())

@@ -2,8 +2,8 @@
 
 The base is an earlier committed checkpoint of the same store (`remoteckpt.save(...,
 incremental=True)` takes the latest one its directory's ``checkpoint`` state file names).  Its
-index carries every entry's content digest (`BundleEntry.content_blake2b`, field 1002: BLAKE2b,
-16 bytes, of the payload; TensorFlow ignores the field as it ignores the CRC chunk fields).  A
+index carries every entry's content digest (`BundleEntry.content_sha256`, field 1002: the first 16
+bytes of the payload's SHA-256; TensorFlow ignores the field as it ignores the CRC chunk fields).  A
 payload of this save is *unchanged* when the base has an entry of the same key (name, or slice
 key for a box of a partitioned tensor) with the same dtype, shape and size, and this save's
 bytes have the same CRC32C **and** digest; anything else, or any doubt, is written.
@@ -85,7 +85,7 @@ class BaseCheckpoint:
         old = self.entries.get(key)
         entry = payload.entry
         if (old is None or payload.size == 0 or payload.checksummed or old.slices
-                or len(old.content_blake2b) != DIGEST_SIZE or old.dtype != entry.dtype
+                or len(old.content_sha256) != DIGEST_SIZE or old.dtype != entry.dtype
                 or old.size != payload.size or not 0 <= old.shard_id < self.num_shards
                 or [d.size for d in old.shape.dim] != [d.size for d in entry.shape.dim]):
             return None
@@ -112,7 +112,7 @@ async def open_base(store: Store, name: str) -> BaseCheckpoint | None:
         log.warning("incremental save: %s cannot serve as a base (%s); writing every tensor",
                     store.describe(index_filename(name)), exc)
         return None
-    if not any(len(e.content_blake2b) == DIGEST_SIZE for e in index.entries.values()):
+    if not any(len(e.content_sha256) == DIGEST_SIZE for e in index.entries.values()):
         log.info("incremental save: %s has no content digests (saved without incremental=True); "
                  "writing every tensor", store.describe(index_filename(name)))
         return None
@@ -172,8 +172,8 @@ async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseC
             if old is not None:
                 crc, chunk_crcs, digest = await sums[id(p)]
                 set_checksums(p, options.crc_chunk, crc, chunk_crcs)
-                p.entry.content_blake2b = digest
-                if digest == old.content_blake2b and p.entry.crc32c == old.crc32c:
+                p.entry.content_sha256 = digest
+                if digest == old.content_sha256 and p.entry.crc32c == old.crc32c:
                     queue.append(_Unchanged(p, old))
                     report.unchanged += 1
                     continue
