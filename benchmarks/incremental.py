@@ -1,25 +1,29 @@
 """Incremental saves against full saves on an embedded SeaweedFS S3 server, bytes counted by
 the request-counting proxy (`benchmarks.scale.proxy`: every request body's length).
 
-    python -m benchmarks.incremental [--mib 512] [--tensors 64] [--repeat 3] [--out build/bench]
+    python -m benchmarks.incremental [--mib 512] [--tensors 64] [--repeat 3] [--backend both|s3|local]
 
-One checkpoint of `--mib` MiB in `--tensors` float32 tensors of one size; per repetition,
-each on a fresh prefix of one directory whose state file names the previous checkpoint:
+One checkpoint of `--mib` MiB in `--tensors` float32 tensors of one size.  Per repetition, a
+fresh directory gets a base checkpoint (an incremental save, untimed) and a state file naming
+it, then each scenario saves a new prefix, in an order rotated from one repetition to the next:
 
   full        remoteckpt.save, not incremental                       (the reference)
   changed     incremental, base of the same names and shapes, every tensor changed
   90%         incremental, 10% of the tensors (so of the bytes) changed since the base
-  first       incremental without a base (every tensor written, digests computed while streaming)
+  first       incremental without a base (a directory of its own: every tensor written, digests
+              computed while streaming)
 
-Uploaded bytes are the request bodies the proxy relayed during the save (PUTs and POSTs:
-parts, the index, the protocol's small records); copied parts (UploadPartCopy) carry none.
-Times are medians over the repetitions, scenarios interleaved so that drift hits them all.
+On S3, uploaded bytes are the request bodies the proxy relayed during the save (PUTs and
+POSTs: parts, the index, the protocol's small records); copied parts (UploadPartCopy) carry
+none.  On local disk they are the bytes the writer wrote itself (not copied by
+copy_file_range).  Times are medians over the repetitions.
 Also measured: the CPU cost of the content digest (SHA-256) against CRC32C, per core.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -83,7 +87,9 @@ def _uploaded(proxy: ProxyProcess, phase: str) -> int:
     return sum(r[10] for r in log if r[2] == phase and r[4] in ("PUT", "POST"))
 
 
-def run(mib: int, tensors: int, repeat: int) -> dict[str, Any]:
+def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
+    """Every scenario `repeat` times on `backend` ("s3": SeaweedFS through the proxy; "local":
+    a temporary directory, where written bytes are the writer's count)."""
     size = mib * MiB // tensors // 4
     rng = np.random.default_rng(1)
     base = {f"layer{i:03d}/w": rng.random(size, dtype=np.float32) for i in range(tensors)}
@@ -91,30 +97,40 @@ def run(mib: int, tensors: int, repeat: int) -> dict[str, Any]:
     ninety = dict(base, **{f"layer{i:03d}/w": base[f"layer{i:03d}/w"] + 1
                            for i in range(0, tensors, tensors // changed)[:changed]})
     everything = {k: v + 2 for k, v in base.items()}
-    results: dict[str, list[tuple[float, int, int]]] = {k: [] for k in ("full", "changed", "90%", "first")}
-    with SeaweedServer() as server:
-        os.environ.update(server.env())
-        with ProxyProcess(server.endpoint_url) as proxy:
-            options = {"endpoint_url": proxy.endpoint_url}
-            for r in range(repeat):
-                directory = f"s3://{server.bucket}/incremental-{uuid.uuid4().hex[:8]}"
-
-                def one(label: str, tensors_: dict[str, Any], name: str, incremental: bool) -> None:
+    scenarios = {"full": (base, False), "first": (base, True), "90%": (ninety, True), "changed": (everything, True)}
+    results: dict[str, list[tuple[float, int, int]]] = {k: [] for k in scenarios}
+    with contextlib.ExitStack() as stack:
+        proxy: ProxyProcess | None = None
+        if backend == "s3":
+            server = stack.enter_context(SeaweedServer())
+            os.environ.update(server.env())
+            proxy = stack.enter_context(ProxyProcess(server.endpoint_url))
+            root, options = f"s3://{server.bucket}", {"endpoint_url": proxy.endpoint_url}
+        else:
+            root, options = stack.enter_context(tempfile.TemporaryDirectory(prefix="rk-incremental-")), {}
+        for r in range(repeat):
+            directory = f"{root}/incremental-{uuid.uuid4().hex[:8]}"
+            loop.run(api.save_checkpoint(base, f"{directory}/base", incremental=True, storage_options=options))
+            _mark(directory, options, "base")
+            order = list(scenarios)[r % len(scenarios):] + list(scenarios)[: r % len(scenarios)]  # rotated
+            for label in order:
+                tensors_, incremental = scenarios[label]
+                # "first" has no base: a directory of its own, without a state file
+                where = f"{root}/first-{uuid.uuid4().hex[:8]}" if label == "first" else directory
+                if proxy is not None:
                     proxy.control("phase", name=label)
-                    start = time.perf_counter()
-                    report = loop.run(api.save_checkpoint(tensors_, f"{directory}/{name}", incremental=incremental,
-                                                          storage_options=options))
-                    seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                report = loop.run(api.save_checkpoint(tensors_, f"{where}/{label.strip('%')}-{r}",
+                                                      incremental=incremental, storage_options=options))
+                seconds = time.perf_counter() - start
+                if proxy is not None:
                     proxy.control("phase", name="between")
-                    results[label].append((seconds, _uploaded(proxy, label), report.bytes_copied))
-                    print(f"  {r}: {label:<8} {seconds:7.2f} s  uploaded {results[label][-1][1] / MiB:8.1f} MiB"
-                          f"  copied {report.bytes_copied / MiB:8.1f} MiB", flush=True)
-
-                one("first", base, "base", True)
-                _mark(directory, options, "base")
-                one("full", base, "full", False)
-                one("90%", ninety, "ninety", True)
-                one("changed", everything, "changed", True)
+                    uploaded = _uploaded(proxy, label)
+                else:
+                    uploaded = report.bytes_written - report.bytes_copied
+                results[label].append((seconds, uploaded, report.bytes_copied))
+                print(f"  {backend} {r}: {label:<8} {seconds:7.2f} s  uploaded {uploaded / MiB:8.1f} MiB"
+                      f"  copied {report.bytes_copied / MiB:8.1f} MiB", flush=True)
     checkpoint = sum(v.nbytes for v in base.values())
     summary: dict[str, Any] = {"checkpoint_bytes": checkpoint, "tensors": tensors, "repeat": repeat}
     full_time = statistics.median(t for t, _, _ in results["full"])
@@ -134,15 +150,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tensors", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default="build/bench")
+    parser.add_argument("--backend", choices=("s3", "local", "both"), default="both")
     args = parser.parse_args(argv)
     rates = hash_rates()
     print(f"one core: CRC32C {rates['crc32c']:.2f} GB/s, SHA-256 {rates['sha256']:.2f} GB/s, "
           f"BLAKE2b-128 {rates['blake2b-128']:.2f} GB/s", flush=True)
-    summary = run(args.mib, args.tensors, args.repeat)
-    print(f"{'scenario':<10}{'seconds':>9}{'x full':>8}{'uploaded':>10}  of the checkpoint")
-    for label in ("full", "first", "changed", "90%"):
-        row = summary[label]
-        print(f"{label:<10}{row['seconds']:>9.2f}{row['x_full']:>8.3f}{row['uploaded_fraction']:>10.1%}")
+    summary = {b: run(args.mib, args.tensors, args.repeat, b)
+               for b in (("s3", "local") if args.backend == "both" else (args.backend,))}
+    print(f"{'backend':<8}{'scenario':<10}{'seconds':>9}{'x full':>8}{'uploaded':>10}  of the checkpoint")
+    for backend, rows in summary.items():
+        for label in ("full", "first", "changed", "90%"):
+            row = rows[label]
+            print(f"{backend:<8}{label:<10}{row['seconds']:>9.2f}{row['x_full']:>8.3f}{row['uploaded_fraction']:>10.1%}")
     record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
               "argv": sys.argv[1:] if argv is None else argv, "hash_rates_gb_s": rates, "incremental": summary}

@@ -236,3 +236,28 @@ def test_each_worker_copies_its_own_tensors_from_the_base(directory: str) -> Non
     assert results == [(2 * TENSOR, 2 * TENSOR), (2 * TENSOR, TENSOR)]  # rank 1 holds layer1 and layer3
     expected = {k: (v + 1 if k == "layer1/w" else v) for k, v in weights(6, n=4).items()}
     assert_restores(f"{directory}/m-2", expected)
+
+
+@pytest.mark.tensorflow
+def test_the_tensorflow_plugin_saves_incrementally(tmp_path: Path) -> None:
+    """`remoteckpt.tensorflow.save(..., incremental=True)`: the second save copies the unchanged
+    kernel from the first (the directory's state file names it), and TensorFlow restores both."""
+    tf = pytest.importorskip("tensorflow")
+    import remoteckpt.tensorflow as rtf
+
+    kernel = tf.Variable(np.random.default_rng(7).random((TENSOR // 4,), dtype=np.float32))
+    bias = tf.Variable(np.zeros(4, np.float32))
+    ckpt = tf.train.Checkpoint(kernel=kernel, bias=bias)
+    rtf.save(ckpt, tmp_path / "ckpt-1", incremental=True)
+    mark_latest(str(tmp_path), "ckpt-1")
+    bias.assign(np.ones(4, np.float32))
+    rtf.save(ckpt, tmp_path / "ckpt-2", incremental=True)
+    for prefix, expected in (("ckpt-1", 0.0), ("ckpt-2", 1.0)):
+        restored = tf.train.Checkpoint(kernel=tf.Variable(np.zeros(TENSOR // 4, np.float32)),
+                                       bias=tf.Variable(np.full(4, 5.0, np.float32)))
+        restored.read(str(tmp_path / prefix)).assert_existing_objects_matched()
+        assert restored.kernel.numpy().tobytes() == kernel.numpy().tobytes()
+        assert (restored.bias.numpy() == expected).all()
+    data = (tmp_path / "ckpt-2.index").read_bytes()
+    index = decode_index(lambda o, k: data[o : o + k], len(data))
+    assert all(len(e.content_sha256) == 16 for k, e in index.entries.items() if k)

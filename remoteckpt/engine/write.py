@@ -155,9 +155,14 @@ def _chunk_crcs(piece: memoryview, step: int) -> list[int]:
 def _make(payload: Payload, start: int, stop: int, step: int, buffer: np.ndarray | None,
           digest: "hashlib._Hash | None") -> tuple[memoryview, list[int]]:
     piece = payload.piece(start, stop, buffer)
-    if digest is not None:
-        digest.update(piece)  # blocks come in order: one block is made at a time
-    return piece, _chunk_crcs(piece, step)
+    if digest is None:
+        return piece, _chunk_crcs(piece, step)
+    crcs = []
+    for offset in range(0, len(piece), step):  # digest and CRC of a chunk while it is in cache
+        chunk = piece[offset : offset + step]
+        digest.update(chunk)  # blocks come in order: one block is made at a time
+        crcs.append(crc32c(chunk))
+    return piece, crcs
 
 
 async def _stream_numeric(out: OneAhead, payload: Payload, crc_chunk: int, budget: MemoryBudget,
