@@ -16,7 +16,8 @@ it, then each scenario saves a new prefix, in an order rotated from one repetiti
 On S3, uploaded bytes are the request bodies the proxy relayed during the save (PUTs and
 POSTs: parts, the index, the protocol's small records); copied parts (UploadPartCopy) carry
 none.  On local disk they are the bytes the writer wrote itself (not copied by
-copy_file_range).  Times are medians over the repetitions.
+copy_file_range).  Times (wall clock, and this process's CPU seconds: the client's side, less
+disturbed by other load on the machine than wall time) are medians over the repetitions.
 Also measured: the CPU cost of the content digest (SHA-256) against CRC32C, per core.
 """
 
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -61,6 +63,12 @@ def hash_rates(mib: int = 256) -> dict[str, float]:
         best = min(_timed(fn) for _ in range(3))
         rates[name] = mib * MiB / best / 1e9
     return rates
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far, every thread (the client's side of a save)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _timed(fn: Any) -> float:
@@ -98,7 +106,7 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
                            for i in range(0, tensors, tensors // changed)[:changed]})
     everything = {k: v + 2 for k, v in base.items()}
     scenarios = {"full": (base, False), "first": (base, True), "90%": (ninety, True), "changed": (everything, True)}
-    results: dict[str, list[tuple[float, int, int]]] = {k: [] for k in scenarios}
+    results: dict[str, list[tuple[float, int, int, float]]] = {k: [] for k in scenarios}
     with contextlib.ExitStack() as stack:
         proxy: ProxyProcess | None = None
         if backend == "s3":
@@ -119,28 +127,31 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
                 where = f"{root}/first-{uuid.uuid4().hex[:8]}" if label == "first" else directory
                 if proxy is not None:
                     proxy.control("phase", name=label)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), _cpu()
                 report = loop.run(api.save_checkpoint(tensors_, f"{where}/{label.strip('%')}-{r}",
                                                       incremental=incremental, storage_options=options))
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, _cpu() - cpu
                 if proxy is not None:
                     proxy.control("phase", name="between")
                     uploaded = _uploaded(proxy, label)
                 else:
                     uploaded = report.bytes_written - report.bytes_copied
-                results[label].append((seconds, uploaded, report.bytes_copied))
-                print(f"  {backend} {r}: {label:<8} {seconds:7.2f} s  uploaded {uploaded / MiB:8.1f} MiB"
-                      f"  copied {report.bytes_copied / MiB:8.1f} MiB", flush=True)
+                results[label].append((seconds, uploaded, report.bytes_copied, cpu))
+                print(f"  {backend} {r}: {label:<8} {seconds:7.2f} s  cpu {cpu:6.2f} s  uploaded "
+                      f"{uploaded / MiB:8.1f} MiB  copied {report.bytes_copied / MiB:8.1f} MiB", flush=True)
     checkpoint = sum(v.nbytes for v in base.values())
     summary: dict[str, Any] = {"checkpoint_bytes": checkpoint, "tensors": tensors, "repeat": repeat}
-    full_time = statistics.median(t for t, _, _ in results["full"])
+    full_time = statistics.median(row[0] for row in results["full"])
+    full_cpu = statistics.median(row[3] for row in results["full"])
     for label, rows in results.items():
-        seconds = statistics.median(t for t, _, _ in rows)
-        uploaded = statistics.median(u for _, u, _ in rows)
+        seconds = statistics.median(row[0] for row in rows)
+        uploaded = statistics.median(row[1] for row in rows)
+        cpu = statistics.median(row[3] for row in rows)
         summary[label] = {"seconds": seconds, "x_full": seconds / full_time, "uploaded_bytes": uploaded,
                           "uploaded_fraction": uploaded / checkpoint,
-                          "copied_bytes": statistics.median(c for _, _, c in rows),
-                          "all_seconds": [t for t, _, _ in rows]}
+                          "copied_bytes": statistics.median(row[2] for row in rows),
+                          "cpu_seconds": cpu, "cpu_x_full": cpu / full_cpu,
+                          "all_seconds": [row[0] for row in rows], "all_cpu_seconds": [row[3] for row in rows]}
     return summary
 
 
@@ -157,11 +168,12 @@ def main(argv: list[str] | None = None) -> None:
           f"BLAKE2b-128 {rates['blake2b-128']:.2f} GB/s", flush=True)
     summary = {b: run(args.mib, args.tensors, args.repeat, b)
                for b in (("s3", "local") if args.backend == "both" else (args.backend,))}
-    print(f"{'backend':<8}{'scenario':<10}{'seconds':>9}{'x full':>8}{'uploaded':>10}  of the checkpoint")
+    print(f"{'backend':<8}{'scenario':<10}{'seconds':>9}{'x full':>8}{'cpu s':>8}{'x full':>8}{'uploaded':>10}")
     for backend, rows in summary.items():
         for label in ("full", "first", "changed", "90%"):
             row = rows[label]
-            print(f"{backend:<8}{label:<10}{row['seconds']:>9.2f}{row['x_full']:>8.3f}{row['uploaded_fraction']:>10.1%}")
+            print(f"{backend:<8}{label:<10}{row['seconds']:>9.2f}{row['x_full']:>8.3f}{row['cpu_seconds']:>8.2f}"
+                  f"{row['cpu_x_full']:>8.3f}{row['uploaded_fraction']:>10.1%}")
     record = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
               "argv": sys.argv[1:] if argv is None else argv, "hash_rates_gb_s": rates, "incremental": summary}
