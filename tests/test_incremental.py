@@ -261,3 +261,25 @@ def test_the_tensorflow_plugin_saves_incrementally(tmp_path: Path) -> None:
     data = (tmp_path / "ckpt-2.index").read_bytes()
     index = decode_index(lambda o, k: data[o : o + k], len(data))
     assert all(len(e.content_sha256) == 16 for k, e in index.entries.items() if k)
+
+
+@pytest.mark.torch
+def test_the_dcp_plugin_saves_incrementally(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`remoteckpt.torch.StorageWriter(..., incremental=True)`: the second DCP save copies its
+    unchanged tensor from the first (the one the directory's state file names), and both load."""
+    torch = pytest.importorskip("torch")
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    import remoteckpt.torch as rt
+
+    weight = torch.from_numpy(np.random.default_rng(8).random(TENSOR // 4, dtype=np.float32))
+    dcp.save({"w": weight, "b": torch.zeros(4)}, storage_writer=rt.StorageWriter(tmp_path / "step-1",
+                                                                               incremental=True), no_dist=True)
+    mark_latest(str(tmp_path), "step-1")
+    with caplog.at_level("INFO", logger="remoteckpt"):
+        dcp.save({"w": weight, "b": torch.ones(4)}, storage_writer=rt.StorageWriter(tmp_path / "step-2",
+                                                                                  incremental=True), no_dist=True)
+    assert any(f"{TENSOR} of {TENSOR + 16} bytes copied" in r.getMessage() for r in caplog.records), caplog.text
+    for step, bias in (("step-1", 0.0), ("step-2", 1.0)):
+        state = {"w": torch.zeros(TENSOR // 4), "b": torch.full((4,), 5.0)}
+        dcp.load(state, storage_reader=rt.StorageReader(tmp_path / step), no_dist=True)
+        assert state["w"].numpy().tobytes() == weight.numpy().tobytes() and (state["b"] == bias).all()

@@ -128,6 +128,8 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
                     copies = await stream_incremental(writer, plan, base, options,
                                                       lambda n: progress.add("written", n, plan.size))
                     written, copied = copies.written + copies.copied, copies.copied
+                    log.info("%s: %d of %d bytes copied from %s by the store (%d unchanged tensors)",
+                             store.describe(key), copied, written, store.describe(base.name), copies.unchanged)
                 else:
                     written = await stream_plan(writer, plan, options, lambda n: progress.add("written", n, plan.size),
                                                 digests=incremental is not None)
