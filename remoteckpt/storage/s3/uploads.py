@@ -47,6 +47,11 @@ COPIES_IN_FLIGHT = 8
 """Copied parts in flight at once per writer: they hold no memory here, and the server does
 the work, so more than the written parts; bounded so one writer does not monopolise it."""
 
+MAX_COPY_PIECES = 64
+"""Parts one `copy` is cut into at most (unless they would exceed `MAX_COPY_PART`): enough to
+keep `COPIES_IN_FLIGHT` busy, few enough that copies never bring an object near S3's limit of
+10,000 parts (a 64 GiB run is 64 parts of 1 GiB)."""
+
 MAX_COPY_PART = 5 * 2**30
 """S3's largest part; a copy is cut into parts of at most this size (and of `PART_SIZE`'s
 order, see `S3Writer.copy`)."""
@@ -170,7 +175,8 @@ class S3Writer(ObjectWriter):
     async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
         """Parts made on the server from bytes ``[start, start + length)`` of `source` (see the
         module docstring), cut into parts of about `part_size` (at least `MIN_PART_SIZE` each,
-        so a copy that is not the last fits the rule) that are copied concurrently."""
+        so a copy that is not the last fits the rule; larger for long runs, see
+        `MAX_COPY_PIECES`) that are copied concurrently."""
         self._raise_failed()
         if self._ended_short:
             raise ValueError(f"{self._what}: nothing may follow a copy shorter than {MIN_PART_SIZE} bytes")
@@ -182,7 +188,8 @@ class S3Writer(ObjectWriter):
         await self._start_upload()
         if self._pending_size:
             await self._upload_pending()
-        pieces = max(-(-length // max(self._part_size, 2 * MIN_PART_SIZE)), -(-length // MAX_COPY_PART))
+        pieces = max(min(-(-length // max(self._part_size, 2 * MIN_PART_SIZE)), MAX_COPY_PIECES),
+                     -(-length // MAX_COPY_PART))
         source_name = self._target.base + source
         for i in range(pieces):
             begin, end = start + length * i // pieces, start + length * (i + 1) // pieces
