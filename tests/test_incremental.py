@@ -283,3 +283,20 @@ def test_the_dcp_plugin_saves_incrementally(tmp_path: Path, caplog: pytest.LogCa
         state = {"w": torch.zeros(TENSOR // 4), "b": torch.full((4,), 5.0)}
         dcp.load(state, storage_reader=rt.StorageReader(tmp_path / step), no_dist=True)
         assert state["w"].numpy().tobytes() == weight.numpy().tobytes() and (state["b"] == bias).all()
+
+
+@pytest.mark.parametrize("unchanged", [2, 1])
+def test_copies_after_a_short_tail_begin_at_a_part_boundary(directory: str, unchanged: int) -> None:
+    """A changed 1 MiB tensor first, unchanged ones after it: on S3 the copy can only begin
+    once 5 MiB are pending, so the first 4 MiB of the unchanged run are written and the rest
+    copied (with one unchanged tensor, the copied rest is a short last part); local disk copies
+    it all.  Either way the checkpoint restores exactly."""
+    rng = np.random.default_rng(9)
+    first = {"head": rng.random(MiB // 4, dtype=np.float32),
+             **{f"body{i}": rng.random(TENSOR // 4, dtype=np.float32) for i in range(unchanged)}}
+    save(first, f"{directory}/m-1")
+    second = dict(first, head=first["head"] + 1)
+    report = save(second, f"{directory}/m-2", incremental="m-1")
+    run = unchanged * TENSOR
+    assert report.bytes_copied == (run - 4 * MiB if directory.startswith("s3://") else run)
+    assert_restores(f"{directory}/m-2", second)

@@ -32,7 +32,9 @@ every payload that has a counterpart in the base, in a worker thread (hashlib an
 release the GIL), while the writer sends what is already decided, so a save in which nothing
 is unchanged costs a full save plus the digest's CPU time, overlapped with the network.
 Every byte of a payload with a counterpart is read once to hash it and once more only if it
-is written; payloads without one are digested while they stream (`engine.write`).
+is written; payloads without one are digested while they stream (`engine.write`).  An array
+whose memory is not laid out as its payload (see `engine.plan.Payload.source`) is converted a
+block (8 MiB) at a time to be hashed, in memory not drawn from the memory budget.
 """
 
 from __future__ import annotations
