@@ -300,3 +300,18 @@ def test_copies_after_a_short_tail_begin_at_a_part_boundary(directory: str, unch
     run = unchanged * TENSOR
     assert report.bytes_copied == (run - 4 * MiB if directory.startswith("s3://") else run)
     assert_restores(f"{directory}/m-2", second)
+
+
+def test_arrays_converted_while_they_stream_are_compared_and_copied_too(directory: str) -> None:
+    """A transposed array (its memory is not its payload) unchanged is copied; a big-endian one
+    changed is written, converted a block at a time; both restore exactly."""
+    rng = np.random.default_rng(10)
+    transposed = rng.random((TENSOR // 4 // 512, 512), dtype=np.float32).T
+    big_endian = rng.random(TENSOR // 4, dtype=np.float32).astype(">f4")
+    first = {"t": transposed, "be": big_endian}
+    save(first, f"{directory}/m-1")
+    second = {"t": transposed, "be": (big_endian + 1).astype(">f4")}
+    report = save(second, f"{directory}/m-2", incremental="m-1")
+    assert report.bytes_copied == TENSOR
+    restored = remoteckpt.load(f"{directory}/m-2")
+    assert np.array_equal(restored["t"], transposed) and np.array_equal(restored["be"], second["be"])
