@@ -216,11 +216,11 @@ def _fold(running: int, piece: memoryview, crcs: list[int], step: int) -> int:
 
 def set_checksums(payload: Payload, crc_chunk: int, crc: int, chunk_crcs: list[int]) -> None:
     """Fill in a numeric entry's CRC32C (unmasked `crc`) and, past one chunk, its chunk CRCs."""
-    entry = payload.entry
+    entry, size = payload.entry, payload.size
     entry.crc32c = mask_crc(crc)
     del entry.chunk_crc32c[:]
     entry.chunk_size = 0
-    if crc_chunk and payload.size > crc_chunk:
+    if crc_chunk and size > crc_chunk:
         entry.chunk_size = crc_chunk
         entry.chunk_crc32c.extend(mask_crc(c) for c in chunk_crcs)
 

@@ -129,14 +129,15 @@ class ObjectWriter(abc.ABC):
         """Bytes still to `write` before a `copy` may begin here (0: now); see `copy`."""
         return 0
 
-    @abc.abstractmethod
     async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
         """Append bytes ``[start, start + length)`` of object `source` (a key of the same store,
         committed, not this writer's own), from version `etag` if given.  Preconditions:
         ``bytes_before_copy() == 0``, and nothing written after a copy shorter than
         `copy_granule` (`ValueError` otherwise: a caller's mistake, never the data's).  A
         source shorter than the range is `CorruptCheckpointError`; a missing source
-        `CheckpointNotFoundError`."""
+        `CheckpointNotFoundError`.  Every backend's writer has one; a writer wrapping another
+        (tests do) may leave it out, and is then never asked to copy."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy")
 
     @abc.abstractmethod
     async def commit(self) -> None:
