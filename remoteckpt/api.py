@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from .engine import loop
+from .engine.incremental import Incremental
 from .engine.plan import Slice
 from .locate import for_writing
+from .management.state import previous_checkpoint
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback, Reporter
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
@@ -64,15 +66,23 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
                           overwrite: bool = False, save_id: str | None = None,
                           storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
                           commit: CommitProtocol = DEFAULT_COMMIT,
-                          progress: ProgressCallback | None = None) -> SaveReport:
-    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
+                          progress: ProgressCallback | None = None,
+                          incremental: bool | str = False) -> SaveReport:
+    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings).
+    `incremental` may also name the base: a checkpoint of the prefix's directory, by its name
+    there (``model.ckpt-1000``)."""
     prefix = for_writing(prefix)
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
     store = open_store(directory, storage_options, options)
     try:
+        since = None
+        if incremental:
+            base = incremental if isinstance(incremental, str) else await previous_checkpoint(store, directory, name)
+            since = Incremental(base=base)
         return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                                 prefix=prefix, progress=Reporter(progress, prefix, rank, world_size))
+                                 prefix=prefix, progress=Reporter(progress, prefix, rank, world_size),
+                                 incremental=since)
     finally:
         await store.close()
 
@@ -80,7 +90,7 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
 def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
          options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
-         progress: ProgressCallback | None = None) -> str:
+         progress: ProgressCallback | None = None, incremental: bool = False) -> str:
     """Save `tensors` as a TensorFlow checkpoint at `prefix`; return the prefix once committed.
 
     `tensors` maps names to array-likes, to a `Slice` (one box of a larger tensor), or to a
@@ -95,6 +105,12 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     restart count); a retry of the same job after a failure may keep it: every attempt is its
     own (docs/protocol.md).  Jobs that may race for one prefix need different ones.
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
+    With `incremental`, tensors unchanged since the latest checkpoint of the prefix's directory
+    (the one its ``checkpoint`` state file names, as `Saver` and `CheckpointManager` keep it)
+    are copied from that checkpoint by the store instead of being sent (S3: UploadPartCopy;
+    local disk: copy_file_range), judged by dtype, shape, CRC32C and a 128-bit SHA-256 digest
+    that such saves keep in the index; the checkpoint written is complete and independent
+    (`remoteckpt.engine.incremental`).
     """
     text = for_writing(prefix)
     warn_if_unnamed(rank, world_size, save_id)
@@ -102,7 +118,7 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     start = time.monotonic()
     report = loop.run(save_checkpoint(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
                                       save_id=save_id, storage_options=storage_options, options=options,
-                                      commit=commit, progress=progress))
+                                      commit=commit, progress=progress, incremental=incremental))
     log.info("saved %s (worker %d of %d): %d bytes in %.3f s", text, rank, world_size, report.bytes_written,
              time.monotonic() - start)
     return text
@@ -123,7 +139,8 @@ def snapshot(tensors: Mapping[str, Any]) -> dict[str, Any]:
 def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
                overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
                options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
-               progress: ProgressCallback | None = None, copy: bool = True) -> "Future[str]":
+               progress: ProgressCallback | None = None, copy: bool = True,
+               incremental: bool = False) -> "Future[str]":
     """`save` in the background.  Returns a `concurrent.futures.Future` of the prefix as soon
     as the tensors are copied, so the caller may change its arrays right away.  At most one
     save is in flight per process: this call first waits for the previous one to finish
@@ -138,7 +155,7 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
         private = snapshot(tensors) if copy else dict(tensors)
         inner = loop.submit(save_checkpoint(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
                                             save_id=save_id, storage_options=storage_options, options=options,
-                                            commit=commit, progress=progress))
+                                            commit=commit, progress=progress, incremental=incremental))
         outer: Future[str] = Future()
 
         def done(f: "Future[SaveReport]") -> None:

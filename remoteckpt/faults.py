@@ -8,6 +8,8 @@ makes it SIGSTOP itself instead: a paused or partitioned process, which the test
 lookup.
 
 Points, in protocol order:  staged (tensors planned), mid-upload (half of the data written),
+part-copied (incremental saves only, so not in `POINTS`: a range copied into the data file,
+which is not committed; on S3 one copied part, on local disk one copy),
 data-written (data committed, report not yet), table-written (a worker's report written; on
 the coordinator, its own part written: before the wait),
 merged (tables merged, index not committed), committing (inside the commit: the index's bytes

@@ -34,23 +34,25 @@ def _plugin() -> "Any":
 
 def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> str:
+         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False) -> str:
     """Write `checkpoint_or_trackable` (a `tf.train.Checkpoint` or any trackable) at exactly
     `prefix`, as `Checkpoint.write` would (no numbering; ``save_counter`` stored as is).
-    Returns `prefix` once committed.  See `remoteckpt.plugins.tensorflow_plugin.save`."""
+    Returns `prefix` once committed.  `incremental` is as for `remoteckpt.save`.  See
+    `remoteckpt.plugins.tensorflow_plugin.save`."""
     return _plugin().save(checkpoint_or_trackable, prefix, rank=rank, world_size=world_size,
                           storage_options=storage_options, overwrite=overwrite, save_id=save_id,
-                          options=options)
+                          options=options, incremental=incremental)
 
 
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
                world_size: int = 1, storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
+               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS,
+               incremental: bool = False) -> "Future[str]":
     """`save` in the background; returns a `concurrent.futures.Future` of `prefix` as soon
     as the variables' values are snapshotted."""
     return _plugin().save_async(checkpoint_or_trackable, prefix, rank=rank, world_size=world_size,
                                 storage_options=storage_options, overwrite=overwrite, save_id=save_id,
-                                options=options)
+                                options=options, incremental=incremental)
 
 
 def restore(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *,

@@ -137,6 +137,21 @@ async def write_state(store: Store, data: bytes, filename: str = STATE_FILENAME)
         await store.put(filename, data)
 
 
+async def previous_checkpoint(store: Store, directory: str, name: str) -> str | None:
+    """The base of an incremental save of checkpoint `name`: the latest checkpoint the state
+    file in `store`'s root names, if it is committed and is not `name` itself; None otherwise
+    (an unreadable state file included: the save then writes every tensor)."""
+    try:
+        state = await read_state(store, directory)
+    except CorruptCheckpointError:
+        return None
+    if state is None or state.model_checkpoint_path == name:
+        return None
+    if not await store.exists(index_filename(state.model_checkpoint_path)):
+        return None
+    return state.model_checkpoint_path
+
+
 def _directory_of(path: str | os.PathLike[str]) -> str:
     text = os.fspath(path)
     return text.rstrip("/") if "://" in text else os.path.abspath(text)

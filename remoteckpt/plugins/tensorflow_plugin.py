@@ -216,18 +216,19 @@ def share_of(tensors: Mapping[str, Any], rank: int, world_size: int) -> dict[str
 
 def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False, save_id: str | None = None,
-         options: IOOptions = DEFAULT_OPTIONS) -> str:
+         options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False) -> str:
     """Write the checkpoint `tf.train.Checkpoint` would write for `checkpoint_or_trackable`,
     at exactly `prefix` (like `Checkpoint.write`: no numbering, ``save_counter`` is stored as
     it is, no ``checkpoint`` state file).  Returns `prefix` once committed.
 
     With `world_size` > 1, every worker calls `save` with the same (replicated) state and its
     own `rank`; the tensors are split between the workers (`share_of`), which write their data
-    files in parallel, and rank 0 commits one index.  `save_id` is as for `remoteckpt.save`."""
+    files in parallel, and rank 0 commits one index.  `save_id` and `incremental` are as for `remoteckpt.save`."""
     text = os.fspath(prefix)
     tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
     return api.save(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite, save_id=save_id,
-                    storage_options=storage_options, options=options)
+                    storage_options=storage_options, options=options,
+                    incremental=incremental)
 
 
 _snapshot_lock = threading.Lock()
@@ -235,7 +236,8 @@ _snapshot_lock = threading.Lock()
 
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
                world_size: int = 1, storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS) -> "Future[str]":
+               save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS,
+               incremental: bool = False) -> "Future[str]":
     """`save` in the background: returns a `concurrent.futures.Future` of `prefix` once the
     values are snapshotted (variable reads, on the caller's thread), so training may go on and
     update the variables at once.  The snapshot is not copied again: a read of a resource
@@ -246,7 +248,8 @@ def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, 
         api.wait_for_saves()  # the previous save's buffers are freed before this snapshot is taken
         tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
         return api.save_async(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
-                              save_id=save_id, storage_options=storage_options, options=options, copy=False)
+                              save_id=save_id, storage_options=storage_options, options=options, copy=False,
+                              incremental=incremental)
 
 
 # --- restore ------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
   With ``exclusive=True`` the commit fails with `CheckpointExistsError` if `key` already
   exists; with ``if_match=ETAG`` it fails with `CheckpointChangedError` unless `key` is that
   version.  Both are atomic where `capabilities.conditional_writes` says so.
+- `writer.copy(source, start, length)` appends bytes ``[start, start + length)`` of another
+  object of the same store, as `write` would, but without them passing through this process
+  where `writer.server_side_copy` says so (S3: UploadPartCopy; local disk: copy_file_range,
+  a reflink where the file system shares blocks); elsewhere it reads and writes them.  A
+  copy may begin only where `bytes_before_copy()` is 0 (S3: at a part boundary), and one
+  shorter than `copy_granule` must be the last thing written (S3: the last part).  With
+  `etag`, the bytes come from that version of `source` or `CheckpointChangedError` is raised.
 - `put` is `writer` for data already in memory, returning the new etag.
 - `delete` of a missing key is not an error; with `if_match` it deletes only that version
   and returns False if another version is there.  `delete_many` removes keys whatever their
@@ -118,6 +125,26 @@ class ObjectWriter(abc.ABC):
     async def write(self, data: Buffer) -> None:
         """Append `data`.  The writer may keep a reference to the buffer (not a copy) until
         `commit` or `abort` returns: the caller must not change it before then."""
+
+    server_side_copy: bool = False
+    """Whether `copy` moves the bytes inside the store (else it reads and writes them)."""
+
+    copy_granule: int = 0
+    """A `copy` shorter than this must be the last thing written (S3: the 5 MiB minimum part)."""
+
+    def bytes_before_copy(self) -> int:
+        """Bytes still to `write` before a `copy` may begin here (0: now); see `copy`."""
+        return 0
+
+    async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
+        """Append bytes ``[start, start + length)`` of object `source` (a key of the same store,
+        committed, not this writer's own), from version `etag` if given.  Preconditions:
+        ``bytes_before_copy() == 0``, and nothing written after a copy shorter than
+        `copy_granule` (`ValueError` otherwise: a caller's mistake, never the data's).  A
+        source shorter than the range is `CorruptCheckpointError`; a missing source
+        `CheckpointNotFoundError`.  Every backend's writer has one; a writer wrapping another
+        (tests do) may leave it out, and is then never asked to copy."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy")
 
     @abc.abstractmethod
     async def commit(self) -> None:

@@ -172,7 +172,7 @@ class S3Store(Store):
 
     def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
         target = UploadTarget(self.client, self.bucket, self.object_key(key), self.describe(key), self.part_size,
-                              self.parts_in_flight)
+                              self.parts_in_flight, self._base)
         return S3Writer(target, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
