@@ -338,3 +338,23 @@ def test_the_jax_plugin_saves_incrementally(tmp_path: Path, caplog: pytest.LogCa
         biases = [a for a in restored.values() if a.size == 4]
         assert len(kernels) == 1 and kernels[0].tobytes() == np.asarray(kernel).tobytes()
         assert len(biases) == 1 and (biases[0] == bias).all()
+
+
+def test_a_base_damaged_since_its_save_shows_as_a_checksum_mismatch(tmp_path: Path) -> None:
+    """Bytes rotted in the base's data file after its commit are copied as they are; the new
+    checkpoint's CRC32C, which is of this save's bytes, makes every read of them fail loudly."""
+    from remoteckpt.errors import CorruptCheckpointError
+
+    directory = str(tmp_path)
+    first = weights(12, n=2)
+    save(first, f"{directory}/m-1")
+    with open(f"{directory}/m-1.data-00000-of-00001", "r+b") as f:  # a flipped byte in layer0/w
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    report = save(first, f"{directory}/m-2", incremental="m-1")
+    assert report.bytes_copied == 2 * TENSOR
+    with pytest.raises(CorruptCheckpointError, match="layer0/w"):
+        remoteckpt.load(f"{directory}/m-2")
+    assert remoteckpt.load(f"{directory}/m-2", ["layer1/w"])["layer1/w"].tobytes() == first["layer1/w"].tobytes()
