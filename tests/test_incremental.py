@@ -315,3 +315,46 @@ def test_arrays_converted_while_they_stream_are_compared_and_copied_too(director
     assert report.bytes_copied == TENSOR
     restored = remoteckpt.load(f"{directory}/m-2")
     assert np.array_equal(restored["t"], transposed) and np.array_equal(restored["be"], second["be"])
+
+
+@pytest.mark.jax
+def test_the_jax_plugin_saves_incrementally(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`remoteckpt.jax.save(..., incremental=True)`: the unchanged array is copied from the
+    checkpoint the directory's state file names; both checkpoints restore exactly."""
+    jnp = pytest.importorskip("jax.numpy")
+    import remoteckpt.jax as rjax
+
+    kernel = jnp.asarray(np.random.default_rng(11).random(TENSOR // 4, dtype=np.float32))
+    rjax.save({"kernel": kernel, "bias": jnp.zeros(4)}, tmp_path / "ckpt-1", rank=0, world_size=1,
+              incremental=True)
+    mark_latest(str(tmp_path), "ckpt-1")
+    with caplog.at_level("INFO", logger="remoteckpt"):
+        rjax.save({"kernel": kernel, "bias": jnp.ones(4)}, tmp_path / "ckpt-2", rank=0, world_size=1,
+                  incremental=True)
+    assert any(f"{TENSOR} of {TENSOR + 16} bytes copied" in r.getMessage() for r in caplog.records), caplog.text
+    for step, bias in (("ckpt-1", 0.0), ("ckpt-2", 1.0)):
+        restored = remoteckpt.load(str(tmp_path / step))
+        kernels = [a for a in restored.values() if a.size == TENSOR // 4]
+        biases = [a for a in restored.values() if a.size == 4]
+        assert len(kernels) == 1 and kernels[0].tobytes() == np.asarray(kernel).tobytes()
+        assert len(biases) == 1 and (biases[0] == bias).all()
+
+
+def test_a_base_damaged_since_its_save_shows_as_a_checksum_mismatch(tmp_path: Path) -> None:
+    """Bytes rotted in the base's data file after its commit are copied as they are; the new
+    checkpoint's CRC32C, which is of this save's bytes, makes every read of them fail loudly."""
+    from remoteckpt.errors import CorruptCheckpointError
+
+    directory = str(tmp_path)
+    first = weights(12, n=2)
+    save(first, f"{directory}/m-1")
+    with open(f"{directory}/m-1.data-00000-of-00001", "r+b") as f:  # a flipped byte in layer0/w
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    report = save(first, f"{directory}/m-2", incremental="m-1")
+    assert report.bytes_copied == 2 * TENSOR
+    with pytest.raises(CorruptCheckpointError, match="layer0/w"):
+        remoteckpt.load(f"{directory}/m-2")
+    assert remoteckpt.load(f"{directory}/m-2", ["layer1/w"])["layer1/w"].tobytes() == first["layer1/w"].tobytes()
