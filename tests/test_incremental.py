@@ -358,3 +358,18 @@ def test_a_base_damaged_since_its_save_shows_as_a_checksum_mismatch(tmp_path: Pa
     with pytest.raises(CorruptCheckpointError, match="layer0/w"):
         remoteckpt.load(f"{directory}/m-2")
     assert remoteckpt.load(f"{directory}/m-2", ["layer1/w"])["layer1/w"].tobytes() == first["layer1/w"].tobytes()
+
+
+def test_without_a_state_file_the_base_is_the_newest_committed_checkpoint(directory: str) -> None:
+    """Plain `save` calls keep no state file: the base is the directory's checkpoint whose
+    index was committed last (not the one being written, not one in a subdirectory)."""
+    old, new = weights(1), weights(2)
+    save(old, f"{directory}/model.ckpt-1")  # incremental saves keep the digests a base needs
+    time.sleep(1.1)  # S3's modification times are whole seconds
+    save(new, f"{directory}/model.ckpt-2")
+    time.sleep(1.1)
+    save(weights(3), f"{directory}/sub/model.ckpt-9")
+    mixed = {**new, "layer0/w": old["layer0/w"] + 1}
+    report = save(mixed, f"{directory}/model.ckpt-3")
+    assert report.bytes_copied == 9 * TENSOR  # from model.ckpt-2: every tensor but layer0
+    assert_restores(f"{directory}/model.ckpt-3", mixed)

@@ -1,7 +1,8 @@
 """Incremental saves: a tensor unchanged since the base checkpoint is copied inside the store.
 
 The base is an earlier committed checkpoint of the same store (`remoteckpt.save(...,
-incremental=True)` takes the latest one its directory's ``checkpoint`` state file names).  Its
+incremental=True)` takes the latest one its directory's ``checkpoint`` state file names, or
+without one the checkpoint whose index was committed last).  Its
 index carries every entry's content digest (`BundleEntry.content_sha256`, field 1002: the first 16
 bytes of the payload's SHA-256; TensorFlow ignores the field as it ignores the CRC chunk fields).  A
 payload of this save is *unchanged* when the base has an entry of the same key (name, or slice
