@@ -107,9 +107,10 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
     With `incremental`, tensors unchanged since the latest checkpoint of the prefix's directory
     (the one its ``checkpoint`` state file names, as `Saver` and `CheckpointManager` keep it;
-    without one, the one whose index was committed last) are copied from that checkpoint by the store instead of being sent (S3: UploadPartCopy;
-    local disk: copy_file_range), judged by dtype, shape, CRC32C and a 128-bit SHA-256 digest
-    that such saves keep in the index; the checkpoint written is complete and independent
+    without one, the one whose index was committed last) are copied from that checkpoint by
+    the store instead of being sent (S3: UploadPartCopy; local disk: copy_file_range), judged
+    by dtype, shape, CRC32C and a 128-bit SHA-256 digest that such saves keep in the index;
+    the checkpoint written is complete and independent
     (`remoteckpt.engine.incremental`).
     """
     text = for_writing(prefix)
