@@ -125,6 +125,9 @@ def _inspect_saved_model(args: argparse.Namespace, found: saved_model.Found) -> 
     print(f"\nvariables ({directory.rstrip('/')}/variables/variables): {plural(len(info['variables']), 'tensor')}")
     for row in info["variables"]:
         print(f"tensor_name: {row['name']}  {row['dtype']}{row['shape']}  {plural(row['bytes'], 'byte')}")
+    assets = sorted({a for graph in info["meta_graphs"] for a in graph["assets"]})
+    if assets:
+        print(f"\nassets: {', '.join(assets)}")
     return EXIT_OK
 
 

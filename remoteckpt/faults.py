@@ -23,6 +23,8 @@ its variables, then: export-variables (variables committed, assets not yet), exp
 (assets written, fingerprint not yet), export-fingerprint (fingerprint written, saved_model.pb
 not yet), export-committing (inside that write, as committing), export-committed (the version
 complete, older ones not yet retired), and retention before each older version is deleted.
+`remoteckpt cp` of a SavedModel passes export-variables, export-fingerprint (the other files
+written) and export-committing, in the same order.
 
 The two "inside" points live in the stores' writers, which know nothing of indexes or state
 files: the caller names what is being published with `within`, and a writer calls

@@ -2,9 +2,9 @@
 `load_saved_model`, with TensorFlow 2.21 as the referee (skipped without TensorFlow).
 
 * TensorFlow-written SavedModels (tests/fixtures/tf-2.21: a Keras model with its serving
-  signature, a tf.Module with a vocabulary asset) load from any store with every signature's
-  outputs identical to TensorFlow loading the local files, and to what TensorFlow computed
-  when it wrote them.
+  signature, a tf.Module with a vocabulary asset; and a TF1 Builder's) load from any store
+  with every signature's outputs identical to TensorFlow loading the local files, and to what
+  TensorFlow computed when it wrote them.
 * An export writes the variables TensorFlow writes, byte for byte, and TensorFlow loads it.
 * Versions: numbering (partial versions' numbers skipped, never reused), `keep`, a base
   directory loads its newest complete version.
@@ -119,6 +119,26 @@ def test_tensorflow_written_saved_model_loads_from_the_store(name: str, base: st
     assert len(ours) == len(theirs) == len(MANIFEST[name]["tensors"])
     for variable, twin in zip(ours, theirs):
         assert variable.shape == twin.shape and np.array_equal(variable.numpy(), twin.numpy())
+
+
+def test_tf1_saved_model_loads_from_the_store(base: str, tmp_path: Path) -> None:
+    """A TF1 SavedModel (tf.compat.v1.saved_model.Builder, no object graph): its variables are
+    copied next to the graph, verified, and TensorFlow loads it from there."""
+    local = tmp_path / "tf1"
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        w = tf.compat.v1.get_variable("w", initializer=tf.constant([[1.5], [-2.0], [3.25]]))
+        y = tf.matmul(x, w, name="y")
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(str(local))
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+            "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+        builder.save()
+    upload(local, f"{base}/tf1")
+    inputs = {"x": np.random.default_rng(4).random((2, 3), np.float32)}
+    loaded = rtf.load_saved_model(f"{base}/tf1", tags=["serve"])
+    assert_same_outputs(outputs_of(loaded, "serving_default", inputs),
+                        outputs_of(tf.saved_model.load(str(local), tags=["serve"]), "serving_default", inputs))
 
 
 def test_tags_must_match(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ tools carrying a TF1 Saver's ``PREFIX.meta``, which retention deletes with its c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from remoteckpt.cli import main
 from remoteckpt.management import versions
 from remoteckpt.storage import Store, on_store
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tf-2.21"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "tf-2.21"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "manifest.json").read_text())["checkpoints"]
 DT = {"float32": "DT_FLOAT", "int64": "DT_INT64", "string": "DT_STRING"}
 
@@ -79,6 +81,7 @@ def test_inspect_shows_signatures_and_variables(name: str, capsys: pytest.Captur
                 assert got[side][tensor]["shape"] == [-1 if d is None else d for d in want["shape"]]
                 assert got[side][tensor]["name"]
     assert {row["name"] for row in doc["variables"]} == set(spec["tensors"]) | set(spec["also"])
+    assert graph["assets"] == spec["saved_model"]["assets"]
     assert main(["inspect", str(directory)]) == 0
     text = capsys.readouterr().out
     assert "MetaGraphDef with tag-set: 'serve' contains the following SignatureDefs:" in text
@@ -117,6 +120,30 @@ def test_verify_saved_model_and_base(base: str, capsys: pytest.CaptureFixture[st
     doc = run_json(["verify", base], capsys, code=1)
     assert not doc["ok"] and not doc["versions"][0]["ok"] and doc["versions"][1]["ok"]
     assert "checksum" in doc["versions"][0]["problems"][0]
+    # An asset the graph names, missing: a problem too.
+    on_store(base, lambda store: store.delete("1/assets/vocab.txt"))
+    doc = run_json(["verify", f"{base}/1"], capsys, code=1)
+    assert any("assets/vocab.txt: missing" in p for p in doc["versions"][0]["problems"])
+
+
+CP_KILL_POINTS = ["committing", "export-variables", "export-fingerprint", "export-committing"]
+
+
+@pytest.mark.parametrize("point", CP_KILL_POINTS)
+def test_cp_killed_leaves_no_complete_saved_model(point: str, base: str) -> None:
+    source = FIXTURES / "saved_model_module"
+    env = {**os.environ, "REMOTECKPT_CRASH_AT": point,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-m", "remoteckpt", "cp", str(source), f"{base}/m"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, (point, killed.stderr)
+    assert "saved_model.pb" not in files(f"{base}/m")
+    assert main(["ls", base]) == 0  # "m/" is no version: a folder
+    # Run again, it completes (what the killed copy left is replaced: nothing there was complete).
+    assert main(["cp", str(source), f"{base}/m"]) == 0
+    copied = files(f"{base}/m")
+    for path in (p for p in source.rglob("*") if p.is_file()):
+        assert copied[path.relative_to(source).as_posix()] == path.read_bytes(), path
 
 
 def test_cp_saved_model_directory_round_trip(base: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from remoteckpt._proto import tensor_shape_pb2 as remoteckpt_dot___proto_dot_ten
 from remoteckpt._proto import types_pb2 as remoteckpt_dot___proto_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#remoteckpt/_proto/saved_model.proto\x12\x10remoteckpt.proto\x1a$remoteckpt/_proto/tensor_shape.proto\x1a\x1dremoteckpt/_proto/types.proto\"e\n\nSavedModel\x12\"\n\x1asaved_model_schema_version\x18\x01 \x01(\x03\x12\x33\n\x0bmeta_graphs\x18\x02 \x03(\x0b\x32\x1e.remoteckpt.proto.MetaGraphDef\"\xe4\x02\n\x0cMetaGraphDef\x12\x41\n\rmeta_info_def\x18\x01 \x01(\x0b\x32*.remoteckpt.proto.MetaGraphDef.MetaInfoDef\x12G\n\rsignature_def\x18\x05 \x03(\x0b\x32\x30.remoteckpt.proto.MetaGraphDef.SignatureDefEntry\x1as\n\x0bMetaInfoDef\x12\x1a\n\x12meta_graph_version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x1a\n\x12tensorflow_version\x18\x05 \x01(\t\x12\x1e\n\x16tensorflow_git_version\x18\x06 \x01(\t\x1aS\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.remoteckpt.proto.SignatureDef:\x02\x38\x01\"\xc1\x03\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12<\n\ncoo_sparse\x18\x04 \x01(\x0b\x32&.remoteckpt.proto.TensorInfo.CooSparseH\x00\x12H\n\x10\x63omposite_tensor\x18\x05 \x01(\x0b\x32,.remoteckpt.proto.TensorInfo.CompositeTensorH\x00\x12)\n\x05\x64type\x18\x02 \x01(\x0e\x32\x1a.remoteckpt.proto.DataType\x12\x38\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\".remoteckpt.proto.TensorShapeProto\x1a\x65\n\tCooSparse\x12\x1a\n\x12values_tensor_name\x18\x01 \x01(\t\x12\x1b\n\x13indices_tensor_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65nse_shape_tensor_name\x18\x03 \x01(\t\x1a\x43\n\x0f\x43ompositeTensor\x12\x30\n\ncomponents\x18\x02 \x03(\x0b\x32\x1c.remoteckpt.proto.TensorInfoB\n\n\x08\x65ncoding\"\xb8\x02\n\x0cSignatureDef\x12:\n\x06inputs\x18\x01 \x03(\x0b\x32*.remoteckpt.proto.SignatureDef.InputsEntry\x12<\n\x07outputs\x18\x02 \x03(\x0b\x32+.remoteckpt.proto.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x1aK\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x1aL\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#remoteckpt/_proto/saved_model.proto\x12\x10remoteckpt.proto\x1a$remoteckpt/_proto/tensor_shape.proto\x1a\x1dremoteckpt/_proto/types.proto\"e\n\nSavedModel\x12\"\n\x1asaved_model_schema_version\x18\x01 \x01(\x03\x12\x33\n\x0bmeta_graphs\x18\x02 \x03(\x0b\x32\x1e.remoteckpt.proto.MetaGraphDef\"\x9c\x03\n\x0cMetaGraphDef\x12\x41\n\rmeta_info_def\x18\x01 \x01(\x0b\x32*.remoteckpt.proto.MetaGraphDef.MetaInfoDef\x12G\n\rsignature_def\x18\x05 \x03(\x0b\x32\x30.remoteckpt.proto.MetaGraphDef.SignatureDefEntry\x12\x36\n\x0e\x61sset_file_def\x18\x06 \x03(\x0b\x32\x1e.remoteckpt.proto.AssetFileDef\x1as\n\x0bMetaInfoDef\x12\x1a\n\x12meta_graph_version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x1a\n\x12tensorflow_version\x18\x05 \x01(\t\x12\x1e\n\x16tensorflow_git_version\x18\x06 \x01(\t\x1aS\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.remoteckpt.proto.SignatureDef:\x02\x38\x01\"S\n\x0c\x41ssetFileDef\x12\x31\n\x0btensor_info\x18\x01 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xc1\x03\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12<\n\ncoo_sparse\x18\x04 \x01(\x0b\x32&.remoteckpt.proto.TensorInfo.CooSparseH\x00\x12H\n\x10\x63omposite_tensor\x18\x05 \x01(\x0b\x32,.remoteckpt.proto.TensorInfo.CompositeTensorH\x00\x12)\n\x05\x64type\x18\x02 \x01(\x0e\x32\x1a.remoteckpt.proto.DataType\x12\x38\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\".remoteckpt.proto.TensorShapeProto\x1a\x65\n\tCooSparse\x12\x1a\n\x12values_tensor_name\x18\x01 \x01(\t\x12\x1b\n\x13indices_tensor_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65nse_shape_tensor_name\x18\x03 \x01(\t\x1a\x43\n\x0f\x43ompositeTensor\x12\x30\n\ncomponents\x18\x02 \x03(\x0b\x32\x1c.remoteckpt.proto.TensorInfoB\n\n\x08\x65ncoding\"\xb8\x02\n\x0cSignatureDef\x12:\n\x06inputs\x18\x01 \x03(\x0b\x32*.remoteckpt.proto.SignatureDef.InputsEntry\x12<\n\x07outputs\x18\x02 \x03(\x0b\x32+.remoteckpt.proto.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x1aK\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x1aL\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAVEDMODEL']._serialized_start=126
   _globals['_SAVEDMODEL']._serialized_end=227
   _globals['_METAGRAPHDEF']._serialized_start=230
-  _globals['_METAGRAPHDEF']._serialized_end=586
-  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_start=386
-  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_end=501
-  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_start=503
-  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_end=586
-  _globals['_TENSORINFO']._serialized_start=589
-  _globals['_TENSORINFO']._serialized_end=1038
-  _globals['_TENSORINFO_COOSPARSE']._serialized_start=856
-  _globals['_TENSORINFO_COOSPARSE']._serialized_end=957
-  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_start=959
-  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_end=1026
-  _globals['_SIGNATUREDEF']._serialized_start=1041
-  _globals['_SIGNATUREDEF']._serialized_end=1353
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=1200
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=1275
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=1277
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=1353
+  _globals['_METAGRAPHDEF']._serialized_end=642
+  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_start=442
+  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_end=557
+  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_start=559
+  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_end=642
+  _globals['_ASSETFILEDEF']._serialized_start=644
+  _globals['_ASSETFILEDEF']._serialized_end=727
+  _globals['_TENSORINFO']._serialized_start=730
+  _globals['_TENSORINFO']._serialized_end=1179
+  _globals['_TENSORINFO_COOSPARSE']._serialized_start=997
+  _globals['_TENSORINFO_COOSPARSE']._serialized_end=1098
+  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_start=1100
+  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_end=1167
+  _globals['_SIGNATUREDEF']._serialized_start=1182
+  _globals['_SIGNATUREDEF']._serialized_end=1494
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=1341
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=1416
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=1418
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=1494
 # @@protoc_insertion_point(module_scope)

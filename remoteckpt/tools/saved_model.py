@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from .._proto import saved_model_pb2, types_pb2
 from ..engine import loop
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
+from ..faults import crash_point, within
 from ..management import versions
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback
@@ -94,7 +95,7 @@ def _tensor_info(info: Any) -> dict[str, Any]:
 def parse_graph(data: bytes, where: str) -> list[dict[str, Any]]:
     """The meta graphs of a ``saved_model.pb``: tags, TensorFlow version, signatures (method
     name; inputs and outputs: dtype, shape (None: unknown rank; -1: unknown size), tensor
-    name), sorted by key."""
+    name), sorted by key, and the assets the graph reads (names under ``assets/``)."""
     proto = saved_model_pb2.SavedModel()
     try:
         proto.ParseFromString(data)
@@ -109,7 +110,8 @@ def parse_graph(data: bytes, where: str) -> list[dict[str, Any]]:
                                "inputs": {k: _tensor_info(sig.inputs[k]) for k in sorted(sig.inputs)},
                                "outputs": {k: _tensor_info(sig.outputs[k]) for k in sorted(sig.outputs)}}
         graphs.append({"tags": list(meta.meta_info_def.tags),
-                       "tensorflow_version": meta.meta_info_def.tensorflow_version, "signatures": signatures})
+                       "tensorflow_version": meta.meta_info_def.tensorflow_version, "signatures": signatures,
+                       "assets": sorted({a.filename for a in meta.asset_file_def})})
     if not graphs:
         raise CorruptCheckpointError(f"{where}: a SavedModel with no MetaGraphDef")
     return graphs
@@ -160,15 +162,21 @@ def format_graphs(graphs: list[dict[str, Any]]) -> list[str]:
 
 def verify_saved_model(directory: str, storage_options: dict[str, Any] | None = None,
                        options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> VerifyReport:
-    """Check one SavedModel directory: ``saved_model.pb`` parses and has a meta graph, and
-    every tensor of its variables reads back with its checksum (`inventory.verify`).
-    Problems are collected, not raised."""
+    """Check one SavedModel directory: ``saved_model.pb`` parses and has a meta graph, every
+    asset it names is in ``assets/``, and every tensor of its variables reads back with its
+    checksum (`inventory.verify`).  Problems are collected, not raised."""
     prefix = _join(directory, versions.VARIABLES_PREFIX)
     problems = []
+
+    async def read(store: Store) -> tuple[bytes, set[str]]:
+        data = await store.get(versions.SAVED_MODEL_PB, max_size=MAX_GRAPH_BYTES)
+        return data, set(await store.list(f"{versions.ASSETS_DIR}/"))
+
     try:
-        data = on_store(directory, lambda s: s.get(versions.SAVED_MODEL_PB, max_size=MAX_GRAPH_BYTES),
-                        storage_options, options)
-        parse_graph(data, _join(directory, versions.SAVED_MODEL_PB))
+        data, assets = on_store(directory, read, storage_options, options)
+        for graph in parse_graph(data, _join(directory, versions.SAVED_MODEL_PB)):
+            problems += [f"{_join(directory, versions.ASSETS_DIR)}/{name}: missing (saved_model.pb names this "
+                         "asset)" for name in graph["assets"] if f"{versions.ASSETS_DIR}/{name}" not in assets]
     except CheckpointError as exc:
         problems.append(str(exc))
     try:
@@ -202,7 +210,9 @@ async def _copy_one(source: str, destination: str, *, overwrite: bool, source_op
                     destination_options: dict[str, Any] | None, options: IOOptions,
                     progress: ProgressCallback | None) -> tuple[int, int, int]:
     """One SavedModel directory in the commit order: the variables (a verified checkpoint
-    copy), the other files, ``saved_model.pb`` last and create-only.  (files, bytes, tensors)."""
+    copy), the other files, ``saved_model.pb`` last and create-only.  (files, bytes, tensors).
+    What an interrupted copy left at the destination (no ``saved_model.pb``: nothing there is
+    complete) is replaced, so the copy can simply be run again."""
     src = open_store(source, source_options, options)
     dst = open_store(destination, destination_options, options)
     try:
@@ -214,15 +224,18 @@ async def _copy_one(source: str, destination: str, *, overwrite: bool, source_op
         graph = await src.get(versions.SAVED_MODEL_PB, max_size=MAX_GRAPH_BYTES)
         parse_graph(graph, src.describe(versions.SAVED_MODEL_PB))
         variables = await copy_async(_join(source, versions.VARIABLES_PREFIX),
-                                     _join(destination, versions.VARIABLES_PREFIX), overwrite=overwrite,
+                                     _join(destination, versions.VARIABLES_PREFIX), overwrite=True,
                                      source_options=source_options, destination_options=destination_options,
                                      options=options, progress=progress)
         others = [i for i in await src.list_info() if i.key != versions.SAVED_MODEL_PB
                   and not i.key.startswith("variables/") and not i.key.endswith("/")]
+        crash_point("export-variables")
         others.sort(key=lambda i: i.key == versions.FINGERPRINT_PB)  # the assets, then the fingerprint
         for info in others:
             await dst.put(info.key, await src.get(info.key))
-        await dst.put(versions.SAVED_MODEL_PB, graph, exclusive=True)
+        crash_point("export-fingerprint")
+        with within("export-committing"):
+            await dst.put(versions.SAVED_MODEL_PB, graph, exclusive=True)
         return (variables.files + len(others) + 1, variables.bytes + sum(i.size for i in others) + len(graph),
                 variables.tensors_verified)
     finally:
