@@ -403,8 +403,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gc", help="remove leftovers of crashed saves (never a committed checkpoint)",
                        description="Remove what crashed saves left in a directory: data files without an index, "
-                                   "staging objects, dead claims, unfinished multipart uploads (S3). Never a "
-                                   "committed checkpoint, never a live save's files.")
+                                   "staging objects, dead claims, unfinished multipart uploads (S3), partial "
+                                   "SavedModel versions (N/ without N/saved_model.pb). Never a committed "
+                                   "checkpoint or a complete version, never a live save's files.")
     p.add_argument("directory", metavar="DIR", help="a local directory, s3://bucket[/path] or another URL")
     p.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
                    help="only leftovers older than this (default 3600: younger ones may be a save in progress)")

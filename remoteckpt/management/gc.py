@@ -33,7 +33,7 @@ from ..protocol.layout import DATA_FILE
 from ..protocol.lease import Verdict, watch
 from ..protocol.records import MAX_RECORD_BYTES, ClaimRecord
 from ..storage import ObjectInfo, Store, on_store
-from .versions import group_versions
+from .versions import deletion_order, group_versions
 
 _STAGING = re.compile(r"^(?P<name>[^/]+)\.tmp(-[A-Za-z0-9._-]+)?/")
 _TEMP = re.compile(r"^(?P<name>[^/]+?)(\.index|\.data-\d{5,}-of-\d{5,}|\.claim)?\.tempstate\d+$")
@@ -114,19 +114,11 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
             if why:
                 report.skipped.append((f"{version.name}/", why))
                 continue
-            for key in version.keys:  # data files before their index: never a half checkpoint
-                if key.endswith(".index"):
-                    continue
+            for key in deletion_order(version.keys):  # the variables' index first: no half checkpoint
                 report.removed.append(key)
                 report.bytes_freed += by_key[key].size
                 if not dry_run:
                     await store.delete(key, if_match=by_key[key].etag or None)
-            for key in version.keys:
-                if key.endswith(".index"):
-                    report.removed.append(key)
-                    report.bytes_freed += by_key[key].size
-                    if not dry_run:
-                        await store.delete(key, if_match=by_key[key].etag or None)
         partial_names = {f"{v.name}/" for v in partial}
         for upload in await store.pending_uploads():
             if upload.key.split("/", 1)[0] + "/" in partial_names and "/" in upload.key:

@@ -98,15 +98,17 @@ async def is_saved_model(store: Store) -> bool:
 
 async def retire(store: Store, version: VersionInfo) -> list[str]:
     """Delete a version: its ``saved_model.pb`` first (from then on it is partial and nothing
-    loads it), then every other file, the variables' data files before their index."""
-    removed = []
-    first = version_key(version.number, SAVED_MODEL_PB)
-    if first in version.keys:
-        await store.delete(first)
-        removed.append(first)
-    rest = sorted((k for k in version.keys if k != first), key=lambda k: (k.endswith(".index"), k))
-    await asyncio.gather(*(store.delete(k) for k in rest if not k.endswith(".index")))
-    for key in rest:
-        if key.endswith(".index"):
+    loads it), then the variables' index (the checkpoint stops existing at once, as a Saver
+    retires one), then every other file."""
+    order = deletion_order(version.keys)
+    for key in order[:2]:
+        if key.endswith((SAVED_MODEL_PB, ".index")):
             await store.delete(key)
-    return removed + rest
+    await asyncio.gather(*(store.delete(k) for k in order if not k.endswith((SAVED_MODEL_PB, ".index"))))
+    return order
+
+
+def deletion_order(keys: tuple[str, ...] | list[str]) -> list[str]:
+    """A version's keys in the order they are deleted: ``saved_model.pb``, the variables'
+    ``.index``, then the rest."""
+    return sorted(keys, key=lambda k: (not k.endswith(SAVED_MODEL_PB), not k.endswith(".index"), k))
