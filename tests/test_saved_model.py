@@ -6,8 +6,8 @@
   with every signature's outputs identical to TensorFlow loading the local files, and to what
   TensorFlow computed when it wrote them.
 * An export writes the variables TensorFlow writes, byte for byte, and TensorFlow loads it.
-* Versions: numbering (partial versions' numbers skipped, never reused), `keep`, a base
-  directory loads its newest complete version.
+* Versions: numbering (partial versions' numbers skipped), `keep`, a base directory loads its
+  newest complete version; two exports that chose the same number end with two versions.
 * Crash consistency: an export killed at every point (a real process, SIGKILL) leaves no
   complete version; `gc` removes the partial one.
 """
@@ -23,8 +23,10 @@ import filecmp
 import gc as python_gc
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +308,34 @@ def main_ls(base: str) -> dict[str, Any]:
     with contextlib.redirect_stdout(out):
         assert main(["ls", base, "--json"]) == 0
     return json.loads(out.getvalue())
+
+
+def test_racing_exports_take_different_numbers(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two exports that chose the same number: the one paused after choosing it (SIGSTOP at
+    export-numbered) finds it taken when it goes on, and takes the next."""
+    base = request.getfixturevalue("s3_prefix")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+           "REMOTECKPT_STOP_AT": "export-numbered"}
+    paused = subprocess.Popen([sys.executable, str(WORKER), base], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while process_state(paused.pid) != "T":
+            assert paused.poll() is None and time.monotonic() < deadline, paused.stderr.read()[-2000:] if \
+                paused.stderr else ""
+            time.sleep(0.2)
+        assert export_in_process(base) == f"{base}/1"  # it chose 1 too: nothing was written yet
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    out, err = paused.communicate(timeout=300)
+    assert paused.returncode == 0 and out.strip() == f"{base}/2", err[-2000:]
+    assert [v.number for v in versions.complete_versions(on_store(base, versions.scan_versions))] == [1, 2]
+    assert rtf.load_saved_model(base).bias.numpy() == 7.0
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_export_killed_after_commit_is_complete(tmp_path: Path) -> None:

@@ -167,6 +167,7 @@ def export_saved_model(obj: Any, base: str | os.PathLike[str], *, signatures: An
                         state = "complete" if found[number].complete else "partial (gc removes it)"
                         raise CheckpointExistsError(f"{_join(root, str(number))}: version {number} exists, "
                                                     f"{state}; versions are never written twice")
+                    crash_point("export-numbered")
                     try:
                         await _export(store, root, number, pb, tensors, workdir, storage_options=storage_options,
                                       options=options)
