@@ -24,7 +24,7 @@ from ..progress import ProgressCallback
 from ..reader import CheckpointReader
 from ..storage import Store, on_store, open_store
 from .copy import copy_async
-from .inventory import VerifyReport, describe_tensors, verify
+from .inventory import VerifyReport, _top_level, describe_tensors, verify
 
 MAX_GRAPH_BYTES = 2**31
 """A saved_model.pb larger than protobuf's 2 GiB message limit cannot be parsed (TensorFlow
@@ -66,13 +66,25 @@ def find(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     async def look(store: Store) -> Found | None:
         if await versions.is_saved_model(store):
             return Found(root)
-        found = await versions.scan_versions(store)
+        found = await _scan_numbered(store, root)
         if not found:
             return None
         return Found(root, [v.number for v in versions.complete_versions(found)],
                      [n for n, v in found.items() if not v.complete])
 
     return on_store(root, look, storage_options, options)
+
+
+async def _scan_numbered(store: Store, root: str) -> dict[int, versions.VersionInfo]:
+    """`versions.scan_versions`, listing only the numbered sub-directories (one delimited
+    listing first): a bucket's root or a run directory full of checkpoints costs no more than
+    a look at its top level."""
+    top = await _top_level(store, root)
+    if top is None:
+        return {}
+    numbered = [d for d in top[1] if d.isdigit()]
+    infos = [info for d in numbered for info in await store.list_info(f"{d}/")]
+    return versions.group_versions(infos)
 
 
 def _shape(proto: Any) -> list[int] | None:
@@ -269,4 +281,5 @@ def copy_saved_model(found: Found, destination: str, *, overwrite: bool = False,
 def list_versions(directory: str, storage_options: dict[str, Any] | None = None,
                   options: IOOptions = DEFAULT_OPTIONS) -> list[versions.VersionInfo]:
     """Every version of the base directory, complete or partial, lowest number first."""
-    return list(on_store(_root(directory), versions.scan_versions, storage_options, options).values())
+    root = _root(directory)
+    return list(on_store(root, lambda store: _scan_numbered(store, root), storage_options, options).values())
