@@ -20,6 +20,15 @@ replaced), state-replacing (inside that write: the new state durable in a temp f
 renamed over the old; on S3, its PUT about to be sent), retention (before an old checkpoint is
 deleted), deleting (index of the old checkpoint deleted, data not yet).
 
+A SavedModel export (`remoteckpt.tensorflow.export_saved_model`) passes export-numbered (its
+version's number chosen, nothing written yet), the save's points for its variables, then
+export-variables (variables committed, assets not yet), export-assets (assets written,
+fingerprint not yet), export-fingerprint (fingerprint written, saved_model.pb not yet),
+export-committing (inside that write, as committing), export-committed (the version complete,
+older ones not yet retired), and retention before each older version is deleted.
+`remoteckpt cp` of a SavedModel passes export-variables, export-fingerprint (the other files
+written) and export-committing, in the same order.
+
 The two "inside" points live in the stores' writers, which know nothing of indexes or state
 files: the caller names what is being published with `within`, and a writer calls
 `publishing` between making an object's bytes durable and giving them their name.
@@ -37,6 +46,9 @@ ENV = "REMOTECKPT_CRASH_AT"
 STOP_ENV = "REMOTECKPT_STOP_AT"
 POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committing", "committed",
           "state-writing", "state-replacing", "retention", "deleting")
+EXPORT_POINTS = ("export-numbered", "export-variables", "export-assets", "export-fingerprint", "export-committing",
+                 "export-committed")
+"""A SavedModel export's own points, after those of its variables' save (see above)."""
 
 _arrivals: dict[tuple[str, str], int] = {}
 _publishing: contextvars.ContextVar[str | None] = contextvars.ContextVar("remoteckpt_publishing", default=None)

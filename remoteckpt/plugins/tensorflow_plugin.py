@@ -59,7 +59,8 @@ OBJECT_GRAPH_KEY: str = trackable_base.OBJECT_GRAPH_PROTO_KEY
 """``_CHECKPOINTABLE_OBJECT_GRAPH``: the DT_STRING scalar holding the serialized
 `TrackableObjectGraph` of an object-based checkpoint."""
 
-__all__ = ["OBJECT_GRAPH_KEY", "checkpoint_tensors", "restore", "save", "save_async", "share_of"]
+__all__ = ["OBJECT_GRAPH_KEY", "checkpoint_tensors", "graph_view_tensors", "restore", "save", "save_async",
+           "share_of"]
 
 _gather_lock = threading.RLock()
 
@@ -145,6 +146,14 @@ def checkpoint_tensors(checkpoint_or_trackable: Any) -> dict[str, Any]:
     _require_eager("save")
     with _gather_lock:  # creating save_counter and walking the graph are not thread-safe in TF
         view, object_map = _graph_view(checkpoint_or_trackable)
+        return graph_view_tensors(view, object_map)
+
+
+def graph_view_tensors(view: graph_view_lib.ObjectGraphView, object_map: Any = None) -> dict[str, Any]:
+    """`checkpoint_tensors` of the object graph seen through `view` (the one a
+    `TrackableSaver` of that view writes: a SavedModel's variables are those of its
+    augmented view, signatures included).  Eager only; the caller serializes calls."""
+    with _gather_lock:
         serialized, _, registered_savers, graph_proto = save_util.serialize_graph_view(view, object_map)
     if registered_savers:
         raise NotImplementedError(
