@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from .engine import loop
+from .engine.incremental import Incremental
 from .engine.plan import Slice
 from .locate import for_writing
+from .management.state import previous_checkpoint
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback, Reporter
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
@@ -65,15 +67,23 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
                           overwrite: bool = False, save_id: str | None = None,
                           storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
                           commit: CommitProtocol = DEFAULT_COMMIT,
-                          progress: ProgressCallback | None = None) -> SaveReport:
-    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings)."""
+                          progress: ProgressCallback | None = None,
+                          incremental: bool | str = False) -> SaveReport:
+    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings).
+    `incremental` may also name the base: a checkpoint of the prefix's directory, by its name
+    there (``model.ckpt-1000``)."""
     prefix = for_writing(prefix)
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
     store = open_store(directory, storage_options, options)
     try:
+        since = None
+        if incremental:
+            base = incremental if isinstance(incremental, str) else await previous_checkpoint(store, directory, name)
+            since = Incremental(base=base)
         return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                                 prefix=prefix, progress=Reporter(progress, prefix, rank, world_size))
+                                 prefix=prefix, progress=Reporter(progress, prefix, rank, world_size),
+                                 incremental=since)
     finally:
         await store.close()
 
@@ -81,7 +91,8 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
 def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
          options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
-         progress: ProgressCallback | None = None, local_tier: TierLike | None = None) -> str:
+         progress: ProgressCallback | None = None, incremental: bool = False,
+         local_tier: TierLike | None = None) -> str:
     """Save `tensors` as a TensorFlow checkpoint at `prefix`; return the prefix once committed.
 
     `tensors` maps names to array-likes, to a `Slice` (one box of a larger tensor), or to a
@@ -96,6 +107,13 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     restart count); a retry of the same job after a failure may keep it: every attempt is its
     own (docs/protocol.md).  Jobs that may race for one prefix need different ones.
     `progress` receives `ProgressEvent`s (staged / written / committed bytes of this worker).
+    With `incremental`, tensors unchanged since the latest checkpoint of the prefix's directory
+    (the one its ``checkpoint`` state file names, as `Saver` and `CheckpointManager` keep it;
+    without one, the one whose index was committed last) are copied from that checkpoint by
+    the store instead of being sent (S3: UploadPartCopy; local disk: copy_file_range), judged
+    by dtype, shape, CRC32C and a 128-bit SHA-256 digest that such saves keep in the index;
+    the checkpoint written is complete and independent
+    (`remoteckpt.engine.incremental`).
     With `local_tier` (a directory on local disk, or a `LocalTier`), the checkpoint is
     committed there and this call returns; a background drain commits it at `prefix`
     (`durability(prefix)`, `wait_durable(prefix)`; docs/tiered.md).
@@ -106,7 +124,7 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     start = time.monotonic()
     report = loop.run(_save(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
                             save_id=save_id, storage_options=storage_options, options=options,
-                            commit=commit, progress=progress, local_tier=local_tier))
+                            commit=commit, progress=progress, incremental=incremental, local_tier=local_tier))
     log.info("saved %s (worker %d of %d): %d bytes in %.3f s", text, rank, world_size, report.bytes_written,
              time.monotonic() - start)
     return text
@@ -140,7 +158,7 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
                overwrite: bool = False, save_id: str | None = None, storage_options: dict[str, Any] | None = None,
                options: IOOptions = DEFAULT_OPTIONS, commit: CommitProtocol = DEFAULT_COMMIT,
                progress: ProgressCallback | None = None, copy: bool = True,
-               local_tier: TierLike | None = None) -> "Future[str]":
+               incremental: bool = False, local_tier: TierLike | None = None) -> "Future[str]":
     """`save` in the background.  Returns a `concurrent.futures.Future` of the prefix as soon
     as the tensors are copied, so the caller may change its arrays right away.  At most one
     save is in flight per process: this call first waits for the previous one to finish
@@ -162,7 +180,8 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
             durable = drain.promise(text)
         inner = loop.submit(_save(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
                                   save_id=save_id, storage_options=storage_options, options=options,
-                                  commit=commit, progress=progress, local_tier=local_tier, durable=durable))
+                                  commit=commit, progress=progress, incremental=incremental, local_tier=local_tier,
+                                  durable=durable))
         outer: Future[str] = Future()
 
         def done(f: "Future[SaveReport]") -> None:
@@ -198,17 +217,26 @@ def load_checkpoint(prefix: str | os.PathLike[str], *, storage_options: dict[str
 def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
          out: Mapping[str, np.ndarray] | None = None, storage_options: dict[str, Any] | None = None,
          options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None,
-         local_tier: TierLike | None = None) -> dict[str, np.ndarray]:
+         process_group: Any = None, local_tier: TierLike | None = None) -> dict[str, np.ndarray]:
     """Tensors of the checkpoint as numpy arrays, each verified: all of them, or `names`,
     plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
     and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges.
+    With `process_group` (a `torch.distributed` group, ``torch.distributed.group.WORLD``
+    for the default one), every rank of the group calls `load` at once and each unique byte
+    range is fetched by one rank only, then sent to the others that need it
+    (`CheckpointReader.read_boxes_shared`); `progress` is not reported then.
     With `local_tier`, remote `prefix` is read from its nearest tier (docs/tiered.md)."""
     start = time.monotonic()
     with CheckpointReader(prefix, storage_options=storage_options, options=options,
                           local_tier=local_tier) as reader:
         wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
         wanted += [n for n in (out or {}) if n not in wanted]
-        tensors = loop.run(reader.read_many(wanted, out=out, progress=progress))
+        if process_group is None or local_tier is not None:  # a tier is per host: each rank reads its own
+            tensors = loop.run(reader.read_many(wanted, out=out, progress=progress))
+        else:
+            arrays = reader.read_boxes_shared([(n, None) for n in wanted], [(out or {}).get(n) for n in wanted],
+                                              process_group)
+            tensors = dict(zip(wanted, arrays))
         log.info("loaded %d tensor(s), %d bytes from %s in %.3f s", len(tensors),
                  sum(getattr(a, "nbytes", 0) for a in tensors.values()), reader.prefix, time.monotonic() - start)
         return tensors

@@ -45,6 +45,7 @@ from .errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundEr
 from .management.gc import gc
 from .progress import ProgressBar
 from .reader import CheckpointReader
+from .tools import saved_model
 from .tools.bench import CLI_DESCRIPTION as BENCH_DESCRIPTION
 from .tools.bench import format_report, run_bench
 from .tools.copy import copy_checkpoint
@@ -100,7 +101,41 @@ def _storage(args: argparse.Namespace, url: str | None) -> dict[str, Any] | None
 # --- commands ---------------------------------------------------------------------------------
 
 
+def _find_saved_model(args: argparse.Namespace, url: str, options: dict[str, Any] | None) -> saved_model.Found | None:
+    """The SavedModel directory or versioned base directory at `url`, else None (a checkpoint)."""
+    try:
+        return saved_model.find(url, options)
+    except CheckpointError:
+        return None  # nothing there: the checkpoint commands say what is missing
+
+
+def _inspect_saved_model(args: argparse.Namespace, found: saved_model.Found) -> int:
+    if found.is_base and not found.versions:
+        raise CheckpointNotFoundError(f"{found.url}: no complete version (partial: {found.partial})")
+    directory = found.directories()[-1]
+    info = saved_model.describe(directory, _storage(args, directory))
+    if args.json:
+        _emit_json({"ok": True, "kind": "saved_model", "versions": found.versions, **info})
+        return EXIT_OK
+    total = sum(f["bytes"] for f in info["files"])
+    versions = f" (newest of versions {', '.join(map(str, found.versions))})" if found.is_base else ""
+    print(f"{directory}: SavedModel{versions}, {plural(len(info['files']), 'file')}, {human_size(total)}")
+    for line in saved_model.format_graphs(info["meta_graphs"]):
+        print(line)
+    print(f"\nvariables ({directory.rstrip('/')}/variables/variables): {plural(len(info['variables']), 'tensor')}")
+    for row in info["variables"]:
+        print(f"tensor_name: {row['name']}  {row['dtype']}{row['shape']}  {plural(row['bytes'], 'byte')}")
+    assets = sorted({a for graph in info["meta_graphs"] for a in graph["assets"]})
+    if assets:
+        print(f"\nassets: {', '.join(assets)}")
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.tensor is None and not args.all_tensors:
+        found = _find_saved_model(args, args.checkpoint, _storage(args, args.checkpoint))
+        if found is not None:
+            return _inspect_saved_model(args, found)
     with CheckpointReader(args.checkpoint, storage_options=_storage(args, args.checkpoint)) as reader:
         rows = describe_tensors(reader)
         count = len(rows)
@@ -127,8 +162,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ls_versions(args: argparse.Namespace, listing: Any) -> bool:
+    """`ls` of a versioned base directory: its complete versions (partial ones counted);
+    False when the directory has no version."""
+    found = saved_model.list_versions(listing.directory, _storage(args, args.directory))
+    if not found:
+        return False
+    complete = [v for v in found if v.complete]
+    partial = [v.number for v in found if not v.complete]
+    if args.json:
+        _emit_json({"ok": True, "directory": listing.directory, "kind": "saved_model_versions",
+                    "versions": [{"version": v.number, "bytes": v.bytes, "mtime": v.mtime} for v in complete],
+                    "partial": partial})
+        return True
+    print(f"{listing.directory}/: {plural(len(complete), 'SavedModel version')} (* = newest)"
+          + (f"; partial (remoteckpt gc removes them): {', '.join(map(str, partial))}" if partial else ""))
+    print(f"{'':2}{'version':>8}  {'size':>10}  {'modified (UTC)':<19}")
+    for v in complete:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.mtime)) if v.mtime else "-"
+        print(f"{'*' if v is complete[-1] else ' ':2}{v.number:>8}  {human_size(v.bytes):>10}  {when:<19}")
+    return True
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     listing = list_directory(args.directory, storage_options=_storage(args, args.directory))
+    if any(p.rstrip("/").isdigit() for p in listing.prefixes) and _ls_versions(args, listing):
+        return EXIT_OK
     if args.json:
         _emit_json({"ok": True, "directory": listing.directory, "prefixes": listing.prefixes,
                     "checkpoints": [dataclasses.asdict(c) for c in listing.checkpoints]})
@@ -148,7 +207,32 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify_saved_model(args: argparse.Namespace, found: saved_model.Found) -> int:
+    bar = ProgressBar("verify")
+    try:
+        reports = [saved_model.verify_saved_model(d, _storage(args, d), progress=bar) for d in found.directories()]
+    finally:
+        bar.close()
+    ok = all(r.ok for r in reports) and (bool(reports) or not found.is_base)
+    if args.json:
+        _emit_json({"ok": ok, "kind": "saved_model", "directory": found.url, "partial": found.partial,
+                    "versions": [{"ok": r.ok, **dataclasses.asdict(r)} for r in reports]})
+        return EXIT_OK if ok else EXIT_FAILED
+    if not reports:
+        print(f"{found.url}: no complete version; partial: {', '.join(map(str, found.partial))}")
+    for r in reports:
+        status = "OK" if r.ok else plural(len(r.problems), "problem")
+        print(f"{r.prefix}: saved_model.pb read, {plural(r.tensors, 'variable')} of {r.tensors_total} verified, "
+              f"{plural(r.bytes, 'byte')}: {status}")
+        for problem in r.problems:
+            print(f"  - {problem}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    found = _find_saved_model(args, args.checkpoint, _storage(args, args.checkpoint))
+    if found is not None:
+        return _verify_saved_model(args, found)
     bar = ProgressBar("verify")
     try:
         report = verify(args.checkpoint, storage_options=_storage(args, args.checkpoint), progress=bar)
@@ -169,17 +253,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_cp(args: argparse.Namespace) -> int:
     bar = ProgressBar("cp")
     start = time.monotonic()
+    source_options = _options(args.source, args.src_endpoint_url or args.endpoint_url,
+                              args.src_profile or args.profile)
+    destination_options = _options(args.destination, args.dst_endpoint_url or args.endpoint_url,
+                                   args.dst_profile or args.profile)
+    found = _find_saved_model(args, args.source, source_options)
     try:
-        report = copy_checkpoint(
-            args.source, args.destination, overwrite=args.overwrite,
-            source_options=_options(args.source, args.src_endpoint_url or args.endpoint_url,
-                                    args.src_profile or args.profile),
-            destination_options=_options(args.destination, args.dst_endpoint_url or args.endpoint_url,
-                                         args.dst_profile or args.profile),
-            progress=bar)
+        if found is not None:
+            copied = saved_model.copy_saved_model(found, args.destination, overwrite=args.overwrite,
+                                                  source_options=source_options,
+                                                  destination_options=destination_options, progress=bar)
+        else:
+            report = copy_checkpoint(args.source, args.destination, overwrite=args.overwrite,
+                                     source_options=source_options, destination_options=destination_options,
+                                     progress=bar)
     finally:
         bar.close()
     seconds = time.monotonic() - start
+    if found is not None:
+        if args.json:
+            _emit_json({"ok": True, "kind": "saved_model", **dataclasses.asdict(copied), "seconds": seconds})
+        else:
+            what = f"versions {', '.join(map(str, copied.versions))}" if found.is_base else "SavedModel"
+            print(f"copied {what} {copied.source} -> {copied.destination}: "
+                  f"{plural(copied.tensors_verified, 'variable')} verified, {plural(copied.files, 'file')}, "
+                  f"{plural(copied.bytes, 'byte')}, {seconds:.1f} s")
+        return EXIT_OK
     log.info("cp: %d bytes in %.3f s", report.bytes, seconds)
     if args.json:
         _emit_json({"ok": True, **dataclasses.asdict(report), "seconds": seconds})
@@ -304,8 +403,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gc", help="remove leftovers of crashed saves (never a committed checkpoint)",
                        description="Remove what crashed saves left in a directory: data files without an index, "
-                                   "staging objects, dead claims, unfinished multipart uploads (S3). Never a "
-                                   "committed checkpoint, never a live save's files.")
+                                   "staging objects, dead claims, unfinished multipart uploads (S3), partial "
+                                   "SavedModel versions (N/ without N/saved_model.pb). Never a committed "
+                                   "checkpoint or a complete version, never a live save's files.")
     p.add_argument("directory", metavar="DIR", help="a local directory, s3://bucket[/path] or another URL")
     p.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
                    help="only leftovers older than this (default 3600: younger ones may be a save in progress)")

@@ -8,6 +8,8 @@ makes it SIGSTOP itself instead: a paused or partitioned process, which the test
 lookup.
 
 Points, in protocol order:  staged (tensors planned), mid-upload (half of the data written),
+part-copied (incremental saves only, so not in `POINTS`: a range copied into the data file,
+which is not committed; on S3 one copied part, on local disk one copy),
 data-written (data committed, report not yet), table-written (a worker's report written; on
 the coordinator, its own part written: before the wait),
 merged (tables merged, index not committed), committing (inside the commit: the index's bytes
@@ -17,6 +19,15 @@ committed (index committed, outcome not yet), state-writing (before the state fi
 replaced), state-replacing (inside that write: the new state durable in a temp file, not yet
 renamed over the old; on S3, its PUT about to be sent), retention (before an old checkpoint is
 deleted), deleting (index of the old checkpoint deleted, data not yet).
+
+A SavedModel export (`remoteckpt.tensorflow.export_saved_model`) passes export-numbered (its
+version's number chosen, nothing written yet), the save's points for its variables, then
+export-variables (variables committed, assets not yet), export-assets (assets written,
+fingerprint not yet), export-fingerprint (fingerprint written, saved_model.pb not yet),
+export-committing (inside that write, as committing), export-committed (the version complete,
+older ones not yet retired), and retention before each older version is deleted.
+`remoteckpt cp` of a SavedModel passes export-variables, export-fingerprint (the other files
+written) and export-committing, in the same order.
 
 The two "inside" points live in the stores' writers, which know nothing of indexes or state
 files: the caller names what is being published with `within`, and a writer calls
@@ -41,6 +52,9 @@ at the remote prefix begins, after the first chunk of a data file is copied (`re
 copy: it is the drain's), and after the remote index is committed but before the local
 tier's durable marker is written.  A drain's commit passes "committing" too (after the local
 save's own: ``committing:2`` in a one-worker save)."""
+EXPORT_POINTS = ("export-numbered", "export-variables", "export-assets", "export-fingerprint", "export-committing",
+                 "export-committed")
+"""A SavedModel export's own points, after those of its variables' save (see above)."""
 
 _arrivals: dict[tuple[str, str], int] = {}
 _publishing: contextvars.ContextVar[str | None] = contextvars.ContextVar("remoteckpt_publishing", default=None)

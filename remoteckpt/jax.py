@@ -32,23 +32,26 @@ def _plugin() -> Any:
 
 def save(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None, world_size: int | None = None,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False,
-         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> str:
+         save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False,
+         local_tier: Any = None) -> str:
     """Save `pytree` at `prefix`; returns `prefix` once committed.  In a multi-process job
     every process calls it; `rank`/`world_size` default to `jax.process_index()` /
-    `jax.process_count()`."""
+    `jax.process_count()`.  `incremental` is as for `remoteckpt.save`."""
     return _plugin().save(pytree, prefix, rank=rank, world_size=world_size, storage_options=storage_options,
-                          overwrite=overwrite, save_id=save_id, options=options, local_tier=local_tier)
+                          overwrite=overwrite, save_id=save_id, options=options, incremental=incremental,
+                          local_tier=local_tier)
 
 
 def save_async(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None,
                world_size: int | None = None, storage_options: dict[str, Any] | None = None,
                overwrite: bool = False, save_id: str | None = None,
-               options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> "Future[str]":
+               options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False,
+               local_tier: Any = None) -> "Future[str]":
     """`save` in the background: a `concurrent.futures.Future` of `prefix`, returned once the
     shards are copied to host memory."""
     return _plugin().save_async(pytree, prefix, rank=rank, world_size=world_size,
                                 storage_options=storage_options, overwrite=overwrite, save_id=save_id,
-                                options=options, local_tier=local_tier)
+                                options=options, incremental=incremental, local_tier=local_tier)
 
 
 def restore(prefix: str | os.PathLike[str], target: Any = None, *, storage_options: dict[str, Any] | None = None,

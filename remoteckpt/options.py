@@ -45,6 +45,15 @@ class IOOptions:
     poll_interval: float = 0.05
     """First wait between polls of storage while waiting (grows to 1 s)."""
 
+    host_cache: str | None = None
+    """A directory through which the processes of one host share what they read
+    (`engine.hostcache`): a piece one process fetched and verified is read from there by the
+    others.  None: ``$REMOTECKPT_HOST_CACHE`` if set, else no cache."""
+
+    host_cache_bytes: int = 64 * 1024 * MiB
+    """Size the host cache is trimmed back to after a read that added to it (least recently
+    used files first): room for a few checkpoints of a large model on a local NVMe disk."""
+
     def __post_init__(self) -> None:
         if self.memory_budget < MiB:
             raise ValueError("memory_budget must be at least 1 MiB")

@@ -207,6 +207,21 @@ class CheckpointReader:
             self._names = self._checkpoint._names
         return await self._checkpoint.read_boxes(requests, outs, progress)
 
+    def read_boxes_shared(self, requests: Sequence[tuple[str, BoxLike | None]],
+                          outs: Sequence[np.ndarray | None] | None, process_group: Any) -> list[np.ndarray]:
+        """`read_boxes` by every rank of `process_group` at once, each with its own requests:
+        every byte range any of them needs is fetched by one rank only and sent to the
+        others (`engine.group`).  A `torch.distributed` process group (``None`` is not
+        one: pass ``torch.distributed.group.WORLD``) or an `engine.group.Collective`.
+        Call from the caller's thread, on every rank of the group."""
+        from .engine.group import Collective, read_shared
+
+        if not isinstance(process_group, Collective):
+            from .plugins.torch_group import as_collective
+
+            process_group = as_collective(process_group)
+        return read_shared(self._checkpoint, requests, outs, process_group)
+
 
     def close(self) -> None:
         """Release the store's connections (also done when the reader is garbage-collected)."""

@@ -34,7 +34,8 @@ that accept and ignore them do.
 Faults are drawn from a `random.Random(seed)` in request arrival order, so one seed gives one
 sequence of decisions.  `Rule`s target specific requests first (e.g. "drop the response of
 the PUT of *.index"), each for a limited number of matches.  `counters` counts requests,
-injected faults and the bytes of responses relayed whole ("response-bytes", heads included); `log` keeps (method, path, fault) of every request.
+injected faults and the bytes of responses relayed whole ("response-bytes", heads included); `log` keeps (method, path, fault) of every request, `ranges` (path, Range header or "") of every
+GET.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class FaultProxy:
         self.rules = list(rules or [])
         self.counters: Counter[str] = Counter()
         self.log: list[tuple[str, str, str]] = []
+        self.ranges: list[tuple[str, str]] = []
         self.enabled = True
         self._random = random.Random(seed)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -378,6 +380,8 @@ class FaultProxy:
             self.counters["latency"] += 1
             await asyncio.sleep(delay)
         self.log.append((request.method, request.target, fault or ""))
+        if request.method == "GET":
+            self.ranges.append((request.target.split("?")[0], request.header("range") or ""))
         if fault:
             self.counters[fault] += 1
         length_text = request.header("content-length")

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from remoteckpt.engine import loop
-from remoteckpt.errors import CheckpointNotFoundError, StorageError
+from remoteckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 from remoteckpt.format.coding import crc32c
 from remoteckpt.storage import open_store
 from remoteckpt.storage.s3 import S3Store
+from remoteckpt.storage.s3.reads import FIRST_GET
 
 OBJECT = bytes(range(256)) * 4096  # 1 MiB, every byte position distinguishable mod 256
 SECRET = "canarySecretKey0123456789"
@@ -338,3 +339,73 @@ def test_sse_c_and_requester_pays_read_through_aiobotocore(s3_server: Any, s3_pr
     assert loop.run(direct_used({})) is True
     assert loop.run(direct_used(sse_c)) is False
     assert loop.run(direct_used({"requester_pays": True})) is False
+
+
+# --- whole objects (records, tables, an index) on the direct path ----------------------------
+
+def _get_object(server: CannedServer, key: str, max_size: int | None = None) -> tuple[bytes, str]:
+    async def go() -> tuple[bytes, str]:
+        store = open_store("s3://bucket/dir", _options(server))
+        try:
+            found = await store.get_object(key, max_size=max_size)
+            assert store._direct is not None  # type: ignore[attr-defined]
+            return found.data, found.etag
+        finally:
+            await store.close()
+
+    return loop.run(go())
+
+
+def test_a_whole_object_larger_than_the_first_get_takes_a_second_pinned_to_its_version(
+        canned: Callable[..., CannedServer]) -> None:
+    server = canned(lambda number, headers, sock: partial(sock, headers, etag='"v3"'))
+    assert _get_object(server, "obj") == (OBJECT, "v3")
+    first, second = server.requests
+    assert first["range"] == f"bytes=0-{FIRST_GET - 1}" and "if-match" not in first
+    assert second["range"] == f"bytes={FIRST_GET}-{len(OBJECT) - 1}" and second["if-match"] == '"v3"'
+
+
+def test_a_whole_object_replaced_between_its_gets_is_read_again_from_the_start(
+        canned: Callable[..., CannedServer]) -> None:
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        if number == 2:
+            error(sock, 412, "PreconditionFailed")
+        else:
+            partial(sock, headers, etag='"v1"' if number == 1 else '"v2"')
+
+    server = canned(answer)
+    assert _get_object(server, "obj") == (OBJECT, "v2")
+    assert [r["range"] for r in server.requests] == [f"bytes=0-{FIRST_GET - 1}", f"bytes={FIRST_GET}-{len(OBJECT) - 1}",
+                                                     f"bytes=0-{FIRST_GET - 1}", f"bytes={FIRST_GET}-{len(OBJECT) - 1}"]
+    assert server.requests[3]["if-match"] == '"v2"'
+
+
+def test_a_whole_object_over_its_limit_is_refused_after_one_small_get(canned: Callable[..., CannedServer]) -> None:
+    server = canned(lambda number, headers, sock: partial(sock, headers))
+    with pytest.raises(CorruptCheckpointError, match=f"s3://bucket/dir/obj is {len(OBJECT)} bytes, more than the 1000"):
+        _get_object(server, "obj", max_size=1000)
+    (only,) = server.requests
+    assert only["range"] == "bytes=0-1000"
+
+
+def test_a_cut_whole_object_is_read_again(canned: Callable[..., CannedServer]) -> None:
+    server = canned(lambda number, headers, sock: partial(sock, headers, cut=1000 if number == 1 else None))
+    assert _get_object(server, "obj", max_size=len(OBJECT)) == (OBJECT, "v1")
+    assert [r["range"] for r in server.requests] == [f"bytes=0-{FIRST_GET - 1}"] * 2 + [
+        f"bytes={FIRST_GET}-{len(OBJECT) - 1}"]
+
+
+def test_whole_objects_on_seaweedfs_empty_ones_through_aiobotocore(s3_prefix: str) -> None:
+    async def go() -> list[bytes]:
+        store = open_store(s3_prefix)
+        try:
+            await store.put("empty", b"")
+            await store.put("small", b"x" * 300)
+            await store.put("large", OBJECT)
+            got = [(await store.get_object(k)).data for k in ("empty", "small", "large")]
+            assert store._direct is not None  # type: ignore[attr-defined]
+            return got
+        finally:
+            await store.close()
+
+    assert loop.run(go()) == [b"", b"x" * 300, OBJECT]

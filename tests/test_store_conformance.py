@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ import numpy as np
 import pytest
 
 from remoteckpt.engine import loop
-from remoteckpt.errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
+from remoteckpt.errors import (
+    CheckpointChangedError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+)
 from remoteckpt.storage import Store, open_store
 from remoteckpt.storage.s3 import PART_SIZE, S3Store
 
@@ -352,3 +358,96 @@ def test_racing_conditional_replaces_one_wins(backend: str, tmp_path: Path, requ
         assert await store.get("race") == f"writer {won.index(True)}".encode()
 
     run(url, body)
+
+
+def test_delete_many_removes_every_version_and_ignores_missing_keys(store_url: str) -> None:
+    async def body(store: Store) -> None:
+        keys = [f"stage/r-{i:05d}" for i in range(1203)]  # more than one DeleteObjects request on S3
+        await asyncio.gather(*(store.put(k, b"x") for k in keys[:1200]))
+        await store.put("stage/kept", b"k")
+        await store.delete_many([*keys, keys[0]])  # missing and repeated keys are no error
+        assert await store.list("stage/") == ["stage/kept"]
+        await store.delete_many([])
+
+    run(store_url, body)
+
+
+# --- copies from another object (incremental saves) ----------------------------------------------
+
+MiB = 2**20
+
+
+def _source_bytes(size: int, seed: int = 7) -> bytes:
+    return np.random.default_rng(seed).integers(0, 255, size, dtype=np.uint8).tobytes()
+
+
+def test_writer_copies_ranges_of_another_object(store_url: str) -> None:
+    """Written bytes, a copied range, written bytes, and a short copied range last make one
+    object; S3 and local disk copy inside the store, the generic fsspec store reads and writes
+    (and says so)."""
+    source = _source_bytes(20 * MiB)
+
+    async def body(store: Store) -> None:
+        assert store.writer("x").server_side_copy is (not store_url.startswith("memory://"))
+        etag = await store.put("src", source)
+        async with store.writer("dst") as writer:
+            await writer.write(b"h" * (6 * MiB))  # 6 MiB pending: a part boundary on S3 too
+            assert writer.bytes_before_copy() == 0
+            await writer.copy("src", 1 * MiB + 3, 13 * MiB, etag=etag)  # two copied parts on S3
+            await writer.write(b"m" * (5 * MiB))
+            assert writer.bytes_before_copy() == 0
+            await writer.copy("src", 100, 1000)  # shorter than a part: the object's last
+            with pytest.raises(ValueError, match="nothing may follow") if writer.copy_granule else nullcontext():
+                await writer.write(b"more")
+        expected = b"h" * (6 * MiB) + source[MiB + 3 : 14 * MiB + 3] + b"m" * (5 * MiB) + source[100:1100]
+        if not writer.copy_granule:
+            expected += b"more"
+        assert await store.get("dst") == expected
+        assert await store.pending_uploads() == []
+
+    run(store_url, body)
+
+
+def test_a_copy_waits_for_a_part_boundary(store_url: str) -> None:
+    """On S3 a copy cannot follow fewer than 5 MiB of written bytes (they could not form a
+    part): `bytes_before_copy` says how many more are needed, and a copy before that is a
+    caller's error, not a corrupt object.  Elsewhere a copy may begin anywhere."""
+    async def body(store: Store) -> None:
+        await store.put("src", _source_bytes(6 * MiB))
+        async with store.writer("dst") as writer:
+            await writer.write(b"abc")
+            need = writer.bytes_before_copy()
+            if writer.copy_granule:
+                assert need == writer.copy_granule - 3
+                with pytest.raises(ValueError, match="part boundary"):
+                    await writer.copy("src", 0, 6 * MiB)
+                await writer.write(b"z" * need)
+                assert writer.bytes_before_copy() == 0
+            else:
+                assert need == 0
+            await writer.copy("src", 0, 6 * MiB)
+        assert await store.get("dst") == b"abc" + b"z" * need + _source_bytes(6 * MiB)
+
+    run(store_url, body)
+
+
+def test_a_copy_refuses_another_version_a_missing_source_or_missing_bytes(store_url: str) -> None:
+    """A copy pinned to a version of its source fails if the source was replaced; a missing
+    source is not found; a range past the source's end is corrupt; each leaves nothing."""
+    async def body(store: Store) -> None:
+        old = await store.put("src", _source_bytes(6 * MiB))
+        await store.put("src", _source_bytes(6 * MiB, seed=8))
+        with pytest.raises(CheckpointChangedError):
+            async with store.writer("dst") as writer:
+                await writer.copy("src", 0, 6 * MiB, etag=old)
+        with pytest.raises(CheckpointNotFoundError):
+            async with store.writer("dst") as writer:
+                await writer.copy("absent", 0, 6 * MiB)
+        with pytest.raises(CorruptCheckpointError):
+            async with store.writer("dst") as writer:
+                await writer.copy("src", MiB, 6 * MiB)
+        assert not await store.exists("dst")
+        assert await store.pending_uploads() == []
+        assert [k for k in await store.list() if k != "src"] == []
+
+    run(store_url, body)

@@ -355,3 +355,17 @@ def test_a_remote_checkpoint_replaced_since_the_drain_is_read_instead(base: str,
         assert reader.get_tensor("other").tolist() == [0, 1, 2, 3, 4]
         assert reader.has_tensor("other") and not reader.has_tensor("w")
     same(remoteckpt.load(prefix, names=["other"], local_tier=tmp_path / "tier"), {"other": np.arange(5)})
+
+
+def test_incremental_save_through_a_local_tier(base: str, tmp_path: Path) -> None:
+    """An incremental save with a local tier copies its unchanged tensors from the tier's
+    previous checkpoint on local disk; the drained checkpoint is complete on its own."""
+    tier = str(tmp_path / "tier")
+    first, second = tensors(1), dict(tensors(1), b=np.full(7, 99, np.int64))
+    remoteckpt.save(first, f"{base}/model.ckpt-1", local_tier=tier, incremental=True)
+    remoteckpt.wait_durable(f"{base}/model.ckpt-1")
+    remoteckpt.save(second, f"{base}/model.ckpt-2", local_tier=tier, incremental=True)
+    remoteckpt.wait_durable(f"{base}/model.ckpt-2")
+    on_store(base, lambda store: store.delete("model.ckpt-1.index"))
+    same(remoteckpt.load(f"{base}/model.ckpt-2"), second)
+    same(remoteckpt.load(f"{base}/model.ckpt-2", local_tier=tier), second)

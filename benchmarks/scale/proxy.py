@@ -8,7 +8,7 @@ process of its own (so that its CPU time is its own), logging every request.
     proxy.stop()
 
 Every request is logged as ``[start, end, phase, method, kind, key, rank, status, received,
-answered]``: times on the system's monotonic clock (the same in every process of this
+answered, sent]``: times on the system's monotonic clock (the same in every process of this
 machine; `start` when its head arrived, `received` once its body was in, `answered` when the
 server's answer began, `end` once the answer was relayed), `kind` one of PUT,
 GET, HEAD, LIST, DELETE, POST (a GET on the bucket, ListObjectsV2 or ListMultipartUploads, is
@@ -16,7 +16,8 @@ a LIST: one page), `key` the object key (for a LIST, ``LIST <prefix>``) and `ran
 the access key of the request's credentials (``Credential=<access key>/...`` in the
 Authorization header, or ``X-Amz-Credential`` in a presigned URL's query): the fleet gives
 every simulated rank its own access key, ``rank<R>``, which the server (no identities
-configured) accepts like any other.
+configured) accepts like any other.  `sent` is the request body's length in bytes (its
+Content-Length; 0 for a chunked body): what a client uploaded.
 
 ``throttle={"write": W, "read": R}`` answers ``503 SlowDown`` (never forwarded) to a write
 (PUT, POST, DELETE) arriving while W writes were served in the last second, or a read (GET,
@@ -178,7 +179,7 @@ class CountingProxy:
             writer.write(SLOWDOWN)
             await writer.drain()
             now = time.monotonic()
-            self.log.append([start, now, self.phase, method, kind, key, rank, 503, now, now])
+            self.log.append([start, now, self.phase, method, kind, key, rank, 503, now, now, length])
             return True
         request = b"\r\n".join(keep) + b"\r\n\r\n"
         body: list[bytes] | None = None
@@ -186,7 +187,8 @@ class CountingProxy:
             body = [await reader.readexactly(length)] if length else []
         received = time.monotonic()
         status, keep_alive, answered = await self._forward(method, request, body, reader, length, chunked, writer)
-        self.log.append([start, time.monotonic(), self.phase, method, kind, key, rank, status, received, answered])
+        self.log.append([start, time.monotonic(), self.phase, method, kind, key, rank, status, received, answered,
+                         length])
         return keep_alive
 
     @staticmethod

@@ -48,6 +48,7 @@ from ..progress import ProgressCallback, Reporter
 from ..storage import ObjectInfo, Store
 from .budget import MemoryBudget, process_budget
 from .fetch import execute, gather_or_cancel
+from .hostcache import Check, host_cache
 from .ranges import Piece, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
 
 OnBytes = Callable[[int], None] | None
@@ -81,6 +82,18 @@ class _Part:
     part: Box  # its intersection with the request
     request: Box
     out: np.ndarray
+
+
+@dataclass
+class ReadPlan:
+    """What one `read_boxes` call reads: the output arrays (in request order), the parts
+    read straight into them, the parts streamed through blocks (with each block's spans of
+    the entry), and the bytes to fetch in all."""
+
+    results: list[np.ndarray]
+    direct: list[_Part]
+    buffered: list[tuple[_Part, list[tuple[RowBlock, list[tuple[int, int]]]]]]
+    total: int
 
 
 def decode_name(key: bytes) -> str:
@@ -117,6 +130,18 @@ class OpenCheckpoint:
                          progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
+        plan = self.plan_boxes(requests, outs)
+        reporter = Reporter(progress, self._prefix)
+        on_bytes = (lambda n: reporter.add("read", n, plan.total)) if reporter else None
+        budget = process_budget(self._options.memory_budget)
+        await asyncio.gather(self._read_direct(plan.direct, on_bytes),
+                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in plan.buffered))
+        return plan.results
+
+    def plan_boxes(self, requests: Sequence[tuple[str, BoxLike | None]],
+                   outs: Sequence[np.ndarray | None] | None = None) -> ReadPlan:
+        """Resolve and check every request and allocate its output (the caller's where given):
+        the parts `read_boxes` then fetches, nothing read yet."""
         outs = list(outs) if outs is not None else [None] * len(requests)
         resolved = [self._resolve(name, box) for name, box in requests]
         results = []
@@ -135,12 +160,7 @@ class OpenCheckpoint:
         buffered = [(p, self._blocks(p)) for p in parts if not self._is_direct(p)]
         total = sum(p.entry.size for p in direct)
         total += sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
-        reporter = Reporter(progress, self._prefix)
-        on_bytes = (lambda n: reporter.add("read", n, total)) if reporter else None
-        budget = process_budget(self._options.memory_budget)
-        await asyncio.gather(self._read_direct(direct, on_bytes),
-                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in buffered))
-        return results
+        return ReadPlan(results, direct, buffered, total)
 
     def _resolve(self, name: str, box: BoxLike | None
                  ) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
@@ -278,11 +298,52 @@ class OpenCheckpoint:
                 f"stored {unmask_crc(entry.crc32c):#010x}, computed {crc:#010x}")
 
     async def _fetch(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
-                     names: Mapping[int, str], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
+                     parts: Mapping[int, _Part], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
+        cache = host_cache(self._options.host_cache, self._options.host_cache_bytes)
+        if cache is None:
+            return await self._fetch_store(pieces, views, parts, on_bytes)
+        expected = {(q.task, q.index): check for q in pieces
+                    if (check := self._piece_check(parts[q.task], q)) is not None}
+
+        def version(key: str) -> str:
+            info = self._data_files[key]
+            return f"{self._store.describe(key)}\0{info.etag or f'{info.size}:{info.mtime}'}"
+
+        crcs = await cache.fetch(pieces, views, expected, version,
+                                 lambda mine: self._fetch_store(mine, views, parts, None),
+                                 self._options.max_concurrency * self._options.read_chunk)
+        if on_bytes is not None:
+            on_bytes(sum(q.length for q in pieces))
+        return crcs
+
+    def _piece_check(self, p: _Part, piece: Piece) -> Check | None:
+        """How the piece's bytes alone are verified (its CRC chunk's CRC, the whole entry's,
+        or decoding a whole string entry), or None if only with the rest of its entry."""
+        entry = p.entry
+        at = piece.offset - entry.offset
+        if entry.chunk_crc32c and at % entry.chunk_size == 0 and piece.length == min(entry.chunk_size,
+                                                                                       entry.size - at):
+            return unmask_crc(entry.chunk_crc32c[at // entry.chunk_size])
+        if at != 0 or piece.length != entry.size:
+            return None
+        if p.out.dtype.kind != "O":
+            return unmask_crc(entry.crc32c)
+
+        def strings(view: memoryview) -> bool:
+            try:
+                _, crc = decode_strings(bytes(view), p.stored.num_elements, big_endian=self._index.big_endian)
+            except CorruptCheckpointError:
+                return False
+            return crc == unmask_crc(entry.crc32c)
+
+        return strings
+
+    async def _fetch_store(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
+                           parts: Mapping[int, _Part], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
         ops = coalesce(pieces, gap=self._options.coalesce_gap, max_length=self._options.read_chunk)
         try:
             return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
-                                 describe=lambda piece: f"tensor {names[piece.task]!r} in {self._prefix}",
+                                 describe=lambda piece: f"tensor {parts[piece.task].name!r} in {self._prefix}",
                                  on_bytes=on_bytes, etags={k: i.etag for k, i in self._data_files.items() if i.etag})
         except CheckpointChangedError as exc:
             raise CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
@@ -306,7 +367,7 @@ class OpenCheckpoint:
             per_part.append(mine)
         if not pieces:
             return
-        crcs = await self._fetch(pieces, views, {t: p.name for t, p in enumerate(parts)}, on_bytes)
+        crcs = await self._fetch(pieces, views, dict(enumerate(parts)), on_bytes)
         for p, mine in zip(parts, per_part):
             self._verify(p, mine, crcs)
             if self._index.big_endian:
@@ -376,7 +437,7 @@ class OpenCheckpoint:
             views = {(0, piece.index): raw[piece.offset - p.entry.offset - base :
                                            piece.offset - p.entry.offset - base + piece.length]
                      for piece in pieces}
-            landed = await self._fetch(pieces, views, {0: p.name}, on_bytes)
+            landed = await self._fetch(pieces, views, {0: p}, on_bytes)
             if p.entry.chunk_crc32c:
                 self._verify(p, pieces, landed)
             else:
@@ -407,25 +468,30 @@ class OpenCheckpoint:
 
     async def _read_strings(self, p: _Part, budget: MemoryBudget, on_bytes: OnBytes) -> None:
         entry = p.entry
-        file = self._store.describe(p.data_key)
-        where = f"tensor {p.name!r} in {self._prefix}"
         async with budget.hold(entry.size):
             payload = bytearray(entry.size)
             pieces = self._pieces(p, 0, 0, entry.size)
             raw = memoryview(payload)
             views = {(0, piece.index): raw[piece.offset - entry.offset : piece.offset - entry.offset + piece.length]
                      for piece in pieces}
-            await self._fetch(pieces, views, {0: p.name}, on_bytes)
-            try:
-                values, crc = decode_strings(payload, p.stored.num_elements, big_endian=self._index.big_endian)
-            except CorruptCheckpointError as exc:
-                raise CorruptCheckpointError(f"{where}, {file}: {exc}") from None
-            if crc != unmask_crc(entry.crc32c):
-                raise CorruptCheckpointError(
-                    f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})")
-            stored = np.empty(p.stored.num_elements, dtype=object)
-            stored[:] = values
-            p.out[p.part.relative_to(p.request)] = stored.reshape(p.stored.size)[p.part.relative_to(p.stored)]
+            await self._fetch(pieces, views, {0: p}, on_bytes)
+            self.decode_strings(p, payload)
+
+    def decode_strings(self, p: _Part, payload: bytes | bytearray) -> None:
+        """A string entry's payload, checked against its CRC and copied out to the request."""
+        entry = p.entry
+        file = self._store.describe(p.data_key)
+        where = f"tensor {p.name!r} in {self._prefix}"
+        try:
+            values, crc = decode_strings(payload, p.stored.num_elements, big_endian=self._index.big_endian)
+        except CorruptCheckpointError as exc:
+            raise CorruptCheckpointError(f"{where}, {file}: {exc}") from None
+        if crc != unmask_crc(entry.crc32c):
+            raise CorruptCheckpointError(
+                f"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})")
+        stored = np.empty(p.stored.num_elements, dtype=object)
+        stored[:] = values
+        p.out[p.part.relative_to(p.request)] = stored.reshape(p.stored.size)[p.part.relative_to(p.stored)]
 
 
 def _held(block: RowBlock, start: Sequence[int], size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:

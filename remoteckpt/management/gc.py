@@ -6,6 +6,9 @@ Garbage in a directory, when older than `older_than` seconds:
   - claims ``NAME.claim`` of saves that died holding them
   - local temp files ``*.tempstate<digits>`` of interrupted writes
   - incomplete multipart uploads (S3), which otherwise cost money forever
+  - partial SavedModel versions of a base directory (``N/`` holding SavedModel files but no
+    ``N/saved_model.pb``: an export that died; `management.versions`), every file of one,
+    once its newest file is older than `older_than` and no save of its variables is alive
 A prefix whose claim is alive is left alone whatever its age: every claim found is watched for
 the lease its holder stated (renewed meanwhile: alive), all at once, so `gc` takes up to one
 lease timeout when it finds any.  Just before a data file is deleted, its index is looked for
@@ -30,6 +33,7 @@ from ..protocol.layout import DATA_FILE
 from ..protocol.lease import Verdict, watch
 from ..protocol.records import MAX_RECORD_BYTES, ClaimRecord
 from ..storage import ObjectInfo, Store, on_store
+from .versions import deletion_order, group_versions
 
 _STAGING = re.compile(r"^(?P<name>[^/]+)\.tmp(-[A-Za-z0-9._-]+)?/")
 _TEMP = re.compile(r"^(?P<name>[^/]+?)(\.index|\.data-\d{5,}-of-\d{5,}|\.claim)?\.tempstate\d+$")
@@ -100,7 +104,10 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
         infos = await store.list_info()
         committed = {i.key[: -len(".index")] for i in infos if i.key.endswith(".index") and "/" not in i.key}
         owned = [(i, o) for i in infos if (o := _owner(i.key)) is not None]
-        live = await _live_claims(store, [i for i, (_, kind) in owned if kind == "claim"], options)
+        partial = [v for v in group_versions(infos).values() if not v.complete]
+        version_claims = [i for i in infos if _CLAIM.match(i.key.rsplit("/", 1)[-1])
+                          and any(i.key.startswith(f"{v.name}/") for v in partial)]
+        live = await _live_claims(store, [i for i, (_, kind) in owned if kind == "claim"] + version_claims, options)
         for info, (name, kind) in owned:
             if kind == "data" and name in committed:
                 continue
@@ -115,7 +122,28 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
             report.bytes_freed += info.size
             if not dry_run:
                 await store.delete(info.key, if_match=info.etag or None)
+        by_key = {i.key: i for i in infos}
+        for version in partial:
+            why = ("a live export holds it" if any(name.startswith(f"{version.name}/") for name in live)
+                   else f"younger than {older_than:g} s" if version.mtime > cutoff else "")
+            if why:
+                report.skipped.append((f"{version.name}/", why))
+                continue
+            for key in deletion_order(version.keys):  # the variables' index first: no half checkpoint
+                report.removed.append(key)
+                report.bytes_freed += by_key[key].size
+                if not dry_run:
+                    await store.delete(key, if_match=by_key[key].etag or None)
+        partial_names = {f"{v.name}/" for v in partial}
         for upload in await store.pending_uploads():
+            if upload.key.split("/", 1)[0] + "/" in partial_names and "/" in upload.key:
+                if upload.initiated > cutoff:
+                    report.skipped.append((f"upload of {upload.key}", f"younger than {older_than:g} s"))
+                else:
+                    report.aborted_uploads.append(upload.key)
+                    if not dry_run:
+                        await store.abort_upload(upload)
+                continue
             owner = _owner(upload.key)
             if owner is not None and owner[0] in live:
                 report.skipped.append((f"upload of {upload.key}", "a live save holds its prefix"))

@@ -51,9 +51,9 @@ class CheckpointManager:
             manager.save(tensors, step)          # saves only when the policy says so
         manager.final_save(tensors, step)        # always saves the last step (unless just saved)
 
-    `rank`, `world_size`, `save_id`, `storage_options`, `options` and `local_tier` (a
-    checkpoint committed on local disk first, drained to `directory` in the background:
-    docs/tiered.md) are the Saver's.
+    `rank`, `world_size`, `save_id`, `storage_options`, `options`, `incremental` and
+    `local_tier` (a checkpoint committed on local disk first, drained to `directory` in the
+    background: docs/tiered.md) are the Saver's.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int | None = 5,
@@ -61,14 +61,14 @@ class CheckpointManager:
                  checkpoint_interval: int | None = None, save_interval_seconds: float | None = None,
                  rank: int = 0, world_size: int = 1, storage_options: dict[str, Any] | None = None,
                  options: IOOptions = DEFAULT_OPTIONS, save_id: str | None = None,
-                 local_tier: TierLike | None = None) -> None:
+                 incremental: bool = False, local_tier: TierLike | None = None) -> None:
         text = os.fspath(directory)
         self.directory = text.rstrip("/") if "://" in text else os.path.abspath(text)
         self.checkpoint_name = checkpoint_name
         self.policy = SavePolicy(every_steps=checkpoint_interval, every_seconds=save_interval_seconds)
         self.saver = Saver(max_to_keep, keep_checkpoint_every_n_hours, rank=rank, world_size=world_size,
                            storage_options=storage_options, options=options, save_id=save_id,
-                           local_tier=local_tier)
+                           incremental=incremental, local_tier=local_tier)
         self._last_step: int | None = None
         self._last_time: float | None = None
         self._adopted = False

@@ -68,13 +68,19 @@ class Saver:
 
     `save_id` names the job to the other workers' saves (every worker of one job passes the
     same; see `remoteckpt.save`); None takes ``$REMOTECKPT_SAVE_ID``, else torchrun's or
-    Slurm's run id, as `remoteckpt.save` does.
+    Slurm's run id, as `remoteckpt.save` does.  With `incremental`, every save copies the
+    tensors unchanged since this Saver's latest checkpoint from it inside the store (see
+    `remoteckpt.save`); retention deletes old checkpoints as ever, each being complete.
+    With `local_tier`, each save is committed on that local directory and drained to the
+    remote one in the background (docs/tiered.md); its local saves are whole (`incremental`
+    does not apply to them).
     """
 
     def __init__(self, max_to_keep: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0, *,
                  rank: int = 0, world_size: int = 1, storage_options: dict[str, Any] | None = None,
                  options: IOOptions = DEFAULT_OPTIONS, latest_filename: str = STATE_FILENAME,
-                 save_id: str | None = None, local_tier: TierLike | None = None) -> None:
+                 save_id: str | None = None, incremental: bool = False,
+                 local_tier: TierLike | None = None) -> None:
         self.max_to_keep = max_to_keep
         self.keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
         self.rank, self.world_size = rank, world_size
@@ -82,6 +88,7 @@ class Saver:
         self.storage_options = storage_options
         self.options = options
         self.latest_filename = latest_filename
+        self.incremental = incremental
         self._next_checkpoint_time = time.time() + keep_checkpoint_every_n_hours * 3600
         self._last: list[tuple[str, float]] = []  # (prefix, timestamp), oldest first
         self._to_delete: list[tuple[str, float]] = []
@@ -204,7 +211,8 @@ class Saver:
                 return prefix
             await api.save_checkpoint(tensors, prefix, rank=self.rank, world_size=self.world_size,
                                       overwrite=overwrite or not recorded, save_id=self.save_id,
-                                      storage_options=self.storage_options, options=self.options)
+                                      storage_options=self.storage_options, options=self.options,
+                                      incremental=self._base(directory, name) if self.incremental else False)
             self._record(join(directory, name))
             if self.rank == 0:
                 crash_point("state-writing")
@@ -213,6 +221,15 @@ class Saver:
         finally:
             await store.close()
         return prefix
+
+    def _base(self, directory: str, name: str) -> str | bool:
+        """What an incremental save of `name` copies from: this Saver's latest checkpoint in
+        `directory` (its name there), else whatever the state file names (True)."""
+        for prefix, _ in reversed(self._last):
+            where, base = split_prefix(prefix)
+            if where == directory and base != name:
+                return base
+        return True
 
     async def _save_tiered(self, tensors: Mapping[str, Any], prefix: str, overwrite: bool, directory: str) -> None:
         """The local commit, then the drain; rank 0 writes the remote state file and sweeps

@@ -137,6 +137,37 @@ async def write_state(store: Store, data: bytes, filename: str = STATE_FILENAME)
         await store.put(filename, data)
 
 
+async def previous_checkpoint(store: Store, directory: str, name: str) -> str | None:
+    """The base of an incremental save of checkpoint `name`: the latest checkpoint the state
+    file in `store`'s root names, if it is committed and is not `name` itself; without a state
+    file (plain `save` calls keep none), the checkpoint of that directory whose index was
+    committed last; None otherwise (an unreadable state file included: the save then writes
+    every tensor)."""
+    try:
+        state = await read_state(store, directory)
+    except CorruptCheckpointError:
+        return None
+    if state is None:
+        return await _newest_committed(store, name)
+    if state.model_checkpoint_path == name:
+        return None
+    if not await store.exists(index_filename(state.model_checkpoint_path)):
+        return None
+    return state.model_checkpoint_path
+
+
+async def _newest_committed(store: Store, name: str) -> str | None:
+    """The checkpoint of the directory `name` is in whose index is the newest, but `name`."""
+    folder = name.rpartition("/")[0]
+    within = f"{folder}/" if folder else ""
+    indexes = [i for i in await store.list_info(within) if i.key.endswith(".index")
+               and "/" not in i.key[len(within):] and i.key != index_filename(name)]
+    if not indexes:
+        return None
+    newest = max(indexes, key=lambda i: (i.mtime, i.key))
+    return newest.key[: -len(".index")]
+
+
 def _directory_of(path: str | os.PathLike[str]) -> str:
     text = os.fspath(path)
     return text.rstrip("/") if "://" in text else os.path.abspath(text)

@@ -133,15 +133,16 @@ def _job(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def save(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None, world_size: int | None = None,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False, save_id: str | None = None,
-         options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> str:
+         options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False, local_tier: Any = None) -> str:
     """Save `pytree` as a TensorFlow checkpoint at `prefix`; returns `prefix` once committed.
     In a multi-process job every process calls it (defaults: `jax.process_index()`,
-    `jax.process_count()`) and writes the shards its devices hold.  `save_id` and `local_tier`
-    are as for `remoteckpt.save`."""
+    `jax.process_count()`) and writes the shards its devices hold.  `save_id`, `incremental` and
+    `local_tier` are as for `remoteckpt.save`."""
     rank, world_size = _job(rank, world_size)
     tensors = tensors_of(pytree, rank=rank)
     return api.save(tensors, os.fspath(prefix), rank=rank, world_size=world_size, overwrite=overwrite,
-                    save_id=save_id, storage_options=storage_options, options=options, local_tier=local_tier)
+                    save_id=save_id, storage_options=storage_options, options=options,
+                    incremental=incremental, local_tier=local_tier)
 
 
 _snapshot_lock = threading.Lock()
@@ -150,7 +151,8 @@ _snapshot_lock = threading.Lock()
 def save_async(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None = None,
                world_size: int | None = None, storage_options: dict[str, Any] | None = None,
                overwrite: bool = False, save_id: str | None = None,
-               options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> "Future[str]":
+               options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False,
+               local_tier: Any = None) -> "Future[str]":
     """`save` in the background: returns a `concurrent.futures.Future` of `prefix` once every
     shard is copied to host memory (one copy per shard; the arrays may then be donated or
     deleted).  One save of this module is in flight at a time; errors come out of the future."""
@@ -161,7 +163,7 @@ def save_async(pytree: Any, prefix: str | os.PathLike[str], *, rank: int | None 
         tensors = tensors_of(pytree, rank=rank, copy=True)
         return api.save_async(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
                               save_id=save_id, storage_options=storage_options, options=options, copy=False,
-                              local_tier=local_tier)
+                              incremental=incremental, local_tier=local_tier)
 
 
 # --- restore --------------------------------------------------------------------------------

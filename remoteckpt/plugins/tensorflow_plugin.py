@@ -59,7 +59,8 @@ OBJECT_GRAPH_KEY: str = trackable_base.OBJECT_GRAPH_PROTO_KEY
 """``_CHECKPOINTABLE_OBJECT_GRAPH``: the DT_STRING scalar holding the serialized
 `TrackableObjectGraph` of an object-based checkpoint."""
 
-__all__ = ["OBJECT_GRAPH_KEY", "checkpoint_tensors", "restore", "save", "save_async", "share_of"]
+__all__ = ["OBJECT_GRAPH_KEY", "checkpoint_tensors", "graph_view_tensors", "restore", "save", "save_async",
+           "share_of"]
 
 _gather_lock = threading.RLock()
 
@@ -145,6 +146,14 @@ def checkpoint_tensors(checkpoint_or_trackable: Any) -> dict[str, Any]:
     _require_eager("save")
     with _gather_lock:  # creating save_counter and walking the graph are not thread-safe in TF
         view, object_map = _graph_view(checkpoint_or_trackable)
+        return graph_view_tensors(view, object_map)
+
+
+def graph_view_tensors(view: graph_view_lib.ObjectGraphView, object_map: Any = None) -> dict[str, Any]:
+    """`checkpoint_tensors` of the object graph seen through `view` (the one a
+    `TrackableSaver` of that view writes: a SavedModel's variables are those of its
+    augmented view, signatures included).  Eager only; the caller serializes calls."""
+    with _gather_lock:
         serialized, _, registered_savers, graph_proto = save_util.serialize_graph_view(view, object_map)
     if registered_savers:
         raise NotImplementedError(
@@ -216,19 +225,20 @@ def share_of(tensors: Mapping[str, Any], rank: int, world_size: int) -> dict[str
 
 def save(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
          storage_options: dict[str, Any] | None = None, overwrite: bool = False, save_id: str | None = None,
-         options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> str:
+         options: IOOptions = DEFAULT_OPTIONS, incremental: bool = False, local_tier: Any = None) -> str:
     """Write the checkpoint `tf.train.Checkpoint` would write for `checkpoint_or_trackable`,
     at exactly `prefix` (like `Checkpoint.write`: no numbering, ``save_counter`` is stored as
     it is, no ``checkpoint`` state file).  Returns `prefix` once committed.
 
     With `world_size` > 1, every worker calls `save` with the same (replicated) state and its
     own `rank`; the tensors are split between the workers (`share_of`), which write their data
-    files in parallel, and rank 0 commits one index.  `save_id` and `local_tier` are as for
-    `remoteckpt.save`."""
+    files in parallel, and rank 0 commits one index.  `save_id`, `incremental` and `local_tier`
+    are as for `remoteckpt.save`."""
     text = os.fspath(prefix)
     tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
     return api.save(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite, save_id=save_id,
-                    storage_options=storage_options, options=options, local_tier=local_tier)
+                    storage_options=storage_options, options=options,
+                    incremental=incremental, local_tier=local_tier)
 
 
 _snapshot_lock = threading.Lock()
@@ -237,7 +247,7 @@ _snapshot_lock = threading.Lock()
 def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, rank: int = 0,
                world_size: int = 1, storage_options: dict[str, Any] | None = None, overwrite: bool = False,
                save_id: str | None = None, options: IOOptions = DEFAULT_OPTIONS,
-               local_tier: Any = None) -> "Future[str]":
+               incremental: bool = False, local_tier: Any = None) -> "Future[str]":
     """`save` in the background: returns a `concurrent.futures.Future` of `prefix` once the
     values are snapshotted (variable reads, on the caller's thread), so training may go on and
     update the variables at once.  The snapshot is not copied again: a read of a resource
@@ -249,7 +259,7 @@ def save_async(checkpoint_or_trackable: Any, prefix: str | os.PathLike[str], *, 
         tensors = share_of(checkpoint_tensors(checkpoint_or_trackable), rank, world_size)
         return api.save_async(tensors, text, rank=rank, world_size=world_size, overwrite=overwrite,
                               save_id=save_id, storage_options=storage_options, options=options, copy=False,
-                              local_tier=local_tier)
+                              incremental=incremental, local_tier=local_tier)
 
 
 # --- restore ------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from ..engine import loop
+from ..engine.incremental import Incremental
 from ..engine.plan import BundlePlan, Slice
 from ..errors import (
     CheckpointBusyError,
@@ -67,6 +68,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..locate import for_writing
+from ..management.state import previous_checkpoint
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..protocol import claim as claims
 from ..protocol import coordinator, fence
@@ -146,14 +148,18 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     """Writes a DCP checkpoint as a TensorFlow tensor bundle at `prefix` (``PREFIX.index`` +
     ``PREFIX.data-*``; local path, ``file://``, ``s3://`` or any fsspec URL).  A committed
     checkpoint at `prefix` is never replaced unless `overwrite`.  `storage_options` and
-    `options` are as for `remoteckpt.save`.  Requires DCP's collectives (the default);
-    ``use_collectives=False`` is refused.  With `local_tier` the checkpoint is committed on
-    that local directory (shared by the ranks of one host) and drained to `prefix` in the
-    background (`remoteckpt.wait_durable(prefix)` on the coordinator; docs/tiered.md)."""
+    `options` are as for `remoteckpt.save`; so is `incremental` (every rank copies its tensors
+    unchanged since the latest checkpoint the prefix directory's state file names), or the
+    name of the base checkpoint in the prefix's directory.  Requires DCP's collectives (the
+    default); ``use_collectives=False`` is refused.  With `local_tier` the checkpoint is
+    committed on that local directory (shared by the ranks of one host) and drained to
+    `prefix` in the background (`remoteckpt.wait_durable(prefix)` on the coordinator;
+    docs/tiered.md)."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
-                 commit: CommitProtocol = DEFAULT_COMMIT, local_tier: TierLike | None = None) -> None:
+                 commit: CommitProtocol = DEFAULT_COMMIT, incremental: bool | str = False,
+                 local_tier: TierLike | None = None) -> None:
         super().__init__()
         self.local_tier = as_tier(local_tier)
         self.prefix = None if prefix is None else os.fspath(prefix)
@@ -161,6 +167,7 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         self.storage_options = storage_options
         self.options = options
         self.commit = commit
+        self.incremental = incremental
         self.save_id = uuid.uuid4().hex
         self.is_coordinator = False
         self.rank: int | None = None
@@ -342,8 +349,13 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     async def _write_shard(self, tensors: dict[str, Any], shard_id: int, num_shards: int,
                            attempt: str) -> tuple[DataIdentity, bytes]:
         async with self._opened() as (store, name):
+            since = None
+            if self.incremental:
+                base = (self.incremental if isinstance(self.incremental, str)
+                        else await previous_checkpoint(store, store.url, name))
+                since = Incremental(base=base)
             return await write_part(store, SaveLayout(name, shard_id, num_shards), tensors, options=self.options,
-                                    attempt=attempt)
+                                    attempt=attempt, incremental=since)
 
     async def _commit(self, tables: list[bytes], identities: list[DataIdentity], blob: bytes) -> None:
         """The coordinator's metadata file (data file N of N + 1), the fence, then the merged

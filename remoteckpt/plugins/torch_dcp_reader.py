@@ -10,7 +10,9 @@ Every rank needs the whole index (and the list of data files, for their sizes an
 DCP calls `read_metadata` on every rank and offers no hook to read it once, so with
 ``process_group=`` the reader does it itself: the group's rank 0 lists the data files and
 fetches the index, and broadcasts both (or its error) to the others, which read nothing but
-their boxes.  One index read per job instead of one per rank.
+their boxes.  One index read per job instead of one per rank.  The data too is then read
+once per group (`engine.group`): every byte range that any rank needs is fetched by one rank
+and sent to the others that need it (data-parallel replicas restore one copy from storage).
 """
 
 from __future__ import annotations
@@ -121,9 +123,12 @@ class StorageReader(AtPrefix, _DCPStorageReader):
     `read_metadata`; every rank of the group must then load with such a reader, as
     ``dcp.load`` does (its collectives need every rank anyway).  Not for a load of one rank
     alone (``no_dist=True``) in a job whose group is up: it would wait for the others.
+    With it, each byte range is also fetched by one rank of the group only and sent to the
+    others that need it (`remoteckpt.engine.group`).
 
     `local_tier`: read remote `prefix` from its nearest tier (docs/tiered.md); each rank then
-    opens its own reader (what a host's tier holds is its own, not the group's)."""
+    reads on its own, `process_group` unused (what a host's tier holds is its own, not the
+    group's)."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
@@ -133,7 +138,7 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         self.prefix = None if prefix is None else os.fspath(prefix)
         self.storage_options = storage_options
         self.options = options
-        self.process_group = process_group
+        self.process_group = process_group if local_tier is None else None  # a tier is per host: each rank reads
         self.load_id = uuid.uuid4().hex
         self._reader: CheckpointReader | None = None
         self._dtypes: dict[str, np.dtype] | None = None
@@ -196,11 +201,14 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             self._reader = _SharedReader(value, shared, storage_options=self.storage_options, options=self.options)
 
     def read_metadata(self, *args: Any) -> Metadata:
-        if self._reader is None and self.process_group is not None and self.local_tier is None:
+        if self._reader is None and self.process_group is not None:
             self._open_shared()
         reader = self.reader
         if reader.has_tensor(METADATA_TENSOR):
-            blob = reader.get_tensor(METADATA_TENSOR)
+            if self.process_group is not None:
+                blob = reader.read_boxes_shared([(METADATA_TENSOR, None)], None, self.process_group)[0]
+            else:
+                blob = reader.get_tensor(METADATA_TENSOR)
             try:
                 metadata = decode_metadata(blob.item() if isinstance(blob, np.ndarray) else blob)
             except CorruptCheckpointError as exc:
@@ -225,6 +233,7 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         if self._dtypes is None:
             self._dtypes = {}
         batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]] = []
+        batches = [batch]
         temp_bytes = 0
         for item in plan.items:
             fqn = item.storage_index.fqn
@@ -245,9 +254,18 @@ class StorageReader(AtPrefix, _DCPStorageReader):
             if writable_view(target, self._dtype(fqn)) is None:
                 temp_bytes += target.numel() * target.element_size()
                 if temp_bytes >= self.options.memory_budget:
-                    self._read_batch(batch, planner)
                     batch, temp_bytes = [], 0
-        self._read_batch(batch, planner)
+                    batches.append(batch)
+        if self.process_group is None:
+            for batch in batches:
+                self._read_batch(batch, planner)
+        else:  # every rank reads as many batches (some empty) together
+            import torch.distributed as dist
+
+            rounds: list[Any] = [0] * dist.get_world_size(self.process_group)
+            dist.all_gather_object(rounds, len(batches), group=self.process_group)
+            for i in range(max(rounds)):
+                self._read_batch(batches[i] if i < len(batches) else [], planner, shared=True)
         future: Future[None] = Future()
         future.set_result(None)
         return future
@@ -262,12 +280,16 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         return found
 
     def _read_batch(self, batch: list[tuple[ReadItem, str, Box | None, torch.Tensor | None]],
-                    planner: LoadPlanner) -> None:
-        if not batch:
+                    planner: LoadPlanner, shared: bool = False) -> None:
+        if not batch and not shared:
             return
         outs = [None if target is None else writable_view(target, self._dtype(name))
                 for _, name, _, target in batch]
-        arrays = loop.run(self.reader.read_boxes([(name, box) for _, name, box, _ in batch], outs))
+        requests = [(name, box) for _, name, box, _ in batch]
+        if shared:
+            arrays = self.reader.read_boxes_shared(requests, outs, self.process_group)
+        else:
+            arrays = loop.run(self.reader.read_boxes(requests, outs))
         for (item, _, _, target), out, array in zip(batch, outs, arrays):
             if target is None:
                 value = array.item() if isinstance(array, np.ndarray) else array

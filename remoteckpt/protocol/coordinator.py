@@ -131,7 +131,7 @@ async def prepare(store: Store, layout: SaveLayout, lease: Lease, *, overwrite: 
     lease.check()
     ours = {layout.notice(g) for g in range(layout.groups)}
     doomed: list[Awaitable[object]] = [store.delete(i.key, if_match=i.etag) for i in found.data]
-    doomed += [store.delete(i.key) for i in found.staging if i.key not in ours]
+    doomed.append(store.delete_many(i.key for i in found.staging if i.key not in ours))
     doomed += [store.delete(i.key, if_match=i.etag) for i in found.temporary]
     await bounded(doomed)
     uploads = await store.pending_uploads(layout.data_prefix)
@@ -266,8 +266,8 @@ async def finish(store: Store, layout: SaveLayout, attempt: str, notices: dict[s
     else:
         leftovers = [*(layout.report(attempt, r) for r in reported),
                      *(layout.ack(attempt, r) for r in range(1, layout.world_size) if r not in waiting)]
-    await bounded([*(store.delete(k, if_match=e) for k, e in notices.items()),
-                   *(store.delete(k) for k in leftovers)])
+    await asyncio.gather(bounded(store.delete(k, if_match=e) for k, e in notices.items()),
+                         store.delete_many(leftovers))
 
 
 async def publish(store: Store, layout: SaveLayout, notice: Notice) -> dict[str, str]:

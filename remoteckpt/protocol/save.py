@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..engine.incremental import Incremental
 from ..errors import CheckpointError, StorageError
 from ..faults import crash_point
 from ..format.bundle import BundleIndex, encode_index
@@ -86,23 +87,24 @@ async def refuse_unsafe_store(store: Store, layout: SaveLayout) -> None:
 
 async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "",
-                      progress: Reporter | None = None) -> SaveReport:
+                      progress: Reporter | None = None, incremental: Incremental | None = None) -> SaveReport:
     """Run one worker's side of the protocol (and the coordinator's on rank 0) for `tensors`
-    (as `remoteckpt.save` takes them)."""
+    (as `remoteckpt.save` takes them); `incremental`: see `worker.write_part`."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
     if layout.rank == 0:
         await _coordinate(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                          progress=progress, report=report)
+                          progress=progress, report=report, incremental=incremental)
     else:
         await run_worker(store, layout, tensors, overwrite=overwrite, options=options, progress=progress,
-                         report=report)
+                         report=report, incremental=incremental)
     progress.emit("committed", report.bytes_written, report.bytes_written)
     return report
 
 
 async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
-                      options: IOOptions, commit: CommitProtocol, progress: Reporter, report: SaveReport) -> None:
+                      options: IOOptions, commit: CommitProtocol, progress: Reporter, report: SaveReport,
+                      incremental: Incremental | None) -> None:
     await refuse_unsafe_store(store, layout)
     lease = await claims.acquire(store, layout, options)
     attempt = report.attempt = lease.attempt
@@ -117,7 +119,7 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         if multi:
             notices = await coordinator.notify(store, layout, notice("writing"))
         identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
-                                           progress=progress, report=report)
+                                           progress=progress, report=report, incremental=incremental)
         if multi:
             crash_point("table-written")  # as the workers after their reports: the wait begins
         start = time.monotonic()

@@ -33,9 +33,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.incremental import Incremental, open_base, stream_incremental
 from ..engine.plan import BundlePlan, plan_bundle
 from ..engine.write import stream_plan
-from ..errors import CheckpointError, CheckpointExistsError, SaveFailedError
+from ..errors import (
+    CheckpointChangedError,
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    SaveFailedError,
+)
 from ..faults import crash_point
 from ..format.bundle import BundleIndex, decode_index, encode_index, make_header
 from ..options import IOOptions
@@ -64,6 +71,8 @@ class SaveReport:
     rank: int
     world_size: int
     bytes_written: int = 0
+    bytes_copied: int = 0
+    """Of `bytes_written`, those an incremental save had the store copy from its base."""
     write_seconds: float = 0.0
     wait_seconds: float = 0.0
     merge_seconds: float = 0.0
@@ -91,35 +100,58 @@ def read_table(data: bytes, rank: int, index: str) -> BundleIndex:
 
 async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, options: IOOptions,
                      attempt: str = "", progress: Reporter | None = None,
-                     report: SaveReport | None = None) -> tuple[DataIdentity, bytes]:
+                     report: SaveReport | None = None,
+                     incremental: Incremental | None = None) -> tuple[DataIdentity, bytes]:
     """Stream `tensors` into ``layout.data(layout.rank)``, create-only, and return which
     version was written and the worker's table.  Called once the coordinator holds the claim
     for `attempt` and has cleared the prefix.  A data file found in the way (written by a
     worker of a dead attempt after the coordinator cleared the prefix) is replaced, by its
-    version, if this attempt still holds the claim and nothing is committed."""
+    version, if this attempt still holds the claim and nothing is committed.  `incremental`:
+    every entry gets its content digest, and tensors unchanged since the base are copied from
+    it by the store (`engine.incremental`); a base that vanishes meanwhile makes it write them."""
     progress = progress or Reporter(None, layout.name)
     start = time.monotonic()
     plan = plan_bundle(tensors)
     progress.emit("staged", plan.size, plan.size)
     crash_point("staged")
     key = layout.data(layout.rank)
-    for tries in range(2):
+    base = None
+    if incremental is not None and incremental.base is not None and incremental.base != layout.name:
+        base = await open_base(store, incremental.base)
+    copied, cleared = 0, False
+    for tries in range(3):
         if tries:
             plan = plan_bundle(tensors)  # streaming fills in the entries' checksums: a fresh plan
         try:
             async with store.writer(key, exclusive=True) as writer:
-                written = await stream_plan(writer, plan, options, lambda n: progress.add("written", n, plan.size))
+                if base is not None and writer.server_side_copy:
+                    copies = await stream_incremental(writer, plan, base, options,
+                                                      lambda n: progress.add("written", n, plan.size))
+                    written, copied = copies.written + copies.copied, copies.copied
+                    log.info("%s: %d of %d bytes copied from %s by the store (%d unchanged tensors)",
+                             store.describe(key), copied, written, store.describe(base.name), copies.unchanged)
+                else:
+                    written = await stream_plan(writer, plan, options, lambda n: progress.add("written", n, plan.size),
+                                                digests=incremental is not None)
             break
+        except (CheckpointChangedError, CheckpointNotFoundError) as exc:
+            if base is None:
+                raise
+            log.warning("incremental save of %s: the base %s changed or vanished while it was copied from (%s); "
+                        "writing every tensor", store.describe(key), store.describe(base.name), exc)
+            base = None
         except CheckpointExistsError:
             if await store.exists(layout.index):
                 raise CheckpointExistsError.committed(store.describe(layout.index)) from None
-            if tries == 1 or not await _clear_way(store, layout, key, attempt):
+            if cleared or not await _clear_way(store, layout, key, attempt):
                 raise CheckpointExistsError(
                     f"{store.describe(key)} appeared while this save was writing it, and this save may not replace "
                     f"it: another attempt of this save holds {store.describe(layout.claim)}") from None
+            cleared = True
     crash_point("data-written")
     if report is not None:
         report.bytes_written = written
+        report.bytes_copied = copied
         report.write_seconds = time.monotonic() - start
     return DataIdentity(key=key, size=written, etag=writer.etag), table_bytes(plan)
 
@@ -161,7 +193,8 @@ class Verdict(enum.Enum):
 
 
 async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
-                     options: IOOptions, progress: Reporter, report: SaveReport) -> SaveReport:
+                     options: IOOptions, progress: Reporter, report: SaveReport,
+                     incremental: Incremental | None = None) -> SaveReport:
     """Ranks > 0: the steps of the module docstring, until this save commits or fails."""
     for _ in range(REJOINS + 1):
         attempt, ended = await claims.join(store, layout, options, overwrite=overwrite, concluded=concluded)
@@ -171,7 +204,7 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             raise ended.error()
         try:
             identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
-                                               progress=progress, report=report)
+                                               progress=progress, report=report, incremental=incremental)
         except BaseException as exc:
             if isinstance(exc, CheckpointExistsError) and exc.index_committed:
                 raise  # the step is saved already: every rank finds its index, and says so

@@ -20,23 +20,37 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
   With ``exclusive=True`` the commit fails with `CheckpointExistsError` if `key` already
   exists; with ``if_match=ETAG`` it fails with `CheckpointChangedError` unless `key` is that
   version.  Both are atomic where `capabilities.conditional_writes` says so.
+- `writer.copy(source, start, length)` appends bytes ``[start, start + length)`` of another
+  object of the same store, as `write` would, but without them passing through this process
+  where `writer.server_side_copy` says so (S3: UploadPartCopy; local disk: copy_file_range,
+  a reflink where the file system shares blocks); elsewhere it reads and writes them.  A
+  copy may begin only where `bytes_before_copy()` is 0 (S3: at a part boundary), and one
+  shorter than `copy_granule` must be the last thing written (S3: the last part).  With
+  `etag`, the bytes come from that version of `source` or `CheckpointChangedError` is raised.
 - `put` is `writer` for data already in memory, returning the new etag.
 - `delete` of a missing key is not an error; with `if_match` it deletes only that version
-  and returns False if another version is there.  `list` returns the keys under a key prefix.
+  and returns False if another version is there.  `delete_many` removes keys whatever their
+  version, in as few requests as the backend allows.  `list` returns the keys under a key
+  prefix.
 - Backend exceptions are translated by `storage.errors.translate`, the original chained.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 
 Buffer = bytes | bytearray | memoryview
+
+DELETE_CONCURRENCY = 64
+"""Deletes in flight in `Store.delete_many` where a backend deletes one key per request: as
+many as an S3 client's connection pool, more than a local disk needs."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,26 @@ class ObjectWriter(abc.ABC):
     async def write(self, data: Buffer) -> None:
         """Append `data`.  The writer may keep a reference to the buffer (not a copy) until
         `commit` or `abort` returns: the caller must not change it before then."""
+
+    server_side_copy: bool = False
+    """Whether `copy` moves the bytes inside the store (else it reads and writes them)."""
+
+    copy_granule: int = 0
+    """A `copy` shorter than this must be the last thing written (S3: the 5 MiB minimum part)."""
+
+    def bytes_before_copy(self) -> int:
+        """Bytes still to `write` before a `copy` may begin here (0: now); see `copy`."""
+        return 0
+
+    async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
+        """Append bytes ``[start, start + length)`` of object `source` (a key of the same store,
+        committed, not this writer's own), from version `etag` if given.  Preconditions:
+        ``bytes_before_copy() == 0``, and nothing written after a copy shorter than
+        `copy_granule` (`ValueError` otherwise: a caller's mistake, never the data's).  A
+        source shorter than the range is `CorruptCheckpointError`; a missing source
+        `CheckpointNotFoundError`.  Every backend's writer has one; a writer wrapping another
+        (tests do) may leave it out, and is then never asked to copy."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy")
 
     @abc.abstractmethod
     async def commit(self) -> None:
@@ -199,6 +233,18 @@ class Store(abc.ABC):
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
         """Remove `key` (with `if_match`: only that version).  False if another version is
         there; True otherwise, a missing key included."""
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key of `keys` whatever its version (missing ones included): the
+        cleanup of a save's staging.  S3 sends one request per `DELETE_BATCH` keys; other
+        backends delete them one by one, `DELETE_CONCURRENCY` at a time."""
+        slots = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def one(key: str) -> None:
+            async with slots:
+                await self.delete(key)
+
+        await asyncio.gather(*(one(k) for k in dict.fromkeys(keys)))
 
     @abc.abstractmethod
     async def list(self, prefix: str = "") -> builtins.list[str]:

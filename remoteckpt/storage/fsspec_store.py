@@ -13,7 +13,8 @@ the commit moves that over the key: the key shows the whole object or nothing, a
 filesystem's move allows.  Writes are gathered up to `GATHER` bytes before they go down (one
 thread hop per small tensor would cost more than the write); an object that never grows past
 that, an index or a claim, is written at commit with one ``pipe_file`` and no temporary name.
-So a writer holds at most `GATHER` bytes, whatever the size of the object.
+So a writer holds at most `GATHER` bytes, whatever the size of the object.  Its `copy` is not
+server-side (a generic filesystem has no such request): the bytes are read and written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import fsspec
 
 from .. import faults
-from ..errors import CheckpointChangedError, CheckpointExistsError, CheckpointNotFoundError
+from ..errors import CheckpointChangedError, CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.coding import crc32c
 from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, StoredObject, too_large
 from .errors import translate
@@ -171,6 +172,10 @@ GATHER = 1 * 2**20
 """Bytes a writer gathers before handing them to the file object in one write."""
 
 
+COPY_BLOCK = 8 * 2**20
+"""Bytes a writer's `copy` reads at a time (it is not server-side here)."""
+
+
 class _StreamingWriter(ObjectWriter):
     """Streams into ``<key>.tempstate<random>`` through the filesystem's file object; the
     commit closes it, checks the write's conditions, and moves it over the key."""
@@ -198,6 +203,17 @@ class _StreamingWriter(ObjectWriter):
             if not isinstance(exc, Exception):
                 raise
             raise translate(exc, self._store.describe(self.key)) from exc
+
+    async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
+        """Not server-side (`server_side_copy` is False): the bytes are read from `source`, a
+        block at a time, and written."""
+        for at in range(start, start + length, COPY_BLOCK):
+            block = bytearray(min(COPY_BLOCK, start + length - at))
+            got = await self._store.read_scatter(source, at, [(at, memoryview(block))], etag=etag)
+            if got.delivered != len(block):
+                raise CorruptCheckpointError(f"{self._store.describe(source)} ended at byte {at + got.delivered}: "
+                                             f"it has no bytes [{start}, {start + length}) to copy")
+            await self.write(block)
 
     async def _flush(self) -> None:
         data = b"".join(self._gathered)

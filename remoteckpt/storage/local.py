@@ -10,12 +10,18 @@ Conditional replaces and deletes (``if_match``) lock the file they expect to fin
 rename over it or unlink it, still holding the lock: of two such writers, the second finds
 the path naming another file and fails.  An etag is ``inode.mtime_ns.size`` in hex: a new
 version is a new file.
+
+A writer's `copy` is ``copy_file_range``: the kernel moves the bytes file to file (a reflink,
+sharing the blocks, where the file system does that: Btrfs, XFS, bcachefs, NFS 4.2 servers),
+falling back to reads and writes in a thread where the call is refused (across file
+systems on older kernels).
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import fcntl
 import os
 import secrets
@@ -27,7 +33,7 @@ import aiofiles
 import aiofiles.os
 
 from .. import faults
-from ..errors import CheckpointChangedError
+from ..errors import CheckpointChangedError, CorruptCheckpointError
 from ..format.coding import crc32c
 from . import writeback
 from .base import Buffer, ObjectInfo, ObjectWriter, ScatterResult, Store, StoreCapabilities, StoredObject, too_large
@@ -103,7 +109,42 @@ def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]], etag: s
         os.close(fd)
 
 
+COPY_FALLBACK_BLOCK = 8 * 2**20
+"""Bytes per read and write where ``copy_file_range`` is refused: as `engine.write`'s blocks."""
+
+
+def _copy_range(source: Path, out_fd: int, start: int, length: int, at: int, etag: str | None) -> None:
+    """Bytes ``[start, start + length)`` of `source` into `out_fd` at `at`, inside the kernel
+    where it can."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if etag is not None and etag_of(st) != etag:
+            raise CheckpointChangedError(f"{source} is not the version expected (replaced or deleted)")
+        if st.st_size < start + length:
+            raise CorruptCheckpointError(f"{source} is {st.st_size} bytes: it has no bytes "
+                                         f"[{start}, {start + length}) to copy")
+        done = 0
+        while done < length:
+            try:
+                n = os.copy_file_range(fd, out_fd, length - done, start + done, at + done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                n = 0
+            if n == 0:  # refused (or a file system that copies nothing): read and write
+                block = os.pread(fd, min(COPY_FALLBACK_BLOCK, length - done), start + done)
+                if not block:
+                    raise CorruptCheckpointError(f"{source} ended while it was being copied")
+                n = os.pwrite(out_fd, block, at + done)
+            done += n
+    finally:
+        os.close(fd)
+
+
 class LocalWriter(ObjectWriter):
+    server_side_copy = True
+
     def __init__(self, store: "LocalStore", key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
         self._store = store
@@ -129,6 +170,22 @@ class LocalWriter(ObjectWriter):
             if not isinstance(exc, Exception):
                 raise
             raise translate(exc, str(self._path)) from exc
+
+    async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
+        try:
+            if self._file is None:
+                self._file = await self._open_temp()
+            await self._file.flush()  # what was written lies before the copy
+            await asyncio.to_thread(_copy_range, self._store.path(source), self._file.fileno(), start, length,
+                                    self._offset, etag)
+            self._offset += length
+            await self._file.seek(self._offset)  # the next write follows the copy
+            faults.crash_point("part-copied")
+        except BaseException as exc:
+            await asyncio.shield(self.abort())
+            if not isinstance(exc, Exception):
+                raise
+            raise translate(exc, f"{self._path} (a copy from {self._store.path(source)})") from exc
 
     async def _open_temp(self) -> Any:
         """Create the directory and the temp file; another task's `delete` may prune the

@@ -99,11 +99,13 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
                       world_size: int = 1, overwrite: bool = False, save_id: str | None = None,
                       storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
                       commit: CommitProtocol = DEFAULT_COMMIT, progress: ProgressCallback | None = None,
-                      durable: Future[str] | None = None,
-                      after: Callable[[], Awaitable[None]] | None = None) -> tuple[SaveReport, Future[str]]:
+                      durable: Future[str] | None = None, after: Callable[[], Awaitable[None]] | None = None,
+                      **more: Any) -> tuple[SaveReport, Future[str]]:
     """The steps of the module docstring for remote `prefix`; the worker's report of the
     local save and the durability future (`durable`, if given, is the one resolved).
-    `after` runs (rank 0) once the checkpoint is durable, in drain order."""
+    `after` runs (rank 0) once the checkpoint is durable, in drain order.  `more`: further
+    options of `api.save_checkpoint` for the local save (``incremental``: its base is the
+    tier's latest checkpoint)."""
     from ..api import save_checkpoint
 
     local = local_prefix(tier, prefix)
@@ -112,7 +114,8 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
         if rank == 0:
             await begin(tier, prefix, overwrite=overwrite, needed=payload_bytes(tensors) * world_size)
         report = await save_checkpoint(tensors, local, rank=rank, world_size=world_size, overwrite=overwrite,
-                                       save_id=save_id, options=options, commit=commit, progress=progress)
+                                       save_id=save_id, options=options, commit=commit, progress=progress,
+                                       **more)
     except BaseException as exc:
         if not future.done():
             future.set_exception(exc)

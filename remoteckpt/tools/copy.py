@@ -10,8 +10,8 @@ budget) from the source into a writer at the destination; as the bytes pass, eac
 CRC32C is recomputed and compared with the index, so a damaged source is never copied as if
 it were sound.  At the destination the copy is a save like any other: the prefix is claimed
 (a committed checkpoint refused, or retired first when overwriting), the data files are
-written create-only, fenced, and the index, byte for byte, is committed create-only: the copy
-appears whole or not at all.
+written create-only, fenced, a ``PREFIX.meta`` (a TF1 Saver's MetaGraphDef) copied along, and
+the index, byte for byte, is committed create-only: the copy appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from ..storage import Store, open_store, split_prefix
 from ..storage.errors import translate
 from ..storage.s3 import S3Store
 from ..storage.url import is_url_root
+
+META_SUFFIX = ".meta"
+"""``PREFIX.meta``: the MetaGraphDef `tf.compat.v1.train.Saver` writes beside a checkpoint."""
 
 READ_AHEAD = 4
 """Chunks of one data file being fetched while earlier ones are written."""
@@ -202,6 +205,17 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
     return size, verifier.verified, DataIdentity(key=dst_key, size=size, etag=writer.etag)
 
 
+async def _copy_meta(src: Store, dst: Store, src_name: str, dst_name: str) -> int:
+    """``PREFIX.meta`` (a TF1 Saver's MetaGraphDef) goes with its checkpoint, before the index
+    is committed; its size, 0 when the source has none.  It has no checksum to verify."""
+    try:
+        data = await src.get(f"{src_name}{META_SUFFIX}")
+    except CheckpointNotFoundError:
+        return 0
+    await dst.put(f"{dst_name}{META_SUFFIX}", data)
+    return len(data)
+
+
 async def copy_async(source: str, destination: str, *, overwrite: bool = False,
                      source_options: dict[str, Any] | None = None, destination_options: dict[str, Any] | None = None,
                      options: IOOptions = DEFAULT_OPTIONS, progress: ProgressCallback | None = None) -> CopyReport:
@@ -239,6 +253,7 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
                                             budget=budget, reporter=reporter, total=total)
 
             results = await asyncio.gather(*(one(s) for s in range(n)))
+            meta = await _copy_meta(src, dst, src_name, dst_name)
             await lease.fresh()
             await fence.check_data_files(dst, layout.data_prefix, [i for _, _, i in results if i is not None])
             lease.check()
@@ -249,8 +264,8 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
             except CheckpointError:  # left for gc, or for the next save (judged dead)
                 pass
         reporter.emit("committed", total, total)
-        return CopyReport(source, destination, sum(1 for b, _, _ in results if b) + 1,
-                          sum(b for b, _, _ in results) + len(raw), sum(1 for _ in index.tensor_keys()))
+        return CopyReport(source, destination, sum(1 for b, _, _ in results if b) + 1 + (meta > 0),
+                          sum(b for b, _, _ in results) + len(raw) + meta, sum(1 for _ in index.tensor_keys()))
     finally:
         await src.close()
         await dst.close()

@@ -45,6 +45,7 @@ COMMIT = ("tests/test_commit.py",)
 S3_GET = ("tests/test_s3_get.py",)
 STORES = ("tests/test_store_conformance.py",)
 CLAIM = ("tests/test_claim.py",)
+INCREMENTAL = ("tests/test_incremental.py",)
 MANAGEMENT = ("tests/test_management.py",)
 
 CATALOGUE: list[Mutation] = [
@@ -246,6 +247,26 @@ CATALOGUE: list[Mutation] = [
     m("stream-chunk-threshold", "engine/write.py",
       "if crc_chunk and size > crc_chunk:", "if crc_chunk and size >= crc_chunk:",
       "a tensor of exactly one chunk gets chunk CRCs: not TF's bytes", ENGINE + API),
+
+    # --- engine/incremental.py, ObjectWriter.copy: incremental saves ---------------------------------
+    m("incremental-digest-ignored", "engine/incremental.py",
+      "if digest == old.content_sha256 and p.entry.crc32c == old.crc32c:", "if p.entry.crc32c == old.crc32c:",
+      "a changed tensor whose CRC32C matches the base's is copied: the new checkpoint holds old bytes",
+      INCREMENTAL),
+    m("incremental-crc-ignored", "engine/incremental.py",
+      "if digest == old.content_sha256 and p.entry.crc32c == old.crc32c:", "if digest == old.content_sha256:",
+      "a digest match alone makes a tensor unchanged (a base whose index disagrees is trusted)", INCREMENTAL),
+    m("incremental-run-offsets", "engine/incremental.py",
+      "            item.payload.entry.offset = placed + item.old.offset - run.start",
+      "            item.payload.entry.offset = placed",
+      "every tensor of a copied run points at the run's first bytes", INCREMENTAL),
+    m("s3copy-anywhere", "storage/s3/uploads.py",
+      "        return 0 if self._pending_size == 0 or self._pending_size >= MIN_PART_SIZE else (",
+      "        return 0 if True else (",
+      "a copy follows fewer than 5 MiB of written bytes: S3 refuses the part at completion", STORES),
+    m("localcopy-overwritten", "storage/local.py",
+      "            await self._file.seek(self._offset)  # the next write follows the copy", "            pass",
+      "bytes written after a copy land over the copied ones", STORES),
 
     # --- engine/ranges.py, engine/fetch.py, engine/budget.py: planning and fetching ------------------
     m("ranges-split-last-piece", "engine/ranges.py",

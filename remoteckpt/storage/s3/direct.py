@@ -155,14 +155,18 @@ class _GetProtocol(asyncio.BufferedProtocol):
         self.status, self.headers, self.progress = 0, {}, time.monotonic()
         self._done = asyncio.get_running_loop().create_future()
         self.transport.write(request)
-        while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._done), max(0.0, self.progress + timeout - time.monotonic()))
-                return
-            except asyncio.TimeoutError:
-                if time.monotonic() - self.progress >= timeout:
-                    self.close()
-                    raise asyncio.TimeoutError(f"no byte received for {timeout:g} s") from None
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._done),
+                                           max(0.0, self.progress + timeout - time.monotonic()))
+                    return
+                except asyncio.TimeoutError:
+                    if time.monotonic() - self.progress >= timeout:
+                        self.close()
+                        raise asyncio.TimeoutError(f"no byte received for {timeout:g} s") from None
+        finally:
+            self._sink = None  # an idle connection keeps no view of the caller's buffers
 
     def error(self) -> ResponseError:
         text = bytes(self._error_body).decode("utf-8", "replace")
@@ -283,9 +287,10 @@ class DirectGets:
         return not getattr(client.meta.config, "proxies", None)
 
     async def get(self, bucket: str, key: str, sink: BodySink, end: int, *, if_match: str | None,
-                  pause: Callable[[int], Awaitable[None]]) -> None:
+                  pause: Callable[[int], Awaitable[None]]) -> tuple[int, dict[str, str]]:
         """GET bytes ``[sink.position, end)`` of `key` into `sink` (a 206 or 200 answer
-        delivers its body; a 416, the range starting past the object, nothing).  Retries answers of
+        delivers its body; a 416, the range starting past the object, nothing); returns the
+        answer's status and headers (lower-case names).  Retries answers of
         `RETRY_STATUSES` and connections that fail before any body byte; a body cut short
         raises `BodyCut` (the caller resumes from ``sink.position``), other answers
         `ResponseError`, a stalled one `asyncio.TimeoutError`."""
@@ -334,7 +339,7 @@ class DirectGets:
                 await pause(attempt)
                 continue
             if conn.status // 100 == 2 or conn.status == 416:
-                return
+                return conn.status, conn.headers
             raise conn.error()
         raise AssertionError("unreachable")
 

@@ -15,10 +15,11 @@ race are refused.  ``storage_options={"conditional_writes": "trust"}`` skips the
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...errors import StorageError
@@ -35,13 +36,20 @@ from ..base import (
 from ..errors import is_not_found, is_precondition_failed, translate
 from .client import S3Client, quoted
 from .direct import DirectGets
-from .reads import BODY_ERRORS, READ_ATTEMPTS, ScatterSink, pause, read_range
+from .reads import BODY_ERRORS, READ_ATTEMPTS, ScatterSink, pause, read_object, read_range
 from .uploads import MAX_PARTS_IN_FLIGHT, MIN_PART_SIZE, PART_SIZE, S3Writer, UploadTarget
 
 log = logging.getLogger("remoteckpt")
 
 LIST_PAGE = 1000
 """Keys per ListObjectsV2 page: S3's maximum, so a listing costs one request per thousand."""
+
+DELETE_BATCH = 1000
+"""Keys per DeleteObjects request: S3's maximum, so a save's cleanup of N reports and
+acknowledgements costs 2N/1,000 requests, not 2N."""
+
+DELETE_BATCHES_IN_FLIGHT = 4
+"""DeleteObjects requests at once: each is a thousand deletes for the server."""
 
 _probed: dict[tuple[str, str], tuple[bool, bool]] = {}
 """(endpoint, bucket) -> (conditional writes enforced, conditional deletes enforced), per process."""
@@ -87,7 +95,12 @@ class S3Store(Store):
     async def get_object(self, key: str, *, max_size: int | None = None) -> StoredObject:
         """One GET; a body cut short is fetched again (the whole object: this is for small
         ones).  `max_size` is checked against the answer's Content-Length before the body is
-        read."""
+        read.  On the direct path where the client allows it (`reads.read_object`)."""
+        direct = await self._direct_gets()
+        if direct is not None:
+            found = await read_object(direct, self.bucket, self.object_key(key), self.describe(key), max_size)
+            if found is not None:
+                return found
         for attempt in range(READ_ATTEMPTS):
             try:
                 response = await self.client.call("get_object", Bucket=self.bucket, Key=self.object_key(key))
@@ -159,7 +172,7 @@ class S3Store(Store):
 
     def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
         target = UploadTarget(self.client, self.bucket, self.object_key(key), self.describe(key), self.part_size,
-                              self.parts_in_flight)
+                              self.parts_in_flight, self._base)
         return S3Writer(target, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
@@ -180,6 +193,29 @@ class S3Store(Store):
                 return True
             raise translate(exc, self.describe(key)) from exc
         return True
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """DeleteObjects, `DELETE_BATCH` keys a request (quiet: only failures are answered)."""
+        unique = list(dict.fromkeys(keys))
+        batches = [unique[i : i + DELETE_BATCH] for i in range(0, len(unique), DELETE_BATCH)]
+        slots = asyncio.Semaphore(DELETE_BATCHES_IN_FLIGHT)
+
+        async def one(batch: builtins.list[str]) -> None:
+            objects = [{"Key": self.object_key(k)} for k in batch]
+            async with slots:
+                try:
+                    out = await self.client.call("delete_objects", Bucket=self.bucket,
+                                                 Delete={"Objects": objects, "Quiet": True})
+                except Exception as exc:
+                    raise translate(exc, self.describe(batch[0])) from exc
+            failed = [e for e in out.get("Errors") or [] if e.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                key = str(first.get("Key", ""))[len(self._base):]
+                raise StorageError(f"{self.describe(key)}: could not be deleted ({first.get('Code')}: "
+                                   f"{first.get('Message')}); {len(failed)} key(s) of {len(batch)} failed")
+
+        await asyncio.gather(*(one(b) for b in batches))
 
     async def pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.object_key(prefix)}

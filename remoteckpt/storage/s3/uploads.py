@@ -6,6 +6,16 @@ time (each sent from the caller's buffers, see body.py); its commit is the one r
 makes the object visible: the PUT, or CompleteMultipartUpload, with ``If-None-Match: *`` when
 exclusive or ``If-Match: ETAG`` when replacing one version.  Nothing is visible before it, and
 a failed writer aborts its upload.
+
+A writer's `copy` makes parts of another object's bytes without them leaving the server
+(UploadPartCopy with ``x-amz-copy-source-range``, and ``x-amz-copy-source-if-match`` pinning
+the source's version).  Parts are at least 5 MiB but the last, so a copy begins at a part
+boundary: the bytes written before it are sent as one part first, which they can be once
+there are 5 MiB of them (`bytes_before_copy` says how many are missing).  Copied and written
+parts of one object look alike once it is complete:
+
+    object   | part 1 (written) | part 2 (copy) | part 3 (copy) | part 4 (written) |
+    source            ... |<-- bytes [a, b) of the source -->| ...
 """
 
 from __future__ import annotations
@@ -17,9 +27,9 @@ import uuid
 from dataclasses import dataclass
 
 from ... import faults
-from ...errors import CheckpointChangedError
+from ...errors import CheckpointChangedError, CorruptCheckpointError
 from ..base import Buffer, ObjectWriter
-from ..errors import is_no_such_upload, is_precondition_failed, translate
+from ..errors import answer_of, is_no_such_upload, is_precondition_failed, translate
 from .body import PartBody
 from .client import S3Client, quoted
 
@@ -32,6 +42,19 @@ MIN_PART_SIZE = 5 * 2**20
 
 MAX_PARTS_IN_FLIGHT = 4
 """Parts uploading at once per writer: bounds a writer's buffers to 4 x PART_SIZE."""
+
+COPIES_IN_FLIGHT = 8
+"""Copied parts in flight at once per writer: they hold no memory here, and the server does
+the work, so more than the written parts; bounded so one writer does not monopolise it."""
+
+MAX_COPY_PIECES = 64
+"""Parts one `copy` is cut into at most (unless they would exceed `MAX_COPY_PART`): enough to
+keep `COPIES_IN_FLIGHT` busy, few enough that copies never bring an object near S3's limit of
+10,000 parts (a 64 GiB run is 64 parts of 1 GiB)."""
+
+MAX_COPY_PART = 5 * 2**30
+"""S3's largest part; a copy is cut into parts of at most this size (and of `PART_SIZE`'s
+order, see `S3Writer.copy`)."""
 
 WRITE_TOKEN = "remoteckpt-write"
 """User metadata naming the writer of an object (a fresh UUID per writer): how a commit whose
@@ -52,6 +75,8 @@ class UploadTarget:
     what: str
     part_size: int
     parts_in_flight: int
+    base: str = ""
+    """The object name prefix of the store's root: copies name their source by store key."""
 
 
 class S3Writer(ObjectWriter):
@@ -69,6 +94,9 @@ class S3Writer(ObjectWriter):
         never heard of: after the commit or abort, other uploads of this key are aborted;
       - a failed writer aborts its upload, so no parts are left to pay for.
     """
+
+    server_side_copy = True
+    copy_granule = MIN_PART_SIZE
 
     def __init__(self, target: UploadTarget, key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
@@ -89,9 +117,17 @@ class S3Writer(ObjectWriter):
         self._slots = asyncio.Semaphore(target.parts_in_flight)
         self._closed = False
         self._stray_uploads = False
+        self._copy_slots = asyncio.Semaphore(COPIES_IN_FLIGHT)
+        self._ended_short = False  # a copy shorter than a part was made: it must be the last part
+
+    def bytes_before_copy(self) -> int:
+        return 0 if self._pending_size == 0 or self._pending_size >= MIN_PART_SIZE else (
+            MIN_PART_SIZE - self._pending_size)
 
     async def write(self, data: Buffer) -> None:
         self._raise_failed()
+        if self._ended_short and memoryview(data).nbytes:
+            raise ValueError(f"{self._what}: nothing may follow a copy shorter than {MIN_PART_SIZE} bytes")
         view = memoryview(data).cast("B")
         while len(view):
             take = min(len(view), self._part_size - self._pending_size)
@@ -109,29 +145,85 @@ class S3Writer(ObjectWriter):
             return {"IfMatch": quoted(self._if_match)}
         return {}
 
-    async def _upload_pending(self) -> None:
-        # Sent from the caller's buffers as they are: no part is ever copied (see body.py).
-        body = PartBody(self._pending)
-        self._pending, self._pending_size = [], 0
-        client = self._target.client
+    async def _start_upload(self) -> None:
+        if self._upload_id is not None:
+            return
         try:
-            if self._upload_id is None:
-                mpu = await client.call("create_multipart_upload", Bucket=self._bucket, Key=self._key,
-                                        Metadata={WRITE_TOKEN: self._token})
-                self._upload_id = mpu["UploadId"]
-                if mpu.get("ResponseMetadata", {}).get("RetryAttempts"):
-                    self._stray_uploads = True  # an earlier attempt may have created one too
+            mpu = await self._target.client.call("create_multipart_upload", Bucket=self._bucket, Key=self._key,
+                                                 Metadata={WRITE_TOKEN: self._token})
+            self._upload_id = mpu["UploadId"]
+            if mpu.get("ResponseMetadata", {}).get("RetryAttempts"):
+                self._stray_uploads = True  # an earlier attempt may have created one too
         except Exception as exc:
             if self._upload_id is None:
                 self._stray_uploads = True  # an attempt whose answer was lost may have created one
             await self.abort()
             raise translate(exc, self._what) from exc
+
+    async def _upload_pending(self) -> None:
+        # Sent from the caller's buffers as they are: no part is ever copied (see body.py).
+        body = PartBody(self._pending)
+        self._pending, self._pending_size = [], 0
+        await self._start_upload()
         number, self._next_part = self._next_part, self._next_part + 1
         await self._slots.acquire()
         self._raise_failed()
         task = asyncio.ensure_future(self._upload_part(number, body))
         self._tasks.add(task)
         task.add_done_callback(self._part_done)
+
+    async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
+        """Parts made on the server from bytes ``[start, start + length)`` of `source` (see the
+        module docstring), cut into parts of about `part_size` (at least `MIN_PART_SIZE` each,
+        so a copy that is not the last fits the rule; larger for long runs, see
+        `MAX_COPY_PIECES`) that are copied concurrently."""
+        self._raise_failed()
+        if self._ended_short:
+            raise ValueError(f"{self._what}: nothing may follow a copy shorter than {MIN_PART_SIZE} bytes")
+        if self.bytes_before_copy():
+            raise ValueError(f"{self._what}: a copy must begin at a part boundary; "
+                             f"{self.bytes_before_copy()} more bytes must be written first")
+        if length <= 0:
+            return
+        await self._start_upload()
+        if self._pending_size:
+            await self._upload_pending()
+        pieces = max(min(-(-length // max(self._part_size, 2 * MIN_PART_SIZE)), MAX_COPY_PIECES),
+                     -(-length // MAX_COPY_PART))
+        source_name = self._target.base + source
+        for i in range(pieces):
+            begin, end = start + length * i // pieces, start + length * (i + 1) // pieces
+            number, self._next_part = self._next_part, self._next_part + 1
+            await self._copy_slots.acquire()
+            if self._failure is not None:
+                self._copy_slots.release()
+                self._raise_failed()
+            task = asyncio.ensure_future(self._copy_part(number, source_name, begin, end, etag))
+            self._tasks.add(task)
+            task.add_done_callback(self._part_done)
+        self._written += length
+        self._ended_short = length < MIN_PART_SIZE
+
+    async def _copy_part(self, number: int, source_name: str, begin: int, end: int, etag: str | None) -> None:
+        try:
+            conditions = {"CopySourceIfMatch": quoted(etag)} if etag is not None else {}
+            try:
+                out = await self._target.client.call(
+                    "upload_part_copy", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                    PartNumber=number, CopySource={"Bucket": self._bucket, "Key": source_name},
+                    CopySourceRange=f"bytes={begin}-{end - 1}", **conditions)
+            except Exception as exc:
+                what = f"{self._what} (a copy of bytes [{begin}, {end}) of {source_name})"
+                if is_precondition_failed(exc):
+                    raise CheckpointChangedError(f"{what}: the source is not the version expected "
+                                                 "(replaced or deleted)") from exc
+                if answer_of(exc).status == 416:
+                    raise CorruptCheckpointError(f"{what}: the source has no such bytes") from exc
+                raise translate(exc, what) from exc
+            self._parts[number] = out["CopyPartResult"]["ETag"]
+            faults.crash_point("part-copied")
+        finally:
+            self._copy_slots.release()
 
     def _part_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
