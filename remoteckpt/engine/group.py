@@ -22,6 +22,10 @@ group calls it at the same point, each with its own requests; then:
                its share, so no rank waits forever), then partial boxes are copied out of
                their staging buffers and string entries decoded
 
+When every rank is on one host, fetch and exchange are replaced by `engine.segment`: the
+bytes some rank receives are fetched into one shared-memory file, and after the gather of
+errors each rank maps its whole-entry outputs from it (copy-on-write) or copies them out.
+
 The collective calls are made through a `Collective` (`plugins.torch_group.TorchGroup` for a
 `torch.distributed` process group); the same calls in the same order on every rank.
 Partial boxes (and string entries) are staged whole in group reads: their staging buffers
