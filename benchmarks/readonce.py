@@ -1,7 +1,7 @@
 """``python -m benchmarks.readonce [--gib G] [--ranks N] [--repeat R] [--out DIR]``: N ranks
 restoring one fully replicated checkpoint from the embedded SeaweedFS, each alone (every rank
 fetches everything) against read-once restores (``remoteckpt.load(..., process_group=...)``
-over gloo, and ``IOOptions(host_cache=...)`` without a group).
+over gloo, also as if on two hosts, and ``IOOptions(host_cache=...)`` without a group).
 
 Run from the repository root with tests/ on the import path (bytes are counted by the test
 suite's proxy, tests/faultproxy.py): ``PYTHONPATH=tests python -m benchmarks.readonce``.
@@ -37,7 +37,10 @@ import numpy as np
 TENSORS = 32
 """As benchmarks.throughput: 32 tensors, so a load has several to fetch at once."""
 
-MODES = ("alone", "group", "host-cache")
+MODES = ("alone", "group", "host-cache", "group-2hosts")
+"""group-2hosts: the group, its ranks telling it they are on two hosts (ranks 0, 1 and 2, 3):
+every block then moves by gloo broadcasts over loopback TCP, the path of a group spanning
+several hosts."""
 
 
 def tensors(gib: float) -> dict[str, np.ndarray]:
@@ -50,6 +53,10 @@ def rank_main(init_file: str, rank: int, ranks: int, mode: str, prefix: str, war
               cache_dir: str, digests: dict[str, int], size: int, out: str) -> None:
     """One rank: join the group, warm up, load at the barrier, check, write its record."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if mode == "group-2hosts":
+        from remoteckpt.engine.group import HOST_ENV
+
+        os.environ[HOST_ENV] = "ab"[rank * 2 // ranks]
     import torch.distributed as dist
 
     import remoteckpt
@@ -58,7 +65,7 @@ def rank_main(init_file: str, rank: int, ranks: int, mode: str, prefix: str, war
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=ranks)
     try:
         storage = {"endpoint_url": endpoint}
-        group = dist.group.WORLD if mode == "group" else None
+        group = dist.group.WORLD if mode.startswith("group") else None
         options = remoteckpt.IOOptions(host_cache=cache_dir) if mode == "host-cache" else remoteckpt.IOOptions()
         remoteckpt.load(warm, storage_options=storage, process_group=group)
         settle = np.ones(size, np.uint8)  # as benchmarks.harness.settle_memory: fresh memory costs

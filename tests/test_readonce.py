@@ -218,3 +218,24 @@ def test_a_damaged_cache_file_is_detected_and_fetched_again(tmp_path: Path, s3_s
     assert sum(b - a for a, b in refetched) == 2 * MiB, refetched
     assert damaged.stat().st_size == MiB and cut.stat().st_size == MiB
     assert bytes(data) != damaged.read_bytes()
+
+
+def test_the_host_cache_is_trimmed_to_its_bound_least_recently_used_first(tmp_path: Path) -> None:
+    import readonce_workers as w
+
+    prefix = str(tmp_path / "ckpt")
+    remoteckpt.save(w.state(), prefix)
+    cache = tmp_path / "cache"
+    options = remoteckpt.IOOptions(host_cache=str(cache), host_cache_bytes=3 * MiB)
+
+    def cached() -> list[Path]:
+        return [p for p in cache.iterdir() if not p.name.startswith(".")]
+
+    got = remoteckpt.load(prefix, names=["big"], options=options)  # 3 chunks of 1 MiB: fits
+    assert np.array_equal(got["big"], w.state()["big"])
+    first = sorted(cached())
+    assert len(first) == 3 and sum(p.stat().st_size for p in first) == 3 * MiB
+    got = remoteckpt.load(prefix, names=["wide"], options=options)  # 4.7 MiB more: the oldest go
+    assert np.array_equal(got["wide"], w.state()["wide"])
+    assert sum(p.stat().st_size for p in cached()) <= 3 * MiB
+    assert not set(first) & set(cached())

@@ -22,6 +22,10 @@ group calls it at the same point, each with its own requests; then:
                its share, so no rank waits forever), then partial boxes are copied out of
                their staging buffers and string entries decoded
 
+When every rank is on one host, fetch and exchange are replaced by `engine.segment`: the
+bytes some rank receives are fetched into one shared-memory file, and after the gather of
+errors each rank maps its whole-entry outputs from it (copy-on-write) or copies them out.
+
 The collective calls are made through a `Collective` (`plugins.torch_group.TorchGroup` for a
 `torch.distributed` process group); the same calls in the same order on every rank.
 Partial boxes (and string entries) are staged whole in group reads: their staging buffers
@@ -207,7 +211,9 @@ def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLik
     transfers = plan_sharing(wanted, block=checkpoint._options.read_chunk, hosts=hosts)
     mine = [t for t in transfers if t.owner == group.rank]
     if group.size > 1 and len(set(hosts)) == 1:
-        positions, size = layout(u for units in wanted for u in units)
+        # Only what some rank receives goes through shared memory; a rank's own bytes go
+        # straight into its targets.
+        positions, size = layout(u for t in transfers if t.receivers for u in t.units)
         segment = open_segment(f"remoteckpt-{gathered[0][3]}", size)
         try:
             if all(group.all_gather_object(segment is not None)):
@@ -336,10 +342,13 @@ def _read_on_one_host(checkpoint: OpenCheckpoint, plan: ReadPlan, outs: Sequence
     def shared(unit: Unit) -> np.ndarray:
         return segment.shared[positions[unit] : positions[unit] + unit[2]]
 
+    def target(unit: Unit) -> np.ndarray:
+        return shared(unit) if unit in positions else needs.units[unit].view()
+
     ready = {(t.key, t.offset): concurrent.futures.Future[None]() for t in mine}
     failure: Exception | None = None
     try:
-        loop.run(_fetch_owned(checkpoint, mine, needs, ready, shared))
+        loop.run(_fetch_owned(checkpoint, mine, needs, ready, target))
     except Exception as exc:  # noqa: BLE001 - raised on every rank below
         failure = exc
     errors = group.all_gather_object(None if failure is None else _portable(failure))
@@ -357,16 +366,22 @@ def _read_on_one_host(checkpoint: OpenCheckpoint, plan: ReadPlan, outs: Sequence
             p = whole.get(id(out))
             if p is None or not allocated[i] or counts[id(out)] != 1 or not p.entry.size:
                 continue
-            first = min(p.entry.size, p.entry.chunk_size) if p.entry.chunk_crc32c else p.entry.size
-            unit = (p.data_key, p.entry.offset, first)  # the entry's first unit: the others follow it
-            start = positions[unit]
+            units = _Needs()
+            _entry_units(units, p, 0, p.entry.size, out, 0)
+            if not all(u in positions for u in units.units):
+                continue  # some of it was this rank's alone: not in the segment
+            start = positions[next(iter(units.units))]  # the entry's first unit: the others follow it
             plan.results[i] = segment.private[start : start + p.entry.size].view(out.dtype).reshape(out.shape)
             mapped.add(id(p))
     for unit, wanted in needs.units.items():
-        for array, start in wanted.targets:
+        for k, (array, start) in enumerate(wanted.targets):
             owner = needs.regions.get(id(array))
-            if owner is None or id(owner) not in mapped:
+            if owner is not None and id(owner) in mapped:
+                continue
+            if unit in positions:
                 array[start : start + wanted.length] = shared(unit)
+            elif k:
+                array[start : start + wanted.length] = wanted.view()
     _settle(checkpoint, plan, needs, duplicates=False)
     return plan.results
 

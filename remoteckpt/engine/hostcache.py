@@ -113,21 +113,25 @@ class HostCache:
         while pending:
             mine: list[Piece] = []
             later: list[Piece] = []
-            taken = 0
+            locked: list[Piece] = []
             for p in pending:
-                pid = (p.task, p.index)
-                slot = _slot(names[pid])
-                if taken >= batch_bytes or not self._try_lock(slot):
-                    later.append(p)
-                    continue
-                hit = await asyncio.to_thread(self._read, names[pid], views[pid], expected[pid])
+                (locked if self._try_lock(_slot(names[p.task, p.index])) else later).append(p)
+            # Pieces whose lock was free: published meanwhile (read them), or to fetch.
+            hits = await asyncio.gather(*(asyncio.to_thread(self._read, names[p.task, p.index],
+                                                            views[p.task, p.index], expected[p.task, p.index])
+                                          for p in locked))
+            taken = 0
+            for p, hit in zip(locked, hits):
                 if hit is not None:
-                    self._unlock(slot)
-                    crcs[pid] = hit
-                    pause = POLL_FIRST
+                    crcs[p.task, p.index] = hit
+                elif taken < batch_bytes:
+                    mine.append(p)
+                    taken += p.length
                     continue
-                mine.append(p)
-                taken += p.length
+                else:
+                    later.append(p)
+                self._unlock(_slot(names[p.task, p.index]))
+            progress = len(later) < len(pending)
             if mine:
                 try:
                     fetched = await fetch(mine)
@@ -140,8 +144,9 @@ class HostCache:
                 finally:
                     for p in mine:
                         self._unlock(_slot(names[p.task, p.index]))
+            if progress:
                 pause = POLL_FIRST
-            elif later and len(later) == len(pending):
+            elif later:
                 await asyncio.sleep(pause)  # all held by other processes: their files are coming
                 pause = min(POLL_MAX, pause * 2)
             pending = later
