@@ -1,4 +1,4 @@
-"""Concurrent committers with PyTorch DCP (issue #7): independent multi-rank jobs racing for
+"""Concurrent committers with PyTorch DCP: independent multi-rank jobs racing for
 one checkpoint prefix through `remoteckpt.torch.StorageWriter`.
 
 The writer's coordinator claims the prefix in `prepare_global_plan` and releases the claim
