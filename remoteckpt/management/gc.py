@@ -136,15 +136,9 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
                     await store.delete(key, if_match=by_key[key].etag or None)
         partial_names = {f"{v.name}/" for v in partial}
         for upload in await store.pending_uploads():
-            if upload.key.split("/", 1)[0] + "/" in partial_names and "/" in upload.key:
-                if upload.initiated > cutoff:
-                    report.skipped.append((f"upload of {upload.key}", f"younger than {older_than:g} s"))
-                else:
-                    report.aborted_uploads.append(upload.key)
-                    if not dry_run:
-                        await store.abort_upload(upload)
-                continue
-            owner = _owner(upload.key)
+            # an upload into a partial SavedModel version has no save to hold it: age decides
+            of_partial = "/" in upload.key and upload.key.split("/", 1)[0] + "/" in partial_names
+            owner = None if of_partial else _owner(upload.key)
             if owner is not None and owner[0] in live:
                 report.skipped.append((f"upload of {upload.key}", "a live save holds its prefix"))
             elif upload.initiated > cutoff:
