@@ -51,21 +51,13 @@ SAVED_MODELS = sorted(n for n, spec in MANIFEST.items() if spec["kind"] == "save
 WORKER = HERE / "saved_model_workers.py"
 sys.path.insert(0, str(HERE))
 
+from saved_model_files import upload  # noqa: E402
 from saved_model_workers import WORDS, make_scorer  # noqa: E402
 
 
 @pytest.fixture(params=["local", "s3"])
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "models") if request.param == "local" else request.getfixturevalue("s3_prefix")
-
-
-def upload(directory: Path, url: str) -> None:
-    """Every file under `directory` to `url` (plain puts: a copy that knows no layout)."""
-    async def go(store: Store) -> None:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            await store.put(path.relative_to(directory).as_posix(), path.read_bytes())
-
-    on_store(url, go)
 
 
 def keys(url: str) -> list[str]:

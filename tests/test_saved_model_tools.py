@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from saved_model_files import upload
 
 import remoteckpt
 from remoteckpt.cli import main
@@ -32,14 +33,6 @@ DT = {"float32": "DT_FLOAT", "int64": "DT_INT64", "string": "DT_STRING"}
 @pytest.fixture(params=["local", "s3"])
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "models") if request.param == "local" else request.getfixturevalue("s3_prefix")
-
-
-def upload(directory: Path, url: str) -> None:
-    async def go(store: Store) -> None:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            await store.put(path.relative_to(directory).as_posix(), path.read_bytes())
-
-    on_store(url, go)
 
 
 def files(url: str) -> dict[str, bytes]:
