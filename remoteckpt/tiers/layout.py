@@ -79,9 +79,9 @@ def as_tier(value: TierLike | None) -> LocalTier | None:
 
 def name_in_tier(remote: str) -> str:
     """The checkpoint's name in the tier for remote prefix `remote` (see the module docstring)."""
-    from ..tools.copy import _name_to_keep
+    from ..tools.copy import name_to_keep
 
-    return _name_to_keep(remote)
+    return name_to_keep(remote)
 
 
 @dataclass(frozen=True)

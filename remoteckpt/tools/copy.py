@@ -63,7 +63,7 @@ class CopyReport:
     tensors_verified: int
 
 
-def _name_to_keep(source_prefix: str) -> str:
+def name_to_keep(source_prefix: str) -> str:
     """The name a checkpoint keeps when copied into a folder: its prefix's last component, or
     for a directory-style checkpoint (``.../step-100/ckpt``) its directory with it
     (``step-100/ckpt``)."""
@@ -98,10 +98,10 @@ async def destination_prefix(source_prefix: str, destination: str, storage_optio
     """Where a copy of the checkpoint at `source_prefix` goes for `destination`, as ``aws s3
     cp`` decides: a destination ending in ``/``, a bucket's root or an existing folder (a
     local directory; an object store prefix with objects under it) means "into this folder",
-    keeping the checkpoint's name (`_name_to_keep`); anything else is the new checkpoint's
+    keeping the checkpoint's name (`name_to_keep`); anything else is the new checkpoint's
     prefix.  Never a silent rename into ``folder/.index``."""
     if is_directory_id(destination) or await _is_folder(destination, storage_options, options):
-        return f"{destination.rstrip('/').rstrip(os.sep)}/{_name_to_keep(source_prefix)}"
+        return f"{destination.rstrip('/').rstrip(os.sep)}/{name_to_keep(source_prefix)}"
     return destination
 
 

@@ -70,7 +70,7 @@ def _root(directory: str | os.PathLike[str]) -> str:
     return text.rstrip("/") if "://" in text else os.path.abspath(text)
 
 
-async def _top_level(store: Store, root: str) -> tuple[list[ObjectInfo], list[str]] | None:
+async def top_level(store: Store, root: str) -> tuple[list[ObjectInfo], list[str]] | None:
     """Objects directly in the store's directory and the names of its sub-directories, or None
     when there is no such directory (nothing under it)."""
     if "://" not in root or root.startswith("file://"):
@@ -130,7 +130,7 @@ def list_directory(directory: str | os.PathLike[str], *,
 
     async def listing(store: Store) -> tuple[tuple[list[ObjectInfo], list[str]] | None, dict[str, list[ObjectInfo]],
                                              CheckpointState | None]:
-        top = await _top_level(store, root)
+        top = await top_level(store, root)
         if top is None:
             return None, {}, None
         slots = asyncio.Semaphore(_PROBES)

@@ -24,7 +24,7 @@ from ..progress import ProgressCallback
 from ..reader import CheckpointReader
 from ..storage import Store, on_store, open_store
 from .copy import copy_async
-from .inventory import VerifyReport, _top_level, describe_tensors, verify
+from .inventory import VerifyReport, describe_tensors, top_level, verify
 
 MAX_GRAPH_BYTES = 2**31
 """A saved_model.pb larger than protobuf's 2 GiB message limit cannot be parsed (TensorFlow
@@ -79,7 +79,7 @@ async def _scan_numbered(store: Store, root: str) -> dict[int, versions.VersionI
     """`versions.scan_versions`, listing only the numbered sub-directories (one delimited
     listing first): a bucket's root or a run directory full of checkpoints costs no more than
     a look at its top level."""
-    top = await _top_level(store, root)
+    top = await top_level(store, root)
     if top is None:
         return {}
     numbered = [d for d in top[1] if d.isdigit()]
