@@ -441,11 +441,13 @@ def check_run(result: RunResult) -> list[str]:
 
 def spurious_failure(result: RunResult) -> bool:
     """Whether a save failed where nothing was injected: before the named crash point's step,
-    or in a job whose victim never reaches its point, or in a job a random kill missed."""
+    in a job whose victim never reaches its point, in a job whose victim could reach it but
+    did not (a save of the crash step timed out under load before the point), or in a job a
+    random kill missed."""
     sc = result.scenario
     if sc.point is not None:
         hit = reachable(sc.point, sc.world, sc.victim or 0)
-        return any(e["step"] < BIG_STEP or not hit for e in result.errors())
+        return any(e["step"] < BIG_STEP or not hit or not result.injected for e in result.errors())
     if sc.kill_after is not None and not result.injected:
         return bool(result.errors())
     return False
