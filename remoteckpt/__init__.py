@@ -30,10 +30,11 @@ from .errors import (
     UnsupportedDTypeError,
 )
 from .format.slices import Box
-from .management.gc import GcReport, gc
+from .management.directory import gc, latest_checkpoint
+from .management.gc import GcReport
 from .management.policy import CheckpointManager, SavePolicy
 from .management.saver import Saver, restore
-from .management.state import CheckpointState, get_checkpoint_state, latest_checkpoint
+from .management.state import CheckpointState, get_checkpoint_state
 from .options import IOOptions
 from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit

@@ -18,19 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from .direct import save_checkpoint
 from .engine import loop
-from .engine.incremental import Incremental
 from .engine.plan import Slice
 from .locate import for_writing
-from .management.state import previous_checkpoint
 from .options import DEFAULT_OPTIONS, IOOptions
-from .progress import ProgressCallback, Reporter
+from .progress import ProgressCallback
 from .protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from .protocol.layout import SAVE_ID_ENV, SaveLayout
-from .protocol.save import SaveReport, UnnamedSaveWarning, save_worker
+from .protocol.save import SaveReport, UnnamedSaveWarning
 from .reader import CheckpointReader
-from .storage import open_store, split_prefix
+from .tiers import drain
 from .tiers.layout import TierLike, as_tier
+from .tiers.save import save_tiered
 
 _in_flight_lock = threading.Lock()
 _in_flight: Future[str] | None = None
@@ -61,31 +61,6 @@ def warn_if_unnamed(rank: int, world_size: int, save_id: str | None) -> None:
             f"a save of {world_size} workers without a save id: another job racing for the same prefix "
             f"could not be told apart from this one (pass save_id=, set ${SAVE_ID_ENV}, or launch with torchrun "
             "or Slurm, whose run ids are used)", UnnamedSaveWarning, stacklevel=_caller_stacklevel())
-
-
-async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int = 0, world_size: int = 1,
-                          overwrite: bool = False, save_id: str | None = None,
-                          storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
-                          commit: CommitProtocol = DEFAULT_COMMIT,
-                          progress: ProgressCallback | None = None,
-                          incremental: bool | str = False) -> SaveReport:
-    """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings).
-    `incremental` may also name the base: a checkpoint of the prefix's directory, by its name
-    there (``model.ckpt-1000``)."""
-    prefix = for_writing(prefix)
-    directory, name = split_prefix(prefix)
-    layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
-    store = open_store(directory, storage_options, options)
-    try:
-        since = None
-        if incremental:
-            base = incremental if isinstance(incremental, str) else await previous_checkpoint(store, directory, name)
-            since = Incremental(base=base)
-        return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                                 prefix=prefix, progress=Reporter(progress, prefix, rank, world_size),
-                                 incremental=since)
-    finally:
-        await store.close()
 
 
 def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: int = 0, world_size: int = 1,
@@ -136,8 +111,6 @@ async def _save(tensors: Mapping[str, Any], prefix: str, *, local_tier: TierLike
     tier = as_tier(local_tier)
     if tier is None:
         return await save_checkpoint(tensors, prefix, **kwargs)
-    from .tiers.save import save_tiered
-
     report, _ = await save_tiered(tensors, prefix, tier, durable=durable, **kwargs)
     return report
 
@@ -175,8 +148,6 @@ def save_async(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, ra
         private = snapshot(tensors) if copy else dict(tensors)
         durable = None
         if local_tier is not None:
-            from .tiers import drain
-
             durable = drain.promise(text)
         inner = loop.submit(_save(private, text, rank=rank, world_size=world_size, overwrite=overwrite,
                                   save_id=save_id, storage_options=storage_options, options=options,

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
-from .management.gc import gc
+from .management.directory import gc
 from .progress import ProgressBar
 from .reader import CheckpointReader
 from .tools import saved_model

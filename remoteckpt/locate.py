@@ -17,13 +17,15 @@ A trailing slash always means a directory; TensorFlow's prefix form keeps workin
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from typing import Any
 
 from .errors import CheckpointNotFoundError
 from .format.bundle import index_filename
+from .management.state import read_state
 from .options import DEFAULT_OPTIONS, IOOptions
-from .storage import open_store
+from .storage import open_store, split_prefix
 from .storage.url import is_url_root
 
 DIRECTORY_CHECKPOINT = "ckpt"
@@ -54,8 +56,6 @@ async def in_directory(directory: str, storage_options: dict[str, Any] | None = 
                        options: IOOptions = DEFAULT_OPTIONS) -> str | None:
     """The checkpoint a directory id names (``DIR/ckpt``, else the state file's latest), or
     None when the directory holds neither."""
-    from .management.state import read_state  # the state file's format lives with its management
-
     root = directory.rstrip("/") if "://" in directory else os.path.abspath(directory)
     store = open_store(root, storage_options, options)
     try:
@@ -82,8 +82,6 @@ async def for_reading(checkpoint_id: str | os.PathLike[str], storage_options: di
                       options: IOOptions = DEFAULT_OPTIONS) -> str:
     """The prefix of the committed checkpoint a reader's `checkpoint_id` names (any form of
     this module's table), or `CheckpointNotFoundError` naming every reading tried."""
-    from .storage import split_prefix
-
     text = strip_file_suffix(checkpoint_id)
     if _is_directory_id(text):
         found = await in_directory(text, storage_options, options)
@@ -109,3 +107,14 @@ def is_directory_id(checkpoint_id: str) -> bool:
     """Whether `checkpoint_id` can only name a directory (a trailing slash, a bucket's root,
     or an existing local directory)."""
     return _is_directory_id(checkpoint_id)
+
+
+def name_to_keep(source_prefix: str) -> str:
+    """The name a checkpoint keeps when copied into a folder: its prefix's last component, or
+    for a directory-style checkpoint (``.../step-100/ckpt``) its directory with it
+    (``step-100/ckpt``)."""
+    directory, name = split_prefix(source_prefix)
+    if name != DIRECTORY_CHECKPOINT or is_url_root(directory):
+        return name
+    parent = posixpath.basename(directory.rstrip("/")) if "://" in directory else os.path.basename(directory)
+    return f"{parent}/{name}" if parent else name

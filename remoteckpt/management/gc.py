@@ -77,24 +77,10 @@ async def _live_claims(store: Store, claims: list[ObjectInfo], options: IOOption
 
 def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
        storage_options: dict[str, Any] | None = None, dry_run: bool = False,
-       options: IOOptions = DEFAULT_OPTIONS, local_tier: Any = None) -> GcReport:
+       options: IOOptions = DEFAULT_OPTIONS) -> GcReport:
     """Remove uncommitted leftovers older than `older_than` seconds from `directory`, except
-    those of live saves (see the module docstring); with `dry_run`, only report them.  With
-    `local_tier`, the tier is cleaned too (`tiers.state.gc_tier`; reported after the
-    directory's, its keys relative to the tier)."""
-    if local_tier is not None:
-        from ..tiers.layout import as_tier
-        from ..tiers.state import gc_tier
-
-        report = gc(directory, older_than=older_than, storage_options=storage_options, dry_run=dry_run,
-                    options=options)
-        tier = as_tier(local_tier)
-        assert tier is not None
-        more = gc_tier(tier, older_than=older_than, dry_run=dry_run, options=options)
-        report.removed += more.removed
-        report.bytes_freed += more.bytes_freed
-        report.skipped += more.skipped
-        return report
+    those of live saves (see the module docstring); with `dry_run`, only report them.
+    (`remoteckpt.gc` adds the local tier: `directory`.)"""
     text = os.fspath(directory)
     root = text.rstrip("/") if "://" in text else os.path.abspath(text)
     cutoff = time.time() - older_than

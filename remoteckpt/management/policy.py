@@ -14,8 +14,9 @@ import numpy as np
 
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..tiers.layout import TierLike
+from .directory import latest_checkpoint
 from .saver import Saver
-from .state import join, latest_checkpoint
+from .state import join
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,28 +35,14 @@ from ..locate import is_directory_id
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader, being_read
 from ..storage import Store, on_store, open_store, split_prefix
+from ..tiers.drain import durability, resume
 from ..tiers.layout import TierLike, as_tier
-from .state import STATE_FILENAME, format_state, join, latest_checkpoint, read_state, write_state
+from ..tiers.save import save_tiered
+from .delete import delete_checkpoint
+from .directory import latest_checkpoint
+from .state import STATE_FILENAME, format_state, join, read_state, write_state
 
 log = logging.getLogger("remoteckpt")
-
-_DATA_FILE = re.compile(r"\.data-\d{5,}-of-\d{5,}$")
-
-
-async def delete_checkpoint(store: Store, name: str) -> list[str]:
-    """Remove checkpoint `name`: its index first, then data files and TF's `.meta`."""
-    removed = []
-    if await store.exists(index_filename(name)):
-        await store.delete(index_filename(name))
-        removed.append(index_filename(name))
-        crash_point("deleting")
-    for key in await store.list(name + "."):
-        rest = key[len(name):]
-        if _DATA_FILE.fullmatch(rest) or rest == ".meta":
-            await store.delete(key)
-            removed.append(key)
-    return removed
-
 
 class Saver:
     """Saves and restores checkpoints the way `tf.compat.v1.train.Saver` does.
@@ -126,8 +111,6 @@ class Saver:
 
     def durability(self, prefix: str) -> "Future[str]":
         """The future of `prefix`'s drain (a save of this Saver with a local tier)."""
-        from ..tiers.drain import durability
-
         return self._drains[prefix] if prefix in self._drains else durability(prefix)
 
     def wait_durable(self, timeout: float | None = None) -> list[str]:
@@ -234,8 +217,6 @@ class Saver:
     async def _save_tiered(self, tensors: Mapping[str, Any], prefix: str, overwrite: bool, directory: str) -> None:
         """The local commit, then the drain; rank 0 writes the remote state file and sweeps
         the remote tier once the checkpoint is durable (in drain order: `tiers.drain`)."""
-        from ..tiers.save import save_tiered
-
         assert self.local_tier is not None
         full = join(directory, split_prefix(prefix)[1])
         _, future = await save_tiered(tensors, prefix, self.local_tier, rank=self.rank, world_size=self.world_size,
@@ -249,8 +230,6 @@ class Saver:
 
     async def _resume(self, directory: str) -> None:
         """Drain (or drop, by the tier's policy) what a previous run left only local."""
-        from ..tiers.drain import resume
-
         assert self.local_tier is not None
         started = await resume(self.local_tier, storage_options=self.storage_options, options=self.options,
                                remote_directory=directory, after_for=lambda p: self._after_drain(p, directory))

@@ -168,7 +168,7 @@ async def _newest_committed(store: Store, name: str) -> str | None:
     return newest.key[: -len(".index")]
 
 
-def _directory_of(path: str | os.PathLike[str]) -> str:
+def directory_of(path: str | os.PathLike[str]) -> str:
     text = os.fspath(path)
     return text.rstrip("/") if "://" in text else os.path.abspath(text)
 
@@ -176,24 +176,16 @@ def _directory_of(path: str | os.PathLike[str]) -> str:
 def get_checkpoint_state(directory: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
                          latest_filename: str = STATE_FILENAME) -> CheckpointState | None:
     """The directory's state file, parsed (as `tf.train.get_checkpoint_state`), or None."""
-    root = _directory_of(directory)
+    root = directory_of(directory)
     return on_store(root, lambda store: read_state(store, root, latest_filename), storage_options)
 
 
 def latest_checkpoint(directory: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-                      latest_filename: str = STATE_FILENAME, local_tier: Any = None) -> str | None:
+                      latest_filename: str = STATE_FILENAME) -> str | None:
     """The prefix of the latest committed checkpoint in `directory` (as
     `tf.train.latest_checkpoint`): None if there is no state file or its latest checkpoint
-    has no `.index`.  With `local_tier`, the newest checkpoint of `directory` complete on
-    either tier (`tiers.state.latest`; it may be only local, not yet durable)."""
-    root = _directory_of(directory)
-    if local_tier is not None:
-        from ..tiers.layout import as_tier
-        from ..tiers.state import latest as on_tiers
-
-        tier = as_tier(local_tier)
-        assert tier is not None
-        return on_tiers(root, tier, storage_options=storage_options, latest_filename=latest_filename)
+    has no `.index`.  (`remoteckpt.latest_checkpoint` adds the local tier: `directory`.)"""
+    root = directory_of(directory)
 
     async def latest(store: Store) -> str | None:
         state = await read_state(store, root, latest_filename)

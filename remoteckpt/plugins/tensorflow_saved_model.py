@@ -47,7 +47,7 @@ from tensorflow.python.saved_model import builder_impl, constants, fingerprintin
 from tensorflow.python.saved_model import save as tf_save
 from tensorflow.python.saved_model import save_options as tf_save_options
 
-from ..api import save_checkpoint
+from ..direct import save_checkpoint
 from ..engine import loop
 from ..errors import CheckpointBusyError, CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point, within
@@ -55,6 +55,7 @@ from ..format.bundle import index_filename
 from ..management import versions
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import Store, open_store
+from ..tools.copy import copy_checkpoint
 from . import tensorflow_plugin
 
 __all__ = ["export_saved_model", "load_saved_model"]
@@ -245,8 +246,6 @@ def load_saved_model(url: str | os.PathLike[str], tags: Any = None, *, load_opti
             proto = saved_model_pb2.SavedModel.FromString(f.read())
         variables = _join(where, versions.VARIABLES_PREFIX)
         if len(proto.meta_graphs) != 1 or not proto.meta_graphs[0].HasField("object_graph_def"):
-            from ..tools.copy import copy_checkpoint
-
             copy_checkpoint(variables, os.path.join(workdir, "variables", "variables"),
                             source_options=storage_options, options=options)
             root = tf.saved_model.load(workdir, tags, options=load_options)

@@ -41,7 +41,7 @@ from ..progress import ProgressCallback, Reporter
 from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_async
-from .layout import DURABLE, LocalTier, TierCheckpoint, as_tier, checkpoints, local_prefix, record_bytes
+from .layout import DURABLE, LocalTier, TierCheckpoint, as_tier, checkpoints, delete_local, local_prefix, record_bytes
 
 log = logging.getLogger("remoteckpt")
 
@@ -246,8 +246,6 @@ async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = No
     delete them from the tier.  Drains in flight in this process are left alone.  Returns
     the checkpoints whose drains started, with their futures; ``after_for(remote)`` is the
     `after` of each drain."""
-    from .retention import delete_local
-
     started = []
     for c in pending(tier):
         if remote_directory is not None and split_prefix(c.remote)[0] != remote_directory.rstrip("/"):

@@ -26,7 +26,10 @@ from typing import Any
 
 from ..errors import CorruptCheckpointError
 from ..format.bundle import index_filename
+from ..locate import name_to_keep
+from ..management.delete import delete_checkpoint
 from ..protocol.layout import DATA_FILE
+from ..storage.local import LocalStore
 
 RECORD = ".tier"
 DURABLE = ".durable"
@@ -79,8 +82,6 @@ def as_tier(value: TierLike | None) -> LocalTier | None:
 
 def name_in_tier(remote: str) -> str:
     """The checkpoint's name in the tier for remote prefix `remote` (see the module docstring)."""
-    from ..tools.copy import name_to_keep
-
     return name_to_keep(remote)
 
 
@@ -170,3 +171,14 @@ def checkpoints(tier: LocalTier) -> list[TierCheckpoint]:
                 if one is not None:
                     found.append(one)
     return sorted(found, key=lambda c: (c.time, c.name))
+
+
+async def delete_local(tier: LocalTier, name: str) -> None:
+    """Remove checkpoint `name` from the tier: index, data files, marker, record."""
+    store = LocalStore(tier.path)
+    try:
+        await delete_checkpoint(store, name)
+        await store.delete(name + DURABLE)
+        await store.delete(name + RECORD)
+    finally:
+        await store.close()

@@ -22,24 +22,11 @@ import logging
 import time
 
 from ..errors import LocalTierFullError
-from ..management.saver import delete_checkpoint
 from ..reader import being_read
-from ..storage.local import LocalStore
 from . import drain
-from .layout import DURABLE, RECORD, LocalTier, TierCheckpoint, checkpoints
+from .layout import LocalTier, TierCheckpoint, checkpoints, delete_local
 
 log = logging.getLogger("remoteckpt")
-
-
-async def delete_local(tier: LocalTier, name: str) -> None:
-    """Remove checkpoint `name` from the tier: index, data files, marker, record."""
-    store = LocalStore(tier.path)
-    try:
-        await delete_checkpoint(store, name)
-        await store.delete(name + DURABLE)
-        await store.delete(name + RECORD)
-    finally:
-        await store.close()
 
 
 def _evictable(c: TierCheckpoint) -> bool:

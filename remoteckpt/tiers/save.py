@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..direct import save_checkpoint
 from ..engine.plan import Slice
 from ..errors import CheckpointExistsError, LocalTierFullError
 from ..format.bundle import index_filename
@@ -37,7 +38,7 @@ from ..protocol.save import SaveReport
 from ..storage import split_prefix
 from ..storage.local import LocalStore
 from . import drain, retention
-from .layout import DURABLE, RECORD, LocalTier, checkpoint, local_prefix, name_in_tier, record_bytes
+from .layout import DURABLE, RECORD, LocalTier, checkpoint, delete_local, local_prefix, name_in_tier, record_bytes
 
 
 def payload_bytes(tensors: Mapping[str, Any]) -> int:
@@ -65,7 +66,7 @@ async def begin(tier: LocalTier, prefix: str, *, overwrite: bool, needed: int) -
             raise LocalTierFullError(
                 f"local tier {tier.path} holds {there.name} of {there.remote}, not yet durable, under the name "
                 f"{prefix} needs; give this run a tier directory of its own")
-        await retention.delete_local(tier, there.name)
+        await delete_local(tier, there.name)
     if not overwrite and os.path.exists(index_filename(local)):
         raise CheckpointExistsError.committed(index_filename(local))
     await retention.make_room(tier, needed)
@@ -104,10 +105,8 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
     """The steps of the module docstring for remote `prefix`; the worker's report of the
     local save and the durability future (`durable`, if given, is the one resolved).
     `after` runs (rank 0) once the checkpoint is durable, in drain order.  `more`: further
-    options of `api.save_checkpoint` for the local save (``incremental``: its base is the
+    options of `direct.save_checkpoint` for the local save (``incremental``: its base is the
     tier's latest checkpoint)."""
-    from ..api import save_checkpoint
-
     local = local_prefix(tier, prefix)
     future = durable if durable is not None else drain.promise(prefix)
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..faults import crash_point
 from ..format.bundle import BundleEntry, BundleIndex, data_filename, decode_index, entry_shape, index_filename
 from ..format.coding import crc32c, unmask_crc
 from ..format.payload import decode_strings
-from ..locate import DIRECTORY_CHECKPOINT, for_reading, is_directory_id
+from ..locate import for_reading, is_directory_id, name_to_keep
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
 from ..protocol import claim as claims
@@ -42,7 +41,6 @@ from ..protocol.records import DataIdentity
 from ..storage import Store, open_store, split_prefix
 from ..storage.errors import translate
 from ..storage.s3 import S3Store
-from ..storage.url import is_url_root
 
 META_SUFFIX = ".meta"
 """``PREFIX.meta``: the MetaGraphDef `tf.compat.v1.train.Saver` writes beside a checkpoint."""
@@ -61,17 +59,6 @@ class CopyReport:
     files: int
     bytes: int
     tensors_verified: int
-
-
-def name_to_keep(source_prefix: str) -> str:
-    """The name a checkpoint keeps when copied into a folder: its prefix's last component, or
-    for a directory-style checkpoint (``.../step-100/ckpt``) its directory with it
-    (``step-100/ckpt``)."""
-    directory, name = split_prefix(source_prefix)
-    if name != DIRECTORY_CHECKPOINT or is_url_root(directory):
-        return name
-    parent = posixpath.basename(directory.rstrip("/")) if "://" in directory else os.path.basename(directory)
-    return f"{parent}/{name}" if parent else name
 
 
 async def _is_folder(destination: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:

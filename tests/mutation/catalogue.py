@@ -346,8 +346,8 @@ CATALOGUE: list[Mutation] = [
       "                f\"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size}): \"",
       "damaged bytes of a tensor without chunk CRCs (every TF-written one) are returned", API + CORRUPTION),
     m("reader-string-crc-unchecked", "engine/read.py",
-      "            if crc != unmask_crc(entry.crc32c):\n                raise CorruptCheckpointError(",
-      "            if False:\n                raise CorruptCheckpointError(",
+      "        if crc != unmask_crc(entry.crc32c):\n            raise CorruptCheckpointError(\n                f\"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})\")",
+      "        if False:\n            raise CorruptCheckpointError(\n                f\"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})\")",
       "damaged string elements are returned", API + CORRUPTION),
     m("reader-entry-inside-file", "engine/read.py",
       "if entry.offset + entry.size > file_size:", "if entry.offset > file_size:",
@@ -495,10 +495,12 @@ CATALOGUE: list[Mutation] = [
       "return np.array(value, copy=True, order=\"C\")", "return np.asarray(value)",
       "changing an array after save_async returned changes the saved checkpoint", ENGINE + API),
     m("saver-deletes-before-state", "management/saver.py",
+      "            if self.rank == 0:\n                crash_point(\"state-writing\")\n"
       "                await self._write_state(store, directory)\n                await self._sweep_one(store)",
+      "            if self.rank == 0:\n                crash_point(\"state-writing\")\n"
       "                await self._sweep_one(store)\n                await self._write_state(store, directory)",
       "a failed state-file write leaves it naming a checkpoint already deleted", MANAGEMENT),
-    m("saver-delete-data-first", "management/saver.py",
+    m("saver-delete-data-first", "management/delete.py",
       "    removed = []\n    if await store.exists(index_filename(name)):",
       "    removed = []\n    for key in await store.list(name + \".\"):\n"
       "        if _DATA_FILE.fullmatch(key[len(name):]):\n            await store.delete(key)\n"
