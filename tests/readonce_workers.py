@@ -144,3 +144,54 @@ def cache_job(barrier: Any, prefix: str, endpoint: str, cache_dir: str, result_p
         record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     with open(result_path, "w") as f:
         json.dump(record, f)
+
+
+def budget_job(init_file: str, rank: int, world_size: int, prefix: str, endpoint: str, budgets: list[int],
+               hosts: list[str] | None) -> list[dict[str, int]]:
+    """Under each memory budget of `budgets` (each a budget of its own), boxes that must be
+    staged (columns of `wide` every rank overlaps, rows of it, the string) read by the group;
+    every value checked.  For each: the budget's high-water mark, what it held when the staged
+    parts were copied out (`engine.group._settle`), and what it holds after."""
+    import torch.distributed as dist
+
+    from remoteckpt.engine import group, loop
+    from remoteckpt.engine.budget import MemoryBudget, process_budget
+
+    if hosts is not None:
+        os.environ[group.HOST_ENV] = hosts[rank]
+    _join(init_file, rank, world_size)
+    expected = state()
+    records = []
+    try:
+        for capacity in budgets:
+            async def budget_of(capacity: int = capacity) -> MemoryBudget:
+                return process_budget(capacity)
+
+            budget = loop.run(budget_of())
+            held: list[int] = []
+            settle = group._settle
+
+            def settling(*args: Any, **kwargs: Any) -> None:
+                held.append(budget.used)
+                settle(*args, **kwargs)
+
+            group._settle = settling
+            try:
+                lo, hi = rows(rank, world_size)
+                cols = (rank * 400, rank * 400 + 800)
+                options = remoteckpt.IOOptions(memory_budget=capacity)
+                with remoteckpt.CheckpointReader(prefix, storage_options={"endpoint_url": endpoint},
+                                                 options=options) as reader:
+                    got = reader.read_boxes_shared(
+                        [("wide", (slice(None), slice(*cols))), ("wide", (slice(lo, hi),)), ("note", None)],
+                        None, dist.group.WORLD)
+            finally:
+                group._settle = settle
+            assert np.array_equal(got[0], expected["wide"][:, cols[0] : cols[1]]), (capacity, rank)
+            assert np.array_equal(got[1], expected["wide"][lo:hi]), (capacity, rank)
+            assert list(got[2]) == list(expected["note"])
+            records.append({"peak": budget.peak, "settling": held[0], "after": budget.used})
+            dist.barrier()
+        return records
+    finally:
+        dist.destroy_process_group()

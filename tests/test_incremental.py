@@ -4,6 +4,7 @@ with TensorFlow."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -17,6 +18,7 @@ import pytest
 import remoteckpt
 from remoteckpt import api
 from remoteckpt.engine import loop
+from remoteckpt.engine.budget import MemoryBudget, process_budget
 from remoteckpt.format.bundle import decode_index, encode_index, index_filename
 from remoteckpt.management.state import format_state
 from remoteckpt.protocol.save import SaveReport
@@ -373,3 +375,73 @@ def test_without_a_state_file_the_base_is_the_newest_committed_checkpoint(direct
     report = save(mixed, f"{directory}/model.ckpt-3")
     assert report.bytes_copied == 9 * TENSOR  # from model.ckpt-2: every tensor but layer0
     assert_restores(f"{directory}/model.ckpt-3", mixed)
+
+
+def _budget(options: remoteckpt.IOOptions, *, reset: bool = False) -> MemoryBudget:
+    """The process's budget `options` draw on; with `reset`, its high-water mark set back to
+    what is held now (nothing, between saves)."""
+    async def get() -> MemoryBudget:
+        budget = process_budget(options.memory_budget)
+        if reset:
+            budget.peak = budget.used
+        return budget
+
+    return loop.run(get())
+
+
+def bounded(tensors: dict[str, Any], prefix: str, base: str, options: remoteckpt.IOOptions) -> SaveReport:
+    """An incremental save that fails, instead of hanging, if it waits on budget nobody gives back."""
+    report: SaveReport = loop.run(asyncio.wait_for(
+        api.save_checkpoint(tensors, prefix, incremental=base, options=options), 60))
+    return report
+
+
+def test_converted_arrays_are_hashed_and_written_within_the_memory_budget(directory: str) -> None:
+    """A transposed and a big-endian array of 6 MiB each, saved incrementally under a budget of
+    about 1 MiB: deciding that they are unchanged converts them block by block to hash them,
+    and every block is drawn from the budget (its high-water mark is above zero though nothing
+    is written, and never above the budget); changed, they are hashed and written again
+    within it.  Every checkpoint restores exactly."""
+    options = remoteckpt.IOOptions(memory_budget=MiB + 4096 * 3, crc_chunk=64 * 1024)  # a budget of its own
+    rng = np.random.default_rng(13)
+    transposed = rng.random((TENSOR // 4 // 768, 768), dtype=np.float32).T
+    big_endian = rng.random(TENSOR // 4, dtype=np.float32).astype(">f4")
+    first = {"t": transposed, "be": big_endian}
+    assert not transposed.flags.c_contiguous and big_endian.dtype.byteorder == ">"
+    bounded(first, f"{directory}/m-1", True, options)
+    budget = _budget(options, reset=True)
+
+    report = bounded(first, f"{directory}/m-2", "m-1", options)  # nothing changed: hashed, copied
+    assert report.bytes_copied == 2 * TENSOR
+    assert budget.used == 0 and 0 < budget.peak <= options.memory_budget, budget.peak
+    restored = remoteckpt.load(f"{directory}/m-2")
+    assert np.array_equal(restored["t"], transposed) and np.array_equal(restored["be"], big_endian)
+
+    budget = _budget(options, reset=True)
+    second = {"t": transposed + 1, "be": (big_endian * 2).astype(">f4")}
+    assert not second["t"].flags.c_contiguous  # laid out as `transposed`
+    report = bounded(second, f"{directory}/m-3", "m-2", options)  # both changed: hashed, then written
+    assert report.bytes_copied == 0
+    assert budget.used == 0 and 0 < budget.peak <= options.memory_budget, budget.peak
+    restored = remoteckpt.load(f"{directory}/m-3")
+    assert np.array_equal(restored["t"], second["t"]) and np.array_equal(restored["be"], second["be"])
+    assert restored["be"].tobytes() == second["be"].astype("<f4").tobytes()
+
+
+def test_a_crc_chunk_larger_than_the_budget_is_hashed_alone_not_deadlocked(tmp_path: Path) -> None:
+    """CRC chunks of 2 MiB under a 1 MiB budget: each converted block (one chunk) is larger
+    than the whole budget, so it is admitted alone, once nothing else is held; the hashing and
+    the writing take turns and the save completes and restores exactly."""
+    options = remoteckpt.IOOptions(memory_budget=MiB + 4096 * 5, crc_chunk=2 * MiB)
+    rng = np.random.default_rng(14)
+    transposed = rng.random((TENSOR // 4 // 1024, 1024), dtype=np.float32).T
+    big_endian = rng.random(TENSOR // 4, dtype=np.float32).astype(">f4")
+    first = {"t": transposed, "be": big_endian}
+    bounded(first, f"{tmp_path}/m-1", True, options)
+    budget = _budget(options, reset=True)
+    second = {"t": transposed, "be": (big_endian + 1).astype(">f4")}
+    report = bounded(second, f"{tmp_path}/m-2", "m-1", options)
+    assert report.bytes_copied == TENSOR
+    assert budget.used == 0 and budget.peak == 2 * MiB  # one chunk at a time, never two
+    restored = remoteckpt.load(f"{tmp_path}/m-2")
+    assert np.array_equal(restored["t"], transposed) and np.array_equal(restored["be"], second["be"])

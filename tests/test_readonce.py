@@ -239,3 +239,23 @@ def test_the_host_cache_is_trimmed_to_its_bound_least_recently_used_first(tmp_pa
     assert np.array_equal(got["wide"], w.state()["wide"])
     assert sum(p.stat().st_size for p in cached()) <= 3 * MiB
     assert not set(first) & set(cached())
+
+
+@pytest.mark.parametrize("hosts", [None, ["a", "a", "b", "b"]], ids=["one-host", "two-hosts"])
+def test_a_group_read_stages_partial_boxes_in_memory_drawn_from_the_budget(
+        hosts: list[str] | None, tmp_path: Path, s3_server: Any, s3_prefix: str) -> None:
+    """4 gloo ranks read boxes that are staged whole (overlapping columns and rows of `wide`,
+    a string entry): each rank draws its staging buffers (and room for one exchange buffer)
+    from its memory budget before the bytes move, holds them while the staged parts are copied
+    out, and gives them all back; under a 32 MiB budget the high-water mark stays within it.
+    Under a 1 MiB budget the staging (4.7 MiB of columns alone) is larger than the whole
+    budget: admitted alone, as any such request, and the read still completes exactly."""
+    import readonce_workers as w
+
+    prefix = f"{s3_prefix}/staged"
+    remoteckpt.save(w.state(), prefix)
+    roomy, tiny = 32 * MiB + 4096 * 7, MiB + 4096 * 7  # budgets of their own in each rank's process
+    results = run_ranks(w.budget_job, 4, tmp_path, prefix, s3_server.endpoint_url, [roomy, tiny], hosts)
+    for rank, (under_roomy, under_tiny) in enumerate(results):
+        assert under_roomy["after"] == 0 and 0 < under_roomy["settling"] == under_roomy["peak"] <= roomy, (rank, under_roomy)
+        assert under_tiny["after"] == 0 and tiny < under_tiny["settling"] == under_tiny["peak"], (rank, under_tiny)

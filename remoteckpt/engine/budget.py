@@ -1,8 +1,9 @@
 """A byte-counting semaphore bounding the host memory held by buffers in flight, one per process.
 
 What it bounds: the temporary buffers of saves and reads (a non-contiguous or big-endian
-tensor converted a block at a time as it is written, a partial read's temporary blocks,
-string payloads, `remoteckpt cp`'s chunks).  Not the tensors being saved nor the arrays a
+tensor converted a block at a time as it is written, or as an incremental save hashes it, a
+partial read's temporary blocks, string payloads, a group read's staging buffers,
+`remoteckpt cp`'s chunks).  Not the tensors being saved nor the arrays a
 read returns: those are the caller's.
 
 One budget per process: every save, read and copy of the process that runs with the same

@@ -28,8 +28,19 @@ errors each rank maps its whole-entry outputs from it (copy-on-write) or copies 
 
 The collective calls are made through a `Collective` (`plugins.torch_group.TorchGroup` for a
 `torch.distributed` process group); the same calls in the same order on every rank.
-Partial boxes (and string entries) are staged whole in group reads: their staging buffers
-are not drawn from the memory budget.
+
+Memory.  Partial boxes (and string entries) are staged whole in group reads, and a transfer
+whose units land in several places goes through a temporary buffer (on the rank that sends
+it and on each that receives it): both come from the process's memory budget
+(`engine.budget`).  Before it allocates any of them, each rank draws, in one request, its
+staging buffers' bytes plus room for one temporary buffer (a transfer of several units is at
+most `read_chunk` bytes; one of a single unit lands in place), and gives them back once the
+read is over.  One request, never a second while holding the first: a rank never waits on
+the budget while it holds part of it, so it cannot deadlock on itself; one larger than the
+whole budget is admitted alone, as any (see `engine.budget`).  The wait, if any, comes
+before the first collective call, while the rank holds nothing the others need.  Outputs
+and the one-host shared-memory segment (whose bytes become outputs) are the caller's, as
+in every read.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ import numpy as np
 from ..errors import CheckpointError, CorruptCheckpointError
 from ..format.coding import crc32c_combine, unmask_crc
 from . import loop
+from .budget import MemoryBudget, process_budget
 from .fetch import execute, gather_or_cancel
 from .ranges import Piece, coalesce
 from .read import BoxLike, OpenCheckpoint, ReadPlan, _byteswap, _Part
@@ -138,7 +150,22 @@ def _entry_units(needs: _Needs, p: _Part, lo: int, hi: int, target: np.ndarray, 
         needs.add((p.data_key, entry.offset, entry.size), (target, -base), unmask_crc(entry.crc32c), p)
 
 
+def _extent(blocks: Sequence[tuple[Any, list[tuple[int, int]]]]) -> tuple[int, int]:
+    """The bytes [base, top) of an entry a partial box's staging buffer holds: its spans and blocks."""
+    spans = [s for _, ss in blocks for s in ss]
+    base = min([lo for lo, _ in spans] + [b.offset for b, _ in blocks])
+    top = max([hi for _, hi in spans] + [b.offset + b.length for b, _ in blocks])
+    return base, top
+
+
+def _staging_bytes(plan: ReadPlan) -> int:
+    """Bytes of the staging buffers `_needs` allocates for `plan`."""
+    return sum(p.entry.size if p.out.dtype.kind == "O" else _extent(blocks)[1] - _extent(blocks)[0]
+               for p, blocks in plan.buffered)
+
+
 def _needs(plan: ReadPlan) -> _Needs:
+    """What this rank needs; allocates the staging buffers (`_staging_bytes`)."""
     needs = _Needs()
     for p in plan.direct:
         region = p.out[p.part.relative_to(p.request)].reshape(-1).view(np.uint8)
@@ -151,8 +178,7 @@ def _needs(plan: ReadPlan) -> _Needs:
             _entry_units(needs, p, 0, p.entry.size, staging, 0)
             continue
         spans = [s for _, ss in blocks for s in ss]
-        base = min([lo for lo, _ in spans] + [b.offset for b, _ in blocks])
-        top = max([hi for _, hi in spans] + [b.offset + b.length for b, _ in blocks])
+        base, top = _extent(blocks)
         staging = np.empty(top - base, np.uint8)  # pages never written are never resident
         needs.staged.append((p, (staging, blocks), base))
         for lo, hi in spans:
@@ -192,10 +218,63 @@ def read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLik
     (see the module docstring).  Runs on the caller's thread (never remoteckpt's I/O loop:
     its fetches run there).  An error of any rank (a bad request, a corrupt unit) is raised
     on every rank: the rank's own, or the first other rank's, naming that rank."""
+    drawn = _Drawn(checkpoint._options.memory_budget)
+    try:
+        return _read_shared(checkpoint, requests, outs, group, drawn)
+    finally:
+        drawn.give_back()
+
+
+class _Drawn:
+    """Bytes a group read holds of the process's memory budget.  Drawn from the caller's
+    thread; counted and given back on remoteckpt's I/O loop, where the budget lives."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.budget: MemoryBudget | None = None
+        self.held = 0
+
+    def draw(self, n: int) -> None:
+        """Wait for `n` bytes of the budget; once only (see the module docstring)."""
+        assert self.held == 0
+        if n <= 0:
+            return
+
+        async def acquire() -> None:
+            budget = process_budget(self.capacity)
+            await budget.acquire(n)
+            self.budget, self.held = budget, n  # counted as soon as granted: `give_back` sees it
+
+        future = loop.submit(acquire())
+        try:
+            future.result()
+        except BaseException:
+            # An interrupted wait: a grant that comes meanwhile is given back by `acquire`
+            # (cancelled) or by `give_back` (which runs on the loop after the cancellation).
+            future.cancel()
+            raise
+
+    def give_back(self) -> None:
+        async def release() -> None:
+            if self.held:
+                assert self.budget is not None
+                self.budget.release_now(self.held)
+                self.held = 0
+
+        loop.run(release())
+
+
+def _read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLike | None]],
+                 outs: Sequence[np.ndarray | None] | None, group: Collective, drawn: _Drawn) -> list[np.ndarray]:
     needs: _Needs | None = None
     error: Exception | None = None
     try:
         plan = checkpoint.plan_boxes(requests, outs)
+        direct = sum(p.entry.size for p in plan.direct)
+        staging = _staging_bytes(plan)
+        # A temporary buffer holds one transfer of several units (at most `read_chunk`), all of them this rank's.
+        temporary = min(checkpoint._options.read_chunk, direct + staging) if group.size > 1 else 0
+        drawn.draw(staging + temporary)
         needs = _needs(plan)
     except Exception as exc:  # raised on every rank, after the gather
         error = exc

@@ -33,9 +33,18 @@ every payload that has a counterpart in the base, in a worker thread (hashlib an
 release the GIL), while the writer sends what is already decided, so a save in which nothing
 is unchanged costs a full save plus the digest's CPU time, overlapped with the network.
 Every byte of a payload with a counterpart is read once to hash it and once more only if it
-is written; payloads without one are digested while they stream (`engine.write`).  An array
-whose memory is not laid out as its payload (see `engine.plan.Payload.source`) is converted a
-block (8 MiB) at a time to be hashed, in memory not drawn from the memory budget.
+is written; payloads without one are digested while they stream (`engine.write`).
+
+An array whose memory is not laid out as its payload (see `engine.plan.Payload.source`) is
+converted a block at a time to be hashed, and again to be written if it changed (or sits in
+a run too short to copy).  Every such block is fresh memory drawn from the process's memory
+budget (`engine.budget`) before it is made and given back once it is hashed or its write is
+done: blocks of at most half the budget (and 8 MiB), or one CRC chunk where that is larger
+(admitted alone, as `engine.budget` admits any request larger than the whole budget).  The
+hasher and the writer draw on the one budget together, so together they stay within it.
+They cannot deadlock on it: the hasher gives its block back before it hands on the sums the
+writer waits for, and the writer's blocks are given back as their writes finish, whatever
+the writer waits for meanwhile.
 """
 
 from __future__ import annotations
@@ -49,9 +58,9 @@ from ..errors import CheckpointError, CheckpointNotFoundError
 from ..format.bundle import BundleEntry, data_filename, decode_index, index_filename
 from ..options import IOOptions
 from ..storage.base import ObjectWriter, Store
-from .budget import process_budget
+from .budget import MemoryBudget, process_budget
 from .plan import BundlePlan, Payload
-from .write import DIGEST_SIZE, WRITE_BLOCK, OneAhead, checksum_payload, set_checksums, stream_payload
+from .write import DIGEST_SIZE, OneAhead, checksum_payload, set_checksums, stream_payload, write_range
 
 log = logging.getLogger("remoteckpt")
 
@@ -155,7 +164,7 @@ async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseC
         for p in plan.payloads:
             if id(p) in sums:
                 try:
-                    sums[id(p)].set_result(await asyncio.to_thread(checksum_payload, p, options.crc_chunk))
+                    sums[id(p)].set_result(await checksum_payload(p, options.crc_chunk, budget))
                 except Exception as exc:
                     sums[id(p)].set_exception(exc)
                     return
@@ -183,17 +192,17 @@ async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseC
             if queue:
                 await out.drain()
                 if writer.bytes_before_copy() == 0:
-                    placed = await _place(writer, out, base, queue, placed, report, on_bytes, final=False)
+                    placed = await _place(writer, out, base, queue, placed, report, on_bytes, budget, final=False)
                     queue = []
             p.entry.offset = placed
             if old is not None:  # checksummed ahead: only the bytes to send
-                await _write_bytes(out, p, 0, p.size)
+                await write_range(out, p, 0, p.size, budget)
             else:
                 await stream_payload(out, p, options.crc_chunk, budget, True)
             placed += p.size
         await out.drain()
         if queue:
-            placed = await _place(writer, out, base, queue, placed, report, on_bytes, final=True)
+            placed = await _place(writer, out, base, queue, placed, report, on_bytes, budget, final=True)
         await out.drain()
     except BaseException:
         hasher.cancel()
@@ -203,11 +212,6 @@ async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseC
     await hasher
     assert placed == plan.size, (placed, plan.size)
     return report
-
-
-async def _write_bytes(out: OneAhead, payload: Payload, start: int, stop: int) -> None:
-    for at in range(start, stop, WRITE_BLOCK):
-        await out.write(payload.piece(at, min(stop, at + WRITE_BLOCK)))
 
 
 @dataclass
@@ -233,7 +237,8 @@ def _runs(queue: list[_Unchanged]) -> list[_Run]:
 
 
 async def _place(writer: ObjectWriter, out: OneAhead, base: BaseCheckpoint, queue: list[_Unchanged], placed: int,
-                 report: CopyReport, on_bytes: Callable[[int], None] | None, *, final: bool) -> int:
+                 report: CopyReport, on_bytes: Callable[[int], None] | None, budget: MemoryBudget, *,
+                 final: bool) -> int:
     """Put the queued unchanged payloads at `placed` (see the module docstring); returns the
     new end.  The writer is at a copy boundary unless `final`."""
     granule = writer.copy_granule
@@ -242,7 +247,7 @@ async def _place(writer: ObjectWriter, out: OneAhead, base: BaseCheckpoint, queu
     short = [r for r in runs if r.size < granule]
     if final:  # written first: they may bring the writer to a boundary
         for run in short:
-            placed = await _write_run(out, run, placed, 0, run.size)
+            placed = await _write_run(out, run, placed, 0, run.size, budget)
         await out.drain()
     for i, run in enumerate(copies):
         for item in run.items:
@@ -250,10 +255,10 @@ async def _place(writer: ObjectWriter, out: OneAhead, base: BaseCheckpoint, queu
         skip = writer.bytes_before_copy()
         last = final and i == len(copies) - 1
         if skip and (skip >= run.size or (run.size - skip < granule and not last)):
-            await _write_run(out, run, placed, 0, run.size)
+            await _write_run(out, run, placed, 0, run.size, budget)
         else:
             if skip:
-                await _write_run(out, run, placed, 0, skip)
+                await _write_run(out, run, placed, 0, skip, budget)
                 await out.drain()
             await writer.copy(base.data_key(run.shard), run.start + skip, run.size - skip,
                               etag=await base.etag(run.shard))
@@ -263,17 +268,18 @@ async def _place(writer: ObjectWriter, out: OneAhead, base: BaseCheckpoint, queu
         placed += run.size
     if not final:
         for run in short:
-            placed = await _write_run(out, run, placed, 0, run.size)
+            placed = await _write_run(out, run, placed, 0, run.size, budget)
     return placed
 
 
-async def _write_run(out: OneAhead, run: _Run, placed: int, start: int, stop: int) -> int:
+async def _write_run(out: OneAhead, run: _Run, placed: int, start: int, stop: int, budget: MemoryBudget) -> int:
     """Write bytes ``[start, stop)`` of `run` (offsets in the run) from memory, the run's
-    payloads placed from `placed`; returns where the run ends."""
+    payloads placed from `placed` (converted ones made in blocks drawn from `budget`);
+    returns where the run ends."""
     for item in run.items:
         at = item.old.offset - run.start
         item.payload.entry.offset = placed + at
         lo, hi = max(start, at), min(stop, at + item.payload.size)
         if lo < hi:
-            await _write_bytes(out, item.payload, lo - at, hi - at)
+            await write_range(out, item.payload, lo - at, hi - at, budget)
     return placed + run.size

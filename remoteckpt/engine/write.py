@@ -165,16 +165,26 @@ def _make(payload: Payload, start: int, stop: int, step: int, buffer: np.ndarray
     return piece, crcs
 
 
+def block_size(payload: Payload, crc_chunk: int, budget: MemoryBudget) -> int:
+    """Bytes of `payload` made (converted, checksummed) at a time: `WRITE_BLOCK` in whole CRC
+    chunks, and for a converted payload at most half the budget, so that two of its blocks
+    (one written, one made) fit in it together (a CRC chunk larger than that is one block:
+    the budget admits it alone)."""
+    step = crc_chunk if crc_chunk else WRITE_BLOCK
+    block = max(step, WRITE_BLOCK // step * step)
+    if payload.source is not None:
+        half = budget.capacity // 2
+        # whole CRC chunks where there are chunk CRCs; any length where one CRC covers it all
+        block = max(step, min(block, half // step * step)) if crc_chunk else min(block, half)
+    return block
+
+
 async def _stream_numeric(out: OneAhead, payload: Payload, crc_chunk: int, budget: MemoryBudget,
                           digest: "hashlib._Hash | None" = None) -> None:
     size = payload.size
     step = crc_chunk if crc_chunk else WRITE_BLOCK
-    block = max(step, WRITE_BLOCK // step * step)
-    converted = payload.source is not None
-    if converted:  # fresh blocks, two at most at once (one written, one made): within the budget
-        half = budget.capacity // 2
-        # whole CRC chunks where there are chunk CRCs; any length where one CRC covers it all
-        block = max(step, min(block, half // step * step)) if crc_chunk else min(block, half)
+    block = block_size(payload, crc_chunk, budget)
+    converted = payload.source is not None  # fresh blocks, two at most at once: within the budget
     chunk_crcs: list[int] = []
     running = 0
     for start in range(0, size, block):
@@ -202,6 +212,32 @@ async def _stream_numeric(out: OneAhead, payload: Payload, crc_chunk: int, budge
     set_checksums(payload, crc_chunk, running, chunk_crcs)
 
 
+async def write_range(out: OneAhead, payload: Payload, start: int, stop: int, budget: MemoryBudget) -> None:
+    """Bytes ``[start, stop)`` of a numeric payload whose checksums are known to `out`, in
+    blocks of up to `WRITE_BLOCK`: views of the caller's array, or for a converted payload
+    fresh blocks drawn from `budget` (at most half of it each, as `stream_payload` makes
+    them), each given back once its write is done."""
+    if payload.source is None:
+        for at in range(start, stop, WRITE_BLOCK):
+            await out.write(payload.piece(at, min(stop, at + WRITE_BLOCK)))
+        return
+    block = min(WRITE_BLOCK, max(1, budget.capacity // 2))
+    for at in range(start, stop, block):
+        end = min(stop, at + block)
+        await budget.acquire(end - at)
+        release = functools.partial(budget.release_now, end - at)
+        try:
+            buffer = payload.piece_buffer(at, end)
+            if end - at >= OVERLAP_MIN:
+                piece = await asyncio.to_thread(payload.piece, at, end, buffer)
+            else:
+                piece = payload.piece(at, end, buffer)
+        except BaseException:
+            release()
+            raise
+        await out.write(piece, release=release)
+
+
 def _fold(running: int, piece: memoryview, crcs: list[int], step: int) -> int:
     """`running` (the CRC32C of the bytes before `piece`) extended over `piece`, whose chunks
     of `step` bytes have the CRCs `crcs`."""
@@ -225,15 +261,37 @@ def set_checksums(payload: Payload, crc_chunk: int, crc: int, chunk_crcs: list[i
         entry.chunk_crc32c.extend(mask_crc(c) for c in chunk_crcs)
 
 
-def checksum_payload(payload: Payload, crc_chunk: int) -> tuple[int, list[int], bytes]:
+async def checksum_payload(payload: Payload, crc_chunk: int, budget: MemoryBudget) -> tuple[int, list[int], bytes]:
     """(CRC32C, chunk CRCs, content digest) of a numeric payload in one pass over its bytes,
-    without writing them (blocking: a worker thread's work)."""
+    without writing them, in worker threads.  A converted payload is made a block at a time
+    (`block_size`), each block drawn from `budget` before it is made and given back once it
+    is hashed."""
     step = crc_chunk if crc_chunk else WRITE_BLOCK
-    block = max(step, WRITE_BLOCK // step * step)
+    block = block_size(payload, crc_chunk, budget)
     digest = new_digest()
+    if payload.source is None:  # views of the caller's memory: nothing to draw
+        running, chunk_crcs = await asyncio.to_thread(_checksum_range, payload, 0, payload.size, block, step,
+                                                      None, digest)
+        return running, chunk_crcs, digest.digest()[:DIGEST_SIZE]
     running, chunk_crcs = 0, []
     for start in range(0, payload.size, block):
-        piece, crcs = _make(payload, start, min(payload.size, start + block), step, None, digest)
-        running = _fold(running, piece, crcs, step)
+        stop = min(payload.size, start + block)
+        async with budget.hold(stop - start):
+            buffer = payload.piece_buffer(start, stop)  # on the loop's thread (see `piece_buffer`)
+            running, crcs = await asyncio.to_thread(_checksum_range, payload, start, stop, block, step, buffer,
+                                                    digest, running)
+            del buffer  # freed before its bytes are given back
         chunk_crcs.extend(crcs)
     return running, chunk_crcs, digest.digest()[:DIGEST_SIZE]
+
+
+def _checksum_range(payload: Payload, start: int, stop: int, block: int, step: int, buffer: np.ndarray | None,
+                    digest: "hashlib._Hash", running: int = 0) -> tuple[int, list[int]]:
+    """`running` extended over bytes ``[start, stop)`` of `payload` (made `block` bytes at a
+    time, in `buffer` if given: then one block), and their chunk CRCs; `digest` updated."""
+    chunk_crcs: list[int] = []
+    for at in range(start, stop, block):
+        piece, crcs = _make(payload, at, min(stop, at + block), step, buffer, digest)
+        running = _fold(running, piece, crcs, step)
+        chunk_crcs.extend(crcs)
+    return running, chunk_crcs
