@@ -445,3 +445,31 @@ def test_a_crc_chunk_larger_than_the_budget_is_hashed_alone_not_deadlocked(tmp_p
     assert budget.used == 0 and budget.peak == 2 * MiB  # one chunk at a time, never two
     restored = remoteckpt.load(f"{tmp_path}/m-2")
     assert np.array_equal(restored["t"], transposed) and np.array_equal(restored["be"], second["be"])
+
+
+def test_a_base_replaced_after_its_index_was_read_is_refused_not_copied_from(directory: str) -> None:
+    """The base's data file versions are pinned only while the index read still stands: a base
+    overwritten (same names, same sizes, other values) between the index read and the first
+    copy is refused, and the new checkpoint gets no byte of the replacement."""
+    from remoteckpt.engine.incremental import open_base
+    from remoteckpt.errors import CheckpointChangedError
+
+    first = weights(1, n=2)
+    save(first, f"{directory}/base")
+
+    async def opened(store: Store) -> Any:
+        return await open_base(store, "base")
+
+    async def pin(store: Store, base: Any) -> str:
+        base.store = store
+        result: str = await base.etag(0)
+        return result
+
+    base = on(directory, opened)
+    assert base is not None
+    save(weights(2, n=2), f"{directory}/base", overwrite=True)  # retires the index, then replaces the data
+    with pytest.raises(CheckpointChangedError, match="replaced or deleted"):
+        on(directory, lambda store: pin(store, base))
+    fresh = on(directory, opened)
+    assert fresh is not None
+    assert on(directory, lambda store: pin(store, fresh))  # the base as it stands now serves

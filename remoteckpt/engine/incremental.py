@@ -54,7 +54,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointChangedError, CheckpointError, CheckpointNotFoundError
 from ..format.bundle import BundleEntry, data_filename, decode_index, index_filename
 from ..options import IOOptions
 from ..storage.base import ObjectWriter, Store
@@ -80,13 +80,21 @@ class Incremental:
 @dataclass
 class BaseCheckpoint:
     """The committed checkpoint an incremental save copies from: its name in the store, its
-    entries, and the versions of its data files (looked up once each, on first use, and
-    pinned: a copy from a replaced file fails instead of copying other bytes)."""
+    entries, the version of its index as read, and the versions of its data files (looked up
+    once each, on first use, and pinned: a copy from a replaced file fails instead of copying
+    other bytes).
+
+    A data file's version is taken only while the index read is still there: its HEAD, then
+    a HEAD of the index, which must be the version read.  An overwrite of the base retires
+    its index before it touches a data file (docs/protocol.md), so a data file seen while the
+    index read still stands is that index's; otherwise the base is refused
+    (`CheckpointChangedError`: the save writes every tensor instead)."""
 
     store: Store
     name: str
     entries: dict[bytes, BundleEntry]
     num_shards: int
+    index_etag: str = ""
     _etags: dict[int, str] = field(default_factory=dict)
 
     def data_key(self, shard: int) -> str:
@@ -109,6 +117,10 @@ class BaseCheckpoint:
             if info is None:
                 raise CheckpointNotFoundError(f"{self.store.describe(self.data_key(shard))}: the data file of the "
                                               "base checkpoint is gone")
+            index = await self.store.head(index_filename(self.name))
+            if index is None or not self.index_etag or index.etag != self.index_etag:
+                raise CheckpointChangedError(f"{self.store.describe(index_filename(self.name))}: the base checkpoint "
+                                             "was replaced or deleted after its index was read")
             self._etags[shard] = info.etag
         return self._etags[shard]
 
@@ -117,8 +129,8 @@ async def open_base(store: Store, name: str) -> BaseCheckpoint | None:
     """Checkpoint `name` of `store` as a base, or None (logged) if it cannot serve as one: gone,
     unreadable, or saved without digests (not incrementally)."""
     try:
-        data = await store.get(index_filename(name), max_size=MAX_BASE_INDEX_BYTES)
-        view = memoryview(data)
+        stored = await store.get_object(index_filename(name), max_size=MAX_BASE_INDEX_BYTES)
+        view = memoryview(stored.data)
         index = decode_index(lambda o, k: view[o : o + k], len(view))
     except CheckpointError as exc:
         log.warning("incremental save: %s cannot serve as a base (%s); writing every tensor",
@@ -128,7 +140,7 @@ async def open_base(store: Store, name: str) -> BaseCheckpoint | None:
         log.info("incremental save: %s has no content digests (saved without incremental=True); "
                  "writing every tensor", store.describe(index_filename(name)))
         return None
-    return BaseCheckpoint(store, name, index.entries, index.header.num_shards)
+    return BaseCheckpoint(store, name, index.entries, index.header.num_shards, index_etag=stored.etag)
 
 
 @dataclass
