@@ -203,3 +203,18 @@ def test_retention_deletes_the_meta_graph(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "v1_saver" / "model.ckpt-40.meta", f"{first}.meta")
     saver.save({"w": np.zeros(3, np.float32)}, str(tmp_path / "model.ckpt"), global_step=2)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("model.ckpt-1")) == []
+
+
+def test_retiring_a_version_deletes_its_variables_index_first_even_beside_an_asset_named_index(tmp_path: Path) -> None:
+    """An asset whose name ends in ``.index`` (a FAISS index) neither takes the variables
+    index's place in the deletion order nor keeps it from being deleted."""
+    keys = ["1/saved_model.pb", "1/fingerprint.pb", "1/assets/embeddings.index", "1/variables/variables.index",
+            "1/variables/variables.data-00000-of-00001"]
+    order = versions.deletion_order(keys)
+    assert order[:2] == ["1/saved_model.pb", "1/variables/variables.index"]
+    for key in keys:
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+    info = versions.VersionInfo(number=1, complete=True, bytes=len(keys), mtime=0.0, keys=tuple(keys))
+    on_store(str(tmp_path), lambda store: versions.retire(store, info))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

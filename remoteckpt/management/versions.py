@@ -24,6 +24,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+from ..format.bundle import index_filename
 from ..storage import ObjectInfo, Store
 
 SAVED_MODEL_PB = "saved_model.pb"
@@ -99,16 +100,25 @@ async def is_saved_model(store: Store) -> bool:
 async def retire(store: Store, version: VersionInfo) -> list[str]:
     """Delete a version: its ``saved_model.pb`` first (from then on it is partial and nothing
     loads it), then the variables' index (the checkpoint stops existing at once, as a Saver
-    retires one), then every other file."""
+    retires one), then every other file (an asset named ``*.index`` among them)."""
     order = deletion_order(version.keys)
-    for key in order[:2]:
-        if key.endswith((SAVED_MODEL_PB, ".index")):
-            await store.delete(key)
-    await asyncio.gather(*(store.delete(k) for k in order if not k.endswith((SAVED_MODEL_PB, ".index"))))
+    first = [k for k in order if _is_saved_model_pb(k) or _is_variables_index(k)]
+    for key in first:
+        await store.delete(key)
+    await asyncio.gather(*(store.delete(k) for k in order if k not in first))
     return order
+
+
+def _is_saved_model_pb(key: str) -> bool:
+    return key == SAVED_MODEL_PB or key.endswith("/" + SAVED_MODEL_PB)
+
+
+def _is_variables_index(key: str) -> bool:
+    name = index_filename(VARIABLES_PREFIX)
+    return key == name or key.endswith("/" + name)
 
 
 def deletion_order(keys: tuple[str, ...] | list[str]) -> list[str]:
     """A version's keys in the order they are deleted: ``saved_model.pb``, the variables'
-    ``.index``, then the rest."""
-    return sorted(keys, key=lambda k: (not k.endswith(SAVED_MODEL_PB), not k.endswith(".index"), k))
+    index, then the rest."""
+    return sorted(keys, key=lambda k: (not _is_saved_model_pb(k), not _is_variables_index(k), k))
