@@ -369,3 +369,23 @@ def test_incremental_save_through_a_local_tier(base: str, tmp_path: Path) -> Non
     on_store(base, lambda store: store.delete("model.ckpt-1.index"))
     same(remoteckpt.load(f"{base}/model.ckpt-2"), second)
     same(remoteckpt.load(f"{base}/model.ckpt-2", local_tier=tier), second)
+
+
+def test_a_checkpoint_open_through_the_tier_is_not_evicted(tmp_path: Path) -> None:
+    """Retention keeps a checkpoint a `CheckpointReader(local_tier=)` of this process has open
+    (it is registered under its remote prefix), and evicts it once the reader is closed."""
+    base = str(tmp_path / "remote")
+    tier = LocalTier(path=str(tmp_path / "tier"), keep=1)
+    first = f"{base}/model.ckpt-1"
+    remoteckpt.save(tensors(1), first, local_tier=tier)
+    remoteckpt.wait_durable(first)
+    reader = remoteckpt.CheckpointReader(first, local_tier=tier)
+    for step in (2, 3):
+        remoteckpt.save(tensors(step), f"{base}/model.ckpt-{step}", local_tier=tier)
+        remoteckpt.wait_durable(f"{base}/model.ckpt-{step}")
+    assert "model.ckpt-1" in [c.name for c in checkpoints(tier)]
+    same({n: reader.get_tensor(n) for n in tensors(1)}, tensors(1))
+    reader.close()
+    remoteckpt.save(tensors(4), f"{base}/model.ckpt-4", local_tier=tier)
+    remoteckpt.wait_durable(f"{base}/model.ckpt-4")
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-4"]

@@ -23,6 +23,7 @@ import time
 
 from ..errors import LocalTierFullError
 from ..reader import being_read
+from ..storage import split_prefix
 from . import drain
 from .layout import LocalTier, TierCheckpoint, checkpoints, delete_local
 
@@ -30,8 +31,10 @@ log = logging.getLogger("remoteckpt")
 
 
 def _evictable(c: TierCheckpoint) -> bool:
+    """Durable, and not open in a `CheckpointReader` of this process: by its tier path, or by
+    its remote prefix (a reader with ``local_tier=`` is registered under the remote one)."""
     directory, _, base = c.local.rpartition("/")
-    return c.durable and not being_read(directory, base)
+    return c.durable and not being_read(directory, base) and not being_read(*split_prefix(c.remote))
 
 
 async def trim(tier: LocalTier) -> list[str]:
