@@ -259,3 +259,34 @@ def test_a_group_read_stages_partial_boxes_in_memory_drawn_from_the_budget(
     for rank, (under_roomy, under_tiny) in enumerate(results):
         assert under_roomy["after"] == 0 and 0 < under_roomy["settling"] == under_roomy["peak"] <= roomy, (rank, under_roomy)
         assert under_tiny["after"] == 0 and tiny < under_tiny["settling"] == under_tiny["peak"], (rank, under_tiny)
+
+
+def test_a_failed_cached_fetch_leaves_no_direct_fetch_running(tmp_path: Path) -> None:
+    """When the cacheable pieces' fetch fails, the pieces fetched beside the cache (no check of
+    their own) are cancelled before the error is raised: nothing writes into the caller's
+    buffers after the read has failed."""
+    import asyncio
+
+    from remoteckpt.engine.hostcache import HostCache
+    from remoteckpt.engine.ranges import Piece
+
+    cache = HostCache(str(tmp_path / "cache"), 2**20)
+    cached, direct = Piece("data", 0, 4, task=0, index=0), Piece("data", 4, 4, task=1, index=0)
+    views = {(0, 0): memoryview(bytearray(4)), (1, 0): memoryview(bytearray(4))}
+    late = asyncio.Event()
+
+    async def fetch(pieces: list[Piece]) -> dict[tuple[int, int], int]:
+        if pieces[0] is cached:
+            raise remoteckpt.CheckpointError("the cacheable fetch failed")
+        await asyncio.sleep(0.2)
+        views[1, 0][:] = b"LATE"
+        late.set()
+        return {(1, 0): 0}
+
+    async def go() -> None:
+        with pytest.raises(remoteckpt.CheckpointError, match="cacheable fetch failed"):
+            await cache.fetch([cached, direct], views, {(0, 0): 0}, lambda key: "v1", fetch, 2**20)
+        await asyncio.sleep(0.4)
+
+    asyncio.run(go())
+    assert not late.is_set() and bytes(views[1, 0]) == bytes(4)

@@ -99,6 +99,24 @@ class HostCache:
         other = [p for p in pieces if (p.task, p.index) not in expected]
         names = {(p.task, p.index): self._name(p, version(p.key)) for p in cacheable}
         direct = asyncio.ensure_future(fetch(other)) if other else None
+        try:
+            published = await self._through_cache(cacheable, views, expected, names, fetch, batch_bytes, crcs)
+            if direct is not None:
+                crcs.update(await direct)
+        except BaseException:  # the direct fetch writes into the caller's views: never left running
+            if direct is not None:
+                direct.cancel()
+                await asyncio.gather(direct, return_exceptions=True)
+            raise
+        if published:
+            await asyncio.to_thread(self.trim)
+        return crcs
+
+    async def _through_cache(self, cacheable: Sequence[Piece], views: Mapping[PieceId, memoryview],
+                             expected: Mapping[PieceId, Check], names: Mapping[PieceId, str], fetch: Fetch,
+                             batch_bytes: int, crcs: dict[PieceId, int]) -> bool:
+        """`fetch`'s cacheable pieces: hits read, misses fetched under their locks and published;
+        their CRCs into `crcs`.  Returns whether anything was published."""
         hits = await asyncio.gather(*(asyncio.to_thread(self._read, names[p.task, p.index], views[p.task, p.index],
                                                         expected[p.task, p.index]) for p in cacheable))
         for p, hit in zip(cacheable, hits):
@@ -150,11 +168,7 @@ class HostCache:
                 await asyncio.sleep(pause)  # all held by other processes: their files are coming
                 pause = min(POLL_MAX, pause * 2)
             pending = later
-        if direct is not None:
-            crcs.update(await direct)
-        if published:
-            await asyncio.to_thread(self.trim)
-        return crcs
+        return published
 
     def _name(self, piece: Piece, version: str) -> str:
         digest = hashlib.sha256(f"{piece.key}\0{version}\0{piece.offset}\0{piece.length}".encode()).hexdigest()
