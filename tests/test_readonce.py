@@ -290,3 +290,29 @@ def test_a_failed_cached_fetch_leaves_no_direct_fetch_running(tmp_path: Path) ->
 
     asyncio.run(go())
     assert not late.is_set() and bytes(views[1, 0]) == bytes(4)
+
+
+def test_transfers_cancelled_after_a_failed_one_fail_with_an_ordinary_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When one of a rank's transfers fails, the others are cancelled; their futures then hold
+    an ordinary `CheckpointError` (which the exchange catches, sends anyway and reports), never
+    `CancelledError` (which would escape it and leave the receivers waiting)."""
+    import asyncio
+    import concurrent.futures
+
+    from remoteckpt.engine import group
+    from remoteckpt.engine.share import Transfer
+
+    bad, slow = Transfer("data", 0, 4, 0, (1,), ()), Transfer("data", 4, 4, 0, (1,), ())
+
+    async def fetch(checkpoint: Any, t: Transfer, needs: Any, target: Any) -> None:
+        if t is bad:
+            raise remoteckpt.CorruptCheckpointError("tensor 'w': checksum mismatch")
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(group, "_fetch_transfer", fetch)
+    options = type("Checkpoint", (), {"_options": remoteckpt.IOOptions()})()
+    ready = {(t.key, t.offset): concurrent.futures.Future[None]() for t in (bad, slow)}
+    with pytest.raises(remoteckpt.CorruptCheckpointError):
+        asyncio.run(group._fetch_owned(options, [bad, slow], None, ready, lambda u: None))  # type: ignore[arg-type]
+    with pytest.raises(group.NotFetched, match="another transfer of this rank failed first"):
+        ready["data", 4].result(timeout=0)

@@ -72,6 +72,11 @@ HOST_ENV = "REMOTECKPT_GROUP_HOST"
 plan and the transfers of a group spread over several hosts (tests, benchmarks)."""
 
 
+class NotFetched(CheckpointError):
+    """A transfer left unfetched because another of the same rank failed first (that failure
+    is the one raised)."""
+
+
 class Collective(abc.ABC):
     """The collective calls a group read makes.  `rank` and `size` are within the group;
     buffers are 1-D contiguous uint8 numpy arrays of equal length on every rank involved."""
@@ -311,7 +316,7 @@ def _read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLi
         try:
             fetching.result()
         except Exception as exc:  # noqa: BLE001 - raised on every rank below
-            failure = failure or exc
+            failure = exc if failure is None or isinstance(failure, NotFetched) else failure
     errors = group.all_gather_object(None if failure is None else _portable(failure))
     if failure is not None:
         raise failure
@@ -374,6 +379,13 @@ async def _fetch_owned(checkpoint: OpenCheckpoint, mine: list[Transfer], needs: 
         try:
             async with slots:
                 await _fetch_transfer(checkpoint, t, needs, target)
+        except asyncio.CancelledError:
+            # Cancelled because another transfer of this rank failed (`gather_or_cancel`): an
+            # ordinary error for `_exchange`, which sends the transfer anyway and raises the
+            # first real failure at the end.
+            future.set_exception(NotFetched(f"bytes {t.offset}..{t.offset + t.length} of {t.key} were not fetched: "
+                                            "another transfer of this rank failed first"))
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             raise
