@@ -389,3 +389,26 @@ def test_a_checkpoint_open_through_the_tier_is_not_evicted(tmp_path: Path) -> No
     remoteckpt.save(tensors(4), f"{base}/model.ckpt-4", local_tier=tier)
     remoteckpt.wait_durable(f"{base}/model.ckpt-4")
     assert [c.name for c in checkpoints(tier)] == ["model.ckpt-4"]
+
+
+def test_a_worker_watching_for_durability_sees_it_after_the_checkpoint_was_evicted(tmp_path: Path) -> None:
+    """Ranks > 0 watch the shared tier for the durable marker; retention may evict the
+    checkpoint (marker included) right after it is written.  A checkpoint gone from the tier
+    is then judged by the remote index: there, durable; not there, a clear failure at once
+    (not after the whole timeout)."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    tier = tmp_path / "tier"
+    tier.mkdir()
+    for name, exists in (("model.ckpt-1", True), ("model.ckpt-2", False)):
+        if exists:
+            (remote / f"{name}.index").write_bytes(b"committed")
+        local = str(tier / name)
+        (tier / f"{name}.tier").write_bytes(b"{}")
+        future = drain.watch_marker(local, str(remote / name), timeout=60.0)
+        os.remove(tier / f"{name}.tier")  # evicted before the watcher saw the marker
+        if exists:
+            assert future.result(timeout=10) == str(remote / name)
+        else:
+            with pytest.raises(remoteckpt.CheckpointNotFoundError, match="left the local tier"):
+                future.result(timeout=10)

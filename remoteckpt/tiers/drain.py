@@ -41,7 +41,17 @@ from ..progress import ProgressCallback, Reporter
 from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_async
-from .layout import DURABLE, LocalTier, TierCheckpoint, as_tier, checkpoints, delete_local, local_prefix, record_bytes
+from .layout import (
+    DURABLE,
+    RECORD,
+    LocalTier,
+    TierCheckpoint,
+    as_tier,
+    checkpoints,
+    delete_local,
+    local_prefix,
+    record_bytes,
+)
 
 log = logging.getLogger("remoteckpt")
 
@@ -169,25 +179,42 @@ def _remember(remote: str, future: Future[str]) -> None:
         _futures[remote] = future
 
 
-def watch_marker(local: str, remote: str, timeout: float, future: Future[str] | None = None) -> Future[str]:
+def watch_marker(local: str, remote: str, timeout: float, future: Future[str] | None = None, *,
+                 storage_options: dict[str, Any] | None = None) -> Future[str]:
     """A future (`future`, or a fresh `promise`) that resolves once `local`'s durable marker
     appears (a worker that does not drain: the coordinator drains and writes it on the shared
-    tier), or fails after `timeout` seconds."""
+    tier).  Should the checkpoint leave the tier first (retention evicts it as soon as it is
+    durable, so the marker may come and go between two looks), or `timeout` seconds pass, the
+    remote index decides, as in `wait_durable`: there, durable; else the future fails."""
     future = future if future is not None else promise(remote)
 
     async def look() -> None:
         deadline = time.monotonic() + timeout
         while not os.path.exists(local + DURABLE):
-            if time.monotonic() > deadline:
+            gone = not os.path.exists(local + RECORD)
+            if gone or time.monotonic() > deadline:
+                if await _remote_index_exists(remote, storage_options):
+                    break
                 future.set_exception(CheckpointNotFoundError(
-                    f"{remote} did not become durable within {timeout:g} s: {local + DURABLE} never appeared "
-                    "(the coordinator's drain failed, or its process died)"))
+                    f"{remote} did not become durable"
+                    + (f": it left the local tier ({local + RECORD} is gone) and has no remote index" if gone else
+                       f" within {timeout:g} s: {local + DURABLE} never appeared and it has no remote index")
+                    + " (the coordinator's drain failed, or its process died)"))
                 return
             await asyncio.sleep(MARKER_POLL)
         future.set_result(remote)
 
     _spawn(look())
     return future
+
+
+async def _remote_index_exists(remote: str, storage_options: dict[str, Any] | None) -> bool:
+    directory, name = split_prefix(remote)
+    store = open_store(directory, storage_options)
+    try:
+        return await store.exists(index_filename(name))
+    finally:
+        await store.close()
 
 
 def durability(prefix: str | os.PathLike[str]) -> Future[str]:
@@ -218,16 +245,7 @@ def wait_durable(prefix: str | os.PathLike[str], *, local_tier: LocalTier | str 
     tier = as_tier(local_tier)
     if tier is not None and os.path.exists(local_prefix(tier, text) + DURABLE):
         return text
-    directory, name = split_prefix(text)
-
-    async def exists() -> bool:
-        store = open_store(directory, storage_options)
-        try:
-            return await store.exists(index_filename(name))
-        finally:
-            await store.close()
-
-    if loop.run(exists()):
+    if loop.run(_remote_index_exists(text, storage_options)):
         return text
     raise CheckpointNotFoundError(f"{text} is not durable: no remote index, and no drain of it in this process")
 

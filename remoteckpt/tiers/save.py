@@ -120,6 +120,7 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
             future.set_exception(exc)
         raise
     if rank != 0:
-        return report, drain.watch_marker(local, prefix, max(options.commit_timeout, tier.full_timeout), future)
+        return report, drain.watch_marker(local, prefix, max(options.commit_timeout, tier.full_timeout), future,
+                                          storage_options=storage_options)
     return report, await finish(tier, prefix, overwrite=overwrite, storage_options=storage_options, options=options,
                                 durable=future, after=after, progress=progress)
