@@ -20,6 +20,7 @@ whole checkpoint from it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
@@ -109,6 +110,9 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
     tier's latest checkpoint)."""
     local = local_prefix(tier, prefix)
     future = durable if durable is not None else drain.promise(prefix)
+    if rank != 0 and tier.max_bytes is not None:
+        # Rank 0 may wait up to `full_timeout` for room on the tier before it invites the others.
+        options = dataclasses.replace(options, commit_timeout=options.commit_timeout + tier.full_timeout)
     try:
         if rank == 0:
             await begin(tier, prefix, overwrite=overwrite, needed=payload_bytes(tensors) * world_size)
