@@ -412,3 +412,14 @@ def test_a_worker_watching_for_durability_sees_it_after_the_checkpoint_was_evict
         else:
             with pytest.raises(remoteckpt.CheckpointNotFoundError, match="left the local tier"):
                 future.result(timeout=10)
+
+
+def test_a_remote_index_that_does_not_decode_leaves_the_local_copy_readable(base: str, tmp_path: Path) -> None:
+    """An index that does not decode is ignored for the other tier's: a damaged remote index
+    is no reason to drop a good local copy (docs/tiered.md)."""
+    prefix, local = drained(base, tmp_path)
+    directory, name = prefix.rsplit("/", 1)
+    on_store(directory, lambda store: store.put(f"{name}.index", b"not an index"))
+    same(remoteckpt.load(prefix, local_tier=tmp_path / "tier"), tensors(1))
+    os.remove(local + DURABLE)  # not durable: both indexes are read before any data
+    same(remoteckpt.load(prefix, local_tier=tmp_path / "tier"), tensors(1))

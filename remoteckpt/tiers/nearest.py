@@ -53,8 +53,8 @@ class NearestStore(Store):
     async def confirm(self) -> bytes | None:
         """The remote index's bytes if they differ from the local index the checkpoint was
         opened with (checked in the background, `open_nearest`'s fast path), else None.  A
-        remote tier out of reach, or without the index any more (retired), confirms nothing
-        against a durable local copy: None."""
+        remote tier out of reach, without the index any more (retired), or with an index that
+        does not decode, confirms nothing against a durable local copy: None."""
         if self._check is None:
             return None
         task, mine = self._check
@@ -65,7 +65,16 @@ class NearestStore(Store):
             log.warning("%s: could not compare with the remote index (%s); the durable local copy is read",
                         self.remote.url, exc)
             return None
-        return theirs if theirs is not None and theirs != mine else None
+        if theirs is None or theirs == mine:
+            return None
+        try:
+            view = memoryview(theirs)
+            decode_index(lambda o, n: view[o : o + n], len(view))
+        except CorruptCheckpointError as exc:  # ignored for the local one, which decodes
+            log.warning("%s: the remote index does not decode (%s); the durable local copy is read",
+                        self.remote.url, exc)
+            return None
+        return theirs
 
     @property
     def uses_local(self) -> bool:
@@ -189,7 +198,8 @@ async def open_nearest(prefix: str, tier: LocalTier, storage_options: dict[str, 
                 raise
             log.warning("%s: %s; reading the local tier's copy", remote.describe(key), exc)
             remote_bytes, remote_index = None, None
-        if remote_bytes is not None and local_bytes is not None and remote_bytes != local_bytes:
+        if remote_index is not None and local_index is not None and remote_bytes != local_bytes:
+            # Both decode and differ (an index that does not decode is ignored for the other one)
             log.info("%s holds another checkpoint than %s; reading the remote one", here and here.describe(key),
                      prefix)
             local_index = None
