@@ -70,9 +70,10 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
+# The scale benchmark counts requests with the test suite's proxy (tests/faultproxy.py).
 scale: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
-	$(PY) -m benchmarks.scale $(SCALE_ARGS)
+	PYTHONPATH=$(CURDIR)/tests $(PY) -m benchmarks.scale $(SCALE_ARGS)
 
 soak: $(FAST_STAMP)
 	PYTHONPATH=$(CURDIR)/tests $(FAST_PY) -m benchmarks.soak --minutes $(or $(MINUTES),10) $(SOAK_ARGS)

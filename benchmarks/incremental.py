@@ -1,7 +1,7 @@
 """Incremental saves against full saves on an embedded SeaweedFS S3 server, bytes counted by
-the request-counting proxy (`benchmarks.scale.proxy`: every request body's length).
+the request-counting proxy (tests/faultproxy.py's ProxyProcess: every request body's length).
 
-    python -m benchmarks.incremental [--mib 512] [--tensors 64] [--repeat 3] [--backend both|s3|local]
+    PYTHONPATH=tests python -m benchmarks.incremental [--mib 512] [--tensors 64] [--repeat 3] [--backend both|s3|local]
 
 One checkpoint of `--mib` MiB in `--tensors` float32 tensors of one size.  Per repetition, a
 fresh directory gets a base checkpoint (an incremental save, untimed) and a state file naming
@@ -47,7 +47,7 @@ from remoteckpt.management.state import format_state
 from remoteckpt.storage import open_store
 from remoteckpt.testing import SeaweedServer
 
-from .scale.proxy import ProxyProcess
+from . import test_module
 
 MiB = 2**20
 
@@ -88,7 +88,7 @@ def _mark(directory: str, options: dict[str, Any], name: str) -> None:
     loop.run(go())
 
 
-def _uploaded(proxy: ProxyProcess, phase: str) -> int:
+def _uploaded(proxy: Any, phase: str) -> int:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         proxy.control("dump", path=f.name)
         log = json.load(open(f.name))
@@ -108,11 +108,12 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
     scenarios = {"full": (base, False), "first": (base, True), "90%": (ninety, True), "changed": (everything, True)}
     results: dict[str, list[tuple[float, int, int, float]]] = {k: [] for k in scenarios}
     with contextlib.ExitStack() as stack:
-        proxy: ProxyProcess | None = None
+        proxy: Any = None
         if backend == "s3":
+            faultproxy = test_module("faultproxy", "PYTHONPATH=tests python -m benchmarks.incremental")
             server = stack.enter_context(SeaweedServer())
             os.environ.update(server.env())
-            proxy = stack.enter_context(ProxyProcess(server.endpoint_url))
+            proxy = stack.enter_context(faultproxy.ProxyProcess(server.endpoint_url))
             root, options = f"s3://{server.bucket}", {"endpoint_url": proxy.endpoint_url}
         else:
             root, options = stack.enter_context(tempfile.TemporaryDirectory(prefix="rk-incremental-")), {}

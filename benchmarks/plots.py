@@ -3,7 +3,8 @@
     python -m benchmarks.plots bench-results/throughput-<time>.json [--out docs/img]
 
 One chart per target (local disk, S3): save and restore throughput of each implementation,
-the raw limit first, so the ratios in docs/benchmarks.md can be seen at a glance.
+the raw limit first, so the ratios in docs/benchmarks.md can be seen at a glance.  `pyplot` and
+`save` serve every benchmark's charts (benchmarks/scale/report.py's too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from pathlib import Path
 from typing import Any
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (the Agg backend); ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Any, path: Path, dpi: int) -> Path:
+    """Lay `fig` out, write it to `path` as a PNG (its directory made as needed), close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def _rows(result: dict[str, Any], target: str) -> list[dict[str, Any]]:
     keep = [r for r in result["rows"] if r.get("target") == target and r.get("status") == "ok"
             and r.get("op") in ("save", "restore") and r.get("gib_per_s")]
@@ -22,12 +42,7 @@ def _rows(result: dict[str, Any], target: str) -> list[dict[str, Any]]:
 
 
 def draw(result: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     written = []
     for target, title in (("local", "local disk"), ("s3", "S3 (SeaweedFS on loopback)")):
         rows = _rows(result, target)
@@ -47,11 +62,7 @@ def draw(result: dict[str, Any], out: Path) -> list[Path]:
                      "grey: raw I/O limit   blue: remoteckpt   orange: TensorFlow / PyTorch DCP", fontsize=9)
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
-        fig.tight_layout()
-        path = out / f"throughput-{target}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(fig, out / f"throughput-{target}.png", dpi=110))
     return written
 
 

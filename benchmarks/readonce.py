@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from . import test_module
+
 TENSORS = 32
 """As benchmarks.throughput: 32 tensors, so a load has several to fetch at once."""
 
@@ -115,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the temporary directory, on disk; /dev/shm for memory)")
     parser.add_argument("--out", default="bench-results", help="directory for the JSON results")
     args = parser.parse_args(argv)
-    try:
-        from faultproxy import FaultProxy
-    except ModuleNotFoundError:
-        sys.exit("run from the repository root with tests/ on the import path: "
-                 "PYTHONPATH=tests python -m benchmarks.readonce")
+    FaultProxy = test_module("faultproxy", "PYTHONPATH=tests python -m benchmarks.readonce").FaultProxy
 
     import remoteckpt
     from remoteckpt.format.coding import crc32c

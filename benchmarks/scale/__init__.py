@@ -3,7 +3,7 @@ checkpoint to an embedded SeaweedFS through a request-counting proxy, then N ran
 with another partitioning; the proxy's log says what each rank asked of the storage.
 
     driver ── SeaweedServer (weed mini, loopback)
-          ├── counting proxy (its own process, one asyncio thread)      `proxy`
+          ├── counting proxy (its own process, one asyncio thread)      tests/faultproxy.py
           ├── process 0: rank 0, the coordinator, alone                 `fleet`
           └── processes 1..P: ranks 1..N-1, asyncio tasks, one S3 client each
 
@@ -14,6 +14,10 @@ last worker's report landing to the index landing, by the proxy's clock), save a
 time, the coordinator's and the proxy's CPU seconds, and every SlowDown the proxy answered
 (``--throttle W,R``: at most W writes and R reads a second, S3's per-prefix rule).  `TARGETS`
 are what the design promises at 4,096 ranks; the summary marks each result against them.
+
+The proxy is the test suite's (`faultproxy.ProxyProcess`): this runs from the repository root
+with tests/ on the import path (``make scale`` puts it there; ``PYTHONPATH=tests python -m
+benchmarks.scale``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import test_module
 from . import analysis
-from .proxy import ProxyProcess
 
 DEFAULT_RANKS = (64, 256, 1024, 4096)
 
@@ -103,9 +107,15 @@ def process_cpu(pid: int | None) -> float:
         return 0.0
 
 
+def proxy_process() -> Any:
+    """The test suite's counting proxy in a process of its own (`faultproxy.ProxyProcess`)."""
+    return test_module("faultproxy", "make scale, or PYTHONPATH=tests python -m benchmarks.scale").ProxyProcess
+
+
 def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: Path | None = None,
               server_pid: int | None = None) -> dict[str, Any]:
     """One fleet of `world` ranks through a fresh counting proxy in front of `endpoint`."""
+    ProxyProcess = proxy_process()
     throttle = {"write": cfg.throttle[0], "read": cfg.throttle[1]} if cfg.throttle else None
     directory = f"s3://{bucket}/scale-{world}-{uuid.uuid4().hex[:8]}"
     name = "model.ckpt-1"
@@ -184,6 +194,7 @@ def run(cfg: Config, out_dir: str = "bench-results", *, keep_logs: bool = False,
     """Every fleet size of `cfg` on one embedded SeaweedFS; the JSON record's path and record."""
     from remoteckpt.testing import SeaweedServer
 
+    proxy_process()  # before anything starts: tests/ must be on the import path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """What a fleet run's request log says: requests per rank by kind, the busiest key, commit
-latency.  Pure functions over the proxy's log (`proxy`: ``[start, end, phase, method, kind,
-key, rank, status]``) and the ranks' own results."""
+latency.  Pure functions over the proxy's log (tests/faultproxy.py: ``[start, end, phase, method,
+kind, key, rank, status, ...]``) and the ranks' own results."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A rank saves with `remoteckpt.protocol.save.save_worker` on an S3 store of its o
 client, connection pool and pacer, as a rank of a real job has), with its own
 `SaveLayout(rank, world_size, save_id)`; it restores with a `CheckpointReader` of its own.
 Every request a rank sends carries its access key, ``rank<R>``, which the counting proxy reads
-(see `proxy`).  Rank 0, the coordinator, runs alone in its process, so that this process's
+(tests/faultproxy.py).  Rank 0, the coordinator, runs alone in its process, so that this process's
 CPU time is the coordinator's.
 
 What a rank saves (`tensors`): rows ``[R*rows, (R+1)*rows)`` of the partitioned float32 tensor

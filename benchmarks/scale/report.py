@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..plots import pyplot, save
 from . import TARGETS, limit_pages
 
 Row = tuple[str, str, Callable[[dict[str, Any]], Any]]
@@ -106,12 +107,9 @@ def _value(value: Callable[[dict[str, Any]], Any], run: dict[str, Any]) -> float
 def charts(record: dict[str, Any], out: Path, name: str = "scale") -> Path | None:
     """One PNG of every quantity over N (targets dashed), if matplotlib is installed."""
     try:
-        import matplotlib
+        plt = pyplot()
     except ImportError:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = record["runs"]
     worlds = [r["world"] for r in runs]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
@@ -131,12 +129,7 @@ def charts(record: dict[str, Any], out: Path, name: str = "scale") -> Path | Non
     fig.suptitle(f"simulated fleet on SeaweedFS, {record['machine']['cpus']} CPUs, {record['when']}"
                  + (f", SlowDown above {throttle['write']:g} writes / {throttle['read']:g} reads per s" if throttle else ""),
                  fontsize=10)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out / f"{name}.png", dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

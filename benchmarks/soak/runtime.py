@@ -8,7 +8,6 @@ check that ends a phase's process group when the process's parent (the run) is g
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import json
 import os
@@ -24,18 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .. import test_module as suite_module
 from .bounds import HANG_AT_UNIT, INJECTED_HANG_BOUND, UNIT_BOUNDS, WATCH_SECONDS
 
 
 def test_module(name: str) -> Any:
     """The test suite's module `name` (tests/ is on the import path: ``make soak`` puts it there)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        sys.exit(f"the soak runs the test suite's {name}.py: run it from the repository root with tests/ "
-                 "on the import path (make soak, or PYTHONPATH=tests python -m benchmarks.soak)")
+    return suite_module(name, "make soak, or PYTHONPATH=tests python -m benchmarks.soak")
 
 
 def import_harness() -> tuple[Any, Any]:
