@@ -64,7 +64,7 @@ from .budget import MemoryBudget, process_budget
 from .fetch import execute, gather_or_cancel
 from .ranges import Piece, coalesce
 from .read import BoxLike, OpenCheckpoint, ReadPlan, _byteswap, _Part
-from .segment import Segment, layout, open_segment
+from .segment import Segment, layout, open_segment, unlink_segment
 from .share import Transfer, Unit, pack, plan_sharing, unpack
 
 HOST_ENV = "REMOTECKPT_GROUP_HOST"
@@ -298,14 +298,15 @@ def _read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLi
         # Only what some rank receives goes through shared memory; a rank's own bytes go
         # straight into its targets.
         positions, size = layout(u for t in transfers if t.receivers for u in t.units)
-        segment = open_segment(f"remoteckpt-{gathered[0][3]}", size)
+        name = f"remoteckpt-{gathered[0][3]}"
+        segment = open_segment(name, size)
         try:
-            if all(group.all_gather_object(segment is not None)):
-                assert segment is not None
-                return _read_on_one_host(checkpoint, plan, outs, needs, group, mine, segment, positions)
+            opened = all(group.all_gather_object(segment is not None))
         finally:
-            if segment is not None and group.rank == 0:
-                segment.unlink()  # every rank has mapped it (or none will)
+            unlink_segment(name)  # every rank has tried to open it: mapped (or none will use it)
+        if opened:
+            assert segment is not None
+            return _read_on_one_host(checkpoint, plan, outs, needs, group, mine, segment, positions)
     ready = {(t.key, t.offset): concurrent.futures.Future[None]() for t in mine}
     fetching = loop.submit(_fetch_owned(checkpoint, mine, needs, ready, lambda u: needs.units[u].view()))
     failure: Exception | None = None

@@ -74,22 +74,22 @@ class Segment:
         self.shared = np.frombuffer(self._shared, np.uint8)
         self.private = np.frombuffer(self._private, np.uint8)
 
-    def unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
 
 def open_segment(name: str, size: int) -> Segment | None:
-    """The segment, or None if shared memory cannot hold it (no /dev/shm, no room)."""
+    """The segment, or None if shared memory cannot hold it (no /dev/shm, no room).  The
+    file stays even then (other ranks may have it open): `unlink_segment` removes it, on
+    every rank, once all have tried."""
     if not os.path.isdir(SHM_DIR):
         return None
     try:
         return Segment(name, size)
     except OSError:
-        try:
-            os.unlink(os.path.join(SHM_DIR, name))
-        except OSError:
-            pass
         return None
+
+
+def unlink_segment(name: str) -> None:
+    """Remove segment `name`'s file (mapped arrays keep their memory); gone already is fine."""
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except OSError:
+        pass
