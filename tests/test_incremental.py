@@ -473,3 +473,63 @@ def test_a_base_replaced_after_its_index_was_read_is_refused_not_copied_from(dir
     fresh = on(directory, opened)
     assert fresh is not None
     assert on(directory, lambda store: pin(store, fresh))  # the base as it stands now serves
+
+
+def test_copy_with_a_base_sends_and_checks_what_it_does_not_copy(s3_prefix: str, tmp_path: Path) -> None:
+    """`remoteckpt cp`'s copy with a base (what a local tier's drain does): tensors unchanged
+    since the base are copied by S3 from it, except the whole tensors sent first to reach a part
+    boundary, which are checked like every sent byte.  A damaged byte in a sent tensor is
+    refused; one in a tensor the store copies never travels (the base's bytes are copied)."""
+    from remoteckpt.tools.copy import copy_async
+
+    rng = np.random.default_rng(3)
+    unchanged = {f"b{i}": rng.random(TENSOR // 4, dtype=np.float32) for i in range(4)}  # 6 MiB each
+    first = {"a": np.zeros(MiB // 4, np.float32), **unchanged}
+    second = {"a": np.ones(MiB // 4, np.float32), **unchanged}
+    save(first, f"{s3_prefix}/m-1")  # the base, with digests
+    source = str(tmp_path / "m-2")
+    save(second, source)
+    index = decode_index_of(source)
+    data = tmp_path / "m-2.data-00000-of-00001"
+
+    def flip(name: str) -> bytes:
+        raw = bytearray(data.read_bytes())
+        raw[index.entries[name.encode()].offset + 100] ^= 1
+        data.write_bytes(bytes(raw))
+        return bytes(raw)
+
+    pristine = data.read_bytes()
+    flip("b0")  # sent: `a` is 1 MiB, so b0 goes out whole before a copy may begin
+    with pytest.raises(remoteckpt.CorruptCheckpointError, match="checksum mismatch"):
+        loop.run(copy_async(source, f"{s3_prefix}/m-2", base=True))
+    data.write_bytes(pristine)
+    flip("b2")  # inside the run the store copies
+    report = loop.run(copy_async(source, f"{s3_prefix}/m-2", base=True))
+    assert report.copied == 3 * TENSOR
+    assert_restores(f"{s3_prefix}/m-2", second)
+
+
+def decode_index_of(prefix: str) -> Any:
+    with open(index_filename(prefix), "rb") as f:
+        raw = f.read()
+    return decode_index(lambda o, n: raw[o : o + n], len(raw))
+
+
+def test_copy_with_a_base_that_changes_sends_the_file_whole(s3_prefix: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base replaced or deleted while a copy pins it makes that data file be sent whole."""
+    from remoteckpt.engine.incremental import BaseCheckpoint
+    from remoteckpt.errors import CheckpointChangedError
+    from remoteckpt.tools.copy import copy_async
+
+    tensors = weights(4, n=3)
+    save(tensors, f"{s3_prefix}/m-1")
+    save(tensors, str(tmp_path / "m-2"))
+
+    async def replaced(self: BaseCheckpoint, shard: int) -> str:
+        raise CheckpointChangedError("the base checkpoint was replaced or deleted after its index was read")
+
+    monkeypatch.setattr(BaseCheckpoint, "etag", replaced)
+    report = loop.run(copy_async(str(tmp_path / "m-2"), f"{s3_prefix}/m-2", base=True))
+    assert report.copied == 0
+    assert_restores(f"{s3_prefix}/m-2", tensors)

@@ -125,6 +125,15 @@ class BaseCheckpoint:
         return self._etags[shard]
 
 
+def unchanged_entry(new: BundleEntry, old: BundleEntry | None) -> bool:
+    """Whether `new`, an entry of a checkpoint written with digests, holds the same bytes as
+    `old`, the base's entry of the same key: dtype, shape, size, CRC32C and digest all equal."""
+    return (old is not None and not old.slices and not new.slices and len(new.content_sha256) == DIGEST_SIZE
+            and new.content_sha256 == old.content_sha256 and new.crc32c == old.crc32c and new.size == old.size
+            and new.size > 0 and new.dtype == old.dtype
+            and [d.size for d in old.shape.dim] == [d.size for d in new.shape.dim])
+
+
 async def open_base(store: Store, name: str) -> BaseCheckpoint | None:
     """Checkpoint `name` of `store` as a base, or None (logged) if it cannot serve as one: gone,
     unreadable, or saved without digests (not incrementally)."""

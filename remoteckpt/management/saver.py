@@ -57,8 +57,9 @@ class Saver:
     tensors unchanged since this Saver's latest checkpoint from it inside the store (see
     `remoteckpt.save`); retention deletes old checkpoints as ever, each being complete.
     With `local_tier`, each save is committed on that local directory and drained to the
-    remote one in the background (docs/tiered.md); its local saves are whole (`incremental`
-    does not apply to them).
+    remote one in the background (docs/tiered.md); with `incremental` too, the local save
+    copies from the tier's latest checkpoint and the drain has the remote store copy what is
+    unchanged since the remote directory's latest.
     """
 
     def __init__(self, max_to_keep: int | None = 5, keep_checkpoint_every_n_hours: float = 10000.0, *,
@@ -222,7 +223,8 @@ class Saver:
         _, future = await save_tiered(tensors, prefix, self.local_tier, rank=self.rank, world_size=self.world_size,
                                       overwrite=overwrite, save_id=self.save_id,
                                       storage_options=self.storage_options, options=self.options,
-                                      after=self._after_drain(full, directory) if self.rank == 0 else None)
+                                      after=self._after_drain(full, directory) if self.rank == 0 else None,
+                                      incremental=self.incremental)
         self._record(full)
         self._drains[full] = future
         future.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._durable.add(full))

@@ -5,7 +5,10 @@ copy (`tools.copy.copy_async`): the remote prefix is claimed, each local data fi
 streamed as it is (its bytes are the checkpoint's: no tensor is decoded or held whole in
 memory; each tensor's CRC32C is checked as its bytes pass), written create-only, fenced, and
 the local index is committed create-only, byte for byte, last.  Then ``NAME.durable`` is
-written on the tier (`layout`).  A crash at any point leaves the remote prefix without an
+written on the tier (`layout`).  A checkpoint saved with digests (``incremental=True``) drains
+incrementally: its tensors unchanged since the remote directory's latest checkpoint are
+copied there by the remote store (S3 UploadPartCopy) instead of being uploaded again
+(`tools.copy`'s ``base``).  A crash at any point leaves the remote prefix without an
 index (its leftovers are the next attempt's or `gc`'s) or with the complete checkpoint.
 
 A drain that finds the remote index committed already (its earlier attempt died between the
@@ -108,17 +111,18 @@ async def drain(local: str, remote: str, *, overwrite: bool = False, storage_opt
                 # committed by an earlier drain of this very checkpoint: nothing to replace
                 raise CheckpointExistsError.committed(remote)
             report = await copy_async(local, remote, overwrite=overwrite, destination_options=storage_options,
-                                      options=options, progress=progress)
-            size = report.bytes
+                                      options=options, progress=progress, base=True)
+            size, copied = report.bytes, report.copied
         except CheckpointExistsError as exc:
             if not exc.index_committed or not await _same_index(local, remote, storage_options, options):
                 raise
-            size = 0
+            size = copied = 0
             log.info("%s was committed by an earlier drain; marking it durable", remote)
         crash_point("drained")
         await _mark_durable(local, remote)
         Reporter(progress, remote).emit("durable", size, size)
-        log.info("drained %s to %s: %d bytes in %.3f s", local, remote, size, time.monotonic() - start)
+        log.info("drained %s to %s: %d bytes (%d of them copied by the remote store) in %.3f s", local, remote, size,
+                 copied, time.monotonic() - start)
         if after is not None:
             await after()
         return remote
