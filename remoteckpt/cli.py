@@ -266,7 +266,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
         else:
             report = copy_checkpoint(args.source, args.destination, overwrite=args.overwrite,
                                      source_options=source_options, destination_options=destination_options,
-                                     progress=bar)
+                                     progress=bar, base=True if args.incremental else None)
     finally:
         bar.close()
     seconds = time.monotonic() - start
@@ -283,8 +283,9 @@ def cmd_cp(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"ok": True, **dataclasses.asdict(report), "seconds": seconds})
     else:
+        by_store = f" ({plural(report.copied, 'byte')} copied by the destination store)" if report.copied else ""
         print(f"copied {report.source} -> {report.destination}: {plural(report.tensors_verified, 'tensor')} "
-              f"verified, {plural(report.files, 'file')}, {plural(report.bytes, 'byte')}, {seconds:.1f} s")
+              f"verified, {plural(report.files, 'file')}, {plural(report.bytes, 'byte')}{by_store}, {seconds:.1f} s")
     return EXIT_OK
 
 
@@ -394,6 +395,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the new checkpoint's PREFIX, or a folder (DIR/) to copy it into under its own name")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a committed checkpoint at the destination (retired first, its index first)")
+    p.add_argument("--incremental", action="store_true",
+                   help="tensors unchanged since the destination directory's latest checkpoint (a source saved "
+                        "with incremental=True) are copied by the destination store (S3 UploadPartCopy) instead "
+                        "of being sent")
     _common(p)
     for side, name in (("src", "SRC"), ("dst", "DST")):
         p.add_argument(f"--{side}-endpoint-url", metavar="URL",
