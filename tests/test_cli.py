@@ -501,3 +501,19 @@ def test_the_log_filter_blanks_every_credential(monkeypatch: pytest.MonkeyPatch)
     kept = logging.LogRecord("remoteckpt", logging.DEBUG, __file__, 1, "S3 get_object b/k.index: 200, %.3f s",
                              (0.012,), None)
     assert redact.filter(kept) and kept.getMessage() == "S3 get_object b/k.index: 200, 0.012 s"
+
+
+def test_cp_incremental_has_the_destination_copy_unchanged_tensors(tmp_path: Path) -> None:
+    """`cp --incremental`: tensors unchanged since the destination directory's latest
+    checkpoint are copied there by the store; the copy restores exactly on its own."""
+    unchanged = {f"w{i}": np.full(2**18, i, np.float32) for i in range(3)}
+    second = {**unchanged, "step": np.int64(2)}
+    remoteckpt.save({**unchanged, "step": np.int64(1)}, tmp_path / "dst" / "m-1", incremental=True)
+    remoteckpt.save(second, tmp_path / "src" / "m-2", incremental=True)
+    result = _cli("cp", "--incremental", str(tmp_path / "src" / "m-2"), str(tmp_path / "dst") + "/")
+    assert result.returncode == 0, result.stderr
+    assert f"({3 * 2**20} bytes copied by the destination store)" in result.stdout, result.stdout
+    for name in ("m-1.index", "m-1.data-00000-of-00001"):
+        os.remove(tmp_path / "dst" / name)
+    got = remoteckpt.load(tmp_path / "dst" / "m-2")
+    assert all(np.array_equal(got[k], v) for k, v in second.items())
