@@ -88,8 +88,8 @@ class UnknownOutcomeStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
-        inner = self._store.writer(key, exclusive=exclusive)
+    def writer(self, key: str, *, exclusive: bool = False, size_hint: int | None = None) -> ObjectWriter:
+        inner = self._store.writer(key, exclusive=exclusive, size_hint=size_hint)
         if key != self._key:
             return inner
 

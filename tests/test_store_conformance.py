@@ -257,6 +257,32 @@ def test_many_parts_in_flight(s3_prefix: str) -> None:
     loop.run(go())
 
 
+def test_an_object_too_large_for_its_parts_gets_larger_parts(s3_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 allows 10,000 parts per object: a writer told the object's size sizes its parts so
+    that it fits (here with the bound lowered to 4 parts), with fewer of them in flight, and
+    every byte lands in order."""
+    from remoteckpt.storage.s3 import MIN_PART_SIZE, uploads
+
+    monkeypatch.setattr(uploads, "MAX_WRITTEN_PARTS", 4)
+    payload = np.random.default_rng(2).integers(0, 255, 6 * MIN_PART_SIZE + 99, dtype=np.uint8).tobytes()
+
+    async def go() -> None:
+        store = open_store(s3_prefix, {"part_size": MIN_PART_SIZE})
+        try:
+            assert isinstance(store, S3Store)
+            writer = store.writer("big", size_hint=len(payload))
+            assert writer._part_size * 4 >= len(payload) > MIN_PART_SIZE * 4  # type: ignore[attr-defined]
+            async with writer:
+                for start in range(0, len(payload), 2**20 + 3):
+                    await writer.write(payload[start : start + 2**20 + 3])
+            assert await store.get("big") == payload
+            assert store.writer("small", size_hint=MIN_PART_SIZE)._part_size == MIN_PART_SIZE  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    loop.run(go())
+
+
 def test_aborted_multipart_upload_is_cleaned(store_url: str) -> None:
     if not store_url.startswith("s3://"):
         pytest.skip("multipart uploads exist on S3 only")

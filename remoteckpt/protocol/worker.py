@@ -123,7 +123,7 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
         if tries:
             plan = plan_bundle(tensors)  # streaming fills in the entries' checksums: a fresh plan
         try:
-            async with store.writer(key, exclusive=True) as writer:
+            async with store.writer(key, exclusive=True, size_hint=plan.size) as writer:
                 if base is not None and writer.server_side_copy:
                     copies = await stream_incremental(writer, plan, base, options,
                                                       lambda n: progress.add("written", n, plan.size))

@@ -218,7 +218,11 @@ class Store(abc.ABC):
         With `etag`, the bytes come from that version or `CheckpointChangedError` is raised."""
 
     @abc.abstractmethod
-    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter: ...
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,
+               size_hint: int | None = None) -> ObjectWriter:
+        """A writer of `key` (see `ObjectWriter`).  `size_hint`: about the bytes it will be
+        given, when known; a store may size its upload parts by it (S3: an object within its
+        limit of 10,000 parts)."""
 
     async def put(self, key: str, data: Buffer | Sequence[Buffer], *, exclusive: bool = False,
                   if_match: str | None = None) -> str:

@@ -88,7 +88,8 @@ class FsspecStore(Store):
             raise translate(exc, self.describe(key)) from exc
         return _scatter(memoryview(data), start, targets)
 
-    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,
+               size_hint: int | None = None) -> ObjectWriter:
         return _StreamingWriter(self, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:

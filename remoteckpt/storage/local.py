@@ -288,7 +288,8 @@ class LocalStore(Store):
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
 
-    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,
+               size_hint: int | None = None) -> ObjectWriter:
         return LocalWriter(self, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:

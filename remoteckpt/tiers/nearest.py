@@ -96,7 +96,8 @@ class NearestStore(Store):
                            etag: str | None = None) -> ScatterResult:
         return await self._on(key).read_scatter(key, start, targets, etag=etag)
 
-    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,
+               size_hint: int | None = None) -> ObjectWriter:
         raise StorageError(f"{self.describe(key)}: a checkpoint opened from its nearest tier is read-only")
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:

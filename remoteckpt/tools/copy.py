@@ -253,7 +253,7 @@ async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries
                 if isinstance(left, bytearray):  # fetched, never taken
                     budget.release_now(len(left))
 
-    async with dst.writer(dst_key, exclusive=True) as writer:
+    async with dst.writer(dst_key, exclusive=True, size_hint=size) as writer:
         at = 0
         for run in runs if writer.server_side_copy else []:
             assert base is not None  # runs come from one

@@ -37,7 +37,7 @@ from ..errors import is_not_found, is_precondition_failed, translate
 from .client import S3Client, quoted
 from .direct import DirectGets
 from .reads import BODY_ERRORS, READ_ATTEMPTS, ScatterSink, pause, read_object, read_range
-from .uploads import MAX_PARTS_IN_FLIGHT, MIN_PART_SIZE, PART_SIZE, S3Writer, UploadTarget
+from .uploads import MAX_PARTS_IN_FLIGHT, MIN_PART_SIZE, PART_SIZE, S3Writer, UploadTarget, parts_for
 
 log = logging.getLogger("remoteckpt")
 
@@ -170,9 +170,11 @@ class S3Store(Store):
 
     # --- writes ------------------------------------------------------------------------------
 
-    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None) -> ObjectWriter:
-        target = UploadTarget(self.client, self.bucket, self.object_key(key), self.describe(key), self.part_size,
-                              self.parts_in_flight, self._base)
+    def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,
+               size_hint: int | None = None) -> ObjectWriter:
+        part_size, in_flight = parts_for(size_hint, self.part_size, self.parts_in_flight)
+        target = UploadTarget(self.client, self.bucket, self.object_key(key), self.describe(key), part_size,
+                              in_flight, self._base)
         return S3Writer(target, key, exclusive, if_match)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:

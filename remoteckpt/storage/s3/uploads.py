@@ -40,6 +40,10 @@ overhead is small next to transfer time on loopback and in-region links."""
 MIN_PART_SIZE = 5 * 2**20
 """S3 rejects smaller parts (all but the last) at CompleteMultipartUpload."""
 
+MAX_WRITTEN_PARTS = 9_000
+"""Parts of written bytes an object of known size is cut into at most (`parts_for`): S3 allows
+10,000 parts per object; the rest is room for the parts of copies (`S3Writer.copy`)."""
+
 MAX_PARTS_IN_FLIGHT = 4
 """Parts uploading at once per writer: bounds a writer's buffers to 4 x PART_SIZE."""
 
@@ -55,6 +59,19 @@ keep `COPIES_IN_FLIGHT` busy, few enough that copies never bring an object near 
 MAX_COPY_PART = 5 * 2**30
 """S3's largest part; a copy is cut into parts of at most this size (and of `PART_SIZE`'s
 order, see `S3Writer.copy`)."""
+
+def parts_for(size_hint: int | None, part_size: int, in_flight: int) -> tuple[int, int]:
+    """Part size and parts in flight for an object of about `size_hint` bytes: the configured
+    ones, unless that many bytes would take more than `MAX_WRITTEN_PARTS` parts (16 MiB parts
+    reach S3's 10,000 at 156 GiB); then parts just large enough (whole MiB, at most
+    `MAX_COPY_PART`) and fewer of them in flight, so the memory parts in flight may hold stays
+    about what was configured."""
+    if size_hint is None or size_hint <= part_size * MAX_WRITTEN_PARTS:
+        return part_size, in_flight
+    mib = 2**20
+    larger = min(MAX_COPY_PART, -(-size_hint // (MAX_WRITTEN_PARTS * mib)) * mib)
+    return larger, max(1, in_flight * part_size // larger)
+
 
 WRITE_TOKEN = "remoteckpt-write"
 """User metadata naming the writer of an object (a fresh UUID per writer): how a commit whose
