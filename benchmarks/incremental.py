@@ -13,6 +13,13 @@ it, then each scenario saves a new prefix, in an order rotated from one repetiti
   first       incremental without a base (a directory of its own: every tensor written, digests
               computed while streaming)
 
+and on S3 the drain of a local tier (docs/tiered.md): the 90% checkpoint, saved on local disk
+with digests (untimed), copied to the directory by `tools.copy.copy_async`:
+
+  drain       without a base: every byte uploaded (the reference of the next)
+  drain 90%   with the directory's latest as the base (what a local tier's drain does): the
+              unchanged tensors copied by the server
+
 On S3, uploaded bytes are the request bodies the proxy relayed during the save (PUTs and
 POSTs: parts, the index, the protocol's small records); copied parts (UploadPartCopy) carry
 none.  On local disk they are the bytes the writer wrote itself (not copied by
@@ -46,6 +53,7 @@ from remoteckpt.engine import loop
 from remoteckpt.management.state import format_state
 from remoteckpt.storage import open_store
 from remoteckpt.testing import SeaweedServer
+from remoteckpt.tools.copy import copy_async
 
 from . import test_module
 
@@ -107,6 +115,8 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
     everything = {k: v + 2 for k, v in base.items()}
     scenarios = {"full": (base, False), "first": (base, True), "90%": (ninety, True), "changed": (everything, True)}
     results: dict[str, list[tuple[float, int, int, float]]] = {k: [] for k in scenarios}
+    if backend == "s3":
+        results.update({"drain": [], "drain 90%": []})
     with contextlib.ExitStack() as stack:
         proxy: Any = None
         if backend == "s3":
@@ -140,11 +150,26 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
                 results[label].append((seconds, uploaded, report.bytes_copied, cpu))
                 print(f"  {backend} {r}: {label:<8} {seconds:7.2f} s  cpu {cpu:6.2f} s  uploaded "
                       f"{uploaded / MiB:8.1f} MiB  copied {report.bytes_copied / MiB:8.1f} MiB", flush=True)
+            if proxy is not None:
+                local = stack.enter_context(tempfile.TemporaryDirectory(prefix="rk-tier-"))
+                loop.run(api.save_checkpoint(ninety, f"{local}/ninety", incremental=True))
+                for label, with_base in (("drain", None), ("drain 90%", True))[:: 1 if r % 2 == 0 else -1]:
+                    proxy.control("phase", name=label)
+                    start, cpu = time.perf_counter(), _cpu()
+                    copied = loop.run(copy_async(f"{local}/ninety", f"{directory}/{label.replace(' ', '-')}-{r}",
+                                                 destination_options=options, base=with_base))
+                    seconds, cpu = time.perf_counter() - start, _cpu() - cpu
+                    proxy.control("phase", name="between")
+                    uploaded = _uploaded(proxy, label)
+                    results[label].append((seconds, uploaded, copied.copied, cpu))
+                    print(f"  {backend} {r}: {label:<9} {seconds:7.2f} s  cpu {cpu:6.2f} s  uploaded "
+                          f"{uploaded / MiB:8.1f} MiB  copied {copied.copied / MiB:8.1f} MiB", flush=True)
     checkpoint = sum(v.nbytes for v in base.values())
     summary: dict[str, Any] = {"checkpoint_bytes": checkpoint, "tensors": tensors, "repeat": repeat}
-    full_time = statistics.median(row[0] for row in results["full"])
-    full_cpu = statistics.median(row[3] for row in results["full"])
     for label, rows in results.items():
+        reference = "drain" if label.startswith("drain") else "full"
+        full_time = statistics.median(row[0] for row in results[reference])
+        full_cpu = statistics.median(row[3] for row in results[reference])
         seconds = statistics.median(row[0] for row in rows)
         uploaded = statistics.median(row[1] for row in rows)
         cpu = statistics.median(row[3] for row in rows)
@@ -171,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
                for b in (("s3", "local") if args.backend == "both" else (args.backend,))}
     print(f"{'backend':<8}{'scenario':<10}{'seconds':>9}{'x full':>8}{'cpu s':>8}{'x full':>8}{'uploaded':>10}")
     for backend, rows in summary.items():
-        for label in ("full", "first", "changed", "90%"):
+        for label in ("full", "first", "changed", "90%", "drain", "drain 90%"):
+            if label not in rows:
+                continue
             row = rows[label]
             print(f"{backend:<8}{label:<10}{row['seconds']:>9.2f}{row['x_full']:>8.3f}{row['cpu_seconds']:>8.2f}"
                   f"{row['cpu_x_full']:>8.3f}{row['uploaded_fraction']:>10.1%}")
