@@ -16,10 +16,12 @@ the index, byte for byte, is committed create-only: the copy appears whole or no
 With a `base` (a checkpoint of the destination's directory; a local tier's drain passes one),
 a run of tensors unchanged since the base (`engine.incremental.unchanged_entry`: the source
 was saved with digests) and adjacent in both data files is copied by the destination store
-from the base's data file (S3 UploadPartCopy) instead of being sent; the bytes written to
-reach a part boundary first, and every other byte, stream from the source as above.  The
-copy is byte for byte the same either way.  A base replaced or deleted meanwhile makes that
-data file be sent whole.
+from the base's data file (S3 UploadPartCopy) instead of being sent.  A copy begins at a part
+boundary and at a tensor's first byte: the run's first tensors are sent until the upload is at
+one.  Every byte sent streams from the source and is checked as above; the copied tensors are
+the base's (the same dtype, shape, CRC32C and digest, each base data file pinned to the
+version seen while the base's index stood).  The copy is byte for byte the same either way.
+A base replaced or deleted meanwhile makes that data file be sent whole.
 """
 
 from __future__ import annotations
