@@ -39,8 +39,9 @@ from .options import IOOptions
 from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
 from .reader import CheckpointReader
-from .tiers.drain import durability, resume_drains, wait_durable
+from .tiers.drain import durability, wait_durable
 from .tiers.layout import LocalTier
+from .tiers.resume import resume_drains
 
 __all__ = [
     "Box",

@@ -51,7 +51,10 @@ DRAIN_POINTS = ("draining", "mid-copy", "drained")
 at the remote prefix begins, after the first chunk of a data file is copied (`remoteckpt cp`'s
 copy: it is the drain's), and after the remote index is committed but before the local
 tier's durable marker is written.  A drain's commit passes "committing" too (after the local
-save's own: ``committing:2`` in a one-worker save)."""
+save's own: ``committing:2`` in a one-worker save).  With per-host tiers
+(`remoteckpt.tiers.hosts`) every worker passes them, and "host-committed" between: the local
+commit made, this worker's copy of the index on its tier, its drain not started."""
+HOST_POINTS = ("host-committed",)
 EXPORT_POINTS = ("export-numbered", "export-variables", "export-assets", "export-fingerprint", "export-committing",
                  "export-committed")
 """A SavedModel export's own points, after those of its variables' save (see above)."""

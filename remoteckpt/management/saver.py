@@ -35,8 +35,9 @@ from ..locate import is_directory_id
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader, being_read
 from ..storage import Store, on_store, open_store, split_prefix
-from ..tiers.drain import durability, resume
+from ..tiers.drain import durability
 from ..tiers.layout import TierLike, as_tier
+from ..tiers.resume import resume
 from ..tiers.save import save_tiered
 from .delete import delete_checkpoint
 from .directory import latest_checkpoint
@@ -234,7 +235,8 @@ class Saver:
         """Drain (or drop, by the tier's policy) what a previous run left only local."""
         assert self.local_tier is not None
         started = await resume(self.local_tier, storage_options=self.storage_options, options=self.options,
-                               remote_directory=directory, after_for=lambda p: self._after_drain(p, directory))
+                               remote_directory=directory, after_for=lambda p: self._after_drain(p, directory),
+                               rank=self.rank, save_id=self.save_id)
         known = {p for p, _ in self._last}
         for c, future in started:
             self._drains[c.remote] = future
@@ -257,8 +259,8 @@ class Saver:
     async def _adopt(self, store: Store, directory: str) -> None:
         self._directory, self._adopted = directory, True
         await self._adopt_state(store, directory)
-        if self.local_tier is not None and self.rank == 0:
-            await self._resume(directory)
+        if self.local_tier is not None and (self.rank == 0 or self.local_tier.per_host):
+            await self._resume(directory)  # on a per-host tier every worker drains its own part
 
     async def _adopt_state(self, store: Store, directory: str) -> None:
         state = await read_state(store, directory, self.latest_filename)

@@ -38,7 +38,7 @@ from .commit import DEFAULT_COMMIT, CommitProtocol
 from .layout import SaveLayout
 from .lease import Lease
 from .records import Failure, Notice
-from .worker import SaveReport, read_table, run_worker, write_part
+from .worker import Part, SaveReport, read_table, run_worker, write_part
 
 __all__ = ["SaveReport", "UnnamedSaveWarning", "commit_tables", "save_worker", "write_part", "refuse_unsafe_store"]
 
@@ -87,24 +87,27 @@ async def refuse_unsafe_store(store: Store, layout: SaveLayout) -> None:
 
 async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "",
-                      progress: Reporter | None = None, incremental: Incremental | None = None) -> SaveReport:
+                      progress: Reporter | None = None, incremental: Incremental | None = None,
+                      part: Part | None = None) -> SaveReport:
     """Run one worker's side of the protocol (and the coordinator's on rank 0) for `tensors`
-    (as `remoteckpt.save` takes them); `incremental`: see `worker.write_part`."""
+    (as `remoteckpt.save` takes them); `incremental`: see `worker.write_part`.  `part` writes
+    the worker's part instead (`worker.Part`: a local tier's data files, or a drain's), and
+    `tensors` are then unused; data files outside the store are not fenced."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
     if layout.rank == 0:
         await _coordinate(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                          progress=progress, report=report, incremental=incremental)
+                          progress=progress, report=report, incremental=incremental, part=part)
     else:
         await run_worker(store, layout, tensors, overwrite=overwrite, options=options, progress=progress,
-                         report=report, incremental=incremental)
+                         report=report, incremental=incremental, part=part)
     progress.emit("committed", report.bytes_written, report.bytes_written)
     return report
 
 
 async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol, progress: Reporter, report: SaveReport,
-                      incremental: Incremental | None) -> None:
+                      incremental: Incremental | None, part: Part | None) -> None:
     await refuse_unsafe_store(store, layout)
     lease = await claims.acquire(store, layout, options)
     attempt = report.attempt = lease.attempt
@@ -118,8 +121,11 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         await coordinator.prepare(store, layout, lease, overwrite=overwrite)
         if multi:
             notices = await coordinator.notify(store, layout, notice("writing"))
-        identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
-                                           progress=progress, report=report, incremental=incremental)
+        if part is not None:
+            identity, table = await part(attempt)
+        else:
+            identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
+                                               progress=progress, report=report, incremental=incremental)
         if multi:
             crash_point("table-written")  # as the workers after their reports: the wait begins
         start = time.monotonic()
@@ -128,7 +134,7 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
         report.wait_seconds = time.monotonic() - start
         await lease.fresh()  # the commit follows well within a lease timeout of this renewal
         await fence.check_data_files(store, layout.data_prefix,
-                                     [identity, *(w.data for w in workers if w.data is not None)])
+                                     [i for i in [identity, *(w.data for w in workers)] if i is not None])
         lease.check()
         await commit_tables(store, layout, [table, *(decoded[w.rank] for w in workers)], commit=commit,
                             report=report)

@@ -29,7 +29,7 @@ import io
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,16 +186,42 @@ async def _clear_way(store: Store, layout: SaveLayout, key: str, attempt: str) -
     return await store.delete(key, if_match=head.etag)
 
 
+async def _holds_table(store: Store, layout: SaveLayout, table: bytes) -> bool:
+    """Whether the committed index holds this worker's data entries as its `table` gives them."""
+    try:
+        data = await store.get(layout.index)
+        view = memoryview(data)
+        index = decode_index(lambda o, k: view[o : o + k], len(view))
+        mine = read_table(table, layout.rank, store.describe(layout.index))
+    except CheckpointError:
+        return False
+    for key, entry in mine.entries.items():
+        if entry.slices:
+            continue
+        there = index.entries.get(key)
+        if (there is None or there.shard_id != layout.rank or there.offset != entry.offset
+                or there.size != entry.size or there.crc32c != entry.crc32c):
+            return False
+    return True
+
+
 class Verdict(enum.Enum):
     COMMITTED = "committed"
     FAILED = "failed"
     REJOIN = "rejoin"
 
 
+Part = Callable[[str], Awaitable[tuple[DataIdentity | None, bytes]]]
+"""A worker's part written another way than `write_part` (given the attempt): the identity of
+the data file written in the store, or None when it lies elsewhere (a local tier), and the
+worker's table (`table_bytes`)."""
+
+
 async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                      options: IOOptions, progress: Reporter, report: SaveReport,
-                     incremental: Incremental | None = None) -> SaveReport:
-    """Ranks > 0: the steps of the module docstring, until this save commits or fails."""
+                     incremental: Incremental | None = None, part: Part | None = None) -> SaveReport:
+    """Ranks > 0: the steps of the module docstring, until this save commits or fails.  With
+    `part`, the worker's part is written by it instead of `write_part`."""
     for _ in range(REJOINS + 1):
         attempt, ended = await claims.join(store, layout, options, overwrite=overwrite, concluded=concluded)
         report.attempt = attempt
@@ -203,8 +229,11 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             await _acknowledge(store, layout, attempt)
             raise ended.error()
         try:
-            identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
-                                               progress=progress, report=report, incremental=incremental)
+            if part is not None:
+                identity, table = await part(attempt)
+            else:
+                identity, table = await write_part(store, layout, tensors, options=options, attempt=attempt,
+                                                   progress=progress, report=report, incremental=incremental)
         except BaseException as exc:
             if isinstance(exc, CheckpointExistsError) and exc.index_committed:
                 raise  # the step is saved already: every rank finds its index, and says so
@@ -227,7 +256,7 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
                         Report(attempt=attempt, rank=layout.rank, state="ready", data=identity, table=table).encode())
         crash_point("table-written")
         start = time.monotonic()
-        verdict, failure = await await_verdict(store, layout, attempt, identity, options)
+        verdict, failure = await await_verdict(store, layout, attempt, identity, options, table=table)
         report.wait_seconds += time.monotonic() - start
         if verdict is Verdict.COMMITTED:
             return report
@@ -251,7 +280,7 @@ async def _report(store: Store, layout: SaveLayout, report: Report) -> bool:
 
 
 async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity: DataIdentity | None,
-                        options: IOOptions) -> tuple[Verdict, Failure | None]:
+                        options: IOOptions, *, table: bytes = b"") -> tuple[Verdict, Failure | None]:
     """Wait for the coordinator's word on `attempt` (see the module docstring), and acknowledge
     it; a verdict judged alone is not acknowledged (no coordinator waits for it)."""
     deadline = poll.clock() + options.commit_timeout
@@ -284,7 +313,7 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
                 await store.delete(layout.report(attempt, layout.rank))
             except CheckpointError:
                 log.debug("could not withdraw worker %d's report", layout.rank, exc_info=True)
-            return await _judge_alone(store, layout, identity, rejoin=taken_over or not held)
+            return await _judge_alone(store, layout, identity, rejoin=taken_over or not held, table=table)
     raise SaveFailedError(f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) "
                           f"to commit {store.describe(layout.index)}")
 
@@ -298,11 +327,15 @@ async def _acknowledge(store: Store, layout: SaveLayout, attempt: str) -> None:
 
 
 async def _judge_alone(store: Store, layout: SaveLayout, identity: DataIdentity | None,
-                       *, rejoin: bool) -> tuple[Verdict, Failure | None]:
-    """The verdict without the coordinator's word (see the module docstring)."""
+                       *, rejoin: bool, table: bytes = b"") -> tuple[Verdict, Failure | None]:
+    """The verdict without the coordinator's word (see the module docstring).  A worker whose
+    data file lies outside the store (no `identity`) judges by its `table`: committed if the
+    index holds its entries as its table gives them."""
     if await store.exists(layout.index):
         head = await store.head(identity.key) if identity is not None else None
         if identity is not None and head is not None and head.etag == identity.etag and head.size == identity.size:
+            return Verdict.COMMITTED, None
+        if identity is None and table and await _holds_table(store, layout, table):
             return Verdict.COMMITTED, None
         # Committed, but not by this worker's attempt: the step is saved already.
         return Verdict.FAILED, Failure(type="CheckpointExistsError",

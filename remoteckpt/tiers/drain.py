@@ -48,10 +48,7 @@ from .layout import (
     DURABLE,
     RECORD,
     LocalTier,
-    TierCheckpoint,
     as_tier,
-    checkpoints,
-    delete_local,
     local_prefix,
     record_bytes,
 )
@@ -67,14 +64,14 @@ _futures_lock = threading.Lock()
 _order: dict[int, asyncio.Lock] = {}  # one per loop (a forked child has its own)
 
 
-def _drain_lock() -> asyncio.Lock:
+def drain_lock() -> asyncio.Lock:
     key = id(asyncio.get_running_loop())
     if key not in _order:
         _order[key] = asyncio.Lock()
     return _order[key]
 
 
-async def _mark_durable(local: str, remote: str) -> None:
+async def mark_durable(local: str, remote: str) -> None:
     directory, name = split_prefix(local)
     store = LocalStore(directory)
     try:
@@ -83,7 +80,7 @@ async def _mark_durable(local: str, remote: str) -> None:
         await store.close()
 
 
-async def _same_index(local: str, remote: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:
+async def same_index(local: str, remote: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:
     l_dir, l_name = split_prefix(local)
     r_dir, r_name = split_prefix(remote)
     here, there = LocalStore(l_dir), open_store(r_dir, storage_options, options)
@@ -103,23 +100,23 @@ async def drain(local: str, remote: str, *, overwrite: bool = False, storage_opt
     it durable, then run `after` (a Saver's state file and remote retention), all in the
     order drains were started.  Returns `remote`.  `progress` gets the copy's ``written`` and
     ``committed`` events (named by `remote`), then ``durable``."""
-    async with _drain_lock():
+    async with drain_lock():
         start = time.monotonic()
         crash_point("draining")
         try:
-            if overwrite and await _same_index(local, remote, storage_options, options):
+            if overwrite and await same_index(local, remote, storage_options, options):
                 # committed by an earlier drain of this very checkpoint: nothing to replace
                 raise CheckpointExistsError.committed(remote)
             report = await copy_async(local, remote, overwrite=overwrite, destination_options=storage_options,
                                       options=options, progress=progress, base=True)
             size, copied = report.bytes, report.copied
         except CheckpointExistsError as exc:
-            if not exc.index_committed or not await _same_index(local, remote, storage_options, options):
+            if not exc.index_committed or not await same_index(local, remote, storage_options, options):
                 raise
             size = copied = 0
             log.info("%s was committed by an earlier drain; marking it durable", remote)
         crash_point("drained")
-        await _mark_durable(local, remote)
+        await mark_durable(local, remote)
         Reporter(progress, remote).emit("durable", size, size)
         log.info("drained %s to %s: %d bytes (%d of them copied by the remote store) in %.3f s", local, remote, size,
                  copied, time.monotonic() - start)
@@ -142,12 +139,20 @@ def start(local: str, remote: str, *, overwrite: bool = False, storage_options: 
           future: Future[str] | None = None, progress: ProgressCallback | None = None) -> Future[str]:
     """Start `drain` on remoteckpt's loop (callable from any thread, the loop's included);
     its future (`future`, or a fresh `promise`), also `durability(remote)`'s."""
+    return start_work(lambda: drain(local, remote, overwrite=overwrite, storage_options=storage_options,
+                                    options=options, after=after, progress=progress),
+                      local, remote, future)
+
+
+def start_work(work: Callable[[], Awaitable[str]], local: str, remote: str,
+               future: Future[str] | None = None) -> Future[str]:
+    """Run a drain (`work`, resolving to `remote`) on remoteckpt's loop; its future (`future`,
+    or a fresh `promise`), also `durability(remote)`'s."""
     future = future if future is not None else promise(remote)
 
     async def run() -> None:
         try:
-            result = await drain(local, remote, overwrite=overwrite, storage_options=storage_options,
-                                 options=options, after=after, progress=progress)
+            result = await work()
         except BaseException as exc:  # the caller's, through the future
             log.warning("draining %s to %s failed: %s", local, remote, exc)
             future.set_exception(exc)
@@ -254,46 +259,10 @@ def wait_durable(prefix: str | os.PathLike[str], *, local_tier: LocalTier | str 
     raise CheckpointNotFoundError(f"{text} is not durable: no remote index, and no drain of it in this process")
 
 
-def pending(tier: LocalTier) -> list[TierCheckpoint]:
-    """The tier's checkpoints committed locally and not durable, oldest first."""
-    return [c for c in checkpoints(tier) if c.committed and not c.durable]
-
-
-async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = None,
-                 options: IOOptions = DEFAULT_OPTIONS, remote_directory: str | None = None,
-                 after_for: Callable[[str], Callable[[], Awaitable[None]]] | None = None
-                 ) -> list[tuple[TierCheckpoint, Future[str]]]:
-    """After a restart: drain every checkpoint the tier holds committed but not durable
-    (oldest first; only those of `remote_directory` if given), or with ``resume=False``
-    delete them from the tier.  Drains in flight in this process are left alone.  Returns
-    the checkpoints whose drains started, with their futures; ``after_for(remote)`` is the
-    `after` of each drain."""
-    started = []
-    for c in pending(tier):
-        if remote_directory is not None and split_prefix(c.remote)[0] != remote_directory.rstrip("/"):
-            continue
-        with _futures_lock:
-            running = c.remote in _futures and not _futures[c.remote].done()
-        if running:
-            continue
-        if not tier.resume:
-            log.info("dropping %s: committed locally, never drained (resume=False)", c.local)
-            await delete_local(tier, c.name)
-            continue
-        log.info("resuming the drain of %s to %s", c.local, c.remote)
-        started.append((c, start(c.local, c.remote, overwrite=c.overwrite, storage_options=storage_options,
-                                 options=options, after=after_for(c.remote) if after_for else None)))
-    return started
-
-
-def resume_drains(local_tier: LocalTier | str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-                  options: IOOptions = DEFAULT_OPTIONS, remote_directory: str | None = None) -> list[Future[str]]:
-    """`resume` for a job's restart, from any thread but remoteckpt's loop: the futures of
-    the drains started (`wait_durable` waits for them too)."""
-    tier = as_tier(local_tier)
-    assert tier is not None
-    return [f for _, f in loop.run(resume(tier, storage_options=storage_options, options=options,
-                                          remote_directory=remote_directory))]
+def running(remote: str) -> bool:
+    """Whether a drain of `remote` started in this process is still running."""
+    with _futures_lock:
+        return remote in _futures and not _futures[remote].done()
 
 
 def forget(prefix: str) -> None:
@@ -301,5 +270,4 @@ def forget(prefix: str) -> None:
         _futures.pop(prefix, None)
 
 
-__all__ = ["drain", "durability", "pending", "resume_drains", "start", "wait_durable",
-           "watch_marker"]
+__all__ = ["drain", "durability", "start", "wait_durable", "watch_marker"]

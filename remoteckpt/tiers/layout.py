@@ -52,13 +52,18 @@ class LocalTier:
     would exceed it evicts durable checkpoints, oldest first, then waits up to `full_timeout`
     for drains in flight to make more durable, then raises `LocalTierFullError`.
     `resume`: whether a restarted job (a `Saver` adopting the tier, `resume_drains`) drains
-    the checkpoints left committed locally but not durable; if false they are deleted."""
+    the checkpoints left committed locally but not durable; if false they are deleted.
+    `per_host`: every host has a tier of its own at `path` (its local disk), holding the data
+    files of its own workers only; the workers of a save meet through the remote store and
+    each drains its own data file (`tiers.hosts`).  Without it, the workers of a save share
+    the one directory (the processes of one host, or a filesystem every host sees)."""
 
     path: str
     keep: int = DEFAULT_KEEP
     max_bytes: int | None = None
     full_timeout: float = FULL_TIMEOUT
     resume: bool = True
+    per_host: bool = False
 
     def __post_init__(self) -> None:
         if "://" in self.path:
@@ -174,10 +179,13 @@ def checkpoints(tier: LocalTier) -> list[TierCheckpoint]:
 
 
 async def delete_local(tier: LocalTier, name: str) -> None:
-    """Remove checkpoint `name` from the tier: index, data files, marker, record."""
+    """Remove checkpoint `name` from the tier: index, data files, workers' tables (per-host
+    tiers), marker, record."""
     store = LocalStore(tier.path)
     try:
         await delete_checkpoint(store, name)
+        for key in await store.list(name + ".table-"):
+            await store.delete(key)
         await store.delete(name + DURABLE)
         await store.delete(name + RECORD)
     finally:

@@ -38,7 +38,7 @@ from ..protocol.commit import DEFAULT_COMMIT, CommitProtocol
 from ..protocol.save import SaveReport
 from ..storage import split_prefix
 from ..storage.local import LocalStore
-from . import drain, retention
+from . import drain, hosts, retention
 from .layout import DURABLE, RECORD, LocalTier, checkpoint, delete_local, local_prefix, name_in_tier, record_bytes
 
 
@@ -107,7 +107,13 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
     local save and the durability future (`durable`, if given, is the one resolved).
     `after` runs (rank 0) once the checkpoint is durable, in drain order.  `more`: further
     options of `direct.save_checkpoint` for the local save (``incremental``: its base is the
-    tier's latest checkpoint)."""
+    tier's latest checkpoint).  A per-host tier's save of several workers is `hosts.save_on_host`
+    (with the default commit protocol)."""
+    if tier.per_host and world_size > 1:
+        return await hosts.save_on_host(tensors, prefix, tier, rank=rank, world_size=world_size, overwrite=overwrite,
+                                        save_id=save_id, storage_options=storage_options, options=options,
+                                        progress=progress, durable=durable, after=after,
+                                        incremental=more.get("incremental", False), needed=payload_bytes(tensors))
     local = local_prefix(tier, prefix)
     future = durable if durable is not None else drain.promise(prefix)
     if rank != 0 and tier.max_bytes is not None:

@@ -197,7 +197,7 @@ def copy_runs(entries: list[tuple[bytes, BundleEntry]], base: BaseCheckpoint) ->
     return runs
 
 
-async def _copy_file(src: Store, dst: Store, src_key: str, dst_key: str, entries: list[tuple[bytes, BundleEntry]],
+async def copy_data_file(src: Store, dst: Store, src_key: str, dst_key: str, entries: list[tuple[bytes, BundleEntry]],
                      *, options: IOOptions, budget: MemoryBudget, reporter: Reporter, total: int,
                      base: BaseCheckpoint | None = None) -> tuple[int, int, DataIdentity | None, int]:
     """Stream one data file (its runs unchanged since `base` copied by the destination store);
@@ -337,7 +337,7 @@ async def copy_async(source: str, destination: str, *, overwrite: bool = False,
                 src_key, dst_key = data_filename(src_name, shard, n), data_filename(dst_name, shard, n)
 
                 def attempt(with_base: BaseCheckpoint | None) -> Awaitable[tuple[int, int, DataIdentity | None, int]]:
-                    return _copy_file(src, dst, src_key, dst_key, by_shard[shard], options=options, budget=budget,
+                    return copy_data_file(src, dst, src_key, dst_key, by_shard[shard], options=options, budget=budget,
                                       reporter=reporter, total=total, base=with_base)
 
                 async with slots:

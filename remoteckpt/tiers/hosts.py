@@ -1,0 +1,224 @@
+"""Per-host tiers: each host's tier holds the data files of its own workers only, and the
+workers meet through the remote store (`LocalTier(per_host=True)`).
+
+    TIER/NAME.data-RRRRR-of-NNNNN   the data files this host's workers wrote (no other)
+    TIER/NAME.table-RRRRR           worker R's table: its entries, for its drain
+    TIER/NAME.index, .tier, .durable   as on a shared tier (`layout`)
+    REMOTE/.tiers/NAME.index        the local commit: the merged index, committed create-only
+                                    in the remote directory once every worker's data file is
+                                    on its own host's disk (one point all hosts agree on)
+
+Per save, every worker (`save_on_host`), in this order:
+  1. its tier: a checkpoint committed there, or at the remote prefix, is refused unless
+     overwriting; room under the cap for its own part; the record
+  2. the save protocol (`protocol.save`) at remote ``.tiers/NAME``: claim, notices, reports,
+     merge, commit, every worker's part being its data file written create-only to its own
+     tier (`worker.write_part` on the tier's directory); its table travels in its report.
+     The protocol's commit of ``.tiers/NAME.index`` is the local commit
+  3. the merged index is written on its tier as ``NAME.index``, its table as ``NAME.table-R``;
+     the call returns
+  4. the drain starts in the background (`drain_on_host`): the save protocol at the remote
+     prefix itself, every worker's part its local data file streamed as it is
+     (`tools.copy.copy_data_file`: CRC-checked; tensors unchanged since the remote directory's
+     latest checkpoint copied by the store when the save was incremental).  The tables are the
+     same, so the index committed is byte for byte the local one.  Then every worker marks its
+     tier durable; rank 0 removes ``.tiers/NAME.index`` and runs `after` (a Saver's state file
+     and remote retention)
+
+A kill at any point leaves the remote prefix with the previous checkpoint or the complete new
+one (its index is committed last, after every data file is fenced), and the local commit with
+either no ``.tiers/NAME.index`` (the save failed on every rank) or one (every worker's data file
+was on its disk).  A checkpoint committed locally and not durable is restorable by workers
+reading their own hosts' data files (the same partitioning); the others are read from the
+remote prefix once it is durable.  A restarted job resumes its drains when every worker does
+(`drain.resume` with the worker's rank: a `Saver` on every rank does it); a worker whose data
+file is not on its tier any more (a replaced host) fails that drain on every rank, and the
+checkpoint stays local.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from ..engine.budget import process_budget
+from ..engine.incremental import DIGEST_SIZE, Incremental, open_base
+from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
+from ..faults import crash_point
+from ..format.bundle import data_filename, decode_index, index_filename
+from ..management.state import previous_checkpoint
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..progress import ProgressCallback, Reporter
+from ..protocol.layout import SaveLayout
+from ..protocol.records import DataIdentity
+from ..protocol.save import SaveReport, save_worker
+from ..protocol.worker import write_part
+from ..storage import open_store, split_prefix
+from ..storage.local import LocalStore
+from ..tools.copy import copy_data_file
+from . import drain, retention
+from .layout import DURABLE, RECORD, LocalTier, local_prefix, record_bytes
+
+log = logging.getLogger("remoteckpt")
+
+MEETING = ".tiers"
+"""Folder of the remote directory where the workers of per-host tiers commit locally."""
+
+DRAIN_SUFFIX = ".drain"
+"""Appended to the job's save id for its drains (a save of another prefix, the remote one)."""
+
+
+def table_key(name: str, rank: int) -> str:
+    return f"{name}.table-{rank:05d}"
+
+
+def meeting_name(name: str) -> str:
+    return f"{MEETING}/{name}"
+
+
+def drain_id(save_id: str | None) -> str:
+    """The save id of a job's drains: its own, marked (within the 64 characters allowed)."""
+    job = SaveLayout.default_save_id() if save_id is None else save_id
+    return job[: 64 - len(DRAIN_SUFFIX)] + DRAIN_SUFFIX
+
+
+async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, *, rank: int, world_size: int,
+                       overwrite: bool = False, save_id: str | None = None,
+                       storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
+                       progress: ProgressCallback | None = None, durable: Future[str] | None = None,
+                       after: Callable[[], Awaitable[None]] | None = None, incremental: bool | str = False,
+                       needed: int = 0) -> tuple[SaveReport, Future[str]]:
+    """The steps of the module docstring for remote `prefix`; this worker's report of the
+    local commit and the durability future (`durable`, if given, is the one resolved).
+    `after` runs on rank 0 once the checkpoint is durable.  `needed`: bytes of this worker's
+    part, made room for under the tier's cap."""
+    local = local_prefix(tier, prefix)
+    tier_dir, name = split_prefix(local)
+    remote_dir, remote_name = split_prefix(prefix)
+    future = durable if durable is not None else drain.promise(prefix)
+    sid = SaveLayout.default_save_id() if save_id is None else save_id
+    try:
+        os.makedirs(tier_dir, exist_ok=True)
+        here, store = LocalStore(tier_dir), open_store(remote_dir, storage_options, options)
+        try:
+            if not overwrite:
+                for where, index in ((here, index_filename(name)), (store, index_filename(remote_name))):
+                    if await where.exists(index):
+                        raise CheckpointExistsError.committed(where.describe(index))
+            await retention.make_room(tier, needed)
+            await here.delete(name + DURABLE)  # of an older checkpoint of this name
+            await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
+            tables: dict[str, bytes] = {}
+
+            async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
+                # This host's tier is this job's: a data file of a dead attempt of this very
+                # save (never committed here: no local index) goes.
+                if not await here.exists(index_filename(name)):
+                    await here.delete(data_filename(name, rank, world_size))
+                _, table = await write_part(here, SaveLayout(name, rank, world_size, sid), tensors, options=options,
+                                            attempt=attempt, progress=reporter, report=written,
+                                            incremental=Incremental(base=None) if incremental else None)
+                tables["mine"] = table
+                return None, table
+
+            reporter = Reporter(progress, prefix, rank, world_size)
+            written = SaveReport(prefix, rank, world_size)  # what `part` wrote on the tier
+            meeting = SaveLayout(meeting_name(remote_name), rank, world_size, sid)
+            report = await save_worker(store, meeting, {}, overwrite=overwrite, options=options, prefix=prefix,
+                                       progress=reporter, part=part)
+            report.bytes_written, report.write_seconds = written.bytes_written, written.write_seconds
+            merged = await store.get(meeting.index)
+            await here.put(table_key(name, rank), tables["mine"])
+            await here.put(index_filename(name), merged)
+            crash_point("host-committed")
+        finally:
+            await here.close()
+            await store.close()
+    except BaseException as exc:
+        if not future.done():
+            future.set_exception(exc)
+        raise
+    work = lambda: drain_on_host(local, prefix, rank=rank, world_size=world_size, save_id=sid,  # noqa: E731
+                                 overwrite=overwrite, storage_options=storage_options, options=options,
+                                 after=after if rank == 0 else None, progress=progress)
+    future = drain.start_work(work, local, prefix, future)
+    await retention.trim(tier)
+    return report, future
+
+
+async def drain_on_host(local: str, remote: str, *, rank: int, world_size: int, save_id: str | None,
+                        overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+                        options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
+                        progress: ProgressCallback | None = None) -> str:
+    """This worker's side of the drain of per-host checkpoint `local` to `remote` (step 4 of
+    the module docstring), in the order drains were started; returns `remote`."""
+    tier_dir, name = split_prefix(local)
+    remote_dir, remote_name = split_prefix(remote)
+    async with drain.drain_lock():
+        start = time.monotonic()
+        crash_point("draining")
+        here, store = LocalStore(tier_dir), open_store(remote_dir, storage_options, options)
+        try:
+            raw = await here.get(index_filename(name))
+            table = await here.get(table_key(name, rank))
+            view = memoryview(raw)
+            index = decode_index(lambda o, n: view[o : o + n], len(view))
+            if index.num_shards != world_size:
+                raise CheckpointError(f"{here.describe(index_filename(name))} has {index.num_shards} data files; "
+                                      f"a drain of {world_size} workers cannot send it")
+            mine = [(k, e) for k, e in index.entries.items() if e.shard_id == rank and not e.slices]
+            base = None
+            if any(len(e.content_sha256) == DIGEST_SIZE for _, e in mine):
+                found = await previous_checkpoint(store, remote_dir, remote_name)
+                base = await open_base(store, found) if found is not None else None
+            key = data_filename(remote_name, rank, world_size)
+            reporter = Reporter(progress, remote, rank, world_size)
+            total = sum(e.size for _, e in mine)
+
+            async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
+                if await store.exists(key):  # a dead attempt's (the protocol cleared the rest)
+                    await store.delete(key)
+                _, _, identity, _ = await copy_data_file(
+                    here, store, data_filename(name, rank, world_size), key, mine, options=options,
+                    budget=process_budget(options.memory_budget), reporter=reporter, total=total, base=base)
+                if identity is None:
+                    raise CheckpointNotFoundError(f"{here.describe(data_filename(name, rank, world_size))} is gone")
+                return identity, table
+
+            async def committed_already() -> bool:
+                try:
+                    return bool(await store.get(index_filename(remote_name)) == raw)
+                except CheckpointNotFoundError:
+                    return False
+
+            # Committed by an earlier drain of this very checkpoint (whose worker died before its
+            # marker): durable, and never replaced, even by a drain that may overwrite.
+            if await committed_already():
+                log.info("%s was committed by an earlier drain; marking it durable", remote)
+            else:
+                try:
+                    await save_worker(store, SaveLayout(remote_name, rank, world_size, drain_id(save_id)), {},
+                                      overwrite=overwrite, options=options, prefix=remote, part=part)
+                except CheckpointExistsError as exc:
+                    if not exc.index_committed or not await committed_already():
+                        raise
+                    log.info("%s was committed by an earlier drain; marking it durable", remote)
+            crash_point("drained")
+            await drain.mark_durable(local, remote)
+            if rank == 0:
+                try:
+                    await store.delete(index_filename(meeting_name(remote_name)))
+                except CheckpointError:
+                    log.warning("could not remove %s", store.describe(index_filename(meeting_name(remote_name))))
+        finally:
+            await here.close()
+            await store.close()
+        Reporter(progress, remote).emit("durable", total, total)
+        log.info("drained worker %d's part of %s to %s in %.3f s", rank, local, remote, time.monotonic() - start)
+        if after is not None:
+            await after()
+        return remote

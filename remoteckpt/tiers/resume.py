@@ -1,0 +1,84 @@
+"""A restarted job's drains: what a tier holds committed locally and not durable, drained again
+(oldest first) or, with ``LocalTier(resume=False)``, deleted.
+
+A shared tier's checkpoint is drained by the process that finds it (`drain.start`).  A
+per-host tier's checkpoint of several workers is drained by all of them together, each its own
+data file (`hosts.drain_on_host`): every worker of the restarted job resumes, with its rank (a
+`Saver` on every rank does this when it first touches its directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ..engine import loop
+from ..format.bundle import decode_index, index_filename
+from ..options import DEFAULT_OPTIONS, IOOptions
+from ..storage import split_prefix
+from . import drain, hosts
+from .layout import LocalTier, TierCheckpoint, TierLike, as_tier, checkpoints, delete_local
+
+log = logging.getLogger("remoteckpt")
+
+
+def pending(tier: LocalTier) -> list[TierCheckpoint]:
+    """The tier's checkpoints committed locally and not durable, oldest first."""
+    return [c for c in checkpoints(tier) if c.committed and not c.durable]
+
+
+def _shards(c: TierCheckpoint) -> int:
+    with open(index_filename(c.local), "rb") as f:
+        raw = f.read()
+    return decode_index(lambda o, n: raw[o : o + n], len(raw)).num_shards
+
+
+async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = None,
+                 options: IOOptions = DEFAULT_OPTIONS, remote_directory: str | None = None,
+                 after_for: Callable[[str], Callable[[], Awaitable[None]]] | None = None, rank: int = 0,
+                 save_id: str | None = None) -> list[tuple[TierCheckpoint, Future[str]]]:
+    """After a restart: drain every checkpoint the tier holds committed but not durable
+    (oldest first; only those of `remote_directory` if given), or with ``resume=False``
+    delete them from the tier.  Drains in flight in this process are left alone.  Returns
+    the checkpoints whose drains started, with their futures; ``after_for(remote)`` is the
+    `after` of each drain (rank 0's, on a per-host tier).  `rank` and `save_id`: this
+    worker's, for the drains of a per-host tier."""
+    started = []
+    for c in pending(tier):
+        if remote_directory is not None and split_prefix(c.remote)[0] != remote_directory.rstrip("/"):
+            continue
+        if drain.running(c.remote):
+            continue
+        if not tier.resume:
+            log.info("dropping %s: committed locally, never drained (resume=False)", c.local)
+            await delete_local(tier, c.name)
+            continue
+        log.info("resuming the drain of %s to %s", c.local, c.remote)
+        after = after_for(c.remote) if after_for else None
+        shards = _shards(c) if tier.per_host else 1
+        if shards > 1:
+            future = drain.start_work(
+                lambda c=c, after=after: hosts.drain_on_host(  # type: ignore[misc]
+                    c.local, c.remote, rank=rank, world_size=shards, save_id=save_id, overwrite=c.overwrite,
+                    storage_options=storage_options, options=options, after=after if rank == 0 else None),
+                c.local, c.remote)
+        else:
+            future = drain.start(c.local, c.remote, overwrite=c.overwrite, storage_options=storage_options,
+                                 options=options, after=after)
+        started.append((c, future))
+    return started
+
+
+def resume_drains(local_tier: TierLike | str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
+                  options: IOOptions = DEFAULT_OPTIONS, remote_directory: str | None = None, rank: int = 0,
+                  save_id: str | None = None) -> list[Future[str]]:
+    """`resume` for a job's restart, from any thread but remoteckpt's loop: the futures of
+    the drains started (`wait_durable` waits for them too).  On a per-host tier every worker
+    of the job calls it, with its `rank` (and the job's `save_id`)."""
+    tier = as_tier(local_tier)
+    assert tier is not None
+    return [f for _, f in loop.run(resume(tier, storage_options=storage_options, options=options,
+                                          remote_directory=remote_directory, rank=rank, save_id=save_id))]
