@@ -131,6 +131,7 @@ def start(local: str, remote: str, *, overwrite: bool = False, storage_options: 
     future = future if future is not None else promise(remote)
 
     async def run() -> None:
+        await asyncio.sleep(0)  # the save that started it resolves its caller first
         try:
             result = await drain(local, remote, overwrite=overwrite, storage_options=storage_options,
                                  options=options, after=after, progress=progress)
