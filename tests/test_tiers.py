@@ -227,6 +227,34 @@ def test_saver_reports_both_steps_and_keeps_per_tier(base: str, tmp_path: Path) 
     assert remoteckpt.latest_checkpoint(base, local_tier=tier) == f"{base}/model.ckpt-3"
 
 
+def test_a_save_returns_before_the_tier_is_trimmed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+
+    from remoteckpt.tiers import retention
+
+    tier = LocalTier(path=str(tmp_path / "tier"), keep=1)
+    prefixes = [str(tmp_path / "remote" / f"model.ckpt-{step}") for step in range(3)]
+    for step in (0, 1):
+        remoteckpt.save(tensors(step), prefixes[step], local_tier=tier)
+        remoteckpt.wait_durable(prefixes[step])
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-1"]
+    gate = threading.Event()
+    evict = retention.delete_local
+
+    async def gated(tier: LocalTier, name: str) -> None:
+        await asyncio.to_thread(gate.wait, 60)
+        await evict(tier, name)
+
+    monkeypatch.setattr(retention, "delete_local", gated)
+    remoteckpt.save(tensors(2), prefixes[2], local_tier=tier)  # returns with the eviction held
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-1", "model.ckpt-2"]
+    gate.set()
+    remoteckpt.wait_durable(prefixes[2])
+    assert [c.name for c in checkpoints(tier)] == ["model.ckpt-2"]
+    same(remoteckpt.load(prefixes[1], local_tier=tier), tensors(1))  # from the remote tier
+
+
 def test_restarted_saver_resumes_drains(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     remote.mkdir()

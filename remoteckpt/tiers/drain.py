@@ -151,6 +151,7 @@ def start_work(work: Callable[[], Awaitable[str]], local: str, remote: str,
     future = future if future is not None else promise(remote)
 
     async def run() -> None:
+        await asyncio.sleep(0)  # the save that started it resolves its caller first
         try:
             result = await work()
         except BaseException as exc:  # the caller's, through the future

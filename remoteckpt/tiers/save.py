@@ -2,16 +2,20 @@
 
 Per save, every worker calls `save_tiered` (through `remoteckpt.save(..., local_tier=)`,
 `save_async`, a `Saver` or a plugin); in this order:
-  1. rank 0: `retention.make_room` (the tier's size cap), then the record ``NAME.tier``
+  1. rank 0: the previous save's trim awaited if it still runs (`retention.settled`), then
+     `retention.make_room` (the tier's size cap), then the record ``NAME.tier``
      naming the remote prefix (`layout`); a checkpoint committed on the tier at that name
      is refused unless overwriting
   2. every rank: the usual save protocol (`protocol.save`), on the tier's directory: each
      worker writes its data file there, rank 0 commits the index; every rank returns once
      that commit has happened
-  3. rank 0: the drain starts in the background (`drain`), then `retention.trim`; ranks > 0
-     watch for the durable marker instead
+  3. rank 0: the drain starts in the background (`drain`), and so does `retention.trim`
+     (`retention.trim_later`: deleting evicted files is not the caller's to wait for; the
+     tier's next save waits for it first); ranks > 0 watch for the durable marker instead
 The call returns after step 3's start: the training loop waits for local disk only.  The
-durability future (`drain.durability(prefix)`) resolves once the remote index is committed.
+drain and the trim are tasks of remoteckpt's I/O loop that yield once before their first
+step, so the call's result is handed back before either does any work.  The durability
+future (`drain.durability(prefix)`) resolves once the remote index is committed.
 
 Workers of one save share the tier's directory (the processes of one host, or a path on a
 filesystem every host sees): the save protocol meets through it, and rank 0 drains the
@@ -54,8 +58,9 @@ def payload_bytes(tensors: Mapping[str, Any]) -> int:
 
 
 async def begin(tier: LocalTier, prefix: str, *, overwrite: bool, needed: int) -> str:
-    """Step 1 (rank 0, before the local save claims the tier's prefix): room under the cap,
-    the record; returns the local prefix."""
+    """Step 1 (rank 0, before the local save claims the tier's prefix): the previous save's
+    trim finished, room under the cap, the record; returns the local prefix."""
+    await retention.settled(tier)
     local = local_prefix(tier, prefix)
     directory, name = split_prefix(local)
     os.makedirs(directory, exist_ok=True)
@@ -84,8 +89,9 @@ async def finish(tier: LocalTier, prefix: str, *, overwrite: bool, storage_optio
                  options: IOOptions, durable: Future[str] | None = None,
                  after: Callable[[], Awaitable[None]] | None = None,
                  progress: ProgressCallback | None = None) -> Future[str]:
-    """Step 3 (rank 0, once the local index is committed): the drain started, the tier
-    trimmed; the durability future (`durable` if given).  `after` runs once durable."""
+    """Step 3 (rank 0, once the local index is committed): the drain and the tier's trim
+    started in the background; the durability future (`durable` if given).  `after` runs
+    once durable."""
     async def then() -> None:
         await retention.trim(tier)
         if after is not None:
@@ -93,7 +99,7 @@ async def finish(tier: LocalTier, prefix: str, *, overwrite: bool, storage_optio
 
     future = drain.start(local_prefix(tier, prefix), prefix, overwrite=overwrite, storage_options=storage_options,
                          options=options, after=then, future=durable, progress=progress)
-    await retention.trim(tier)
+    retention.trim_later(tier)
     return future
 
 
