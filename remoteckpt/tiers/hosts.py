@@ -109,6 +109,7 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
                 for where, index in ((here, index_filename(name)), (store, index_filename(remote_name))):
                     if await where.exists(index):
                         raise CheckpointExistsError.committed(where.describe(index))
+            await retention.settled(tier)
             await retention.make_room(tier, needed)
             await here.delete(name + DURABLE)  # of an older checkpoint of this name
             await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
@@ -142,20 +143,22 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
         if not future.done():
             future.set_exception(exc)
         raise
-    work = lambda: drain_on_host(local, prefix, rank=rank, world_size=world_size, save_id=sid,  # noqa: E731
+    work = lambda: drain_on_host(tier, prefix, rank=rank, world_size=world_size, save_id=sid,  # noqa: E731
                                  overwrite=overwrite, storage_options=storage_options, options=options,
                                  after=after if rank == 0 else None, progress=progress)
     future = drain.start_work(work, local, prefix, future)
-    await retention.trim(tier)
+    retention.trim_later(tier)
     return report, future
 
 
-async def drain_on_host(local: str, remote: str, *, rank: int, world_size: int, save_id: str | None,
+async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: int, save_id: str | None,
                         overwrite: bool = False, storage_options: dict[str, Any] | None = None,
                         options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
                         progress: ProgressCallback | None = None) -> str:
-    """This worker's side of the drain of per-host checkpoint `local` to `remote` (step 4 of
-    the module docstring), in the order drains were started; returns `remote`."""
+    """This worker's side of the drain of the per-host checkpoint of remote prefix `remote` on
+    `tier` (step 4 of the module docstring), in the order drains were started; then the tier's
+    retention.  Returns `remote`."""
+    local = local_prefix(tier, remote)
     tier_dir, name = split_prefix(local)
     remote_dir, remote_name = split_prefix(remote)
     async with drain.drain_lock():
@@ -217,6 +220,7 @@ async def drain_on_host(local: str, remote: str, *, rank: int, world_size: int, 
         finally:
             await here.close()
             await store.close()
+        await retention.trim(tier)
         Reporter(progress, remote).emit("durable", total, total)
         log.info("drained worker %d's part of %s to %s in %.3f s", rank, local, remote, time.monotonic() - start)
         if after is not None:

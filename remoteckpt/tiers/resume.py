@@ -62,7 +62,7 @@ async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = No
         if shards > 1:
             future = drain.start_work(
                 lambda c=c, after=after: hosts.drain_on_host(  # type: ignore[misc]
-                    c.local, c.remote, rank=rank, world_size=shards, save_id=save_id, overwrite=c.overwrite,
+                    tier, c.remote, rank=rank, world_size=shards, save_id=save_id, overwrite=c.overwrite,
                     storage_options=storage_options, options=options, after=after if rank == 0 else None),
                 c.local, c.remote)
         else:
