@@ -162,6 +162,9 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
                  local_tier: TierLike | None = None) -> None:
         super().__init__()
         self.local_tier = as_tier(local_tier)
+        if self.local_tier is not None and self.local_tier.per_host:
+            raise ValueError("the DCP StorageWriter saves through a local tier shared by the ranks of a host; "
+                             "LocalTier(per_host=True) is taken by remoteckpt.save, Saver and CheckpointManager")
         self.prefix = None if prefix is None else os.fspath(prefix)
         self.overwrite = overwrite
         self.storage_options = storage_options
