@@ -94,3 +94,14 @@ def restart_job(barrier: Any, rank: int, world: int, env: dict[str, str], direct
     durable = saver.wait_durable(120)
     with open(result_path, "w") as f:
         json.dump({"durable": durable}, f)
+
+
+def overwrite_job(rank: int, world: int, env: dict[str, str], prefix: str, tiers: str) -> dict[str, Any]:
+    """Save step 0 at `prefix`, wait for it, then save step 1's tensors over it (overwrite)."""
+    os.environ.update(env)
+    options = IOOptions(commit_timeout=60, poll_interval=0.02, lease_timeout=5)
+    for step, overwrite in ((0, False), (1, True)):
+        remoteckpt.save(tensors(step, rank, world), prefix, rank=rank, world_size=world, save_id=f"over-{step}",
+                        overwrite=overwrite, options=options, local_tier=tier_of(tiers, rank))
+        remoteckpt.wait_durable(prefix, timeout=120)
+    return {"files": sorted(os.listdir(tier_of(tiers, rank).path))}

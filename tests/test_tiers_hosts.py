@@ -82,3 +82,17 @@ def test_a_worker_killed_during_step_1_leaves_the_previous_or_the_new_checkpoint
         _same(remoteckpt.load(f"{s3_prefix}/model.ckpt-{step}"), hw.expected(step, world))
     if not committed_locally:
         assert not on_store(s3_prefix, lambda store: store.exists("model.ckpt-1.index"))
+
+
+def test_a_per_host_checkpoint_saved_again_with_overwrite_replaces_it_on_every_tier(
+        s3_server: Any, s3_prefix: str, tmp_path: Path) -> None:
+    world, tiers, prefix = 2, str(tmp_path / "tiers"), f"{s3_prefix}/model.ckpt-5"
+    results = run_each(hw.overwrite_job, [(r, world, s3_server.env(), prefix, tiers) for r in range(world)], 240)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    _same(remoteckpt.load(prefix), hw.expected(1, world))
+    got = run_each(hw.restore_job, [(0, world, s3_server.env(), prefix, tiers)], 120)[0]
+    if isinstance(got, BaseException):
+        raise got
+    _same(got, hw.expected(1, world))

@@ -61,7 +61,7 @@ from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DURABLE, RECORD, LocalTier, local_prefix, record_bytes
+from .layout import DURABLE, RECORD, LocalTier, delete_local, local_prefix, record_bytes
 
 log = logging.getLogger("remoteckpt")
 
@@ -110,6 +110,8 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
                     if await where.exists(index):
                         raise CheckpointExistsError.committed(where.describe(index))
             await retention.settled(tier)
+            if overwrite and await here.exists(index_filename(name)):
+                await delete_local(tier, name)  # this host's copy of the checkpoint replaced
             await retention.make_room(tier, needed)
             await here.delete(name + DURABLE)  # of an older checkpoint of this name
             await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
