@@ -54,12 +54,14 @@ def test_each_host_keeps_its_own_data_files_and_the_drain_commits_them_all(s3_se
     _same(got, hw.expected(2, world))
 
 
-@pytest.mark.parametrize(("crash", "victim"), [("host-committed:2", 1), ("mid-copy:2", 0), ("drained:2", 1),
-                                               ("staged:2", 1)])
+@pytest.mark.parametrize(("crash", "victim"), [("host-committed:2", 1), ("committed:3", 0), ("mid-copy:2", 0),
+                                               ("drained:2", 1), ("staged:2", 1)])
 def test_a_worker_killed_during_step_1_leaves_the_previous_or_the_new_checkpoint_and_a_restart_drains_it(
         s3_server: Any, s3_prefix: str, tmp_path: Path, crash: str, victim: int) -> None:
-    """Worker `victim` is killed during step 1: at its local commit's end, inside its drain, after
-    the drain's commit, or before it wrote anything.  The remote directory then holds step 0 and
+    """Worker `victim` is killed during step 1: at its local commit's end, the coordinator right
+    after the local commit (before any worker heard of it: they judge by the index, and its own
+    host gets the index back at the restart), inside its drain, after the drain's commit, or
+    before it wrote anything.  The remote directory then holds step 0 and
     at most a complete step 1; a restarted job's workers resume the drain of step 1 wherever it
     was committed locally, and step 2 follows.  Every checkpoint restores exactly."""
     from spawning import run_together

@@ -61,7 +61,7 @@ from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DURABLE, RECORD, LocalTier, delete_local, local_prefix, record_bytes
+from .layout import DURABLE, RECORD, LocalTier, checkpoints, delete_local, local_prefix, record_bytes
 
 log = logging.getLogger("remoteckpt")
 
@@ -115,7 +115,6 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
             await retention.make_room(tier, needed)
             await here.delete(name + DURABLE)  # of an older checkpoint of this name
             await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
-            tables: dict[str, bytes] = {}
 
             async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
                 # This host's tier is this job's: a data file of a dead attempt of this very
@@ -125,7 +124,7 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
                 _, table = await write_part(here, SaveLayout(name, rank, world_size, sid), tensors, options=options,
                                             attempt=attempt, progress=reporter, report=written,
                                             incremental=Incremental(base=None) if incremental else None)
-                tables["mine"] = table
+                await here.put(table_key(name, rank), table)  # before the report: `recover` needs it
                 return None, table
 
             reporter = Reporter(progress, prefix, rank, world_size)
@@ -135,7 +134,6 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
                                        progress=reporter, part=part)
             report.bytes_written, report.write_seconds = written.bytes_written, written.write_seconds
             merged = await store.get(meeting.index)
-            await here.put(table_key(name, rank), tables["mine"])
             await here.put(index_filename(name), merged)
             crash_point("host-committed")
         finally:
@@ -228,3 +226,33 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
         if after is not None:
             await after()
         return remote
+
+
+async def recover(tier: LocalTier, *, storage_options: dict[str, Any] | None = None,
+                  options: IOOptions = DEFAULT_OPTIONS) -> list[str]:
+    """After a restart: a checkpoint of the tier whose local commit happened
+    (``.tiers/NAME.index`` in its remote directory) but whose index never reached this host's
+    tier (its worker died between the two) gets that index, so that its drain can resume.
+    Only where this host holds a worker's data file and table.  The names recovered."""
+    recovered = []
+    for c in checkpoints(tier):
+        tier_dir, name = split_prefix(c.local)
+        if c.committed or not [f for f in os.listdir(tier_dir) if f.startswith(f"{name}.table-")]:
+            continue
+        remote_dir, remote_name = split_prefix(c.remote)
+        store = open_store(remote_dir, storage_options, options)
+        try:
+            merged = await store.get(index_filename(meeting_name(remote_name)))
+        except CheckpointNotFoundError:
+            continue  # never committed locally: `gc` removes what is left
+        finally:
+            await store.close()
+        here = LocalStore(tier_dir)
+        try:
+            await here.put(index_filename(name), merged)
+        finally:
+            await here.close()
+        log.info("%s: committed locally before this host's worker died; its index restored from %s", c.local,
+                 c.remote)
+        recovered.append(c.name)
+    return recovered

@@ -47,6 +47,8 @@ async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = No
     `after` of each drain (rank 0's, on a per-host tier).  `rank` and `save_id`: this
     worker's, for the drains of a per-host tier."""
     started = []
+    if tier.per_host:
+        await hosts.recover(tier, storage_options=storage_options, options=options)
     for c in pending(tier):
         if remote_directory is not None and split_prefix(c.remote)[0] != remote_directory.rstrip("/"):
             continue
