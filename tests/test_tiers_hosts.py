@@ -76,6 +76,16 @@ def test_a_worker_killed_during_step_1_leaves_the_previous_or_the_new_checkpoint
         step = int(name.split("-")[1].split(".")[0])
         _same(remoteckpt.load(f"{s3_prefix}/{name[: -len('.index')]}"), hw.expected(step, world))
     committed_locally = crash != "staged:2"
+    # gc on each host: what a save that never committed locally left goes; a local commit a
+    # host missed gets its index back instead (its data file is the checkpoint's).
+    for rank in range(world):
+        remoteckpt.gc(s3_prefix, older_than=0, local_tier=hw.tier_of(tiers, rank))
+        left = sorted(f for f in (tmp_path / "tiers" / f"host-{rank}").iterdir() if f.name.startswith("model.ckpt-1."))
+        names = [f.name for f in left]
+        if committed_locally:
+            assert "model.ckpt-1.index" in names and f"model.ckpt-1.data-{rank:05d}-of-{world:05d}" in names, names
+        else:
+            assert names == [], names
     records = run_together(hw.restart_job, [(r, world, s3_server.env(), s3_prefix, tiers) for r in range(world)], 180)
     assert all(r is not None for r in records), records
     steps = (0, 1, 2) if committed_locally else (0, 2)

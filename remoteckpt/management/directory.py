@@ -42,7 +42,8 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
                           options=options)
     tier = as_tier(local_tier)
     if tier is not None:
-        more = tier_state.gc_tier(tier, older_than=older_than, dry_run=dry_run, options=options)
+        more = tier_state.gc_tier(tier, older_than=older_than, dry_run=dry_run, options=options,
+                                  storage_options=storage_options)
         report.removed += more.removed
         report.bytes_freed += more.bytes_freed
         report.skipped += more.skipped

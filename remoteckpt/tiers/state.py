@@ -8,8 +8,8 @@ prefix (the checkpoint's id on every tier), which `load(..., local_tier=)` reads
 nearest tier.  A checkpoint only local is the latest, but not durable (`drain.wait_durable`).
 
 `gc_tier(tier)`: `remoteckpt.gc` of the tier's directories (data files without index, staging,
-dead claims, temp files), then the tier's own leftovers: a record or marker whose checkpoint
-has no index (a save that died before its local commit).
+dead claims, temp files), then the tier's own leftovers: a record, marker or worker's table
+(per-host tiers) whose checkpoint has no index (a save that died before its local commit).
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import os
 import time
 from typing import Any
 
+from ..engine import loop
 from ..errors import CheckpointError
 from ..format.bundle import index_filename
 from ..management.gc import GcReport, gc
 from ..management.state import STATE_FILENAME, read_state
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import Store, on_store, split_prefix
+from . import hosts
 from .layout import DURABLE, RECORD, LocalTier, checkpoints
 
 log = logging.getLogger("remoteckpt")
@@ -58,11 +60,14 @@ def latest(directory: str, tier: LocalTier, *, storage_options: dict[str, Any] |
 
 
 def gc_tier(tier: LocalTier, *, older_than: float = 3600.0, dry_run: bool = False,
-            options: IOOptions = DEFAULT_OPTIONS) -> GcReport:
-    """See the module docstring."""
+            options: IOOptions = DEFAULT_OPTIONS, storage_options: dict[str, Any] | None = None) -> GcReport:
+    """See the module docstring.  A per-host tier first gets back the index of every local
+    commit its host missed (`hosts.recover`): those data files are a checkpoint's, not leftovers."""
     report = GcReport()
     if not os.path.isdir(tier.path):
         return report
+    if tier.per_host and not dry_run:
+        loop.run(hosts.recover(tier, storage_options=storage_options, options=options))
     directories = {tier.path} | {os.path.dirname(c.local) for c in checkpoints(tier)}
     for directory in sorted(directories):
         one = gc(directory, older_than=older_than, dry_run=dry_run, options=options)
@@ -75,7 +80,9 @@ def gc_tier(tier: LocalTier, *, older_than: float = 3600.0, dry_run: bool = Fals
     for c in checkpoints(tier):
         if c.committed:
             continue
-        for path in (c.local + DURABLE, c.local + RECORD):
+        tables = [os.path.join(os.path.dirname(c.local), f) for f in os.listdir(os.path.dirname(c.local))
+                  if f.startswith(os.path.basename(c.local) + ".table-")]
+        for path in (c.local + DURABLE, *tables, c.local + RECORD):
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
