@@ -8,6 +8,9 @@ remote prefix (S3) in the background, restored from the nearest tier.  See docs/
     nearest.py    reading from the nearest tier, falling back to the remote one
     retention.py  the local tier's retention (keep K) and size cap
     state.py      the newest checkpoint complete on any tier; `gc` of the tier
+    hosts.py      per-host tiers: the local commit through the remote store, every worker
+                  draining its own data file
+    resume.py     a restarted job's drains (each worker its own part on per-host tiers)
 """
 
 from .layout import LocalTier
