@@ -64,7 +64,7 @@ def crash_job(barrier: Any, rank: int, world: int, env: dict[str, str], director
     os.environ.update(env)
     if rank == victim:
         os.environ["REMOTECKPT_CRASH_AT"] = crash
-    options = IOOptions(commit_timeout=8, poll_interval=0.02, lease_timeout=2)
+    options = IOOptions(commit_timeout=12, poll_interval=0.02, lease_timeout=2)  # step 0 under load too
     saver = remoteckpt.Saver(max_to_keep=3, rank=rank, world_size=world, save_id="hosts-crash", options=options,
                              local_tier=tier_of(tiers, rank))
     barrier.wait()
