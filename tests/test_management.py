@@ -167,6 +167,7 @@ def test_gc_removes_leftovers_only(base: str) -> None:
             await store.put("m-2.data-00000-of-00002", b"orphan data")  # a save that never committed
             await store.put("m-2.tmp/part-00001-of-00002.index", b"table")
             await store.put("notes.txt", b"a user's file")
+            await store.put(".remoteckpt-probe-0123abcd", b"1")  # a store's probe, its process killed
             if hasattr(store, "part_size"):  # S3: an upload that never completed
                 writer = store.writer("m-3.data-00000-of-00001")
                 await writer.write(bytes(store.part_size + 1))  # type: ignore[attr-defined]
@@ -179,7 +180,8 @@ def test_gc_removes_leftovers_only(base: str) -> None:
     loop.run(litter())
     assert remoteckpt.gc(base).removed == []  # all younger than an hour: maybe a save in progress
     report = remoteckpt.gc(base, older_than=0)
-    assert sorted(report.removed) == ["m-2.data-00000-of-00002", "m-2.tmp/part-00001-of-00002.index"]
+    assert sorted(report.removed) == [".remoteckpt-probe-0123abcd", "m-2.data-00000-of-00002",
+                                      "m-2.tmp/part-00001-of-00002.index"]
     assert report.aborted_uploads == (["m-3.data-00000-of-00001"] if base.startswith("s3://") else [])
     assert sorted(_keys(base)) == ["checkpoint", "m-1.data-00000-of-00001", "m-1.index", "notes.txt"]
     np.testing.assert_array_equal(remoteckpt.load(f"{base}/m-1")["w"], np.ones(4))

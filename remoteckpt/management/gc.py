@@ -6,6 +6,7 @@ Garbage in a directory, when older than `older_than` seconds:
   - claims ``NAME.claim`` of saves that died holding them
   - local temp files ``*.tempstate<digits>`` of interrupted writes
   - incomplete multipart uploads (S3), which otherwise cost money forever
+  - scratch objects ``.remoteckpt-probe-*`` of a store's probe whose process died
   - partial SavedModel versions of a base directory (``N/`` holding SavedModel files but no
     ``N/saved_model.pb``: an export that died; `management.versions`), every file of one,
     once its newest file is older than `older_than` and no save of its variables is alive
@@ -33,11 +34,13 @@ from ..protocol.layout import DATA_FILE
 from ..protocol.lease import Verdict, watch
 from ..protocol.records import MAX_RECORD_BYTES, ClaimRecord
 from ..storage import ObjectInfo, Store, on_store
+from ..storage.base import PROBE_PREFIX
 from .versions import deletion_order, group_versions
 
 _STAGING = re.compile(r"^(?P<name>[^/]+)\.tmp(-[A-Za-z0-9._-]+)?/")
 _TEMP = re.compile(r"^(?P<name>[^/]+?)(\.index|\.data-\d{5,}-of-\d{5,}|\.claim)?\.tempstate\d+$")
 _CLAIM = re.compile(r"^(?P<name>[^/]+)\.claim$")
+_PROBE = re.compile(r"^(?P<name>" + re.escape(PROBE_PREFIX) + r"[0-9a-f]+)$")
 
 
 @dataclass
@@ -53,7 +56,7 @@ def _owner(key: str) -> tuple[str, str] | None:
     """(checkpoint name, kind) of a key gc may collect, None for anything else."""
     if "/" not in key and (m := DATA_FILE.match(key)):
         return m.group("name"), "data"
-    for kind, pattern in (("staging", _STAGING), ("claim", _CLAIM), ("temp", _TEMP)):
+    for kind, pattern in (("staging", _STAGING), ("claim", _CLAIM), ("temp", _TEMP), ("probe", _PROBE)):
         if m := pattern.match(key):
             return m.group("name"), kind
     return None

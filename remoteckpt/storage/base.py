@@ -75,6 +75,12 @@ class ScatterResult:
     crcs: tuple[int, ...]
 
 
+PROBE_PREFIX = ".remoteckpt-probe-"
+"""Scratch objects a store writes beside the checkpoints to learn what the server enforces
+(S3's conditional-write probe) and deletes at once; one left by a process that died in between
+is `gc`'s."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One object: its key, size in bytes, last-modified time (epoch seconds, by the store's

@@ -24,6 +24,7 @@ from typing import Any
 
 from ...errors import StorageError
 from ..base import (
+    PROBE_PREFIX,
     ObjectInfo,
     ObjectWriter,
     PendingUpload,
@@ -262,7 +263,7 @@ class S3Store(Store):
     async def _probe(self) -> tuple[bool, bool]:
         """(conditional writes enforced, conditional deletes enforced), found by writing a
         scratch object beside the checkpoints."""
-        key = f".remoteckpt-probe-{uuid.uuid4().hex}"
+        key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         name = self.object_key(key)
         try:
             first = await self.put(key, b"1", exclusive=True)
