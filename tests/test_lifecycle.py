@@ -151,7 +151,9 @@ def test_a_save_longer_than_five_leases_is_never_taken_over(where: tuple[str, An
     directory, options = where
     prefix = f"{directory}/ck"
     lease = 0.4
-    slow = Job(prefix, [Rank(0, seed=3), Rank(1, seed=3, delay=6 * lease + 1.0)], save_id="long",
+    # Rank 1 comes 6 s after its process imported remoteckpt: rank 0's save lasts 5 leases even
+    # when rank 0's own process starts up to 4 s later than rank 1's (a loaded machine).
+    slow = Job(prefix, [Rank(0, seed=3), Rank(1, seed=3, delay=10 * lease + 2.0)], save_id="long",
                storage_options=options, options={"lease_timeout": lease}).start()
     time.sleep(1.0)
     other = Job(prefix, [Rank(0, seed=4), Rank(1, seed=4)], save_id="other", storage_options=options,

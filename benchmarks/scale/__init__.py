@@ -1,11 +1,19 @@
 """The simulated fleet (``make scale``; ``python -m benchmarks.scale``): N ranks save one
 checkpoint to an embedded SeaweedFS through a request-counting proxy, then N ranks restore it
-with another partitioning; the proxy's log says what each rank asked of the storage.
+with another partitioning; the proxy's log says what each rank asked of the storage.  With
+``--saves K`` the ranks save K checkpoints in a row, as a training job does, and the last one
+is measured (its waits follow the rhythm the earlier ones set: `remoteckpt.protocol.poll`);
+the earlier saves' requests are recorded too.
 
     driver ── SeaweedServer (weed mini, loopback)
           ├── counting proxy (its own process, one asyncio thread)      tests/faultproxy.py
           ├── process 0: rank 0, the coordinator, alone                 `fleet`
           └── processes 1..P: ranks 1..N-1, asyncio tasks, one S3 client each
+
+Everything but the coordinator's process runs at a lower CPU priority (``--nice``, default
+10): on a cluster the other ranks, the S3 service and the network are other machines, and
+on this one their CPU would otherwise be taken from the coordinator, whose commit latency is
+measured (``--nice 0`` runs them all alike).
 
 Each run of N ranks records, in ``bench-results/scale-<time>.json``: requests by kind per
 worker (max and mean over ranks 1..N-1) and for the coordinator, the coordinator's LIST pages,
@@ -57,6 +65,11 @@ class Config:
     throttle: tuple[float, float] | None = None
     """(writes, reads) per second the proxy serves before it answers SlowDown."""
     restore: bool = True
+    saves: int = 1
+    """Checkpoints saved in a row; the last is measured."""
+    nice: int = 10
+    """Niceness added to every process but the coordinator's (the fleet's other processes,
+    the proxy, the server)."""
     timeout: float = 3600.0
     options: dict[str, Any] = field(default_factory=dict)
     """IOOptions fields for every rank."""
@@ -98,6 +111,15 @@ def _collect(pipes: list[Any], expected: str, timeout: float) -> list[Any]:
     return answers
 
 
+def lower_priority(pid: int | None, nice: int) -> None:
+    """Add `nice` to process `pid`'s niceness (see the module docstring)."""
+    if pid and nice > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + nice))
+        except OSError:
+            pass
+
+
 def process_cpu(pid: int | None) -> float:
     """CPU seconds (user + system) of process `pid` so far (Linux /proc), 0 if unknown."""
     try:
@@ -118,7 +140,8 @@ def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: P
     ProxyProcess = proxy_process()
     throttle = {"write": cfg.throttle[0], "read": cfg.throttle[1]} if cfg.throttle else None
     directory = f"s3://{bucket}/scale-{world}-{uuid.uuid4().hex[:8]}"
-    name = "model.ckpt-1"
+    names = [f"model.ckpt-{i}" for i in range(1, cfg.saves + 1)]
+    name = names[-1]
     context = multiprocessing.get_context("spawn")
     with ProxyProcess(endpoint) as proxy:
         spec = {"endpoint": proxy.endpoint_url, "directory": directory, "name": name,
@@ -134,17 +157,26 @@ def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: P
 
                 process = context.Process(target=serve, args=(spec, ranks, theirs), daemon=True)
                 process.start()
+                if ranks != [0]:
+                    lower_priority(process.pid, cfg.nice)
                 pipes.append(mine)
                 processes.append(process)
+            lower_priority(proxy.process.pid if proxy.process else None, cfg.nice)
             started = time.monotonic()
             _collect(pipes, "ready", cfg.timeout)
             setup_seconds = time.monotonic() - started
             if throttle:
                 proxy.control("throttle", spec=json.dumps(throttle))
+            earlier = []
+            for i, earlier_name in enumerate(names[:-1], 1):
+                proxy.control("phase", name=f"save-{i}")
+                for pipe in pipes:
+                    pipe.send(("save", earlier_name))
+                earlier.append(_collect(pipes, "saved", cfg.timeout))
             server0 = process_cpu(server_pid)
             cpu0 = proxy.control("phase", name="save")["cpu"]
             for pipe in pipes:
-                pipe.send("save")
+                pipe.send(("save", name))
             saved = _collect(pipes, "saved", cfg.timeout)
             cpu1 = proxy.control("phase", name="restore")["cpu"]
             server1 = process_cpu(server_pid)
@@ -173,6 +205,12 @@ def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: P
     save["proxy_cpu_seconds"] = round(cpu1 - cpu0, 3)
     save["fleet_cpu_seconds"] = round(sum(a["cpu"] for a in saved), 3)
     save["server_cpu_seconds"] = round(server1 - server0, 3)
+    save["earlier_saves"] = [
+        {k: v for k, v in analysis.save_summary(
+            [[*r[:2], "save" if r[2] == f"save-{i}" else r[2], *r[3:]] for r in log if r[2] == f"save-{i}"],
+            world, directory.split("/", 3)[-1] + "/", [r for answer in answers for r in answer["ranks"]],
+            {"coordinator": answers[0]["cpu"]}).items() if k in EARLIER_KEYS}
+        for i, answers in enumerate(earlier, 1)]
     restore: dict[str, Any] | None = None
     if restored:
         restore = analysis.restore_summary(log, world, directory.split("/", 3)[-1] + "/", restore_ranks)
@@ -182,6 +220,10 @@ def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: P
     return {"world": world, "processes": len(groups), "setup_seconds": round(setup_seconds, 3),
             "throttle": throttle, "proxy": {k: dumped[k] for k in ("peak_connections", "upstream_opened")},
             "save": save, "restore": restore}
+
+
+EARLIER_KEYS = ("worker_requests", "commit_latency_seconds", "seconds", "ranks_ok", "busiest_keys")
+"""What the record keeps of the saves before the measured one."""
 
 
 def verdicts(run: dict[str, Any]) -> dict[str, bool]:

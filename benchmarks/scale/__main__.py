@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-concurrency", type=int, default=Config.restore_concurrency,
                         help="ranks of one process restoring at once (default 64)")
     parser.add_argument("--no-restore", action="store_true", help="save only")
+    parser.add_argument("--saves", type=int, default=Config.saves,
+                        help="checkpoints saved in a row, the last measured (default 1)")
+    parser.add_argument("--nice", type=int, default=Config.nice,
+                        help="niceness added to every process but the coordinator's (default 10)")
     parser.add_argument("--timeout", type=float, default=Config.timeout, help="seconds per phase (default 3600)")
     parser.add_argument("--out", default="bench-results", help="directory of the JSON record")
     parser.add_argument("--charts", help="directory of the PNG chart (default: --out)")
@@ -39,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.throttle:
         w, r = (float(x) for x in args.throttle.split(","))
         throttle = (w, r)
-    if not args.ranks or min(args.ranks) < 2 or args.processes < 1:
-        parser.error("--ranks must be at least 2 each, --processes at least 1")
+    if not args.ranks or min(args.ranks) < 2 or args.processes < 1 or args.saves < 1:
+        parser.error("--ranks must be at least 2 each, --processes and --saves at least 1")
     logging.basicConfig(level=logging.WARNING)
     cfg = Config(ranks=args.ranks, processes=args.processes, throttle=throttle,
                  restore_concurrency=args.restore_concurrency, timeout=args.timeout,
-                 restore=not args.no_restore)
+                 restore=not args.no_restore, saves=args.saves, nice=args.nice)
     path, record = run(cfg, args.out, keep_logs=args.keep_logs, argv=sys.argv[1:] if argv is None else argv)
     print()
     print(table(record))

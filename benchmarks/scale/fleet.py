@@ -15,7 +15,8 @@ What it restores (`restore_requests`): rows ``[R*rows + rows/2, (R+1)*rows + row
 rank reads its half box), and its own two tensors; every value read is checked.
 
 The process talks to its driver through a pipe: ``ready`` once every store has sent one
-request (so that creating clients is not timed), then ``save`` and ``restore`` on command,
+request (so that creating clients is not timed), then ``("save", NAME)`` (as often as the
+driver asks: the stores stay open, as a job's do) and ``restore`` on command,
 each answered with the ranks' timings and errors and the process's CPU seconds.
 """
 
@@ -106,9 +107,11 @@ async def _save_all(stores: dict[int, Any], spec: dict[str, Any], options: Any) 
         out["end"] = time.monotonic()
         return out
 
-    results = await asyncio.gather(*(one(r) for r in stores))
+    return list(await asyncio.gather(*(one(r) for r in stores)))
+
+
+async def _close(stores: dict[int, Any]) -> None:
     await asyncio.gather(*(s.close() for s in stores.values()), return_exceptions=True)
-    return list(results)
 
 
 def _restore_one(rank: int, spec: dict[str, Any], options: Any) -> dict[str, Any]:
@@ -164,12 +167,14 @@ def serve(spec: dict[str, Any], ranks: list[int], conn: Any) -> None:
     conn.send(("ready", len(stores)))
     while True:
         command = conn.recv()
-        if command == "save":
+        if isinstance(command, tuple) and command[0] == "save":
             cpu, start = time.process_time(), time.monotonic()
-            results = loop.run(_profiled(_save_all(stores, spec, options), ranks))
+            results = loop.run(_profiled(_save_all(stores, {**spec, "name": command[1]}, options), ranks))
             conn.send(("saved", {"ranks": results, "cpu": time.process_time() - cpu, "start": start,
                                  "end": time.monotonic()}))
         elif command == "restore":
+            loop.run(_close(stores))  # the save's clients: a restoring rank opens a reader of its own
+            stores = {}
             cpu, start = time.process_time(), time.monotonic()
             workers = max(1, min(len(ranks), spec["restore_concurrency"]))
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -177,4 +182,5 @@ def serve(spec: dict[str, Any], ranks: list[int], conn: Any) -> None:
             conn.send(("restored", {"ranks": results, "cpu": time.process_time() - cpu, "start": start,
                                     "end": time.monotonic()}))
         else:
+            loop.run(_close(stores))
             return

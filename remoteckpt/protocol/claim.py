@@ -193,12 +193,14 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
     next_look = start + first_look + random.uniform(0.0, spread)
     # The first sleep is two poll intervals: the coordinator's path to the invitation is several
     # round trips (claim, listing, notices), so a look sooner finds nothing new.
-    async for _ in poll.backoff_polls(2 * options.poll_interval, deadline,
-                                      cap=poll.interval_cap(layout.world_size), share=poll.WAIT_SHARE):
+    kind = wait_kind(store, layout, "join")
+    async for _ in poll.backoff_polls(2 * options.poll_interval, deadline, cap=poll.interval_cap(layout.world_size),
+                                      share=poll.WAIT_SHARE, not_before=poll.waits.not_before(kind, start)):
         notice = await read_notice(store, layout)
         ours = notice is not None and notice.save_id == layout.save_id and notice.world_size == layout.world_size
         if notice is not None and ours:
             if notice.state == "writing":
+                poll.waits.learn(kind, poll.clock() - start)
                 return notice.attempt, None
             if notice.state == "failed" and notice.attempt not in concluded:
                 found = await read_claim(store, layout)
@@ -216,6 +218,12 @@ async def join(store: Store, layout: SaveLayout, options: IOOptions, *, overwrit
     raise SaveFailedError(
         f"timed out after {options.commit_timeout:g} s waiting for the coordinator (worker 0) to start saving "
         f"{store.describe(layout.index)} ({store.describe(layout.my_notice)} never named save id {layout.save_id!r})")
+
+
+def wait_kind(store: Store, layout: SaveLayout, what: str) -> tuple[str, str, str, int, int]:
+    """What names one of a worker's waits among the waits `poll.waits` remembers: the step
+    (`what`), the directory, and the job and worker."""
+    return what, store.url, layout.save_id, layout.world_size, layout.rank
 
 
 async def read_notice(store: Store, layout: SaveLayout) -> Notice | None:

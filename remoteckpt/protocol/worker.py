@@ -223,6 +223,7 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
     """Ranks > 0: the steps of the module docstring, until this save commits or fails.  With
     `part`, the worker's part is written by it instead of `write_part`."""
     for _ in range(REJOINS + 1):
+        begun = poll.clock()
         attempt, ended = await claims.join(store, layout, options, overwrite=overwrite, concluded=concluded)
         report.attempt = attempt
         if ended is not None:  # the attempt failed before this worker joined it
@@ -256,7 +257,7 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
                         Report(attempt=attempt, rank=layout.rank, state="ready", data=identity, table=table).encode())
         crash_point("table-written")
         start = time.monotonic()
-        verdict, failure = await await_verdict(store, layout, attempt, identity, options, table=table)
+        verdict, failure = await await_verdict(store, layout, attempt, identity, options, table=table, begun=begun)
         report.wait_seconds += time.monotonic() - start
         if verdict is Verdict.COMMITTED:
             return report
@@ -280,9 +281,12 @@ async def _report(store: Store, layout: SaveLayout, report: Report) -> bool:
 
 
 async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity: DataIdentity | None,
-                        options: IOOptions, *, table: bytes = b"") -> tuple[Verdict, Failure | None]:
+                        options: IOOptions, *, table: bytes = b"",
+                        begun: float | None = None) -> tuple[Verdict, Failure | None]:
     """Wait for the coordinator's word on `attempt` (see the module docstring), and acknowledge
-    it; a verdict judged alone is not acknowledged (no coordinator waits for it)."""
+    it; a verdict judged alone is not acknowledged (no coordinator waits for it).  `begun`:
+    when this worker began to join the attempt (`poll.clock`), from which its verdict's
+    time is learned and expected (`poll.Waits`)."""
     deadline = poll.clock() + options.commit_timeout
     claim_seen: str | None = None
     look_every = max(options.lease_timeout, poll.spread(layout.world_size))  # every worker reads the claim
@@ -290,10 +294,16 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
     first = max(options.poll_interval * 4, 0.02, layout.world_size / poll.COMMIT_RATE)
     # No poll at once: the verdict cannot be there yet (the coordinator has this report still to
     # find, then the merge, the commit and the notices to write).
+    # The verdict comes at about the same time into every save of a job in its rhythm, counted
+    # from the worker's join (when this worker's report lands in it varies from save to save).
+    kind = claims.wait_kind(store, layout, "verdict")
     async for _ in poll.backoff_polls(first, deadline, cap=poll.interval_cap(layout.world_size),
-                                      share=poll.WAIT_SHARE, at_once=False):
+                                      share=poll.WAIT_SHARE, at_once=False, since=begun,
+                                      not_before=None if begun is None else poll.waits.not_before(kind, begun)):
         notice = await claims.read_notice(store, layout)
         if notice is not None and notice.attempt == attempt and notice.state != "writing":
+            if begun is not None:
+                poll.waits.learn(kind, poll.clock() - begun)
             await _acknowledge(store, layout, attempt)  # the coordinator's word: it waits for this
             if notice.state == "committed":
                 return Verdict.COMMITTED, None
