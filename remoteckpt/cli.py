@@ -357,7 +357,10 @@ def _parser() -> argparse.ArgumentParser:
                                 help="one of these (remoteckpt COMMAND --help for its options):")
 
     p = sub.add_parser("inspect", help="list a checkpoint's tensors (like TF's inspect_checkpoint)",
-                       description="List a checkpoint's tensors: name, dtype, shape, bytes, data file, slices.")
+                       description="List a checkpoint's tensors: name, dtype, shape, bytes, data file, slices. "
+                                   "Of a SavedModel directory (or a base directory's newest version): what "
+                                   "`saved_model_cli show --all` prints (signatures, ops, concrete functions), "
+                                   "then the variables.")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="PREFIX (PREFIX.index, a directory-style DIR/, or a directory's latest also work)")
     values = p.add_mutually_exclusive_group()

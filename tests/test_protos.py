@@ -7,10 +7,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from remoteckpt._proto import checkpoint_state_pb2, tensor_bundle_pb2, tensor_shape_pb2, tensor_slice_pb2
+from remoteckpt._proto import (
+    checkpoint_state_pb2,
+    saved_model_pb2,
+    struct_pb2,
+    tensor_bundle_pb2,
+    tensor_shape_pb2,
+    tensor_slice_pb2,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = ROOT / "protos" / "protoc-requirements.txt"
@@ -70,6 +78,38 @@ def test_same_wire_bytes_as_tensorflow() -> None:
     theirs = tf_bundle.BundleEntryProto.FromString(ours.SerializeToString())
     assert theirs.SerializeToString(deterministic=True) == ours.SerializeToString(deterministic=True)
     assert theirs.shape.dim[0].size == 3 and theirs.slices[0].extent[0].length == 2
+
+
+def _same_fields(ours: Any, theirs: Any, seen: set[str]) -> None:
+    """Every field `ours` (a message descriptor) declares is `theirs`' of the same name, number,
+    type and cardinality, recursively through the messages and enums they hold."""
+    if ours.full_name in seen:
+        return
+    seen.add(ours.full_name)
+    for field in ours.fields:
+        other = theirs.fields_by_name.get(field.name)
+        where = f"{ours.full_name}.{field.name}"
+        assert other is not None, f"{where}: not in {theirs.full_name}"
+        assert (field.number, field.type, field.is_repeated) == (other.number, other.type, other.is_repeated), where
+        if field.message_type is not None:
+            _same_fields(field.message_type, other.message_type, seen)
+        if field.enum_type is not None:
+            values = {v.name: v.number for v in field.enum_type.values}
+            assert values.items() <= {v.name: v.number for v in other.enum_type.values}.items(), where
+
+
+@pytest.mark.tensorflow
+def test_saved_model_subset_is_tensorflows() -> None:
+    """The subset SavedModel and StructuredValue protos: each field as TensorFlow declares it,
+    down to the signatures' tensors, the graph's nodes and functions, and the object graph's
+    concrete functions and their input signatures."""
+    tf_saved_model = pytest.importorskip("tensorflow.core.protobuf.saved_model_pb2")
+    tf_struct = pytest.importorskip("tensorflow.core.protobuf.struct_pb2")
+    seen: set[str] = set()
+    _same_fields(saved_model_pb2.SavedModel.DESCRIPTOR, tf_saved_model.SavedModel.DESCRIPTOR, seen)
+    _same_fields(struct_pb2.StructuredValue.DESCRIPTOR, tf_struct.StructuredValue.DESCRIPTOR, seen)
+    assert {"remoteckpt.proto.SavedObjectGraph", "remoteckpt.proto.NodeDef", "remoteckpt.proto.TypeSpecProto",
+            "remoteckpt.proto.NamedTupleValue", "remoteckpt.proto.TensorProto"} <= seen
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The command line on SavedModels, without TensorFlow (its own tool, ``saved_model_cli``, is
-the referee for `inspect` where installed): `inspect` (tags, signatures, variables; --json),
+the referee for `inspect` where installed): `inspect` (tags, signatures, ops, concrete
+functions with their input signatures, variables; --json),
 `verify` and `cp` of a SavedModel directory and of a versioned base directory (local and S3),
 `ls` of a base directory (its complete versions), `gc` of partial versions; and checkpoint
 tools carrying a TF1 Saver's ``PREFIX.meta``, which retention deletes with its checkpoint.
@@ -7,8 +8,11 @@ tools carrying a TF1 Saver's ``PREFIX.meta``, which retention deletes with its c
 
 from __future__ import annotations
 
+import ast
+import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,21 +85,206 @@ def test_inspect_shows_signatures_and_variables(name: str, capsys: pytest.Captur
     assert "Method name is: tensorflow/serving/predict" in text
 
 
+FUNCTIONS: dict[str, Any] = {
+    "saved_model_keras": ("_default_save_signature", "inputs", [-1, 4], "DT_FLOAT", {"MatMul", "BiasAdd"}),
+    "saved_model_module": ("__call__", "words", [-1], "DT_STRING", {"HashTableV2", "LookupTableFindV2"}),
+}
+"""Per SavedModel fixture: its one function, that function's one argument (name, shape, dtype),
+and ops its graph uses only within the functions it calls."""
+
+
 @pytest.mark.parametrize("name", ["saved_model_keras", "saved_model_module"])
-def test_inspect_prints_what_saved_model_cli_prints(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_lists_ops_and_concrete_functions(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    function, argument, shape, dtype, inner_ops = FUNCTIONS[name]
+    graph = run_json(["inspect", str(FIXTURES / name)], capsys)["meta_graphs"][0]
+    ops = graph["ops"]
+    assert ops == sorted(set(ops)) and inner_ops | {"StatefulPartitionedCall", "SaveV2", "RestoreV2"} <= set(ops)
+    assert not [op for op in ops if op.startswith("__inference")]  # the functions called are not ops
+    [exported] = graph["concrete_functions"]
+    [option] = exported.pop("options")
+    assert exported == {"name": function, "kind": "function"}
+    assert option["concrete_function"].startswith("__inference_")
+    spec = {"tensor_spec": {"name": argument, "shape": shape, "dtype": dtype}}
+    assert (option["args"], option["kwargs"], option["argument_keywords"]) == ([spec], {}, [argument])
+    assert main(["inspect", str(FIXTURES / name)]) == 0
+    text = capsys.readouterr().out
+    assert f"The MetaGraph with tag set ['serve'] contains the following ops: {{{', '.join(map(repr, ops))}}}" in text
+    assert f"Concrete Functions:\n  Function Name: '{function}'\n    Option #1\n" in text
+
+
+def saved_model_cli(directory: Path | str) -> str:
+    """What ``saved_model_cli show --all`` prints of the SavedModel (the test is skipped where
+    TensorFlow is not installed)."""
     tool = Path(sys.executable).parent / "saved_model_cli"
     if not tool.exists():
         pytest.skip("saved_model_cli (TensorFlow) is not installed")
-    directory = FIXTURES / name
-    theirs = subprocess.run([str(tool), "show", "--dir", str(directory), "--all"], capture_output=True, text=True,
-                            check=True, timeout=300).stdout
-    assert main(["inspect", str(directory)]) == 0
+    return subprocess.run([str(tool), "show", "--dir", str(directory), "--all"], capture_output=True, text=True,
+                          check=True, timeout=300).stdout
+
+
+def comparable(text: str) -> list[Any]:
+    """The lines `inspect` and saved_model_cli both print (from the first meta graph's tag-set
+    to the end of the concrete functions), with the backspaces applied as a terminal does
+    (saved_model_cli erases the ", " after a sequence's last element with two) and each ops
+    line's set parsed (saved_model_cli prints a Python set, in hash order)."""
+    lines = re.sub(r"(, )?\x08\x08", "", text).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("MetaGraphDef with tag-set"))
+    end = next((i for i, line in enumerate(lines) if line.startswith("variables (")), len(lines))
+    rows: list[Any] = []
+    for line in lines[start:end]:
+        head, found, ops = line.partition(" contains the following ops: ")
+        rows.append((head, set() if ops == "set()" else ast.literal_eval(ops)) if found else line)
+    while rows and rows[-1] == "":
+        rows.pop()
+    return rows
+
+
+def options_unordered(rows: list[Any]) -> list[Any]:
+    """`comparable`'s rows with each function's options sorted and unnumbered, and keyword
+    arguments sorted by name: saved_model_cli orders both by what changes from one process to
+    the next (names it gives concrete functions as it loads them; a protobuf map's order)."""
+    at = rows.index("Concrete Functions:")
+    functions: list[tuple[str, list[list[str]]]] = []
+    for line in rows[at + 1:]:
+        if line.startswith("  Function Name: "):
+            functions.append((line, []))
+        elif line.startswith("    Option #"):
+            functions[-1][1].append(["    Option #"])
+        elif line:
+            if not functions[-1][1]:
+                functions[-1][1].append([])  # keyword arguments only: saved_model_cli prints no "Option #"
+            functions[-1][1][-1].append(line)
+    def keywords_sorted(option: list[str]) -> list[str]:
+        kept, named = [], []
+        lines = iter(option)
+        for line in lines:
+            if line.startswith("        Named Argument #"):
+                named.append(next(lines))
+            else:
+                kept.append(line)
+        return kept + [line for index, name in enumerate(sorted(named), 1)
+                       for line in (f"        Named Argument #{index}", name)]
+
+    out = rows[: at + 1]
+    for header, options in functions:
+        out += [header, *(line for option in sorted(map(keywords_sorted, options)) for line in option)]
+    return out
+
+
+@pytest.mark.parametrize("name", ["saved_model_keras", "saved_model_module"])
+def test_inspect_prints_what_saved_model_cli_prints(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The signatures line for line, the ops as a set, the concrete functions line for line."""
+    theirs = saved_model_cli(FIXTURES / name)
+    assert main(["inspect", str(FIXTURES / name)]) == 0
     ours = capsys.readouterr().out
-    # saved_model_cli's signature section, up to the ops and concrete functions it also lists
-    # (which need TensorFlow's graph protos), is ours line for line.
-    block = theirs.split("The MetaGraph with tag set")[0].split("Concrete Functions:")[0].strip().splitlines()
-    start = ours.splitlines().index(block[0])
-    assert ours.splitlines()[start : start + len(block)] == block
+    assert comparable(ours) == comparable(theirs)
+    assert "Concrete Functions:" in comparable(ours)
+
+
+@pytest.mark.tensorflow
+def test_inspect_of_an_export_with_nested_and_keyword_arguments(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A SavedModel of `remoteckpt.tensorflow.export_saved_model` whose functions take tuples,
+    lists, named tuples, dicts, Python values, ragged tensors and keyword arguments, traced
+    more than once: `inspect` prints what saved_model_cli prints."""
+    tf = pytest.importorskip("tensorflow")
+    import remoteckpt.tensorflow as rtf
+
+    point = collections.namedtuple("point", ["x", "y"])
+
+    class Exported(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="inputs")])
+        def serve(self, x: Any) -> Any:
+            return {"y": x * self.scale}
+
+        @tf.function
+        def nested(self, a: Any, pair: Any, opts: Any = None, *, scale: Any = 2, flag: bool = True, tag: str = "t",
+                   mapping: Any = None) -> Any:
+            return a * self.scale * scale
+
+        @tf.function
+        def keywords_only(self, *, k: Any) -> Any:
+            return k * self.scale
+
+        @tf.function
+        def ragged(self, r: Any, dtype: Any) -> Any:
+            return tf.cast(r.flat_values, dtype) * tf.cast(self.scale, dtype)
+
+    model = Exported()
+    model.nested.get_concrete_function(
+        tf.TensorSpec([None, 4], tf.float32, name="a"),
+        (tf.TensorSpec([2], tf.int32), [tf.TensorSpec([], tf.float64, name="inner"), 3]), None,
+        scale=1.5, flag=False, tag="x'y", mapping={"b": tf.TensorSpec([3], tf.int64), "a": None})
+    model.nested.get_concrete_function(
+        tf.TensorSpec([3], tf.float32), point(tf.TensorSpec([1], tf.float32), 2), {"only": "it's"},
+        scale=2, flag=True, tag="t", mapping={})
+    model.nested.get_concrete_function(tf.TensorSpec(None, tf.float32), (), ["s", (1,), -0.5, True], mapping=None)
+    model.keywords_only.get_concrete_function(k=tf.TensorSpec([], tf.float32))
+    model.ragged.get_concrete_function(tf.RaggedTensorSpec([None, None], tf.int32), tf.float16)
+    model.bare = model.serve.get_concrete_function()
+    directory = rtf.export_saved_model(model, str(tmp_path / "models"), signatures={"serving_default": model.serve})
+
+    theirs = saved_model_cli(directory)
+    assert main(["inspect", directory]) == 0
+    ours = capsys.readouterr().out
+    assert options_unordered(comparable(ours)) == options_unordered(comparable(theirs))
+    assert "          DType: tuple\n          Value: [TensorSpec(shape=(2,), dtype=tf.int32, name='pair_0'), " \
+           "[TensorSpec(shape=(), dtype=tf.float64, name='inner'), 3]]\n" in ours
+    assert "          DType: point\n          Value: [TensorSpec(shape=(1,), dtype=tf.float32, name='pair_x'), 2]\n" in ours
+    assert "          DType: list\n          Value: ['s', (1,), -0.5, True]\n" in ours
+
+    functions = {f["name"]: f for f in run_json(["inspect", directory], capsys)["meta_graphs"][0]["concrete_functions"]}
+    assert sorted(functions) == ["bare", "keywords_only", "nested", "ragged", "serve"]
+    assert functions["bare"]["kind"] == "bare_concrete_function"
+    first, second, third = functions["nested"]["options"]  # in the order they were traced
+    assert first["args"] == [
+        {"tensor_spec": {"name": "a", "shape": [-1, 4], "dtype": "DT_FLOAT"}},
+        {"tuple": [{"tensor_spec": {"name": "pair_0", "shape": [2], "dtype": "DT_INT32"}},
+                   {"list": [{"tensor_spec": {"name": "inner", "shape": [], "dtype": "DT_DOUBLE"}}, 3]}]},
+        None]
+    assert first["kwargs"] == {  # keys sorted
+        "flag": False, "scale": 1.5, "tag": "x'y",
+        "mapping": {"dict": {"a": None, "b": {"tensor_spec": {"name": "mapping_b", "shape": [3], "dtype": "DT_INT64"}}}}}
+    assert second["args"][1] == {"named_tuple": {"name": "point", "fields": [
+        ["x", {"tensor_spec": {"name": "pair_x", "shape": [1], "dtype": "DT_FLOAT"}}], ["y", 2]]}}
+    assert third["args"][0] == {"tensor_spec": {"name": "a", "shape": None, "dtype": "DT_FLOAT"}}
+    [keywords_only] = functions["keywords_only"]["options"]
+    assert keywords_only["args"] == [] and list(keywords_only["kwargs"]) == ["k"]
+    [ragged] = functions["ragged"]["options"]
+    assert ragged["args"][0]["type_spec"]["class"] == "RaggedTensorSpec"
+    assert ragged["args"][1] == {"tensor_dtype": "DT_HALF"}
+
+
+@pytest.mark.tensorflow
+def test_inspect_of_a_tf1_saved_model_with_two_meta_graphs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A TF1 Builder's SavedModel (no object graph: no concrete functions), two meta graphs (two
+    tags for one), a sparse input and a signature key with a quote: `inspect` prints what
+    saved_model_cli prints, the meta graphs in the order of their tags."""
+    tf = pytest.importorskip("tensorflow")
+    directory = tmp_path / "tf1"
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+        sparse = tf.compat.v1.sparse_placeholder(tf.float32, name="sparse")
+        w = tf.compat.v1.get_variable("w", initializer=tf.ones([2, 1]))
+        session.run(tf.compat.v1.global_variables_initializer())
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": x, "sparse": sparse},
+                                                                   {"y": tf.matmul(x, w, name="y")})
+        builder = tf.compat.v1.saved_model.Builder(str(directory))
+        builder.add_meta_graph_and_variables(session, ["train", "extra"], signature_def_map={"it's": signature})
+        builder.add_meta_graph(["serve"], signature_def_map={"serving_default": signature})
+        builder.save()
+    theirs = saved_model_cli(directory)
+    assert main(["inspect", str(directory)]) == 0
+    ours = comparable(capsys.readouterr().out)
+    assert ours == comparable(theirs)
+    assert "Concrete Functions:" not in ours and "MetaGraphDef with tag-set: 'train, extra' contains the following " \
+        "SignatureDefs:" in ours
+    graphs = run_json(["inspect", str(directory)], capsys)["meta_graphs"]
+    assert [g["concrete_functions"] for g in graphs] == [None, None] and "MatMul" in graphs[0]["ops"]
 
 
 def test_verify_saved_model_and_base(base: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,11 +12,12 @@ from google.protobuf.internal import builder as _builder
 _sym_db = _symbol_database.Default()
 
 
+from remoteckpt._proto import struct_pb2 as remoteckpt_dot___proto_dot_struct__pb2
 from remoteckpt._proto import tensor_shape_pb2 as remoteckpt_dot___proto_dot_tensor__shape__pb2
 from remoteckpt._proto import types_pb2 as remoteckpt_dot___proto_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#remoteckpt/_proto/saved_model.proto\x12\x10remoteckpt.proto\x1a$remoteckpt/_proto/tensor_shape.proto\x1a\x1dremoteckpt/_proto/types.proto\"e\n\nSavedModel\x12\"\n\x1asaved_model_schema_version\x18\x01 \x01(\x03\x12\x33\n\x0bmeta_graphs\x18\x02 \x03(\x0b\x32\x1e.remoteckpt.proto.MetaGraphDef\"\x9c\x03\n\x0cMetaGraphDef\x12\x41\n\rmeta_info_def\x18\x01 \x01(\x0b\x32*.remoteckpt.proto.MetaGraphDef.MetaInfoDef\x12G\n\rsignature_def\x18\x05 \x03(\x0b\x32\x30.remoteckpt.proto.MetaGraphDef.SignatureDefEntry\x12\x36\n\x0e\x61sset_file_def\x18\x06 \x03(\x0b\x32\x1e.remoteckpt.proto.AssetFileDef\x1as\n\x0bMetaInfoDef\x12\x1a\n\x12meta_graph_version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x1a\n\x12tensorflow_version\x18\x05 \x01(\t\x12\x1e\n\x16tensorflow_git_version\x18\x06 \x01(\t\x1aS\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.remoteckpt.proto.SignatureDef:\x02\x38\x01\"S\n\x0c\x41ssetFileDef\x12\x31\n\x0btensor_info\x18\x01 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xc1\x03\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12<\n\ncoo_sparse\x18\x04 \x01(\x0b\x32&.remoteckpt.proto.TensorInfo.CooSparseH\x00\x12H\n\x10\x63omposite_tensor\x18\x05 \x01(\x0b\x32,.remoteckpt.proto.TensorInfo.CompositeTensorH\x00\x12)\n\x05\x64type\x18\x02 \x01(\x0e\x32\x1a.remoteckpt.proto.DataType\x12\x38\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\".remoteckpt.proto.TensorShapeProto\x1a\x65\n\tCooSparse\x12\x1a\n\x12values_tensor_name\x18\x01 \x01(\t\x12\x1b\n\x13indices_tensor_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65nse_shape_tensor_name\x18\x03 \x01(\t\x1a\x43\n\x0f\x43ompositeTensor\x12\x30\n\ncomponents\x18\x02 \x03(\x0b\x32\x1c.remoteckpt.proto.TensorInfoB\n\n\x08\x65ncoding\"\xb8\x02\n\x0cSignatureDef\x12:\n\x06inputs\x18\x01 \x03(\x0b\x32*.remoteckpt.proto.SignatureDef.InputsEntry\x12<\n\x07outputs\x18\x02 \x03(\x0b\x32+.remoteckpt.proto.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x1aK\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x1aL\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#remoteckpt/_proto/saved_model.proto\x12\x10remoteckpt.proto\x1a\x1eremoteckpt/_proto/struct.proto\x1a$remoteckpt/_proto/tensor_shape.proto\x1a\x1dremoteckpt/_proto/types.proto\"e\n\nSavedModel\x12\"\n\x1asaved_model_schema_version\x18\x01 \x01(\x03\x12\x33\n\x0bmeta_graphs\x18\x02 \x03(\x0b\x32\x1e.remoteckpt.proto.MetaGraphDef\"\x89\x04\n\x0cMetaGraphDef\x12\x41\n\rmeta_info_def\x18\x01 \x01(\x0b\x32*.remoteckpt.proto.MetaGraphDef.MetaInfoDef\x12-\n\tgraph_def\x18\x02 \x01(\x0b\x32\x1a.remoteckpt.proto.GraphDef\x12G\n\rsignature_def\x18\x05 \x03(\x0b\x32\x30.remoteckpt.proto.MetaGraphDef.SignatureDefEntry\x12\x36\n\x0e\x61sset_file_def\x18\x06 \x03(\x0b\x32\x1e.remoteckpt.proto.AssetFileDef\x12<\n\x10object_graph_def\x18\x07 \x01(\x0b\x32\".remoteckpt.proto.SavedObjectGraph\x1as\n\x0bMetaInfoDef\x12\x1a\n\x12meta_graph_version\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x1a\n\x12tensorflow_version\x18\x05 \x01(\t\x12\x1e\n\x16tensorflow_git_version\x18\x06 \x01(\t\x1aS\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.remoteckpt.proto.SignatureDef:\x02\x38\x01\"j\n\x08GraphDef\x12\'\n\x04node\x18\x01 \x03(\x0b\x32\x19.remoteckpt.proto.NodeDef\x12\x35\n\x07library\x18\x02 \x01(\x0b\x32$.remoteckpt.proto.FunctionDefLibrary\"\x92\x01\n\x07NodeDef\x12\n\n\x02op\x18\x02 \x01(\t\x12\x31\n\x04\x61ttr\x18\x05 \x03(\x0b\x32#.remoteckpt.proto.NodeDef.AttrEntry\x1aH\n\tAttrEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.remoteckpt.proto.AttrValue:\x02\x38\x01\"9\n\tAttrValue\x12,\n\x04\x66unc\x18\n \x01(\x0b\x32\x1e.remoteckpt.proto.NameAttrList\"\x1c\n\x0cNameAttrList\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x12\x46unctionDefLibrary\x12/\n\x08\x66unction\x18\x01 \x03(\x0b\x32\x1d.remoteckpt.proto.FunctionDef\"f\n\x0b\x46unctionDef\x12*\n\tsignature\x18\x01 \x01(\x0b\x32\x17.remoteckpt.proto.OpDef\x12+\n\x08node_def\x18\x03 \x03(\x0b\x32\x19.remoteckpt.proto.NodeDef\"\x15\n\x05OpDef\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xfa\x01\n\x10SavedObjectGraph\x12,\n\x05nodes\x18\x01 \x03(\x0b\x32\x1d.remoteckpt.proto.SavedObject\x12U\n\x12\x63oncrete_functions\x18\x02 \x03(\x0b\x32\x39.remoteckpt.proto.SavedObjectGraph.ConcreteFunctionsEntry\x1a\x61\n\x16\x43oncreteFunctionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0b\x32\'.remoteckpt.proto.SavedConcreteFunction:\x02\x38\x01\"\x92\x02\n\x0bSavedObject\x12?\n\x08\x63hildren\x18\x01 \x03(\x0b\x32-.remoteckpt.proto.SavedObject.ObjectReference\x12\x33\n\x08\x66unction\x18\x06 \x01(\x0b\x32\x1f.remoteckpt.proto.SavedFunctionH\x00\x12M\n\x16\x62\x61re_concrete_function\x18\x08 \x01(\x0b\x32+.remoteckpt.proto.SavedBareConcreteFunctionH\x00\x1a\x36\n\x0fObjectReference\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x12\n\nlocal_name\x18\x02 \x01(\tB\x06\n\x04kind\"+\n\rSavedFunction\x12\x1a\n\x12\x63oncrete_functions\x18\x01 \x03(\t\"V\n\x19SavedBareConcreteFunction\x12\x1e\n\x16\x63oncrete_function_name\x18\x01 \x01(\t\x12\x19\n\x11\x61rgument_keywords\x18\x02 \x03(\t\"a\n\x15SavedConcreteFunction\x12H\n\x1d\x63\x61nonicalized_input_signature\x18\x03 \x01(\x0b\x32!.remoteckpt.proto.StructuredValue\"S\n\x0c\x41ssetFileDef\x12\x31\n\x0btensor_info\x18\x01 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xc1\x03\n\nTensorInfo\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12<\n\ncoo_sparse\x18\x04 \x01(\x0b\x32&.remoteckpt.proto.TensorInfo.CooSparseH\x00\x12H\n\x10\x63omposite_tensor\x18\x05 \x01(\x0b\x32,.remoteckpt.proto.TensorInfo.CompositeTensorH\x00\x12)\n\x05\x64type\x18\x02 \x01(\x0e\x32\x1a.remoteckpt.proto.DataType\x12\x38\n\x0ctensor_shape\x18\x03 \x01(\x0b\x32\".remoteckpt.proto.TensorShapeProto\x1a\x65\n\tCooSparse\x12\x1a\n\x12values_tensor_name\x18\x01 \x01(\t\x12\x1b\n\x13indices_tensor_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65nse_shape_tensor_name\x18\x03 \x01(\t\x1a\x43\n\x0f\x43ompositeTensor\x12\x30\n\ncomponents\x18\x02 \x03(\x0b\x32\x1c.remoteckpt.proto.TensorInfoB\n\n\x08\x65ncoding\"\xb8\x02\n\x0cSignatureDef\x12:\n\x06inputs\x18\x01 \x03(\x0b\x32*.remoteckpt.proto.SignatureDef.InputsEntry\x12<\n\x07outputs\x18\x02 \x03(\x0b\x32+.remoteckpt.proto.SignatureDef.OutputsEntry\x12\x13\n\x0bmethod_name\x18\x03 \x01(\t\x1aK\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x1aL\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.remoteckpt.proto.TensorInfo:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,30 +26,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._loaded_options = None
   _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_options = b'8\001'
+  _globals['_NODEDEF_ATTRENTRY']._loaded_options = None
+  _globals['_NODEDEF_ATTRENTRY']._serialized_options = b'8\001'
+  _globals['_SAVEDOBJECTGRAPH_CONCRETEFUNCTIONSENTRY']._loaded_options = None
+  _globals['_SAVEDOBJECTGRAPH_CONCRETEFUNCTIONSENTRY']._serialized_options = b'8\001'
   _globals['_SIGNATUREDEF_INPUTSENTRY']._loaded_options = None
   _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_SIGNATUREDEF_OUTPUTSENTRY']._loaded_options = None
   _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_SAVEDMODEL']._serialized_start=126
-  _globals['_SAVEDMODEL']._serialized_end=227
-  _globals['_METAGRAPHDEF']._serialized_start=230
-  _globals['_METAGRAPHDEF']._serialized_end=642
-  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_start=442
-  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_end=557
-  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_start=559
-  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_end=642
-  _globals['_ASSETFILEDEF']._serialized_start=644
-  _globals['_ASSETFILEDEF']._serialized_end=727
-  _globals['_TENSORINFO']._serialized_start=730
-  _globals['_TENSORINFO']._serialized_end=1179
-  _globals['_TENSORINFO_COOSPARSE']._serialized_start=997
-  _globals['_TENSORINFO_COOSPARSE']._serialized_end=1098
-  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_start=1100
-  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_end=1167
-  _globals['_SIGNATUREDEF']._serialized_start=1182
-  _globals['_SIGNATUREDEF']._serialized_end=1494
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=1341
-  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=1416
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=1418
-  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=1494
+  _globals['_SAVEDMODEL']._serialized_start=158
+  _globals['_SAVEDMODEL']._serialized_end=259
+  _globals['_METAGRAPHDEF']._serialized_start=262
+  _globals['_METAGRAPHDEF']._serialized_end=783
+  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_start=583
+  _globals['_METAGRAPHDEF_METAINFODEF']._serialized_end=698
+  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_start=700
+  _globals['_METAGRAPHDEF_SIGNATUREDEFENTRY']._serialized_end=783
+  _globals['_GRAPHDEF']._serialized_start=785
+  _globals['_GRAPHDEF']._serialized_end=891
+  _globals['_NODEDEF']._serialized_start=894
+  _globals['_NODEDEF']._serialized_end=1040
+  _globals['_NODEDEF_ATTRENTRY']._serialized_start=968
+  _globals['_NODEDEF_ATTRENTRY']._serialized_end=1040
+  _globals['_ATTRVALUE']._serialized_start=1042
+  _globals['_ATTRVALUE']._serialized_end=1099
+  _globals['_NAMEATTRLIST']._serialized_start=1101
+  _globals['_NAMEATTRLIST']._serialized_end=1129
+  _globals['_FUNCTIONDEFLIBRARY']._serialized_start=1131
+  _globals['_FUNCTIONDEFLIBRARY']._serialized_end=1200
+  _globals['_FUNCTIONDEF']._serialized_start=1202
+  _globals['_FUNCTIONDEF']._serialized_end=1304
+  _globals['_OPDEF']._serialized_start=1306
+  _globals['_OPDEF']._serialized_end=1327
+  _globals['_SAVEDOBJECTGRAPH']._serialized_start=1330
+  _globals['_SAVEDOBJECTGRAPH']._serialized_end=1580
+  _globals['_SAVEDOBJECTGRAPH_CONCRETEFUNCTIONSENTRY']._serialized_start=1483
+  _globals['_SAVEDOBJECTGRAPH_CONCRETEFUNCTIONSENTRY']._serialized_end=1580
+  _globals['_SAVEDOBJECT']._serialized_start=1583
+  _globals['_SAVEDOBJECT']._serialized_end=1857
+  _globals['_SAVEDOBJECT_OBJECTREFERENCE']._serialized_start=1795
+  _globals['_SAVEDOBJECT_OBJECTREFERENCE']._serialized_end=1849
+  _globals['_SAVEDFUNCTION']._serialized_start=1859
+  _globals['_SAVEDFUNCTION']._serialized_end=1902
+  _globals['_SAVEDBARECONCRETEFUNCTION']._serialized_start=1904
+  _globals['_SAVEDBARECONCRETEFUNCTION']._serialized_end=1990
+  _globals['_SAVEDCONCRETEFUNCTION']._serialized_start=1992
+  _globals['_SAVEDCONCRETEFUNCTION']._serialized_end=2089
+  _globals['_ASSETFILEDEF']._serialized_start=2091
+  _globals['_ASSETFILEDEF']._serialized_end=2174
+  _globals['_TENSORINFO']._serialized_start=2177
+  _globals['_TENSORINFO']._serialized_end=2626
+  _globals['_TENSORINFO_COOSPARSE']._serialized_start=2444
+  _globals['_TENSORINFO_COOSPARSE']._serialized_end=2545
+  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_start=2547
+  _globals['_TENSORINFO_COMPOSITETENSOR']._serialized_end=2614
+  _globals['_SIGNATUREDEF']._serialized_start=2629
+  _globals['_SIGNATUREDEF']._serialized_end=2941
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_start=2788
+  _globals['_SIGNATUREDEF_INPUTSENTRY']._serialized_end=2863
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_start=2865
+  _globals['_SIGNATUREDEF_OUTPUTSENTRY']._serialized_end=2941
 # @@protoc_insertion_point(module_scope)

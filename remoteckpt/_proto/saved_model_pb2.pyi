@@ -1,3 +1,4 @@
+from remoteckpt._proto import struct_pb2 as _struct_pb2
 from remoteckpt._proto import tensor_shape_pb2 as _tensor_shape_pb2
 from remoteckpt._proto import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -16,7 +17,7 @@ class SavedModel(_message.Message):
     def __init__(self, saved_model_schema_version: _Optional[int] = ..., meta_graphs: _Optional[_Iterable[_Union[MetaGraphDef, _Mapping]]] = ...) -> None: ...
 
 class MetaGraphDef(_message.Message):
-    __slots__ = ("meta_info_def", "signature_def", "asset_file_def")
+    __slots__ = ("meta_info_def", "graph_def", "signature_def", "asset_file_def", "object_graph_def")
     class MetaInfoDef(_message.Message):
         __slots__ = ("meta_graph_version", "tags", "tensorflow_version", "tensorflow_git_version")
         META_GRAPH_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -36,12 +37,123 @@ class MetaGraphDef(_message.Message):
         value: SignatureDef
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SignatureDef, _Mapping]] = ...) -> None: ...
     META_INFO_DEF_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_DEF_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_DEF_FIELD_NUMBER: _ClassVar[int]
     ASSET_FILE_DEF_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_GRAPH_DEF_FIELD_NUMBER: _ClassVar[int]
     meta_info_def: MetaGraphDef.MetaInfoDef
+    graph_def: GraphDef
     signature_def: _containers.MessageMap[str, SignatureDef]
     asset_file_def: _containers.RepeatedCompositeFieldContainer[AssetFileDef]
-    def __init__(self, meta_info_def: _Optional[_Union[MetaGraphDef.MetaInfoDef, _Mapping]] = ..., signature_def: _Optional[_Mapping[str, SignatureDef]] = ..., asset_file_def: _Optional[_Iterable[_Union[AssetFileDef, _Mapping]]] = ...) -> None: ...
+    object_graph_def: SavedObjectGraph
+    def __init__(self, meta_info_def: _Optional[_Union[MetaGraphDef.MetaInfoDef, _Mapping]] = ..., graph_def: _Optional[_Union[GraphDef, _Mapping]] = ..., signature_def: _Optional[_Mapping[str, SignatureDef]] = ..., asset_file_def: _Optional[_Iterable[_Union[AssetFileDef, _Mapping]]] = ..., object_graph_def: _Optional[_Union[SavedObjectGraph, _Mapping]] = ...) -> None: ...
+
+class GraphDef(_message.Message):
+    __slots__ = ("node", "library")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    LIBRARY_FIELD_NUMBER: _ClassVar[int]
+    node: _containers.RepeatedCompositeFieldContainer[NodeDef]
+    library: FunctionDefLibrary
+    def __init__(self, node: _Optional[_Iterable[_Union[NodeDef, _Mapping]]] = ..., library: _Optional[_Union[FunctionDefLibrary, _Mapping]] = ...) -> None: ...
+
+class NodeDef(_message.Message):
+    __slots__ = ("op", "attr")
+    class AttrEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: AttrValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[AttrValue, _Mapping]] = ...) -> None: ...
+    OP_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    attr: _containers.MessageMap[str, AttrValue]
+    def __init__(self, op: _Optional[str] = ..., attr: _Optional[_Mapping[str, AttrValue]] = ...) -> None: ...
+
+class AttrValue(_message.Message):
+    __slots__ = ("func",)
+    FUNC_FIELD_NUMBER: _ClassVar[int]
+    func: NameAttrList
+    def __init__(self, func: _Optional[_Union[NameAttrList, _Mapping]] = ...) -> None: ...
+
+class NameAttrList(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class FunctionDefLibrary(_message.Message):
+    __slots__ = ("function",)
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    function: _containers.RepeatedCompositeFieldContainer[FunctionDef]
+    def __init__(self, function: _Optional[_Iterable[_Union[FunctionDef, _Mapping]]] = ...) -> None: ...
+
+class FunctionDef(_message.Message):
+    __slots__ = ("signature", "node_def")
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    NODE_DEF_FIELD_NUMBER: _ClassVar[int]
+    signature: OpDef
+    node_def: _containers.RepeatedCompositeFieldContainer[NodeDef]
+    def __init__(self, signature: _Optional[_Union[OpDef, _Mapping]] = ..., node_def: _Optional[_Iterable[_Union[NodeDef, _Mapping]]] = ...) -> None: ...
+
+class OpDef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SavedObjectGraph(_message.Message):
+    __slots__ = ("nodes", "concrete_functions")
+    class ConcreteFunctionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SavedConcreteFunction
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SavedConcreteFunction, _Mapping]] = ...) -> None: ...
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    CONCRETE_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[SavedObject]
+    concrete_functions: _containers.MessageMap[str, SavedConcreteFunction]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[SavedObject, _Mapping]]] = ..., concrete_functions: _Optional[_Mapping[str, SavedConcreteFunction]] = ...) -> None: ...
+
+class SavedObject(_message.Message):
+    __slots__ = ("children", "function", "bare_concrete_function")
+    class ObjectReference(_message.Message):
+        __slots__ = ("node_id", "local_name")
+        NODE_ID_FIELD_NUMBER: _ClassVar[int]
+        LOCAL_NAME_FIELD_NUMBER: _ClassVar[int]
+        node_id: int
+        local_name: str
+        def __init__(self, node_id: _Optional[int] = ..., local_name: _Optional[str] = ...) -> None: ...
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    BARE_CONCRETE_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    children: _containers.RepeatedCompositeFieldContainer[SavedObject.ObjectReference]
+    function: SavedFunction
+    bare_concrete_function: SavedBareConcreteFunction
+    def __init__(self, children: _Optional[_Iterable[_Union[SavedObject.ObjectReference, _Mapping]]] = ..., function: _Optional[_Union[SavedFunction, _Mapping]] = ..., bare_concrete_function: _Optional[_Union[SavedBareConcreteFunction, _Mapping]] = ...) -> None: ...
+
+class SavedFunction(_message.Message):
+    __slots__ = ("concrete_functions",)
+    CONCRETE_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    concrete_functions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, concrete_functions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SavedBareConcreteFunction(_message.Message):
+    __slots__ = ("concrete_function_name", "argument_keywords")
+    CONCRETE_FUNCTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENT_KEYWORDS_FIELD_NUMBER: _ClassVar[int]
+    concrete_function_name: str
+    argument_keywords: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, concrete_function_name: _Optional[str] = ..., argument_keywords: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SavedConcreteFunction(_message.Message):
+    __slots__ = ("canonicalized_input_signature",)
+    CANONICALIZED_INPUT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    canonicalized_input_signature: _struct_pb2.StructuredValue
+    def __init__(self, canonicalized_input_signature: _Optional[_Union[_struct_pb2.StructuredValue, _Mapping]] = ...) -> None: ...
 
 class AssetFileDef(_message.Message):
     __slots__ = ("tensor_info", "filename")

@@ -1,7 +1,7 @@
 """SavedModel directories and versioned base directories for the command line, without
-TensorFlow: `find` (what a URL is), `describe` (inspect: tags and signatures as
-``saved_model_cli show --all`` prints them, plus the variables), `verify_saved_model`,
-`copy_saved_model` and `list_versions`.  The layout and commit order are
+TensorFlow: `find` (what a URL is), `describe` (inspect: tags, signatures, ops and concrete
+functions as ``saved_model_cli show --all`` prints them, plus the variables),
+`verify_saved_model`, `copy_saved_model` and `list_versions`.  The layout and commit order are
 `remoteckpt.management.versions`'s.
 """
 
@@ -25,6 +25,7 @@ from ..reader import CheckpointReader
 from ..storage import Store, on_store, open_store
 from .copy import copy_async
 from .inventory import VerifyReport, describe_tensors, top_level, verify
+from .saved_model_functions import concrete_functions, format_concrete_functions
 
 MAX_GRAPH_BYTES = 2**31
 """A saved_model.pb larger than protobuf's 2 GiB message limit cannot be parsed (TensorFlow
@@ -104,10 +105,43 @@ def _tensor_info(info: Any) -> dict[str, Any]:
     return row
 
 
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+"""The ops that call the function their attribute ``f`` names."""
+
+
+def ops_used(graph_def: Any) -> list[str]:
+    """The ops a GraphDef uses, sorted: its nodes' and those of the library functions they
+    call (by op name, or as the ``f`` of a PartitionedCall), transitively; the functions
+    themselves are not ops.  TensorFlow's ``meta_graph.ops_used_by_graph_def``, which
+    ``saved_model_cli`` prints."""
+    functions = {function.signature.name: function for function in graph_def.library.function}
+    used: set[str] = set()
+    pending = []
+
+    def mark(op: str) -> None:
+        if op not in used and op in functions:
+            pending.append(functions[op])
+        used.add(op)
+
+    def visit(node: Any) -> None:
+        mark(node.op)
+        if node.op in CALL_OPS:
+            mark(node.attr["f"].func.name if "f" in node.attr else "")
+
+    for node in graph_def.node:
+        visit(node)
+    while pending:
+        for node in pending.pop().node_def:
+            visit(node)
+    return sorted(used - functions.keys())
+
+
 def parse_graph(data: bytes, where: str) -> list[dict[str, Any]]:
     """The meta graphs of a ``saved_model.pb``: tags, TensorFlow version, signatures (method
     name; inputs and outputs: dtype, shape (None: unknown rank; -1: unknown size), tensor
-    name), sorted by key, and the assets the graph reads (names under ``assets/``)."""
+    name), sorted by key, the assets the graph reads (names under ``assets/``), the ops its
+    graph uses (`ops_used`) and the functions its object graph exports
+    (`saved_model_functions.concrete_functions`; None without an object graph: TF1)."""
     proto = saved_model_pb2.SavedModel()
     try:
         proto.ParseFromString(data)
@@ -123,7 +157,10 @@ def parse_graph(data: bytes, where: str) -> list[dict[str, Any]]:
                                "outputs": {k: _tensor_info(sig.outputs[k]) for k in sorted(sig.outputs)}}
         graphs.append({"tags": list(meta.meta_info_def.tags),
                        "tensorflow_version": meta.meta_info_def.tensorflow_version, "signatures": signatures,
-                       "assets": sorted({a.filename for a in meta.asset_file_def})})
+                       "assets": sorted({a.filename for a in meta.asset_file_def}),
+                       "ops": ops_used(meta.graph_def),
+                       "concrete_functions": (concrete_functions(meta.object_graph_def)
+                                              if meta.HasField("object_graph_def") else None)})
     if not graphs:
         raise CorruptCheckpointError(f"{where}: a SavedModel with no MetaGraphDef")
     return graphs
@@ -153,22 +190,35 @@ def format_shape(shape: list[int] | None) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
+def format_ops(tags: list[str], ops: list[str]) -> str:
+    """The line ``saved_model_cli`` prints of a meta graph's ops (a Python set, here sorted)."""
+    listed = "{" + ", ".join(map(repr, ops)) + "}" if ops else "set()"
+    return f"The MetaGraph with tag set {tags!r} contains the following ops: {listed}"
+
+
 def format_graphs(graphs: list[dict[str, Any]]) -> list[str]:
-    """`parse_graph`'s result as ``saved_model_cli show --all`` lays it out."""
+    """`parse_graph`'s result as ``saved_model_cli show --all`` lays it out: per meta graph (by
+    tags) its signatures and ops, then the concrete functions (if a meta graph has an object
+    graph)."""
     lines = []
+    graphs = sorted(graphs, key=lambda graph: graph["tags"])
     for graph in graphs:
-        tags = ", ".join(repr(t) for t in graph["tags"])
-        lines += ["", f"MetaGraphDef with tag-set: {tags} contains the following SignatureDefs:"]
+        lines += ["", f"MetaGraphDef with tag-set: '{', '.join(graph['tags'])}' contains the following "
+                      "SignatureDefs:"]
         for key, sig in graph["signatures"].items():
-            lines += ["", f"signature_def[{key!r}]:"]
+            lines += ["", f"signature_def['{key}']:"]
             for side, word in (("inputs", "input(s)"), ("outputs", "output(s)")):
                 lines.append(f"  The given SavedModel SignatureDef contains the following {word}:")
                 for name, info in sig[side].items():
-                    lines += [f"    {side}[{name!r}] tensor_info:", f"        dtype: {info['dtype']}",
-                              f"        shape: {format_shape(info['shape'])}"]
-                    if "name" in info:
-                        lines.append(f"        name: {info['name']}")
+                    lines += [f"    {side}['{name}'] tensor_info:", f"        dtype: {info['dtype']}",
+                              f"        shape: {format_shape(info['shape'])}",
+                              # a sparse or composite tensor has no name of its own
+                              f"        name: {info['name'] if info['encoding'] == 'name' else ''}"]
             lines.append(f"  Method name is: {sig['method_name']}")
+        lines.append(format_ops(graph["tags"], graph["ops"]))
+    exported = [graph["concrete_functions"] for graph in graphs if graph["concrete_functions"] is not None]
+    if exported:
+        lines += ["", *format_concrete_functions([f for functions in exported for f in functions])]
     return lines
 
 
