@@ -184,7 +184,11 @@ async def await_keys(store: Store, prefix: str, rank_of: Callable[[str], int | N
         else:
             since = poll.clock() - (start if last_list is None else last_list)
             arriving = fetch_listed and (last_list is None or (hits and since >= gap))
-            most_there = last_hits == PROBES and since >= LIST_GAP[0]
+            # Reports: list as soon as most are there (the commit waits on the last ones).
+            # Acknowledgements, awaited only to clean up, trickle in as each worker polls: their
+            # listings keep the growing gap too, so a slow trickle costs a few listings, not one
+            # every round.
+            most_there = last_hits == PROBES and since >= (LIST_GAP[0] if fetch_listed else gap)
             if arriving or most_there:
                 present = {r for key in await store.list(prefix) if (r := rank_of(key)) is not None}
                 if fetch_listed:
