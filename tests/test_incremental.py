@@ -96,7 +96,7 @@ def test_unchanged_tensors_are_copied_and_each_checkpoint_stands_alone(directory
     async def digests(store: Store) -> dict[bytes, bytes]:
         data = await store.get(index_filename("model-2"))
         index = decode_index(lambda o, k: data[o : o + k], len(data))
-        return {k: e.content_sha256 for k, e in index.entries.items() if k}
+        return {k: e.content_blake3 for k, e in index.entries.items() if k}
 
     assert all(len(d) == 16 for d in on(directory, digests).values())
     if not directory.startswith("s3://"):
@@ -144,7 +144,7 @@ def test_a_digest_or_crc_mismatch_is_written_never_copied(tmp_path: Path) -> Non
         probe = index_of(await store.get(index_filename("probe")))
         base = index_of(await store.get(index_filename("m-1")))
         base.entries[b"layer0/w"].crc32c = probe.entries[b"layer0/w"].crc32c  # CRC agrees, digest not
-        base.entries[b"layer1/w"].content_sha256 = probe.entries[b"layer1/w"].content_sha256  # and the reverse
+        base.entries[b"layer1/w"].content_blake3 = probe.entries[b"layer1/w"].content_blake3  # and the reverse
         out = io.BytesIO()
         encode_index(base.header, base.entries, out)
         await store.put(index_filename("m-1"), out.getvalue())
@@ -153,6 +153,31 @@ def test_a_digest_or_crc_mismatch_is_written_never_copied(tmp_path: Path) -> Non
     report = save(second, f"{directory}/m-2", incremental="m-1")
     assert report.bytes_copied == TENSOR  # layer2 only
     assert_restores(f"{directory}/m-2", second)
+
+
+def test_a_base_with_sha256_digests_is_written_whole_once(tmp_path: Path) -> None:
+    """Entries of earlier versions carry a SHA-256 digest (field 1002) and no BLAKE3 one: they
+    have no digest to compare, so nothing is copied from such a base, and the new checkpoint
+    has the digests the next save compares."""
+    directory = str(tmp_path)
+    first = weights(2, n=3)
+    save(first, f"{directory}/m-1")
+
+    async def older(store: Store) -> None:
+        data = await store.get(index_filename("m-1"))
+        base = decode_index(lambda o, k: data[o : o + k], len(data))
+        for entry in base.entries.values():
+            if entry.content_blake3:
+                entry.content_sha256, entry.content_blake3 = bytes(range(16)), b""
+        out = io.BytesIO()
+        encode_index(base.header, base.entries, out)
+        await store.put(index_filename("m-1"), out.getvalue())
+
+    on(directory, older)
+    report = save(first, f"{directory}/m-2", incremental="m-1")
+    assert report.bytes_copied == 0
+    assert save(first, f"{directory}/m-3", incremental="m-2").bytes_copied == 3 * TENSOR
+    assert_restores(f"{directory}/m-3", first)
 
 
 def test_what_cannot_be_copied_is_written(directory: str) -> None:
@@ -262,7 +287,7 @@ def test_the_tensorflow_plugin_saves_incrementally(tmp_path: Path) -> None:
         assert (restored.bias.numpy() == expected).all()
     data = (tmp_path / "ckpt-2.index").read_bytes()
     index = decode_index(lambda o, k: data[o : o + k], len(data))
-    assert all(len(e.content_sha256) == 16 for k, e in index.entries.items() if k)
+    assert all(len(e.content_blake3) == 16 for k, e in index.entries.items() if k)
 
 
 @pytest.mark.torch

@@ -58,7 +58,7 @@ def test_field_numbers_are_tensorflows() -> None:
     assert {n: f.number for n, f in entry.items()} == {
         "dtype": 1, "shape": 2, "shard_id": 3, "offset": 4, "size": 5, "crc32c": 6, "slices": 7,
         # remoteckpt's extension, far from TF's numbers; TF keeps it as an unknown field
-        "chunk_size": 1000, "chunk_crc32c": 1001, "content_sha256": 1002}
+        "chunk_size": 1000, "chunk_crc32c": 1001, "content_sha256": 1002, "content_blake3": 1003}
     header = tensor_bundle_pb2.BundleHeaderProto.DESCRIPTOR.fields_by_name
     assert {n: f.number for n, f in header.items()} == {"num_shards": 1, "endianness": 2, "version": 3}
     assert tensor_shape_pb2.TensorShapeProto.DESCRIPTOR.fields_by_name["dim"].number == 2

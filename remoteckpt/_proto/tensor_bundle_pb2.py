@@ -18,7 +18,7 @@ from remoteckpt._proto import types_pb2 as remoteckpt_dot___proto_dot_types__pb2
 from remoteckpt._proto import versions_pb2 as remoteckpt_dot___proto_dot_versions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%remoteckpt/_proto/tensor_bundle.proto\x12\x10remoteckpt.proto\x1a$remoteckpt/_proto/tensor_shape.proto\x1a$remoteckpt/_proto/tensor_slice.proto\x1a\x1dremoteckpt/_proto/types.proto\x1a remoteckpt/_proto/versions.proto\"\xbd\x01\n\x11\x42undleHeaderProto\x12\x12\n\nnum_shards\x18\x01 \x01(\x05\x12\x42\n\nendianness\x18\x02 \x01(\x0e\x32..remoteckpt.proto.BundleHeaderProto.Endianness\x12-\n\x07version\x18\x03 \x01(\x0b\x32\x1c.remoteckpt.proto.VersionDef\"!\n\nEndianness\x12\n\n\x06LITTLE\x10\x00\x12\x07\n\x03\x42IG\x10\x01\"\xa9\x02\n\x10\x42undleEntryProto\x12)\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1a.remoteckpt.proto.DataType\x12\x31\n\x05shape\x18\x02 \x01(\x0b\x32\".remoteckpt.proto.TensorShapeProto\x12\x10\n\x08shard_id\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0e\n\x06\x63rc32c\x18\x06 \x01(\x07\x12\x32\n\x06slices\x18\x07 \x03(\x0b\x32\".remoteckpt.proto.TensorSliceProto\x12\x13\n\nchunk_size\x18\xe8\x07 \x01(\x03\x12\x15\n\x0c\x63hunk_crc32c\x18\xe9\x07 \x03(\x07\x12\x17\n\x0e\x63ontent_sha256\x18\xea\x07 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%remoteckpt/_proto/tensor_bundle.proto\x12\x10remoteckpt.proto\x1a$remoteckpt/_proto/tensor_shape.proto\x1a$remoteckpt/_proto/tensor_slice.proto\x1a\x1dremoteckpt/_proto/types.proto\x1a remoteckpt/_proto/versions.proto\"\xbd\x01\n\x11\x42undleHeaderProto\x12\x12\n\nnum_shards\x18\x01 \x01(\x05\x12\x42\n\nendianness\x18\x02 \x01(\x0e\x32..remoteckpt.proto.BundleHeaderProto.Endianness\x12-\n\x07version\x18\x03 \x01(\x0b\x32\x1c.remoteckpt.proto.VersionDef\"!\n\nEndianness\x12\n\n\x06LITTLE\x10\x00\x12\x07\n\x03\x42IG\x10\x01\"\xc2\x02\n\x10\x42undleEntryProto\x12)\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1a.remoteckpt.proto.DataType\x12\x31\n\x05shape\x18\x02 \x01(\x0b\x32\".remoteckpt.proto.TensorShapeProto\x12\x10\n\x08shard_id\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0e\n\x06\x63rc32c\x18\x06 \x01(\x07\x12\x32\n\x06slices\x18\x07 \x03(\x0b\x32\".remoteckpt.proto.TensorSliceProto\x12\x13\n\nchunk_size\x18\xe8\x07 \x01(\x03\x12\x15\n\x0c\x63hunk_crc32c\x18\xe9\x07 \x03(\x07\x12\x17\n\x0e\x63ontent_sha256\x18\xea\x07 \x01(\x0c\x12\x17\n\x0e\x63ontent_blake3\x18\xeb\x07 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -30,5 +30,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUNDLEHEADERPROTO_ENDIANNESS']._serialized_start=357
   _globals['_BUNDLEHEADERPROTO_ENDIANNESS']._serialized_end=390
   _globals['_BUNDLEENTRYPROTO']._serialized_start=393
-  _globals['_BUNDLEENTRYPROTO']._serialized_end=690
+  _globals['_BUNDLEENTRYPROTO']._serialized_end=715
 # @@protoc_insertion_point(module_scope)

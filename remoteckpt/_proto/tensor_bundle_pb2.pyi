@@ -27,7 +27,7 @@ class BundleHeaderProto(_message.Message):
     def __init__(self, num_shards: _Optional[int] = ..., endianness: _Optional[_Union[BundleHeaderProto.Endianness, str]] = ..., version: _Optional[_Union[_versions_pb2.VersionDef, _Mapping]] = ...) -> None: ...
 
 class BundleEntryProto(_message.Message):
-    __slots__ = ("dtype", "shape", "shard_id", "offset", "size", "crc32c", "slices", "chunk_size", "chunk_crc32c", "content_sha256")
+    __slots__ = ("dtype", "shape", "shard_id", "offset", "size", "crc32c", "slices", "chunk_size", "chunk_crc32c", "content_sha256", "content_blake3")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class BundleEntryProto(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_CRC32C_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     dtype: _types_pb2.DataType
     shape: _tensor_shape_pb2.TensorShapeProto
     shard_id: int
@@ -48,4 +49,5 @@ class BundleEntryProto(_message.Message):
     chunk_size: int
     chunk_crc32c: _containers.RepeatedScalarFieldContainer[int]
     content_sha256: bytes
-    def __init__(self, dtype: _Optional[_Union[_types_pb2.DataType, str]] = ..., shape: _Optional[_Union[_tensor_shape_pb2.TensorShapeProto, _Mapping]] = ..., shard_id: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., crc32c: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_tensor_slice_pb2.TensorSliceProto, _Mapping]]] = ..., chunk_size: _Optional[int] = ..., chunk_crc32c: _Optional[_Iterable[int]] = ..., content_sha256: _Optional[bytes] = ...) -> None: ...
+    content_blake3: bytes
+    def __init__(self, dtype: _Optional[_Union[_types_pb2.DataType, str]] = ..., shape: _Optional[_Union[_tensor_shape_pb2.TensorShapeProto, _Mapping]] = ..., shard_id: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., crc32c: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[_tensor_slice_pb2.TensorSliceProto, _Mapping]]] = ..., chunk_size: _Optional[int] = ..., chunk_crc32c: _Optional[_Iterable[int]] = ..., content_sha256: _Optional[bytes] = ..., content_blake3: _Optional[bytes] = ...) -> None: ...

@@ -3,8 +3,9 @@
 The base is an earlier committed checkpoint of the same store (`remoteckpt.save(...,
 incremental=True)` takes the latest one its directory's ``checkpoint`` state file names, or
 without one the checkpoint whose index was committed last).  Its
-index carries every entry's content digest (`BundleEntry.content_sha256`, field 1002: the first 16
-bytes of the payload's SHA-256; TensorFlow ignores the field as it ignores the CRC chunk fields).  A
+index carries every entry's content digest (`BundleEntry.content_blake3`, field 1003: the
+payload's 16-byte BLAKE3, `engine.digest`; TensorFlow ignores the field as it ignores the CRC
+chunk fields).  A
 payload of this save is *unchanged* when the base has an entry of the same key (name, or slice
 key for a box of a partitioned tensor) with the same dtype, shape and size, and this save's
 bytes have the same CRC32C **and** digest; anything else, or any doubt, is written.
@@ -29,7 +30,7 @@ boundary then, the first run's first bytes are written to reach it:
                 [ f | A's first 5 MiB - |f| (written) | rest of A, B (copy) | D E (copy) ]
 
 Hashing runs ahead of the writer: one task computes the CRC32C, chunk CRCs and digest of
-every payload that has a counterpart in the base, in a worker thread (hashlib and crc32c
+every payload that has a counterpart in the base, in a worker thread (blake3 and crc32c
 release the GIL), while the writer sends what is already decided, so a save in which nothing
 is unchanged costs a full save plus the digest's CPU time, overlapped with the network.
 Every byte of a payload with a counterpart is read once to hash it and once more only if it
@@ -59,8 +60,9 @@ from ..format.bundle import BundleEntry, data_filename, decode_index, index_file
 from ..options import IOOptions
 from ..storage.base import ObjectWriter, Store
 from .budget import MemoryBudget, process_budget
+from .digest import digest_of, set_digest
 from .plan import BundlePlan, Payload
-from .write import DIGEST_SIZE, OneAhead, checksum_payload, set_checksums, stream_payload, write_range
+from .write import OneAhead, checksum_payload, set_checksums, stream_payload, write_range
 
 log = logging.getLogger("remoteckpt")
 
@@ -105,7 +107,7 @@ class BaseCheckpoint:
         old = self.entries.get(key)
         entry = payload.entry
         if (old is None or payload.size == 0 or payload.checksummed or old.slices
-                or len(old.content_sha256) != DIGEST_SIZE or old.dtype != entry.dtype
+                or digest_of(old) is None or old.dtype != entry.dtype
                 or old.size != payload.size or not 0 <= old.shard_id < self.num_shards
                 or [d.size for d in old.shape.dim] != [d.size for d in entry.shape.dim]):
             return None
@@ -128,8 +130,8 @@ class BaseCheckpoint:
 def unchanged_entry(new: BundleEntry, old: BundleEntry | None) -> bool:
     """Whether `new`, an entry of a checkpoint written with digests, holds the same bytes as
     `old`, the base's entry of the same key: dtype, shape, size, CRC32C and digest all equal."""
-    return (old is not None and not old.slices and not new.slices and len(new.content_sha256) == DIGEST_SIZE
-            and new.content_sha256 == old.content_sha256 and new.crc32c == old.crc32c and new.size == old.size
+    return (old is not None and not old.slices and not new.slices and digest_of(new) is not None
+            and digest_of(new) == digest_of(old) and new.crc32c == old.crc32c and new.size == old.size
             and new.size > 0 and new.dtype == old.dtype
             and [d.size for d in old.shape.dim] == [d.size for d in new.shape.dim])
 
@@ -145,7 +147,7 @@ async def open_base(store: Store, name: str) -> BaseCheckpoint | None:
         log.warning("incremental save: %s cannot serve as a base (%s); writing every tensor",
                     store.describe(index_filename(name)), exc)
         return None
-    if not any(len(e.content_sha256) == DIGEST_SIZE for e in index.entries.values()):
+    if not any(digest_of(e) is not None for e in index.entries.values()):
         log.info("incremental save: %s has no content digests (saved without incremental=True); "
                  "writing every tensor", store.describe(index_filename(name)))
         return None
@@ -205,8 +207,8 @@ async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseC
             if old is not None:
                 crc, chunk_crcs, digest = await sums[id(p)]
                 set_checksums(p, options.crc_chunk, crc, chunk_crcs)
-                p.entry.content_sha256 = digest
-                if digest == old.content_sha256 and p.entry.crc32c == old.crc32c:
+                set_digest(p.entry, digest)
+                if digest == digest_of(old) and p.entry.crc32c == old.crc32c:
                     queue.append(_Unchanged(p, old))
                     report.unchanged += 1
                     continue

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +34,7 @@ from ..format.coding import crc32c, crc32c_combine, mask_crc
 from ..options import IOOptions
 from ..storage.base import Buffer, ObjectWriter
 from .budget import MemoryBudget, process_budget
+from .digest import Digest, finish, new_digest, set_digest
 from .plan import BundlePlan, Payload
 
 WRITE_BLOCK = 8 * 2**20
@@ -94,18 +94,6 @@ class OneAhead:
             self._pending = None
 
 
-DIGEST_SIZE = 16
-"""Bytes of the content digest incremental saves keep per entry (SHA-256, truncated): 128
-bits, so that two different payloads passing for one another (a tensor wrongly taken as
-unchanged, whose bytes a later save would copy instead of writing) is a 2**-64 event even
-among 2**32 tensors.  SHA-256 rather than BLAKE2b: servers' CPUs hash it in hardware (x86 SHA
-extensions, ARMv8 crypto), 2.3x BLAKE2b's speed on the machine of docs/benchmarks.md."""
-
-
-def new_digest() -> "hashlib._Hash":
-    """The content digest of an entry's payload (`BundleEntry.content_sha256`, its first
-    `DIGEST_SIZE` bytes)."""
-    return hashlib.sha256()
 
 
 async def stream_plan(writer: ObjectWriter, plan: BundlePlan, options: IOOptions,
@@ -145,7 +133,7 @@ async def stream_payload(out: "OneAhead", payload: Payload, crc_chunk: int, budg
     else:
         await _stream_numeric(out, payload, crc_chunk, budget, digest)
     if digest is not None:
-        payload.entry.content_sha256 = digest.digest()[:DIGEST_SIZE]
+        set_digest(payload.entry, finish(digest))
 
 
 def _chunk_crcs(piece: memoryview, step: int) -> list[int]:
@@ -153,7 +141,7 @@ def _chunk_crcs(piece: memoryview, step: int) -> list[int]:
 
 
 def _make(payload: Payload, start: int, stop: int, step: int, buffer: np.ndarray | None,
-          digest: "hashlib._Hash | None") -> tuple[memoryview, list[int]]:
+          digest: Digest | None) -> tuple[memoryview, list[int]]:
     piece = payload.piece(start, stop, buffer)
     if digest is None:
         return piece, _chunk_crcs(piece, step)
@@ -180,7 +168,7 @@ def block_size(payload: Payload, crc_chunk: int, budget: MemoryBudget) -> int:
 
 
 async def _stream_numeric(out: OneAhead, payload: Payload, crc_chunk: int, budget: MemoryBudget,
-                          digest: "hashlib._Hash | None" = None) -> None:
+                          digest: Digest | None = None) -> None:
     size = payload.size
     step = crc_chunk if crc_chunk else WRITE_BLOCK
     block = block_size(payload, crc_chunk, budget)
@@ -272,7 +260,7 @@ async def checksum_payload(payload: Payload, crc_chunk: int, budget: MemoryBudge
     if payload.source is None:  # views of the caller's memory: nothing to draw
         running, chunk_crcs = await asyncio.to_thread(_checksum_range, payload, 0, payload.size, block, step,
                                                       None, digest)
-        return running, chunk_crcs, digest.digest()[:DIGEST_SIZE]
+        return running, chunk_crcs, finish(digest)
     running, chunk_crcs = 0, []
     for start in range(0, payload.size, block):
         stop = min(payload.size, start + block)
@@ -282,11 +270,11 @@ async def checksum_payload(payload: Payload, crc_chunk: int, budget: MemoryBudge
                                                     digest, running)
             del buffer  # freed before its bytes are given back
         chunk_crcs.extend(crcs)
-    return running, chunk_crcs, digest.digest()[:DIGEST_SIZE]
+    return running, chunk_crcs, finish(digest)
 
 
 def _checksum_range(payload: Payload, start: int, stop: int, block: int, step: int, buffer: np.ndarray | None,
-                    digest: "hashlib._Hash", running: int = 0) -> tuple[int, list[int]]:
+                    digest: Digest, running: int = 0) -> tuple[int, list[int]]:
     """`running` extended over bytes ``[start, stop)`` of `payload` (made `block` bytes at a
     time, in `buffer` if given: then one block), and their chunk CRCs; `digest` updated."""
     chunk_crcs: list[int] = []

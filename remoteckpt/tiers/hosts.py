@@ -46,7 +46,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..engine.budget import process_budget
-from ..engine.incremental import DIGEST_SIZE, Incremental, open_base
+from ..engine.digest import digest_of
+from ..engine.incremental import Incremental, open_base
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point
 from ..format.bundle import data_filename, decode_index, index_filename
@@ -175,7 +176,7 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                                       f"a drain of {world_size} workers cannot send it")
             mine = [(k, e) for k, e in index.entries.items() if e.shard_id == rank and not e.slices]
             base = None
-            if any(len(e.content_sha256) == DIGEST_SIZE for _, e in mine):
+            if any(digest_of(e) is not None for _, e in mine):
                 found = await previous_checkpoint(store, remote_dir, remote_name)
                 base = await open_base(store, found) if found is not None else None
             key = data_filename(remote_name, rank, world_size)

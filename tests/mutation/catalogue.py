@@ -250,11 +250,11 @@ CATALOGUE: list[Mutation] = [
 
     # --- engine/incremental.py, ObjectWriter.copy: incremental saves ---------------------------------
     m("incremental-digest-ignored", "engine/incremental.py",
-      "if digest == old.content_sha256 and p.entry.crc32c == old.crc32c:", "if p.entry.crc32c == old.crc32c:",
+      "if digest == digest_of(old) and p.entry.crc32c == old.crc32c:", "if p.entry.crc32c == old.crc32c:",
       "a changed tensor whose CRC32C matches the base's is copied: the new checkpoint holds old bytes",
       INCREMENTAL),
     m("incremental-crc-ignored", "engine/incremental.py",
-      "if digest == old.content_sha256 and p.entry.crc32c == old.crc32c:", "if digest == old.content_sha256:",
+      "if digest == digest_of(old) and p.entry.crc32c == old.crc32c:", "if digest == digest_of(old):",
       "a digest match alone makes a tensor unchanged (a base whose index disagrees is trusted)", INCREMENTAL),
     m("incremental-run-offsets", "engine/incremental.py",
       "            item.payload.entry.offset = placed + item.old.offset - run.start",
