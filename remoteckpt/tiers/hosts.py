@@ -49,7 +49,7 @@ from ..engine.budget import process_budget
 from ..engine.incremental import DIGEST_SIZE, Incremental, open_base
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point
-from ..format.bundle import data_filename, decode_index, index_filename
+from ..format.bundle import data_filename, decode_index_bytes, index_filename
 from ..management.state import previous_checkpoint
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
@@ -168,8 +168,7 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
         try:
             raw = await here.get(index_filename(name))
             table = await here.get(table_key(name, rank))
-            view = memoryview(raw)
-            index = decode_index(lambda o, n: view[o : o + n], len(view))
+            index = decode_index_bytes(raw)
             if index.num_shards != world_size:
                 raise CheckpointError(f"{here.describe(index_filename(name))} has {index.num_shards} data files; "
                                       f"a drain of {world_size} workers cannot send it")
@@ -192,22 +191,17 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                     raise CheckpointNotFoundError(f"{here.describe(data_filename(name, rank, world_size))} is gone")
                 return identity, table
 
-            async def committed_already() -> bool:
-                try:
-                    return bool(await store.get(index_filename(remote_name)) == raw)
-                except CheckpointNotFoundError:
-                    return False
-
             # Committed by an earlier drain of this very checkpoint (whose worker died before its
             # marker): durable, and never replaced, even by a drain that may overwrite.
-            if await committed_already():
+            remote_index = index_filename(remote_name)
+            if await drain.committed_as(store, remote_index, raw):
                 log.info("%s was committed by an earlier drain; marking it durable", remote)
             else:
                 try:
                     await save_worker(store, SaveLayout(remote_name, rank, world_size, drain_id(save_id)), {},
                                       overwrite=overwrite, options=options, prefix=remote, part=part)
                 except CheckpointExistsError as exc:
-                    if not exc.index_committed or not await committed_already():
+                    if not exc.index_committed or not await drain.committed_as(store, remote_index, raw):
                         raise
                     log.info("%s was committed by an earlier drain; marking it durable", remote)
             crash_point("drained")
