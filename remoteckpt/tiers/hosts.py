@@ -53,7 +53,7 @@ from ..format.bundle import data_filename, decode_index_bytes, index_filename
 from ..management.state import previous_checkpoint
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
-from ..protocol.layout import SaveLayout
+from ..protocol.layout import MEETING, SaveLayout
 from ..protocol.records import DataIdentity
 from ..protocol.save import SaveReport, save_worker
 from ..protocol.worker import write_part
@@ -64,9 +64,6 @@ from . import drain, retention
 from .layout import DURABLE, RECORD, LocalTier, checkpoints, delete_local, local_prefix, record_bytes
 
 log = logging.getLogger("remoteckpt")
-
-MEETING = ".tiers"
-"""Folder of the remote directory where the workers of per-host tiers commit locally."""
 
 DRAIN_SUFFIX = ".drain"
 """Appended to the job's save id for its drains (a save of another prefix, the remote one)."""
