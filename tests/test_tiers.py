@@ -512,3 +512,30 @@ def test_gc_collects_what_a_per_host_local_commit_left_in_the_remote_directory(b
     assert sorted(report.removed) == sorted(k for k in litter if not k.endswith(".index"))
     assert sorted(on_store(base, lambda store: store.list())) == [
         ".tiers/model.ckpt-1.index", "model.ckpt-0.data-00000-of-00001", "model.ckpt-0.index"]
+
+
+def test_gc_removes_the_local_commit_of_a_drained_per_host_checkpoint(base: str) -> None:
+    """A per-host checkpoint's ``.tiers/NAME.index`` outlives its drain when the coordinator dies
+    between the drain's commit and its removal, and a worker of the same host marked the host's
+    copy durable (no restart then drains it again).  `gc` removes it once ``NAME.index`` holds
+    the same bytes, and leaves alone a local commit whose checkpoint is not (or not that one)."""
+    from remoteckpt.engine import loop
+    from remoteckpt.storage import open_store
+
+    for step in (0, 2):
+        remoteckpt.save(tensors(step), f"{base}/model.ckpt-{step}")
+    drained = on_store(base, lambda store: store.get("model.ckpt-0.index"))
+
+    async def put() -> None:
+        store = open_store(base)
+        try:
+            for step in (0, 1, 2):  # 0 drained; 1 not drained; 2 another checkpoint than the one drained
+                await store.put(f".tiers/model.ckpt-{step}.index", drained)
+        finally:
+            await store.close()
+
+    loop.run(put())
+    assert remoteckpt.gc(base).removed == []  # younger than an hour
+    assert remoteckpt.gc(base, older_than=0).removed == [".tiers/model.ckpt-0.index"]
+    assert sorted(k for k in on_store(base, lambda store: store.list()) if k.startswith(".tiers/")) == [
+        ".tiers/model.ckpt-1.index", ".tiers/model.ckpt-2.index"]

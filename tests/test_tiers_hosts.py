@@ -84,7 +84,7 @@ CASES = ([Case(1, 1, point, 0) for point in ("host-committed", "mid-copy", "drai
          + [Case(2, 1, "host-committed", 1), Case(2, 1, "committed", 0), Case(2, 1, "mid-copy", 0),
             Case(2, 1, "drained", 1), Case(2, 1, "staged", 1)]
          + [Case(4, 2, "host-committed", 3), Case(4, 2, "committed", 0), Case(4, 2, "mid-copy", 2),
-            Case(4, 2, "drained", 1), Case(4, 2, "staged", 1)]
+            Case(4, 2, "drained", 0), Case(4, 2, "staged", 1)]
          + [Case(4, 1, "committed", 0), Case(4, 1, "mid-copy", 3)]
          + [Case(2, 1, "mid-copy", 1, resume=False)]
          + [Case(2, 1, "committed", 0, remote="local"), Case(4, 2, "mid-copy", 2, remote="local")])

@@ -9,7 +9,10 @@ Garbage in a directory, when older than `older_than` seconds:
   - scratch objects ``.remoteckpt-probe-*`` of a store's probe whose process died
   - the same leftovers in the directory's ``.tiers/`` folder, where the workers of per-host
     local tiers commit locally (`tiers.hosts`: claims and staging of a local commit whose
-    coordinator died; its committed ``.tiers/NAME.index`` is left alone)
+    coordinator died), and a local commit's ``.tiers/NAME.index`` once ``NAME.index`` is
+    committed with the same bytes (the checkpoint drained; its coordinator died before it
+    removed the local commit's index).  Any other ``.tiers/NAME.index`` is left alone: a
+    restarted job's drain may need it
   - partial SavedModel versions of a base directory (``N/`` holding SavedModel files but no
     ``N/saved_model.pb``: an export that died; `management.versions`), every file of one,
     once its newest file is older than `older_than` and no save of its variables is alive
@@ -90,6 +93,24 @@ async def _live_claims(store: Store, claims: list[ObjectInfo], options: IOOption
     return {name for name in await asyncio.gather(*(judge(c) for c in claims)) if name}
 
 
+async def _drained(store: Store, infos: list[ObjectInfo], committed: set[str]) -> list[tuple[ObjectInfo, str]]:
+    """The local commits (``.tiers/NAME.index``) whose checkpoint ``NAME.index`` is committed
+    with the same bytes, with their names (``.tiers/NAME``)."""
+    found = []
+    for info in infos:
+        name = _index_name(info.key)
+        top = name.removeprefix(f"{MEETING}/") if name is not None else None
+        if name is None or top == name or top not in committed:
+            continue
+        try:
+            local, remote = await asyncio.gather(store.get(info.key), store.get(index_filename(top)))
+        except CheckpointNotFoundError:
+            continue
+        if local == remote:
+            found.append((info, name))
+    return found
+
+
 def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
        storage_options: dict[str, Any] | None = None, dry_run: bool = False,
        options: IOOptions = DEFAULT_OPTIONS) -> GcReport:
@@ -109,6 +130,7 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
         version_claims = [i for i in infos if _CLAIM.match(i.key.rsplit("/", 1)[-1])
                           and any(i.key.startswith(f"{v.name}/") for v in partial)]
         live = await _live_claims(store, [i for i, (_, kind) in owned if kind == "claim"] + version_claims, options)
+        owned += [(i, (name, "drained")) for i, name in await _drained(store, infos, committed)]
         for info, (name, kind) in owned:
             if kind == "data" and name in committed:
                 continue
