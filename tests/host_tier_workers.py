@@ -13,7 +13,8 @@ every host's tier (`HostRun.problems`):
     restores exactly), never a torn one; whether step 1 was committed locally or remotely is
     what the point implies; every survivor finished or failed with a remoteckpt error;
   - after `gc` on every host (both tiers): step 1's local commit is on every host's tier (a
-    host whose worker died before it wrote the index gets it back) or on none;
+    host whose worker died before it wrote the index gets it back) or on none (with
+    ``gc_first=False`` the job restarts at once, and `gc` runs after the restart only);
   - a restarted job (a Saver on every rank: the drains left unfinished resumed, or dropped with
     ``resume=False``) saves step 2, and it drains on every worker; then every checkpoint left
     restores exactly, the remote copy of each is byte for byte every host's, and after `gc`
@@ -242,6 +243,7 @@ class HostRun:
     point: str
     victim: int
     resume: bool = True
+    gc_first: bool = True
     exit_codes: list[int | None] = field(default_factory=list)
     records: list[list[dict[str, Any]]] = field(default_factory=list)
     restart: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -260,7 +262,8 @@ class HostRun:
 
     def describe(self) -> str:
         return (f"{self.directory}: {self.world} worker(s), {self.per_host} a host, rank {self.victim} killed at "
-                f"{self.point} ({crash_spec(self.point, self.world)})" + ("" if self.resume else ", resume=False"))
+                f"{self.point} ({crash_spec(self.point, self.world)})" + ("" if self.resume else ", resume=False")
+                + ("" if self.gc_first else ", restarted before gc"))
 
     @property
     def injected(self) -> bool:
@@ -268,12 +271,14 @@ class HostRun:
 
 
 def run(directory: str, tiers: str, world: int, per_host: int, point: str, victim: int, env: dict[str, str],
-        *, resume: bool = True) -> HostRun:
-    """The scenario of the module docstring; `tiers` a fresh directory for the hosts' tiers."""
+        *, resume: bool = True, gc_first: bool = True) -> HostRun:
+    """The scenario of the module docstring; `tiers` a fresh directory for the hosts' tiers.
+    Without `gc_first`, the job restarts right after the kill (`gc` only after the restart: the
+    restarted workers themselves take back the index of a local commit their host missed)."""
     import reliability_workers as rw
 
     start = time.monotonic()
-    result = HostRun(directory, tiers, world, per_host, point, victim, resume)
+    result = HostRun(directory, tiers, world, per_host, point, victim, resume, gc_first)
 
     def lap(name: str) -> None:
         result.phases[name] = round(time.monotonic() - start - sum(result.phases.values()), 1)
@@ -291,10 +296,11 @@ def run(directory: str, tiers: str, world: int, per_host: int, point: str, victi
         _check_job(result)
         _check_after_kill(result)
         lap("checks")
-        for host in range(result.hosts):
-            remoteckpt.gc(directory, older_than=0, local_tier=tier_of(tiers, host * per_host, per_host))
-        _check_after_gc(result)
-        lap("gc")
+        if gc_first:
+            for host in range(result.hosts):
+                remoteckpt.gc(directory, older_than=0, local_tier=tier_of(tiers, host * per_host, per_host))
+            _check_after_gc(result)
+            lap("gc")
         paths = [os.path.join(scratch, f"restart{r}.jsonl") for r in range(world)]
         _together(ctx, restart_main, [(directory, tiers, r, world, per_host, resume, env, f"hosts-{tag}-restart",
                                        paths[r]) for r in range(world)], paths)

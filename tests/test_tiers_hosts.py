@@ -73,11 +73,12 @@ class Case:
     victim: int
     resume: bool = True
     remote: str = "s3"                      # or "local": the remote directory on local disk
+    gc_first: bool = True                   # False: restarted right after the kill, gc after the restart
 
     @property
     def id(self) -> str:
         return (f"{self.remote}-w{self.world}-{self.world // self.per_host}hosts-{self.point}-r{self.victim}"
-                + ("" if self.resume else "-drop"))
+                + ("" if self.resume else "-drop") + ("" if self.gc_first else "-restart-first"))
 
 
 CASES = ([Case(1, 1, point, 0) for point in ("host-committed", "mid-copy", "drained", "staged")]
@@ -85,7 +86,7 @@ CASES = ([Case(1, 1, point, 0) for point in ("host-committed", "mid-copy", "drai
             Case(2, 1, "drained", 1), Case(2, 1, "staged", 1)]
          + [Case(4, 2, "host-committed", 3), Case(4, 2, "committed", 0), Case(4, 2, "mid-copy", 2),
             Case(4, 2, "drained", 0), Case(4, 2, "staged", 1)]
-         + [Case(4, 1, "committed", 0), Case(4, 1, "mid-copy", 3)]
+         + [Case(4, 1, "committed", 0, gc_first=False), Case(4, 1, "mid-copy", 3)]
          + [Case(2, 1, "mid-copy", 1, resume=False)]
          + [Case(2, 1, "committed", 0, remote="local"), Case(4, 2, "mid-copy", 2, remote="local")])
 """The kill points of a local commit's end (a worker; the coordinator right after the
@@ -93,7 +94,9 @@ commit, before any worker heard of it: they judge by `.tiers/NAME.index`, and a 
 worker died before writing its index gets it back), inside a drain's copy, after a drain's
 commit and before a worker wrote anything, with one worker (a shared tier's save), two hosts
 of one worker, two hosts of two workers (victims on either host, beside the coordinator or
-not) and four hosts of one; and a restart that drops the drain left (``resume=False``).
+not) and four hosts of one (the coordinator's kill restarted before any `gc`: its host takes
+back the index of the local commit at the restart, where the others get it from `gc`); and a
+restart that drops the drain left (``resume=False``).
 benchmarks/soak (``--only tiers``) draws every point of a local commit and of a drain, any
 victim, among these layouts."""
 
@@ -113,7 +116,7 @@ def runs(request: pytest.FixtureRequest, s3_server: Any,
     def one(case: Case) -> hw.HostRun:
         remote = f"{base}/{case.id}" if case.remote == "s3" else str(tmp_path_factory.mktemp("remote") / case.id)
         return hw.run(remote, str(tmp_path_factory.mktemp("hosts")), case.world, case.per_host, case.point,
-                      case.victim, env, resume=case.resume)
+                      case.victim, env, resume=case.resume, gc_first=case.gc_first)
 
     with ThreadPoolExecutor(CONCURRENT) as pool:
         runs = dict(zip(selected, pool.map(one, selected)))
