@@ -101,6 +101,50 @@ def overwrite_job(rank: int, world: int, env: dict[str, str], prefix: str, tiers
     return {"files": sorted(os.listdir(tier_of(tiers, rank, per_host).path))}
 
 
+def overwrite_race_job(barrier: Any, rank: int, world: int, env: dict[str, str], prefix: str, tiers: str,
+                       result_path: str) -> None:
+    """Workers of one host (its tier shared): save step 0 at `prefix`, then step 1's tensors
+    over it.  Rank 1 replaces the host's copy slowly (a pause after it deletes the index: a
+    worker descheduled), rank 0 starts its save 0.3 s late: by the time rank 1 goes on, rank
+    0 has written its new data file on the tier.  What the tier holds, and any error."""
+    import asyncio
+    import json
+
+    from remoteckpt.storage.local import LocalStore
+
+    os.environ.update(env)
+    options = IOOptions(commit_timeout=30, poll_interval=0.02, lease_timeout=5)
+    tier = tier_of(tiers, rank, world)
+    record: dict[str, Any] = {}
+    try:
+        remoteckpt.save(tensors(0, rank, world), prefix, rank=rank, world_size=world, save_id="race-0",
+                        options=options, local_tier=tier)
+        remoteckpt.wait_durable(prefix, timeout=60)
+        if rank == 1:
+            delete, paused = LocalStore.delete, []
+
+            async def slow_delete(self: LocalStore, key: str, **kwargs: Any) -> bool:
+                done = await delete(self, key, **kwargs)
+                if key.endswith(".index") and not paused:
+                    paused.append(key)
+                    await asyncio.sleep(1.5)
+                return done
+
+            LocalStore.delete = slow_delete  # type: ignore[method-assign]
+        barrier.wait()
+        if rank == 0:
+            time.sleep(0.3)
+        remoteckpt.save(tensors(1, rank, world), prefix, rank=rank, world_size=world, save_id="race-1",
+                        overwrite=True, options=options, local_tier=tier)
+        record["local"] = sorted(os.listdir(tier.path))
+        remoteckpt.wait_durable(prefix, timeout=60)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    record["files"] = sorted(os.listdir(tier.path))
+    with open(result_path, "w") as f:
+        json.dump(record, f)
+
+
 # --- the crash harness ------------------------------------------------------------------------
 
 LOCAL_POINTS = ("staged", "mid-upload", "data-written", "table-written", "merged", "committing", "committed",

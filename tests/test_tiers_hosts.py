@@ -189,3 +189,20 @@ def test_the_checks_see_a_wrong_checkpoint_a_foreign_file_and_leftovers(tmp_path
     assert claim.endswith("remote leftover .tiers/model.ckpt-1.claim")
     assert sorted(rest) == sorted(f"after the restart and gc: host {h}'s tier holds {f}, of no committed checkpoint"
                                   for h, f in ((0, "model.ckpt-1.data-00002-of-00004"), (1, "model.ckpt-1.table-00003")))
+
+
+def test_an_overwrite_by_the_workers_of_one_host_keeps_every_new_data_file(s3_server: Any, s3_prefix: str,
+                                                                          tmp_path: Path) -> None:
+    """Two workers of one host overwrite their checkpoint: the one that replaces the host's copy
+    slowly (paused after deleting its index) must not delete the data file the other has
+    written anew meanwhile; the local commit then holds both, and the drain commits them."""
+    from spawning import run_together
+
+    world, tiers, prefix = 2, str(tmp_path / "tiers"), f"{s3_prefix}/model.ckpt-5"
+    records = run_together(hw.overwrite_race_job, [(r, world, s3_server.env(), prefix, tiers) for r in range(world)],
+                           180)
+    want = ["model.ckpt-5.data-00000-of-00002", "model.ckpt-5.data-00001-of-00002"]
+    for record in records:
+        assert record is not None and "error" not in record, records
+        assert [f for f in record["local"] if ".data-" in f] == want, records
+    _same(remoteckpt.load(prefix), hw.expected(1, world))
