@@ -1,8 +1,10 @@
 """The reliability soak (benchmarks/soak, ``make soak``) at a tiny size, as a subprocess:
 every phase (the lifecycle phases too) does some work and finds nothing wrong, the JSON record
-splits the corruption phase's damages by kind, the run ends within its stated bound; and a unit of work (or a
-phase's whole process) that hangs is reported as a hang while the run still ends in time; a
-phase's process that dies (a signal, an exit code) is reported as a violation.
+splits the corruption phase's damages by kind, the run ends within its stated bound; the tiers
+phase, run only when named, runs a job sharing a local tier and a job with a tier per host and
+finds nothing wrong; and a unit of work (or a phase's whole process) that hangs is reported as a
+hang while the run still ends in time; a phase's process that dies (a signal, an exit code) is
+reported as a violation.
 """
 
 from __future__ import annotations
@@ -90,6 +92,28 @@ def test_tiny_soak_runs_every_phase_within_its_bound(s3_server: SeaweedServer, t
     assert "by kind, detected/effective" in proc.stdout
     assert "UnnamedSaveWarning" not in output  # every soak job saves with its own save id
     _assert_within_bound(record, wall, SMOKE_MINUTES, SMOKE_GRACE)
+
+
+TIERS_SEED = 14
+"""A seed whose first two tiers units are light: a 1-worker job sharing a tier, killed after its
+drain's commit, then a per-host job of 2 hosts, worker 1 killed after its drain's commit."""
+TIERS = ["--only", "tiers", "--minutes", "0.02", "--grace", "90", "--concurrency", "2", "--seed", str(TIERS_SEED)]
+"""The tiers phase (run only when named) at its smallest: a window of 1.2 s in which each of
+two threads starts one unit, a shared tier's job then a per-host one, and up to 90 s of grace
+for them to finish on a loaded machine."""
+
+
+def test_tiny_tiers_soak_runs_a_shared_and_a_per_host_job(s3_server: SeaweedServer, tmp_path: Path) -> None:
+    proc, record, wall = _soak([*TIERS, "--s3-endpoint", s3_server.endpoint_url, "--s3-bucket", s3_server.bucket],
+                               tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and record["violations"] == [], output
+    c = record["counts"]
+    assert c["tier_jobs"] == 1 and c["tier_kills_injected"] == 1, (c, output)
+    assert c["host_tier_jobs"] == 1 and c["host_tier_kills_injected"] == 1 and c["host_tier_w2x1"] == 1, (c, output)
+    assert c["host_tier_remote_committed"] == 1 and c["host_tier_restores_byte_exact"] == 5, (c, output)
+    assert "per-host: 1 jobs" in proc.stdout
+    _assert_within_bound(record, wall, 0.02, 90)
 
 
 @pytest.mark.parametrize("how", ["unit", "exit"])

@@ -482,3 +482,60 @@ def test_an_incremental_drain_has_the_remote_store_copy_what_is_unchanged(s3_ser
     assert read_remote(prefix, ".data-00000-of-00001") == open(local + ".data-00000-of-00001", "rb").read()
     on_store(s3_prefix, lambda store: store.delete("model.ckpt-1.index"))
     same(remoteckpt.load(prefix), second)
+
+
+def test_gc_collects_what_a_per_host_local_commit_left_in_the_remote_directory(base: str) -> None:
+    """A per-host tier's local commit runs the save protocol at the remote ``.tiers/NAME``; its
+    coordinator killed right after the commit leaves there its claim and its notice, next to the
+    committed ``.tiers/NAME.index`` a restart needs.  `gc` of the remote directory collects the
+    leftovers (once the claim's lease ran out) and keeps the index."""
+    from remoteckpt.engine import loop
+    from remoteckpt.options import IOOptions
+    from remoteckpt.protocol.records import ClaimRecord
+    from remoteckpt.storage import open_store
+
+    remoteckpt.save(tensors(0), f"{base}/model.ckpt-0")
+    dead = ClaimRecord(save_id="job", world_size=2, attempt="a1", host="gone", pid=1, lease=1.0)
+    litter = {".tiers/model.ckpt-1.index": b"the local commit", ".tiers/model.ckpt-1.claim": dead.encode(),
+              ".tiers/model.ckpt-1.tmp/notice-00000": b"{}", ".tiers/model.ckpt-2.tmp-a2/worker-00001": b"table"}
+
+    async def put() -> None:
+        store = open_store(base)
+        try:
+            for key, data in litter.items():
+                await store.put(key, data)
+        finally:
+            await store.close()
+
+    loop.run(put())
+    report = remoteckpt.gc(base, older_than=0, options=IOOptions(lease_timeout=1.0))
+    assert sorted(report.removed) == sorted(k for k in litter if not k.endswith(".index"))
+    assert sorted(on_store(base, lambda store: store.list())) == [
+        ".tiers/model.ckpt-1.index", "model.ckpt-0.data-00000-of-00001", "model.ckpt-0.index"]
+
+
+def test_gc_removes_the_local_commit_of_a_drained_per_host_checkpoint(base: str) -> None:
+    """A per-host checkpoint's ``.tiers/NAME.index`` outlives its drain when the coordinator dies
+    between the drain's commit and its removal, and a worker of the same host marked the host's
+    copy durable (no restart then drains it again).  `gc` removes it once ``NAME.index`` holds
+    the same bytes, and leaves alone a local commit whose checkpoint is not (or not that one)."""
+    from remoteckpt.engine import loop
+    from remoteckpt.storage import open_store
+
+    for step in (0, 2):
+        remoteckpt.save(tensors(step), f"{base}/model.ckpt-{step}")
+    drained = on_store(base, lambda store: store.get("model.ckpt-0.index"))
+
+    async def put() -> None:
+        store = open_store(base)
+        try:
+            for step in (0, 1, 2):  # 0 drained; 1 not drained; 2 another checkpoint than the one drained
+                await store.put(f".tiers/model.ckpt-{step}.index", drained)
+        finally:
+            await store.close()
+
+    loop.run(put())
+    assert remoteckpt.gc(base).removed == []  # younger than an hour
+    assert remoteckpt.gc(base, older_than=0).removed == [".tiers/model.ckpt-0.index"]
+    assert sorted(k for k in on_store(base, lambda store: store.list()) if k.startswith(".tiers/")) == [
+        ".tiers/model.ckpt-1.index", ".tiers/model.ckpt-2.index"]

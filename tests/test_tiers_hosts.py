@@ -1,8 +1,16 @@
 """Per-host tiers (`LocalTier(per_host=True)`, remoteckpt/tiers/hosts.py): workers in separate
-processes, each with a tier directory of its own (a host's local disk), saving to SeaweedFS."""
+processes, the workers of each host sharing a tier directory of its own (a host's local disk),
+saving to SeaweedFS (and, in two crash scenarios, to a remote directory on local disk).
+
+The crash scenarios (tests/host_tier_workers.py's `run`, run a few at a time): 1 worker, 2
+hosts of 1, 2 hosts of 2 and 4 hosts of 1, a worker SIGKILLed at a point of step 1's local
+commit or drain; checked after the kill, after `gc` on every host and after a restarted job."""
 
 from __future__ import annotations
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,57 +62,147 @@ def test_each_host_keeps_its_own_data_files_and_the_drain_commits_them_all(s3_se
     _same(got, hw.expected(2, world))
 
 
-@pytest.mark.parametrize(("crash", "victim"), [("host-committed:2", 1), ("committed:3", 0), ("mid-copy:2", 0),
-                                               ("drained:2", 1), ("staged:2", 1)])
+@dataclass(frozen=True)
+class Case:
+    """A crash scenario (tests/host_tier_workers.py's `run`): `world` workers, `per_host` a host,
+    rank `victim` killed at `point` of step 1; the restart resumes (or drops) the drains."""
+
+    world: int
+    per_host: int
+    point: str
+    victim: int
+    resume: bool = True
+    remote: str = "s3"                      # or "local": the remote directory on local disk
+    gc_first: bool = True                   # False: restarted right after the kill, gc after the restart
+
+    @property
+    def id(self) -> str:
+        return (f"{self.remote}-w{self.world}-{self.world // self.per_host}hosts-{self.point}-r{self.victim}"
+                + ("" if self.resume else "-drop") + ("" if self.gc_first else "-restart-first"))
+
+
+CASES = ([Case(1, 1, point, 0) for point in ("host-committed", "mid-copy", "drained", "staged")]
+         + [Case(2, 1, "host-committed", 1), Case(2, 1, "committed", 0), Case(2, 1, "mid-copy", 0),
+            Case(2, 1, "drained", 1), Case(2, 1, "staged", 1)]
+         + [Case(4, 2, "host-committed", 3), Case(4, 2, "committed", 0), Case(4, 2, "mid-copy", 2),
+            Case(4, 2, "drained", 0), Case(4, 2, "staged", 1)]
+         + [Case(4, 1, "committed", 0, gc_first=False), Case(4, 1, "mid-copy", 3)]
+         + [Case(2, 1, "mid-copy", 1, resume=False)]
+         + [Case(2, 1, "committed", 0, remote="local"), Case(4, 2, "mid-copy", 2, remote="local")])
+"""The kill points of a local commit's end (a worker; the coordinator right after the
+commit, before any worker heard of it: they judge by `.tiers/NAME.index`, and a host whose
+worker died before writing its index gets it back), inside a drain's copy, after a drain's
+commit and before a worker wrote anything, with one worker (a shared tier's save), two hosts
+of one worker, two hosts of two workers (victims on either host, beside the coordinator or
+not) and four hosts of one (the coordinator's kill restarted before any `gc`: its host takes
+back the index of the local commit at the restart, where the others get it from `gc`); and a
+restart that drops the drain left (``resume=False``).
+benchmarks/soak (``--only tiers``) draws every point of a local commit and of a drain, any
+victim, among these layouts."""
+
+CONCURRENT = 3
+"""Scenarios at once: their processes mostly wait (for a dead worker, a lease), so a few
+overlap well on two cores."""
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, s3_server: Any,
+         tmp_path_factory: pytest.TempPathFactory) -> dict[Case, hw.HostRun]:
+    """The scenarios of the selected tests, run together (CONCURRENT at a time)."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params]
+    base, env = f"s3://{s3_server.bucket}/hosts-crash-{uuid.uuid4().hex[:8]}", s3_server.env()
+
+    def one(case: Case) -> hw.HostRun:
+        remote = f"{base}/{case.id}" if case.remote == "s3" else str(tmp_path_factory.mktemp("remote") / case.id)
+        return hw.run(remote, str(tmp_path_factory.mktemp("hosts")), case.world, case.per_host, case.point,
+                      case.victim, env, resume=case.resume, gc_first=case.gc_first)
+
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        runs = dict(zip(selected, pool.map(one, selected)))
+    for case, run in runs.items():  # shown with -s
+        print(f"{case.id}: {run.seconds:.1f} s {run.phases}, step 1 {run.outcome} after the kill")
+    return runs
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_a_worker_killed_during_step_1_leaves_the_previous_or_the_new_checkpoint_and_a_restart_drains_it(
-        s3_server: Any, s3_prefix: str, tmp_path: Path, crash: str, victim: int) -> None:
-    """Worker `victim` is killed during step 1: at its local commit's end, the coordinator right
-    after the local commit (before any worker heard of it: they judge by the index, and its own
-    host gets the index back at the restart), inside its drain, after the drain's commit, or
-    before it wrote anything.  The remote directory then holds step 0 and
-    at most a complete step 1; a restarted job's workers resume the drain of step 1 wherever it
-    was committed locally, and step 2 follows.  Every checkpoint restores exactly."""
-    from spawning import run_together
-
-    world, tiers = 2, str(tmp_path / "tiers")
-    run_together(hw.crash_job, [(r, world, s3_server.env(), s3_prefix, tiers, crash, victim) for r in range(world)],
-                 120)
-    indexes = sorted(k for k in on_store(s3_prefix, lambda store: store.list()) if k.endswith(".index")
-                     and not k.startswith(".tiers/"))
-    assert indexes[0] == "model.ckpt-0.index" and set(indexes) <= {"model.ckpt-0.index", "model.ckpt-1.index"}
-    for name in indexes:
-        step = int(name.split("-")[1].split(".")[0])
-        _same(remoteckpt.load(f"{s3_prefix}/{name[: -len('.index')]}"), hw.expected(step, world))
-    committed_locally = crash != "staged:2"
-    # gc on each host: what a save that never committed locally left goes; a local commit a
-    # host missed gets its index back instead (its data file is the checkpoint's).
-    for rank in range(world):
-        remoteckpt.gc(s3_prefix, older_than=0, local_tier=hw.tier_of(tiers, rank))
-        left = sorted(f for f in (tmp_path / "tiers" / f"host-{rank}").iterdir() if f.name.startswith("model.ckpt-1."))
-        names = [f.name for f in left]
-        if committed_locally:
-            assert "model.ckpt-1.index" in names and f"model.ckpt-1.data-{rank:05d}-of-{world:05d}" in names, names
-        else:
-            assert names == [], names
-    records = run_together(hw.restart_job, [(r, world, s3_server.env(), s3_prefix, tiers) for r in range(world)], 180)
-    assert all(r is not None for r in records), records
-    steps = (0, 1, 2) if committed_locally else (0, 2)
-    assert records[0]["durable"][-1] == f"{s3_prefix}/model.ckpt-2"  # type: ignore[index]
-    for step in steps:
-        _same(remoteckpt.load(f"{s3_prefix}/model.ckpt-{step}"), hw.expected(step, world))
-    if not committed_locally:
-        assert not on_store(s3_prefix, lambda store: store.exists("model.ckpt-1.index"))
+        runs: dict[Case, hw.HostRun], case: Case) -> None:
+    """After the kill, the remote directory holds step 0 and at most a complete step 1, where the
+    point says; `gc` on every host leaves step 1 on every host's tier (committed locally) or
+    on none; a restarted job's workers resume the drain of step 1 (or drop it) and step 2
+    drains on every worker; every checkpoint restores exactly, the remote copy is every host's
+    byte for byte, `gc` leaves no leftover on either tier, and each host's tier holds its own
+    workers' files only, throughout (tests/host_tier_workers.py)."""
+    run = runs[case]
+    assert run.problems == [], (run.describe(), run.exit_codes, run.records, run.restart, run.problems)
+    assert run.outcome == hw.expected_outcome(case.point, case.world, case.victim)
 
 
+@pytest.mark.parametrize(("world", "per_host"), [(2, 1), (4, 2)], ids=["2hosts", "2hosts-of-2"])
 def test_a_per_host_checkpoint_saved_again_with_overwrite_replaces_it_on_every_tier(
-        s3_server: Any, s3_prefix: str, tmp_path: Path) -> None:
-    world, tiers, prefix = 2, str(tmp_path / "tiers"), f"{s3_prefix}/model.ckpt-5"
-    results = run_each(hw.overwrite_job, [(r, world, s3_server.env(), prefix, tiers) for r in range(world)], 240)
+        s3_server: Any, s3_prefix: str, tmp_path: Path, world: int, per_host: int) -> None:
+    tiers, prefix = str(tmp_path / "tiers"), f"{s3_prefix}/model.ckpt-5"
+    results = run_each(hw.overwrite_job, [(r, world, s3_server.env(), prefix, tiers, per_host) for r in range(world)],
+                       240)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    for rank, result in enumerate(results):  # each host: the new checkpoint, its own data files only
+        own = range(rank // per_host * per_host, (rank // per_host + 1) * per_host)
+        assert [f for f in result["files"] if ".data-" in f] == [
+            f"model.ckpt-5.data-{r:05d}-of-{world:05d}" for r in own], result["files"]
     _same(remoteckpt.load(prefix), hw.expected(1, world))
+    for rank in range(0, world, per_host):  # byte for byte the remote copy, on every host
+        tier = hw.tier_of(tiers, rank, per_host).path
+        for name in ("model.ckpt-5.index", *(f"model.ckpt-5.data-{r:05d}-of-{world:05d}"
+                                              for r in range(rank, rank + per_host))):
+            assert (Path(tier) / name).read_bytes() == on_store(prefix.rsplit("/", 1)[0],
+                                                                lambda store, n=name: store.get(n)), name
     got = run_each(hw.restore_job, [(0, world, s3_server.env(), prefix, tiers)], 120)[0]
     if isinstance(got, BaseException):
         raise got
     _same(got, hw.expected(1, world))
+
+
+def test_the_checks_see_a_wrong_checkpoint_a_foreign_file_and_leftovers(tmp_path: Path) -> None:
+    """The crash scenarios' checks, on a directory and tiers made wrong on purpose: a remote
+    checkpoint holding another step's tensors, a data file of host 1's worker on host 0's tier,
+    a claim left in the remote `.tiers/` folder and a table of no committed checkpoint."""
+    remote, tiers = tmp_path / "remote", tmp_path / "tiers"
+    run = hw.HostRun(str(remote), str(tiers), 4, 2, "staged", 1)
+    remoteckpt.save(hw.expected(0, 4), str(remote / "model.ckpt-0"))
+    remoteckpt.save(hw.expected(2, 4), str(remote / "model.ckpt-1"))
+    (remote / ".tiers").mkdir()
+    (remote / ".tiers" / "model.ckpt-1.claim").write_bytes(b"{}")
+    for host in (0, 1):
+        (tiers / f"host-{host}").mkdir(parents=True)
+    (tiers / "host-0" / "model.ckpt-1.data-00002-of-00004").write_bytes(b"x")
+    (tiers / "host-1" / "model.ckpt-1.table-00003").write_bytes(b"x")
+    hw._check_remote(run, [0, 1], "now")
+    hw._check_foreign(run, "now")
+    hw._check_leftovers(run, [])
+    assert run.restored_exact == 1 and len(run.problems) == 5, run.problems
+    silent, foreign, claim, *rest = run.problems
+    assert "SILENT CORRUPTION" in silent and "model.ckpt-1" in silent
+    assert "host 0's tier holds model.ckpt-1.data-00002-of-00004" in foreign
+    assert claim.endswith("remote leftover .tiers/model.ckpt-1.claim")
+    assert sorted(rest) == sorted(f"after the restart and gc: host {h}'s tier holds {f}, of no committed checkpoint"
+                                  for h, f in ((0, "model.ckpt-1.data-00002-of-00004"), (1, "model.ckpt-1.table-00003")))
+
+
+def test_an_overwrite_by_the_workers_of_one_host_keeps_every_new_data_file(s3_server: Any, s3_prefix: str,
+                                                                          tmp_path: Path) -> None:
+    """Two workers of one host overwrite their checkpoint: the one that replaces the host's copy
+    slowly (paused after deleting its index) must not delete the data file the other has
+    written anew meanwhile; the local commit then holds both, and the drain commits them."""
+    from spawning import run_together
+
+    world, tiers, prefix = 2, str(tmp_path / "tiers"), f"{s3_prefix}/model.ckpt-5"
+    records = run_together(hw.overwrite_race_job, [(r, world, s3_server.env(), prefix, tiers) for r in range(world)],
+                           180)
+    want = ["model.ckpt-5.data-00000-of-00002", "model.ckpt-5.data-00001-of-00002"]
+    for record in records:
+        assert record is not None and "error" not in record, records
+        assert [f for f in record["local"] if ".data-" in f] == want, records
+    _same(remoteckpt.load(prefix), hw.expected(1, world))

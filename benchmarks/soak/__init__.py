@@ -30,10 +30,13 @@ tests/test_corruption.py and tests/test_fuzz.py, at scale and hard-bounded in ti
               checkpoint: each must raise CorruptCheckpointError when the tensor is read
               (detected / effective counted per kind of damage)
   fuzz        random mutations of valid indexes and state files through the decoders
-  tiers       (only with --only tiers) jobs of 1, 2 or 4 workers saving through a shared local tier drained to S3, one
-              worker killed at a named point of a local commit or a drain: the remote prefix
-              holds the previous checkpoint or the complete new one; a restarted job resumes
-              the drains; both tiers restore byte-exact and gc leaves nothing (tests/tier_workers.py)
+  tiers       (only with --only tiers) jobs of 1, 2 or 4 workers saving through a local tier drained to
+              S3, in turn sharing one tier (tests/tier_workers.py) and with a tier per host (1 worker,
+              2 hosts of 1 or of 2, 4 hosts of 1; tests/host_tier_workers.py), one worker killed at
+              a named point of a local commit or a drain: the remote prefix holds the previous
+              checkpoint or the complete new one; a restarted job resumes the drains (per-host:
+              or drops them, resume=False) and its next save drains; both tiers restore
+              byte-exact, each host's tier holds its own workers' files only, gc leaves nothing
 
 How the time bound holds: the phases run one after another, each in a process of its own (and
 its own process group), in windows that share the run's minutes by weight; time a phase

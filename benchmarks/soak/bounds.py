@@ -50,8 +50,8 @@ these seconds are the restarted job's processes starting (a fork from the forkse
 its save (up to 4 workers of 12 MiB each on S3) on a loaded 2-core machine."""
 UNIT_BOUNDS = {"crash": 150.0, "network": 120.0, "race": 120.0, "corruption": 30.0, "fuzz": 30.0,
                "retry": 70.0, "restart": 80.0, "zombie": 110.0, "long": 100.0, "tiers": 300.0}
-"""Seconds one unit of work may run before it is a hang (a tiers job: its workers' 120 s
-bound, the restart's 120 s, the checks of both tiers).  A crash job is a run of its workers
+"""Seconds one unit of work may run before it is a hang (a tiers job, shared or per-host: its
+workers' 120 s bound, the restart's 120 s, the checks of both tiers).  A crash job is a run of its workers
 (the harness kills them at 60 s, or commit_timeout + 20 s after the kill), its checks, and
 maybe a restarted run; a network operation is one save or one restore, each of whose requests
 has 10 s to connect and 30 s without a byte, a few attempts; a race is its committers' 60 s

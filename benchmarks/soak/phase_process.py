@@ -40,9 +40,9 @@ from .runtime import (
 )
 from .tiers import tiers_phase
 
-PHASE_MODULES = {"corruption": "test_corruption", "fuzz": "test_fuzz", "tiers": "tier_workers",
-                 **dict.fromkeys(LIFE_PHASES, "lifecycle_workers")}
-"""The test suite's module each phase runs besides the crash harness and the fault proxy."""
+PHASE_MODULES = {"corruption": ("test_corruption",), "fuzz": ("test_fuzz",),
+                 "tiers": ("tier_workers", "host_tier_workers"), **dict.fromkeys(LIFE_PHASES, ("lifecycle_workers",))}
+"""The test suite's modules each phase runs besides the crash harness and the fault proxy."""
 FORKSERVER_PHASES = ("crash", "race", "tiers", *LIFE_PHASES)
 """The phases whose jobs are processes of the crash harness's forkserver."""
 
@@ -89,8 +89,8 @@ def _load_harness(name: str) -> None:
     """Import what phase `name` runs, and start its forkserver, before its window opens: the
     window is for work (a short one would pass before the first unit could start)."""
     rw, _ = import_harness()
-    if name in PHASE_MODULES:
-        test_module(PHASE_MODULES[name])
+    for module in PHASE_MODULES.get(name, ()):
+        test_module(module)
     if name in FORKSERVER_PHASES:
         import multiprocessing.forkserver
 

@@ -148,7 +148,13 @@ def _tiers_summary(c: Counter[str], record: dict[str, Any]) -> list[str]:
     return [f"{c['tier_jobs']} jobs ({c['tier_world1']}/{c['tier_world2']}/{c['tier_world4']} with 1/2/4 workers), "
             f"{c['tier_kills_injected']} kills injected; {c['tier_locally_committed']} checkpoints committed "
             f"locally at the kill, {c['tier_remote_checkpoints']} remote after the restart, "
-            f"{c['tier_restores_byte_exact']} restored byte-exact; silent corruptions {c['tier_silent_corruptions']}"]
+            f"{c['tier_restores_byte_exact']} restored byte-exact; silent corruptions {c['tier_silent_corruptions']}",
+            f"per-host: {c['host_tier_jobs']} jobs ({c['host_tier_w1x1']}/{c['host_tier_w2x1']}/{c['host_tier_w4x2']}/"
+            f"{c['host_tier_w4x1']} with 1 worker / 2 hosts of 1 / 2 of 2 / 4 of 1), {c['host_tier_kills_injected']} "
+            f"kills injected; at the kill {c['host_tier_locally_committed']} checkpoints committed locally only "
+            f"({c['host_tier_dropped']} of them dropped at the restart), {c['host_tier_remote_committed']} remotely; "
+            f"{c['host_tier_remote_checkpoints']} remote checkpoints checked, {c['host_tier_restores_byte_exact']} "
+            f"restored byte-exact; silent corruptions {c['host_tier_silent_corruptions']}"]
 
 
 _PHASE_SUMMARIES: dict[str, Callable[[Counter[str], dict[str, Any]], list[str]]] = {

@@ -215,3 +215,9 @@ def decode_index(read_at: ReadAt, file_size: int) -> BundleIndex:
         _check_entry(key, entry, header.num_shards)
         index.entries[key] = entry
     return index
+
+
+def decode_index_bytes(data: bytes | bytearray | memoryview) -> BundleIndex:
+    """`decode_index` of a whole `.index` held in memory."""
+    view = memoryview(data)
+    return decode_index(lambda offset, size: view[offset : offset + size], len(view))

@@ -7,6 +7,12 @@ Garbage in a directory, when older than `older_than` seconds:
   - local temp files ``*.tempstate<digits>`` of interrupted writes
   - incomplete multipart uploads (S3), which otherwise cost money forever
   - scratch objects ``.remoteckpt-probe-*`` of a store's probe whose process died
+  - the same leftovers in the directory's ``.tiers/`` folder, where the workers of per-host
+    local tiers commit locally (`tiers.hosts`: claims and staging of a local commit whose
+    coordinator died), and a local commit's ``.tiers/NAME.index`` once ``NAME.index`` is
+    committed with the same bytes (the checkpoint drained; its coordinator died before it
+    removed the local commit's index).  Any other ``.tiers/NAME.index`` is left alone: a
+    restarted job's drain may need it
   - partial SavedModel versions of a base directory (``N/`` holding SavedModel files but no
     ``N/saved_model.pb``: an export that died; `management.versions`), every file of one,
     once its newest file is older than `older_than` and no save of its variables is alive
@@ -30,7 +36,7 @@ from typing import Any
 from ..errors import CheckpointNotFoundError
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
-from ..protocol.layout import DATA_FILE
+from ..protocol.layout import DATA_FILE, MEETING
 from ..protocol.lease import Verdict, watch
 from ..protocol.records import MAX_RECORD_BYTES, ClaimRecord
 from ..storage import ObjectInfo, Store, on_store
@@ -53,13 +59,22 @@ class GcReport:
 
 
 def _owner(key: str) -> tuple[str, str] | None:
-    """(checkpoint name, kind) of a key gc may collect, None for anything else."""
+    """(checkpoint name, kind) of a key gc may collect, None for anything else; in the
+    ``.tiers/`` folder, a name of the folder (``.tiers/NAME``)."""
+    folder = f"{MEETING}/" if key.startswith(f"{MEETING}/") else ""
+    key = key[len(folder):]
     if "/" not in key and (m := DATA_FILE.match(key)):
-        return m.group("name"), "data"
+        return folder + m.group("name"), "data"
     for kind, pattern in (("staging", _STAGING), ("claim", _CLAIM), ("temp", _TEMP), ("probe", _PROBE)):
         if m := pattern.match(key):
-            return m.group("name"), kind
+            return folder + m.group("name"), kind
     return None
+
+
+def _index_name(key: str) -> str | None:
+    """The checkpoint name of a committed index at the top of the directory or in ``.tiers/``."""
+    name = key.removeprefix(f"{MEETING}/")
+    return key[: -len(".index")] if name.endswith(".index") and "/" not in name else None
 
 
 async def _live_claims(store: Store, claims: list[ObjectInfo], options: IOOptions) -> set[str]:
@@ -78,6 +93,24 @@ async def _live_claims(store: Store, claims: list[ObjectInfo], options: IOOption
     return {name for name in await asyncio.gather(*(judge(c) for c in claims)) if name}
 
 
+async def _drained(store: Store, infos: list[ObjectInfo], committed: set[str]) -> list[tuple[ObjectInfo, str]]:
+    """The local commits (``.tiers/NAME.index``) whose checkpoint ``NAME.index`` is committed
+    with the same bytes, with their names (``.tiers/NAME``)."""
+    found = []
+    for info in infos:
+        name = _index_name(info.key)
+        top = name.removeprefix(f"{MEETING}/") if name is not None else None
+        if name is None or top == name or top not in committed:
+            continue
+        try:
+            local, remote = await asyncio.gather(store.get(info.key), store.get(index_filename(top)))
+        except CheckpointNotFoundError:
+            continue
+        if local == remote:
+            found.append((info, name))
+    return found
+
+
 def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
        storage_options: dict[str, Any] | None = None, dry_run: bool = False,
        options: IOOptions = DEFAULT_OPTIONS) -> GcReport:
@@ -91,12 +124,13 @@ def gc(directory: str | os.PathLike[str], *, older_than: float = 3600.0,
     async def go(store: Store) -> GcReport:
         report = GcReport()
         infos = await store.list_info()
-        committed = {i.key[: -len(".index")] for i in infos if i.key.endswith(".index") and "/" not in i.key}
+        committed = {name for i in infos if (name := _index_name(i.key)) is not None}
         owned = [(i, o) for i in infos if (o := _owner(i.key)) is not None]
         partial = [v for v in group_versions(infos).values() if not v.complete]
         version_claims = [i for i in infos if _CLAIM.match(i.key.rsplit("/", 1)[-1])
                           and any(i.key.startswith(f"{v.name}/") for v in partial)]
         live = await _live_claims(store, [i for i, (_, kind) in owned if kind == "claim"] + version_claims, options)
+        owned += [(i, (name, "drained")) for i, name in await _drained(store, infos, committed)]
         for info, (name, kind) in owned:
             if kind == "data" and name in committed:
                 continue

@@ -134,3 +134,8 @@ class SaveLayout:
 
 DATA_FILE = re.compile(r"^(?P<name>.+)\.data-(?P<shard>\d{5,})-of-(?P<shards>\d{5,})$")
 """Any checkpoint's data file name (with its checkpoint name, shard and shard count)."""
+
+MEETING = ".tiers"
+"""Folder of a checkpoint directory where the workers of per-host local tiers commit locally
+(`tiers.hosts`): the save protocol runs at ``.tiers/NAME`` (its index, claim, staging), `gc`
+collects its leftovers there as at the top of the directory."""

@@ -41,7 +41,7 @@ from ..faults import crash_point
 from ..format.bundle import index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
-from ..storage import open_store, split_prefix
+from ..storage import Store, open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_async
 from .layout import (
@@ -80,12 +80,24 @@ async def mark_durable(local: str, remote: str) -> None:
         await store.close()
 
 
+async def committed_as(store: Store, key: str, index: bytes) -> bool:
+    """Whether `store` holds `key` with exactly the bytes `index`: the index a drain commits,
+    committed already (by an earlier drain of this very checkpoint, whose process died before
+    its marker).  Every drain decides by this: `drain`'s, and each worker's of a per-host tier
+    (`hosts.drain_on_host`)."""
+    try:
+        return bool(await store.get(key) == index)
+    except CheckpointNotFoundError:
+        return False
+
+
 async def same_index(local: str, remote: str, storage_options: dict[str, Any] | None, options: IOOptions) -> bool:
+    """`committed_as` for the index of the checkpoint at `local` and remote prefix `remote`."""
     l_dir, l_name = split_prefix(local)
     r_dir, r_name = split_prefix(remote)
     here, there = LocalStore(l_dir), open_store(r_dir, storage_options, options)
     try:
-        return bool(await here.get(index_filename(l_name)) == await there.get(index_filename(r_name)))
+        return await committed_as(there, index_filename(r_name), await here.get(index_filename(l_name)))
     except CheckpointNotFoundError:
         return False
     finally:

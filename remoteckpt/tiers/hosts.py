@@ -10,7 +10,8 @@ workers meet through the remote store (`LocalTier(per_host=True)`).
 
 Per save, every worker (`save_on_host`), in this order:
   1. its tier: a checkpoint committed there, or at the remote prefix, is refused unless
-     overwriting; room under the cap for its own part; the record
+     overwriting (then the host's copy stops being committed, and each worker removes its own
+     files of it: `give_way`); room under the cap for its own part; the record
   2. the save protocol (`protocol.save`) at remote ``.tiers/NAME``: claim, notices, reports,
      merge, commit, every worker's part being its data file written create-only to its own
      tier (`worker.write_part` on the tier's directory); its table travels in its report.
@@ -50,11 +51,11 @@ from ..engine.digest import digest_of
 from ..engine.incremental import Incremental, open_base
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point
-from ..format.bundle import data_filename, decode_index, index_filename
+from ..format.bundle import data_filename, decode_index_bytes, index_filename
 from ..management.state import previous_checkpoint
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..progress import ProgressCallback, Reporter
-from ..protocol.layout import SaveLayout
+from ..protocol.layout import DATA_FILE, MEETING, SaveLayout
 from ..protocol.records import DataIdentity
 from ..protocol.save import SaveReport, save_worker
 from ..protocol.worker import write_part
@@ -62,12 +63,9 @@ from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DURABLE, RECORD, LocalTier, checkpoints, delete_local, local_prefix, record_bytes
+from .layout import DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes
 
 log = logging.getLogger("remoteckpt")
-
-MEETING = ".tiers"
-"""Folder of the remote directory where the workers of per-host tiers commit locally."""
 
 DRAIN_SUFFIX = ".drain"
 """Appended to the job's save id for its drains (a save of another prefix, the remote one)."""
@@ -85,6 +83,20 @@ def drain_id(save_id: str | None) -> str:
     """The save id of a job's drains: its own, marked (within the 64 characters allowed)."""
     job = SaveLayout.default_save_id() if save_id is None else save_id
     return job[: 64 - len(DRAIN_SUFFIX)] + DRAIN_SUFFIX
+
+
+async def give_way(here: LocalStore, name: str, rank: int, world_size: int) -> None:
+    """An overwriting save's start on this host: the host's copy of checkpoint `name` stops
+    being committed (its index goes first), and this worker's own files of it go (its data file
+    and table, and data files of another number of workers, which no worker of this save
+    writes).  The host's other workers replace theirs: a worker that deleted the whole copy
+    could delete a data file another had already written anew."""
+    await here.delete(index_filename(name))
+    for key in await here.list(name + "."):
+        m = DATA_FILE.match(key)
+        if m and m.group("name") == name and (int(m.group("shards")) != world_size or int(m.group("shard")) == rank):
+            await here.delete(key)
+    await here.delete(table_key(name, rank))
 
 
 async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, *, rank: int, world_size: int,
@@ -111,8 +123,8 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
                     if await where.exists(index):
                         raise CheckpointExistsError.committed(where.describe(index))
             await retention.settled(tier)
-            if overwrite and await here.exists(index_filename(name)):
-                await delete_local(tier, name)  # this host's copy of the checkpoint replaced
+            if overwrite:
+                await give_way(here, name, rank, world_size)
             await retention.make_room(tier, needed)
             await here.delete(name + DURABLE)  # of an older checkpoint of this name
             await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
@@ -169,8 +181,7 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
         try:
             raw = await here.get(index_filename(name))
             table = await here.get(table_key(name, rank))
-            view = memoryview(raw)
-            index = decode_index(lambda o, n: view[o : o + n], len(view))
+            index = decode_index_bytes(raw)
             if index.num_shards != world_size:
                 raise CheckpointError(f"{here.describe(index_filename(name))} has {index.num_shards} data files; "
                                       f"a drain of {world_size} workers cannot send it")
@@ -193,22 +204,17 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                     raise CheckpointNotFoundError(f"{here.describe(data_filename(name, rank, world_size))} is gone")
                 return identity, table
 
-            async def committed_already() -> bool:
-                try:
-                    return bool(await store.get(index_filename(remote_name)) == raw)
-                except CheckpointNotFoundError:
-                    return False
-
             # Committed by an earlier drain of this very checkpoint (whose worker died before its
             # marker): durable, and never replaced, even by a drain that may overwrite.
-            if await committed_already():
+            remote_index = index_filename(remote_name)
+            if await drain.committed_as(store, remote_index, raw):
                 log.info("%s was committed by an earlier drain; marking it durable", remote)
             else:
                 try:
                     await save_worker(store, SaveLayout(remote_name, rank, world_size, drain_id(save_id)), {},
                                       overwrite=overwrite, options=options, prefix=remote, part=part)
                 except CheckpointExistsError as exc:
-                    if not exc.index_committed or not await committed_already():
+                    if not exc.index_committed or not await drain.committed_as(store, remote_index, raw):
                         raise
                     log.info("%s was committed by an earlier drain; marking it durable", remote)
             crash_point("drained")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, StorageError
-from ..format.bundle import BundleIndex, data_filename, decode_index, index_filename
+from ..format.bundle import BundleIndex, data_filename, decode_index_bytes, index_filename
 from ..options import IOOptions
 from ..storage import ObjectInfo, ObjectWriter, Store, StoreCapabilities, open_store, split_prefix
 from ..storage.base import ScatterResult, StoredObject
@@ -68,8 +68,7 @@ class NearestStore(Store):
         if theirs is None or theirs == mine:
             return None
         try:
-            view = memoryview(theirs)
-            decode_index(lambda o, n: view[o : o + n], len(view))
+            decode_index_bytes(theirs)
         except CorruptCheckpointError as exc:  # ignored for the local one, which decodes
             log.warning("%s: the remote index does not decode (%s); the durable local copy is read",
                         self.remote.url, exc)
@@ -146,9 +145,8 @@ async def _index(store: Store | None, key: str) -> tuple[bytes | None, BundleInd
         data = await store.get(key, max_size=2**30)
     except CheckpointNotFoundError:
         return None, None
-    view = memoryview(data)
     try:
-        return data, decode_index(lambda o, n: view[o : o + n], len(view))
+        return data, decode_index_bytes(data)
     except CorruptCheckpointError as exc:
         log.warning("%s is damaged (%s); reading the other tier's", store.describe(key), exc)
         return data, None

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..engine import loop
-from ..format.bundle import decode_index, index_filename
+from ..format.bundle import decode_index_bytes, index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import split_prefix
 from . import drain, hosts
@@ -31,9 +31,9 @@ def pending(tier: LocalTier) -> list[TierCheckpoint]:
 
 
 def _shards(c: TierCheckpoint) -> int:
+    """The number of data files of `c` (its workers, on a per-host tier), from its local index."""
     with open(index_filename(c.local), "rb") as f:
-        raw = f.read()
-    return decode_index(lambda o, n: raw[o : o + n], len(raw)).num_shards
+        return decode_index_bytes(f.read()).num_shards
 
 
 async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = None,
