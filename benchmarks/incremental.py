@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("s3", "local", "both"), default="both")
     args = parser.parse_args(argv)
     rates = hash_rates()
-    print(f"one core: CRC32C {rates['crc32c']:.2f} GB/s, SHA-256 {rates['sha256']:.2f} GB/s, "
-          f"BLAKE2b-128 {rates['blake2b-128']:.2f} GB/s", flush=True)
+    print(f"one core: CRC32C {rates['crc32c']:.2f} GB/s, BLAKE3-128 {rates['blake3-128']:.2f} GB/s, "
+          f"SHA-256 {rates['sha256']:.2f} GB/s, BLAKE2b-128 {rates['blake2b-128']:.2f} GB/s", flush=True)
     summary = {b: run(args.mib, args.tensors, args.repeat, b)
                for b in (("s3", "local") if args.backend == "both" else (args.backend,))}
     print(f"{'backend':<8}{'scenario':<10}{'seconds':>9}{'x full':>8}{'cpu s':>8}{'x full':>8}{'uploaded':>10}")
