@@ -160,6 +160,31 @@ def _entry(dtype: int, shape: list[int], *, offset: int = 0, size: int = 0, shar
     return entry
 
 
+@pytest.mark.parametrize("dtype,count", [(7, 10**8), (1, 2**28)], ids=["strings", "floats"])
+def test_a_claim_past_its_data_file_is_refused_without_filling_memory(tmp_path: Path, dtype: int,
+                                                                     count: int) -> None:
+    """A reader does not know its data files' sizes before their first answers.  An entry that
+    claims far more bytes than its 64-byte data file holds is refused naming tensor and file,
+    and nothing near its size is filled: 10^8 strings (an array of 10^8 objects and a
+    100 MB payload, were they allocated) are refused by one ranged read of the claim's last
+    byte first; a GiB of floats (whose output is only mapped) by the first answer."""
+    import tracemalloc
+
+    size = count + 4 if dtype == 7 else 4 * count
+    prefix = _write_index(tmp_path, {b"x": _entry(dtype, [count], size=size)})
+    reader = remoteckpt.CheckpointReader(prefix)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptCheckpointError, match=rf"'x'.*bytes 0\.\.{size} lie outside .*ck\.data-00000-of-00001 "
+                                                         r"\(64 bytes\)"):
+            reader.get_tensor("x")
+        touched = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        reader.close()
+    assert touched < (16 * 2**20 if dtype == 7 else 4 * count + 16 * 2**20)
+
+
 @pytest.mark.parametrize("shape", [[-1, 0], [0, -1], [-2, 0], [3, -1, 0]])
 def test_negative_dimensions_are_refused_even_with_no_elements(tmp_path: Path, shape: list[int]) -> None:
     prefix = _write_index(tmp_path, {b"x": _entry(1, shape)})

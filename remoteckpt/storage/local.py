@@ -285,6 +285,8 @@ class LocalStore(Store):
 
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
                            etag: str | None = None) -> ScatterResult:
+        if max((offset + len(view) for offset, view in targets), default=start) <= start:
+            return ScatterResult.nothing(targets)
         try:
             return await asyncio.to_thread(_pread_scatter, str(self.path(key)), targets, etag)
         except Exception as exc:
