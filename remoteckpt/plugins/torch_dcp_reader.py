@@ -126,10 +126,10 @@ class StorageReader(AtPrefix, _DCPStorageReader):
     `remoteckpt.CheckpointReader` (opened on first use).
 
     `process_group` (``torch.distributed.group.WORLD`` for the default group): the group's rank
-    0 alone reads the index and lists the data files, and broadcasts them to the others in
-    `read_metadata`; every rank of the group must then load with such a reader, as
-    ``dcp.load`` does (its collectives need every rank anyway).  Not for a load of one rank
-    alone (``no_dist=True``) in a job whose group is up: it would wait for the others.
+    0 alone reads the index and broadcasts it to the others in `read_metadata`; every rank
+    of the group must then load with such a reader, as ``dcp.load`` does (its collectives
+    need every rank anyway).  Not for a load of one rank alone (``no_dist=True``) in a job
+    whose group is up: it would wait for the others.
     With it, each byte range is also fetched by one rank of the group only and sent to the
     others that need it (`remoteckpt.engine.group`).
 
