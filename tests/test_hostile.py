@@ -75,6 +75,7 @@ def _write_index(directory: Path, entries: dict[bytes, BundleEntry], header: Bun
     ([-1], 1, 4),                # negative dimension
     ([10**9], 7, 64),            # a billion strings in 64 bytes
     ([4], 1, 2**60),             # size far beyond the file
+    ([2**61], 7, 2**61 + 4),     # 2^61 strings: their array of objects beyond an address space
 ])
 def test_huge_claims_fail_before_allocating(tmp_path: Path, shape: list[int], dtype: int, size: int) -> None:
     entry = BundleEntry(dtype=dtype, size=size)

@@ -235,11 +235,14 @@ class OpenCheckpoint:
             if out is None:
                 try:
                     out = np.empty(request.size, dtype=dtype)
-                except MemoryError:
+                except (MemoryError, ValueError) as exc:  # ValueError: beyond the address space
                     unsized = self._unsized(name, [e for (e, _), _, _ in mine], lambda e: True) if learn else {}
                     if unsized:  # perhaps a hostile claim: is the entry inside its file at all?
                         raise SizesNeeded(unsized) from None
-                    raise
+                    if isinstance(exc, MemoryError):
+                        raise
+                    raise CorruptCheckpointError(f"tensor {name!r} in {self._prefix}: {request.num_elements} "
+                                                 f"elements of {dtype} cannot be allocated ({exc})") from None
             elif out.shape != tuple(request.size) or out.dtype != dtype:
                 raise ShapeMismatchError(
                     f"tensor {name!r} in {self._prefix}: the output array is {out.dtype}{list(out.shape)}, "
