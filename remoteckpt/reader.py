@@ -1,11 +1,19 @@
 """`CheckpointReader`: the API of `tf.train.load_checkpoint`, on any store.
 
 Opening a checkpoint: its id is located (`remoteckpt.locate`: a prefix, ``PREFIX.index``, a
-directory), its data files are listed (one request per thousand files: sizes and versions),
-then its `.index` is fetched in one request and validated whole.  Every later read is pinned
-to the versions listed (``If-Match`` on S3), so a reader racing an overwrite or a deletion gets
-the bytes it started with or `CheckpointChangedError`, never a mix of two checkpoints.  The
-reads themselves are `engine.read`'s: only the byte ranges needed, many at once, verified.
+directory), then its `.index` is fetched in one request and validated whole: no listing, no
+HEAD.  Its data files' versions are pinned as the reads meet them (`engine.versions`): the
+first answer for a data file names its version and size, every later read of it is pinned
+to that version (``If-Match`` on S3), so a reader racing an overwrite or a deletion gets the
+bytes it started with or `CheckpointChangedError`, never a mix of two versions of a file; and
+every byte is checked against the index's CRCs, a mismatch while the index itself was replaced
+being reported as the checkpoint replaced.  The reads themselves are `engine.read`'s: only the
+byte ranges needed, many at once, verified.
+
+A host cache (`IOOptions.host_cache`) names the bytes it shares by their data file's version
+before it fetches them, and a local tier routes each data file by its size: there the data
+files are listed first (one request per thousand files), before the index, and reads are
+pinned to the versions listed.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import numpy as np
 
 from . import dtypes
 from .engine import loop
+from .engine.hostcache import host_cache
 from .engine.read import BoxLike, OpenCheckpoint
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from .format.bundle import BundleEntry, BundleIndex, decode_index, entry_shape, index_filename
@@ -56,7 +65,8 @@ class CheckpointReader:
         self._options = options
         self._storage_options = storage_options
         self._tier = as_tier(local_tier)  # remote `prefix`, read from its nearest tier (`tiers.nearest`)
-        self._data_files: dict[str, ObjectInfo] = {}
+        self._data_files: dict[str, ObjectInfo] | None = None  # None: not listed (pinned as read)
+        self._index_etag = ""
         text = strip_file_suffix(prefix)
         if is_directory_id(text):
             text = loop.run(self._in_directory(
@@ -75,7 +85,7 @@ class CheckpointReader:
         _reading[self._reading] = _reading.get(self._reading, 0) + 1
         self._finalizer = weakref.finalize(self, _close_soon, self._store, self._reading)
         self._checkpoint = OpenCheckpoint(self._store, self._index, self._prefix, self._name, self._data_files,
-                                          self._options)
+                                          self._options, self._index_etag)
         self._names = self._checkpoint._names
 
     async def _in_directory(self, text: str, missing: str, storage_options: dict[str, Any] | None) -> str:
@@ -89,23 +99,28 @@ class CheckpointReader:
         return found
 
     async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+        """The store and the decoded index (its etag in `_index_etag`); the data files listed
+        into `_data_files` where the reads need their versions before fetching."""
         if self._tier is not None:
+            self._data_files = {}
             return await open_nearest(prefix, self._tier, storage_options, self._options, self._data_files)
         directory, name = split_prefix(prefix)
         store = open_store(directory, storage_options, self._options)
         key = index_filename(name)
         try:
-            # The data files first, then the index: a checkpoint replaced in between leaves
-            # this reader with data versions older than its index, and its reads then fail
-            # their version check instead of mixing the two.
-            self._data_files = {i.key: i for i in await store.list_info(f"{name}.data-")}
+            if host_cache(self._options.host_cache, self._options.host_cache_bytes) is not None:
+                # The data files first, then the index: a checkpoint replaced in between leaves
+                # this reader with data versions older than its index, and its reads then fail
+                # their version check instead of mixing the two.
+                self._data_files = {i.key: i for i in await store.list_info(f"{name}.data-")}
             try:
-                data = await store.get(key, max_size=MAX_INDEX_BYTES)
+                found = await store.get_object(key, max_size=MAX_INDEX_BYTES)
             except CheckpointNotFoundError:
                 missing = CheckpointNotFoundError(f"checkpoint not found: {store.describe(key)} does not exist")
                 missing.index_missing = True  # type: ignore[attr-defined]
                 raise missing from None
-            view = memoryview(data)
+            self._index_etag = found.etag
+            view = memoryview(found.data)
             try:
                 return store, decode_index(lambda o, n: view[o : o + n], len(view))
             except CorruptCheckpointError as exc:
@@ -189,7 +204,7 @@ class CheckpointReader:
             log.warning("reading %s from the local tier failed (%s); reading it from %s", self._prefix, exc,
                         store.remote.url)
             other = await store.confirm()
-            await store.fall_back(self._data_files, self._name)
+            await self._fall_back(store)
         else:
             if not isinstance(store, NearestStore):
                 return result
@@ -198,7 +213,7 @@ class CheckpointReader:
                 return result
             log.warning("%s was replaced remotely since the local tier's copy was drained; reading the remote one",
                         self._prefix)
-            await store.fall_back(self._data_files, self._name)
+            await self._fall_back(store)
         if other is not None:  # the remote checkpoint is another one: its index from now on
             view = memoryview(other)
             self._index = decode_index(lambda o, n: view[o : o + n], len(view))
@@ -206,6 +221,13 @@ class CheckpointReader:
                                               self._options)
             self._names = self._checkpoint._names
         return await self._checkpoint.read_boxes(requests, outs, progress)
+
+    async def _fall_back(self, store: NearestStore) -> None:
+        """Read everything from the remote prefix from now on (its data files listed)."""
+        if self._data_files is None:
+            self._data_files = {}
+        await store.fall_back(self._data_files, self._name)
+        self._checkpoint.relisted(self._data_files)
 
     def read_boxes_shared(self, requests: Sequence[tuple[str, BoxLike | None]],
                           outs: Sequence[np.ndarray | None] | None, process_group: Any) -> list[np.ndarray]:

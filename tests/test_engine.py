@@ -366,9 +366,10 @@ def test_box_runs_cover_every_row_of_a_box() -> None:
 
 def test_an_object_shrinking_under_an_open_reader_is_reported(base: str) -> None:
     """A data file replaced by a shorter one under an open reader: the reader's reads are
-    pinned to the version it listed, so it says the checkpoint changed (naming it); and the
-    fetch itself reports bytes missing from an object as truncation, naming tensor and file
-    (for stores without versions, or a file cut in place)."""
+    pinned to the version its first read met, so it says the checkpoint changed (naming it);
+    and the fetch itself reports bytes missing from an object as lying outside it, naming
+    tensor, file and the object's size as the answer stated it (a file cut in place, or a
+    read with no version pinned)."""
     from remoteckpt.engine.fetch import execute
     from remoteckpt.engine.ranges import Piece, coalesce
     from remoteckpt.storage import on_store
@@ -395,7 +396,8 @@ def test_an_object_shrinking_under_an_open_reader_is_reported(base: str) -> None
         await execute(store, coalesce(pieces, gap=0, max_length=2**20), {(0, 0): target},  # type: ignore[arg-type]
                       max_concurrency=1, describe=lambda piece: "tensor 'b' in ck")
 
-    with pytest.raises(remoteckpt.CorruptCheckpointError, match=r"'b'.*ck\.data-00000-of-00001 is truncated"):
+    with pytest.raises(remoteckpt.CorruptCheckpointError,
+                       match=rf"'b'.*bytes {size - 200}\.\.{size} lie outside .*ck\.data-00000-of-00001 \({size - 100} bytes\)"):
         on_store(base, fetch_past_the_end)
 
 

@@ -75,6 +75,7 @@ def _write_index(directory: Path, entries: dict[bytes, BundleEntry], header: Bun
     ([-1], 1, 4),                # negative dimension
     ([10**9], 7, 64),            # a billion strings in 64 bytes
     ([4], 1, 2**60),             # size far beyond the file
+    ([2**61], 7, 2**61 + 4),     # 2^61 strings: their array of objects beyond an address space
 ])
 def test_huge_claims_fail_before_allocating(tmp_path: Path, shape: list[int], dtype: int, size: int) -> None:
     entry = BundleEntry(dtype=dtype, size=size)
@@ -158,6 +159,31 @@ def _entry(dtype: int, shape: list[int], *, offset: int = 0, size: int = 0, shar
     for d in shape:
         entry.shape.dim.add(size=d)
     return entry
+
+
+@pytest.mark.parametrize("dtype,count", [(7, 10**8), (1, 2**28)], ids=["strings", "floats"])
+def test_a_claim_past_its_data_file_is_refused_without_filling_memory(tmp_path: Path, dtype: int,
+                                                                     count: int) -> None:
+    """A reader does not know its data files' sizes before their first answers.  An entry that
+    claims far more bytes than its 64-byte data file holds is refused naming tensor and file,
+    and nothing near its size is filled: 10^8 strings (an array of 10^8 objects and a
+    100 MB payload, were they allocated) are refused by one ranged read of the claim's last
+    byte first; a GiB of floats (whose output is only mapped) by the first answer."""
+    import tracemalloc
+
+    size = count + 4 if dtype == 7 else 4 * count
+    prefix = _write_index(tmp_path, {b"x": _entry(dtype, [count], size=size)})
+    reader = remoteckpt.CheckpointReader(prefix)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptCheckpointError, match=rf"'x'.*bytes 0\.\.{size} lie outside .*ck\.data-00000-of-00001 "
+                                                         r"\(64 bytes\)"):
+            reader.get_tensor("x")
+        touched = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        reader.close()
+    assert touched < (16 * 2**20 if dtype == 7 else 4 * count + 16 * 2**20)
 
 
 @pytest.mark.parametrize("shape", [[-1, 0], [0, -1], [-2, 0], [3, -1, 0]])

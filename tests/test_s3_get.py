@@ -284,6 +284,57 @@ def test_a_cut_body_resumes_pinned_to_its_version_through_aiobotocore(canned: Ca
     assert second["range"].startswith("bytes=12345-") and second["if-match"] == '"v9"'
 
 
+def _read(server: CannedServer, start: int, length: int, *, direct: bool, etag: str | None = None) -> Any:
+    """One read_scatter through `server`: its `ScatterResult`."""
+    async def go() -> Any:
+        store = open_store("s3://bucket/dir", _options(server))
+        assert isinstance(store, S3Store)
+        try:
+            if not direct:
+                store._direct_checked = True
+            return await store.read_scatter("obj", start, [(start, memoryview(bytearray(length)))], etag=etag)
+        finally:
+            await store.close()
+
+    return loop.run(go())
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "aiobotocore"])
+def test_a_read_reports_the_version_and_size_its_answer_states(canned: Callable[..., CannedServer],
+                                                                direct: bool) -> None:
+    """A 206 states the object's size after the slash of Content-Range, a 416 as ``bytes */N``."""
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        if _range(headers)[0] >= len(OBJECT):
+            body = b"<Error><Code>InvalidRange</Code><Message>canned</Message></Error>"
+            sock.sendall(f"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len(OBJECT)}\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        else:
+            partial(sock, headers, etag='"v3"')
+
+    server = canned(answer)
+    inside = _read(server, 100, 1000, direct=direct)
+    assert (inside.delivered, inside.etag, inside.size) == (1000, "v3", len(OBJECT))
+    across = _read(server, len(OBJECT) - 10, 1000, direct=direct)
+    assert (across.delivered, across.etag, across.size) == (10, "v3", len(OBJECT))
+    past = _read(server, len(OBJECT) + 10, 1000, direct=direct)
+    assert (past.delivered, past.etag, past.size) == (0, "", len(OBJECT))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "aiobotocore"])
+def test_a_pinned_read_answered_with_another_version_is_refused(canned: Callable[..., CannedServer],
+                                                                direct: bool) -> None:
+    """A server that ignores If-Match answers with the object's current version: the answer's
+    ETag is compared, and the read refused as the object changed."""
+    def answer(number: int, headers: dict[str, str], sock: socket.socket) -> None:
+        partial(sock, headers, etag='"v2"')
+
+    server = canned(answer)
+    assert _read(server, 0, 100, direct=direct, etag="v2").etag == "v2"
+    with pytest.raises(StorageError, match="changed while it was being read"):
+        _read(server, 0, 100, direct=direct, etag="v1")
+    assert server.requests[-1]["if-match"] == '"v1"'
+
+
 def test_tls_with_a_private_certificate_authority(canned: Callable[..., CannedServer], tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",

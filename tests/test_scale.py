@@ -27,7 +27,8 @@ def test_fleet_of_16_ranks_records_every_quantity(tmp_path: Path) -> None:
     record = json.loads(path.read_text())
     assert set(record["targets"]) == {"worker requests beyond its data parts", "coordinator LIST pages",
                                       "busiest key, requests/s (save)", "commit latency, s",
-                                      "index GETs per restoring rank", "HEADs per restoring rank"}
+                                      "index GETs per restoring rank", "HEADs per restoring rank",
+                                      "LIST pages per restoring rank", "busiest key, requests/s (restore)"}
     [run] = record["runs"]
     assert run["world"] == 16
     save, restore = run["save"], run["restore"]
@@ -44,6 +45,7 @@ def test_fleet_of_16_ranks_records_every_quantity(tmp_path: Path) -> None:
     assert save["proxy_cpu_seconds"] >= 0 and save["server_cpu_seconds"] >= 0
     assert save["slowdowns"] == restore["slowdowns"] == 0
     assert restore["rank_requests"]["index_gets"]["max"] == 1
+    assert restore["rank_requests"]["by_kind"]["LIST"]["max"] == restore["rank_requests"]["by_kind"]["HEAD"]["max"] == 0
     assert restore["rank_requests"]["data_gets"]["max"] >= 1
     assert restore["seconds"] > 0 and restore["busiest_keys"]
     assert set(run["verdicts"]) == set(record["targets"])

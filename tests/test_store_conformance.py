@@ -23,6 +23,7 @@ from remoteckpt.errors import (
     CorruptCheckpointError,
 )
 from remoteckpt.storage import Store, open_store
+from remoteckpt.storage.base import ScatterResult
 from remoteckpt.storage.s3 import PART_SIZE, S3Store
 
 
@@ -475,5 +476,28 @@ def test_a_copy_refuses_another_version_a_missing_source_or_missing_bytes(store_
         assert not await store.exists("dst")
         assert await store.pending_uploads() == []
         assert [k for k in await store.list() if k != "src"] == []
+
+    run(store_url, body)
+
+
+def test_reads_report_the_version_and_size_they_read(store_url: str) -> None:
+    """What a reader pins its later reads to: the etag `head` reports, and the object's size,
+    also from a read reaching past the end (and, where the backend states it, from one that
+    starts past the end)."""
+    async def body(store: Store) -> None:
+        first = await store.put("v", bytes(range(100)))
+        head = await store.head("v")
+        assert head is not None and head.etag == first
+        buf = memoryview(bytearray(10))
+        got = await store.read_scatter("v", 10, [(10, buf)])
+        assert (got.delivered, got.etag, got.size) == (10, first, 100)
+        got = await store.read_scatter("v", 95, [(95, buf)])
+        assert (got.delivered, got.etag, got.size) == (5, first, 100)
+        got = await store.read_scatter("v", 150, [(150, buf)])
+        assert got.delivered == 0 and got.etag in ("", first) and got.size == 100
+        second = await store.put("v", bytes(50))
+        got = await store.read_scatter("v", 0, [(0, buf)])
+        assert (got.etag, got.size) == (second, 50) and second != first
+        assert await store.read_scatter("v", 0, []) == ScatterResult(0, (), "", None)  # no request
 
     run(store_url, body)

@@ -86,6 +86,8 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "commit latency, s": ("<= 2", lambda run: (run["save"]["commit_latency_seconds"] or 1e9) <= 2.0),
     "index GETs per restoring rank": ("1", lambda run: run["restore"]["rank_requests"]["index_gets"]["max"] <= 1),
     "HEADs per restoring rank": ("0", lambda run: run["restore"]["rank_requests"]["by_kind"]["HEAD"]["max"] == 0),
+    "LIST pages per restoring rank": ("0", lambda run: run["restore"]["rank_requests"]["by_kind"]["LIST"]["max"] == 0),
+    "busiest key, requests/s (restore)": ("<= 100", lambda run: run["restore"]["busiest_keys"][0]["peak_per_s"] <= 100),
 }
 """What the design promises at 4,096 ranks: (the bound, as text; a check of one run)."""
 

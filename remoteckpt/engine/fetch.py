@@ -2,7 +2,9 @@
 
 `execute` runs the `ReadOp`s of `engine.ranges` concurrently (at most `max_concurrency` in
 flight), each as one `Store.read_scatter` into the views registered for its pieces, and
-returns the CRC32C of every piece, computed as it landed.  It checks that every piece was
+returns the CRC32C of every piece, computed as it landed.  Each request is pinned to the
+version of its data file that `versions` holds, and each answer's version is recorded there
+(`engine.versions`: the first answer for a file pins it).  It checks that every piece was
 delivered whole; verification against the index is the caller's.
 """
 
@@ -12,9 +14,10 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import CorruptCheckpointError
-from ..storage.base import Store
+from ..errors import CheckpointChangedError, CheckpointNotFoundError, CorruptCheckpointError
+from ..storage.base import ScatterResult, Store
 from .ranges import Piece, ReadOp
+from .versions import Versions
 
 PieceId = tuple[int, int]
 """(task, index) of a piece."""
@@ -22,23 +25,39 @@ PieceId = tuple[int, int]
 
 async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, memoryview], *,
                   max_concurrency: int, describe: Callable[[Piece], str],
-                  on_bytes: Callable[[int], None] | None = None,
-                  etags: Mapping[str, str] | None = None) -> dict[PieceId, int]:
-    """Fetch every op (from the version `etags` names for its object, if any); return
-    {piece id: crc32c of its bytes}.  Raises `CorruptCheckpointError` (naming the tensor via
-    `describe` and the file) if an object is shorter than planned."""
+                  on_bytes: Callable[[int], None] | None = None, versions: Versions | None = None,
+                  extent: Callable[[Piece], tuple[int, int]] | None = None) -> dict[PieceId, int]:
+    """Fetch every op (pinned to the version `versions` holds for its object, if any, and
+    recording the version each answer names there); return {piece id: crc32c of its bytes}.
+
+    Errors name the tensor (`describe` of a piece) and the file:
+    `CorruptCheckpointError` where an object ends before a piece planned in it: ``bytes A..B
+    lie outside FILE (N bytes)`` where the answer (or an earlier one) stated the object's
+    size N (A..B: `extent` of the piece, the bytes of its entry; else the piece's own), ``FILE
+    is truncated`` where none did; `CheckpointNotFoundError` ``data file missing: FILE`` for
+    an object that is not there, `CheckpointChangedError` if `versions` had pinned it (it
+    was deleted since) or an answer names another version than pinned."""
     slots = asyncio.Semaphore(max_concurrency)
     crcs: dict[PieceId, int] = {}
 
     async def run(op: ReadOp) -> None:
-        async with slots:
-            result = await store.read_scatter(op.key, op.start, [(p.offset, views[p.task, p.index]) for p in op.pieces],
-                                              etag=(etags or {}).get(op.key))
+        file = store.describe(op.key)
+        try:
+            async with slots:
+                result = await store.read_scatter(op.key, op.start,
+                                                  [(p.offset, views[p.task, p.index]) for p in op.pieces],
+                                                  etag=versions.etag(op.key) if versions is not None else None)
+        except CheckpointChangedError:
+            raise
+        except CheckpointNotFoundError as exc:
+            if versions is not None and versions.etag(op.key) is not None:
+                raise CheckpointChangedError(f"{file} was deleted while it was being read") from exc
+            raise CheckpointNotFoundError(f"{describe(op.pieces[0])}: data file missing: {file}") from exc
+        if versions is not None:
+            versions.observe(op.key, result, file)
         if result.delivered != sum(p.length for p in op.pieces):
-            short = next((p for p in op.pieces if p.end > op.start + result.delivered), op.pieces[-1])
-            raise CorruptCheckpointError(
-                f"{describe(short)}: {store.describe(op.key)} is truncated "
-                f"(bytes {op.start}..{op.end} requested, {result.delivered} delivered)")
+            raise _short(op, result, versions.size(op.key) if versions is not None else result.size, file,
+                         describe, extent)
         for piece, crc in zip(op.pieces, result.crcs):
             crcs[piece.task, piece.index] = crc
         if on_bytes is not None:
@@ -46,6 +65,19 @@ async def execute(store: Store, ops: Sequence[ReadOp], views: Mapping[PieceId, m
 
     await gather_or_cancel([asyncio.ensure_future(run(op)) for op in ops])
     return crcs
+
+
+def _short(op: ReadOp, result: ScatterResult, size: int | None, file: str, describe: Callable[[Piece], str],
+           extent: Callable[[Piece], tuple[int, int]] | None) -> CorruptCheckpointError:
+    """The error for an answer that delivered fewer bytes than `op` planned."""
+    if size is None:
+        size = result.size
+    short = next((p for p in op.pieces if p.end > op.start + result.delivered), op.pieces[-1])
+    if size is not None and size < short.end:
+        lo, hi = extent(short) if extent is not None else (short.offset, short.end)
+        return CorruptCheckpointError(f"{describe(short)}: bytes {lo}..{hi} lie outside {file} ({size} bytes)")
+    return CorruptCheckpointError(f"{describe(short)}: {file} is truncated "
+                                  f"(bytes {op.start}..{op.end} requested, {result.delivered} delivered)")
 
 
 async def gather_or_cancel(tasks: Sequence[asyncio.Future[Any]]) -> None:

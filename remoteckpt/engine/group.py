@@ -51,19 +51,19 @@ import concurrent.futures
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, CorruptCheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.coding import crc32c_combine, unmask_crc
 from . import loop
 from .budget import MemoryBudget, process_budget
-from .fetch import execute, gather_or_cancel
+from .fetch import gather_or_cancel
 from .ranges import Piece, coalesce
-from .read import BoxLike, OpenCheckpoint, ReadPlan, _byteswap, _Part
+from .read import BoxLike, OpenCheckpoint, ReadPlan, SizesNeeded, _byteswap, _Part
 from .segment import Segment, layout, open_segment, unlink_segment
 from .share import Transfer, Unit, pack, plan_sharing, unpack
 
@@ -274,7 +274,11 @@ def _read_shared(checkpoint: OpenCheckpoint, requests: Sequence[tuple[str, BoxLi
     needs: _Needs | None = None
     error: Exception | None = None
     try:
-        plan = checkpoint.plan_boxes(requests, outs)
+        try:
+            plan = checkpoint.plan_boxes(requests, outs, learn=True)
+        except SizesNeeded as needed:  # one ranged read per data file (see `engine.read.UNSIZED_CLAIM`)
+            loop.run(_explained(checkpoint, checkpoint.learn_sizes(needed.entries)))
+            plan = checkpoint.plan_boxes(requests, outs)
         direct = sum(p.entry.size for p in plan.direct)
         staging = _staging_bytes(plan)
         # A temporary buffer holds one transfer of several units (at most `read_chunk`), all of them this rank's.
@@ -395,8 +399,25 @@ async def _fetch_owned(checkpoint: OpenCheckpoint, mine: list[Transfer], needs: 
     await gather_or_cancel([asyncio.ensure_future(one(t)) for t in mine])
 
 
+async def _explained(checkpoint: OpenCheckpoint, work: Awaitable[None]) -> None:
+    """Await `work` (reads of `checkpoint`); damage or a data file missing found while the index
+    was replaced is raised as the checkpoint replaced (`OpenCheckpoint.replaced`)."""
+    try:
+        await work
+    except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+        changed = await checkpoint.replaced(exc)
+        if changed is None:
+            raise
+        raise changed from exc
+
+
 async def _fetch_transfer(checkpoint: OpenCheckpoint, t: Transfer, needs: _Needs,
                           target_of: Callable[[Unit], np.ndarray]) -> None:
+    await _explained(checkpoint, _fetch_transfer_bytes(checkpoint, t, needs, target_of))
+
+
+async def _fetch_transfer_bytes(checkpoint: OpenCheckpoint, t: Transfer, needs: _Needs,
+                                target_of: Callable[[Unit], np.ndarray]) -> None:
     options = checkpoint._options
     pieces: list[Piece] = []
     views: dict[tuple[int, int], memoryview] = {}
@@ -408,11 +429,8 @@ async def _fetch_transfer(checkpoint: OpenCheckpoint, t: Transfer, needs: _Needs
             pieces.append(Piece(key, start, n, task, index))
             views[task, index] = target.data[start - offset : start - offset + n]
     ops = coalesce(pieces, gap=0, max_length=max(options.read_chunk, t.length))
-    files = checkpoint._data_files
-    crcs = await execute(checkpoint._store, ops, views, max_concurrency=options.max_concurrency,
-                         describe=lambda piece: f"tensor {needs.units[t.units[piece.task]].name!r} "
-                                                f"in {checkpoint._prefix}",
-                         etags={k: i.etag for k, i in files.items() if i.etag})
+    crcs = await checkpoint.fetch(ops, views, lambda piece: f"tensor {needs.units[t.units[piece.task]].name!r} "
+                                                            f"in {checkpoint._prefix}")
     for task, unit in enumerate(t.units):
         crc = 0
         for index, start in enumerate(range(unit[1], unit[1] + unit[2], options.read_chunk)):

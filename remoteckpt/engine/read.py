@@ -3,8 +3,13 @@
     resolve   each requested (tensor, box) -> the stored boxes that intersect it (a tensor's
               stored boxes are decoded and checked for overlaps once per checkpoint opened,
               then searched as arrays: a million slices cost seconds once, not every read)
-    check     every entry against its data file's size (as listed when the checkpoint was
-              opened) and the tensor's dtype and shape, before anything is allocated
+    check     every entry against the tensor's dtype and shape, and against its data file's
+              size where it is known (listed when the checkpoint was opened, or stated by an
+              earlier answer: `engine.versions`), before anything is allocated; where it is
+              not, a claim that would fill memory (a string entry above `UNSIZED_CLAIM`, an
+              output the process cannot allocate) waits for one ranged read of the claim's
+              last byte, which states the size (a hostile index cannot make a reader fill
+              memory for bytes its data file does not hold)
     plan      (`engine.ranges`) entries that fill a contiguous region of an output array are
               read straight into it, split into pieces and coalesced with their neighbours
               across tensors; any other part of an entry (a partial box, or a region of the
@@ -13,8 +18,12 @@
               just the chunks holding the box where the entry has remoteckpt's per-chunk CRCs,
               else the whole entry in order, through its one CRC (a row of a 4 GiB
               TensorFlow-written tensor costs 4 GiB of reads, never more memory than the budget)
-    fetch     (`engine.fetch`) every read pinned to the data file's listed version
-    verify    every byte returned against a CRC32C
+    fetch     (`engine.fetch`) every read pinned to the data file's version: the first answer
+              for a file pins it, later reads carry it (``If-Match``), every answer must name it
+    verify    every byte returned against a CRC32C; a mismatch (or a data file missing, or
+              one ending early) while the index is no longer the version read is reported as
+              the checkpoint replaced (`CheckpointChangedError`: one HEAD of the index, on
+              that error path only), never as damage
 
 The same shape as the save path (`engine.plan` -> `engine.write`): a pure plan, then an
 executor that moves bytes.
@@ -23,6 +32,7 @@ executor that moves bytes.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -38,7 +48,15 @@ from ..errors import (
     ShapeMismatchError,
     TensorNotFoundError,
 )
-from ..format.bundle import BundleEntry, BundleIndex, check_shape, data_filename, entry_boxes, entry_shape
+from ..format.bundle import (
+    BundleEntry,
+    BundleIndex,
+    check_shape,
+    data_filename,
+    entry_boxes,
+    entry_shape,
+    index_filename,
+)
 from ..format.coding import crc32c_combine, unmask_crc
 from ..format.overlap import find_overlap
 from ..format.payload import decode_strings
@@ -47,9 +65,10 @@ from ..options import IOOptions
 from ..progress import ProgressCallback, Reporter
 from ..storage import ObjectInfo, Store
 from .budget import MemoryBudget, process_budget
-from .fetch import execute, gather_or_cancel
+from .fetch import PieceId, execute, gather_or_cancel
 from .hostcache import Check, host_cache
-from .ranges import Piece, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
+from .ranges import Piece, ReadOp, RowBlock, box_byte_runs, chunk_spans, coalesce, row_blocks
+from .versions import Versions
 
 OnBytes = Callable[[int], None] | None
 
@@ -63,6 +82,22 @@ in flight (fetched while earlier ones are copied out), within the budget."""
 
 MIN_STREAM_BLOCK = 256 * 1024
 """Smallest block a buffered read streams with (a tiny budget would otherwise mean tiny reads)."""
+
+UNSIZED_CLAIM = 64 * 2**20
+"""Bytes a read fills for a string entry (its payload and its array of objects) whose data
+file's size it does not know yet: above this, the size is learned first (one ranged read of
+the entry's last byte).  Numeric outputs need no such step: their memory is only mapped until
+bytes land in it, and an entry outside its file is refused by the first answer (S3's 416, a
+short read); one the process cannot even allocate waits for the size the same way."""
+
+
+class SizesNeeded(Exception):
+    """`OpenCheckpoint.plan_boxes(learn=True)` needs these data files' sizes before it
+    allocates: {data file key: (tensor name, the entry reaching furthest into it)}."""
+
+    def __init__(self, entries: dict[str, tuple[str, BundleEntry]]) -> None:
+        super().__init__(f"the sizes of {sorted(entries)} are needed")
+        self.entries = entries
 
 
 def _byteswap(array: np.ndarray) -> None:
@@ -102,22 +137,32 @@ def decode_name(key: bytes) -> str:
 
 @dataclass
 class OpenCheckpoint:
-    """A checkpoint as opened: its store, its decoded index and its data files as listed (sizes
-    and versions), with what the reads learn about its tensors' layout.  `read_boxes` runs the
-    pipeline of the module docstring."""
+    """A checkpoint as opened: its store, its decoded index (and the etag of the index's
+    version, "" where unknown), its data files as listed (sizes and versions) or None where
+    they were not listed, with what the reads learn about its tensors' layout and its data
+    files' versions (`versions`).  `read_boxes` runs the pipeline of the module docstring."""
 
     _store: Store
     _index: BundleIndex
     _prefix: str
     _name: str
-    _data_files: dict[str, ObjectInfo]
+    _data_files: dict[str, ObjectInfo] | None
     _options: IOOptions
+    _index_etag: str = ""
     _stored_boxes: dict[bytes, Boxes] = field(default_factory=dict)
     _layouts: dict[bytes, tuple[tuple[int, ...], np.dtype, Boxes | None]] = field(default_factory=dict)
     _names: dict[str, bytes] = field(default_factory=dict)
+    versions: Versions = field(init=False)
 
     def __post_init__(self) -> None:
         self._names = {decode_name(k): k for k in self._index.tensor_keys(self._boxes)}
+        self.versions = Versions(self._data_files)
+
+    def relisted(self, data_files: dict[str, ObjectInfo]) -> None:
+        """The data files were listed again (a local tier's reader falling back to the remote
+        prefix): read those versions from now on."""
+        self._data_files = data_files
+        self.versions.reset(data_files)
 
     def entry(self, name: str) -> tuple[bytes, BundleEntry]:
         key = self._names.get(name)
@@ -130,37 +175,118 @@ class OpenCheckpoint:
                          progress: ProgressCallback | None = None) -> list[np.ndarray]:
         """Read every (name, box or None for all) request; `outs` are optional caller-owned
         destination arrays (shape and dtype must match); `progress` gets ``read`` events."""
-        plan = self.plan_boxes(requests, outs)
-        reporter = Reporter(progress, self._prefix)
-        on_bytes = (lambda n: reporter.add("read", n, plan.total)) if reporter else None
-        budget = process_budget(self._options.memory_budget)
-        await asyncio.gather(self._read_direct(plan.direct, on_bytes),
-                             *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in plan.buffered))
+        try:
+            try:
+                plan = self.plan_boxes(requests, outs, learn=True)
+            except SizesNeeded as needed:
+                await self.learn_sizes(needed.entries)
+                plan = self.plan_boxes(requests, outs)
+            reporter = Reporter(progress, self._prefix)
+            on_bytes = (lambda n: reporter.add("read", n, plan.total)) if reporter else None
+            budget = process_budget(self._options.memory_budget)
+            await asyncio.gather(self._read_direct(plan.direct, on_bytes),
+                                 *(self._read_buffered(p, blocks, budget, on_bytes) for p, blocks in plan.buffered))
+        except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+            changed = await self.replaced(exc)
+            if changed is None:
+                raise
+            raise changed from exc
         return plan.results
 
+    async def replaced(self, exc: CheckpointError) -> CheckpointChangedError | None:
+        """`CheckpointChangedError` for `exc` (damage, a data file missing or ending early,
+        found reading) if the index is no longer the version this reader read: then the
+        checkpoint was replaced or deleted meanwhile, and the data files met are the new
+        one's.  One HEAD of the index, on this error path only; None if it is unchanged (or
+        its version unknown, or `exc` is about a name, not the bytes)."""
+        if not self._index_etag or isinstance(exc, TensorNotFoundError):
+            return None
+        try:
+            info = await self._store.head(index_filename(self._name))
+        except CheckpointError:
+            return None  # the error found stands; the index cannot be looked at
+        if info is not None and info.etag == self._index_etag:
+            return None
+        now = "deleted" if info is None else "replaced"
+        return CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
+                                      f"(its index was {now}; {exc}); open it again")
+
     def plan_boxes(self, requests: Sequence[tuple[str, BoxLike | None]],
-                   outs: Sequence[np.ndarray | None] | None = None) -> ReadPlan:
+                   outs: Sequence[np.ndarray | None] | None = None, *, learn: bool = False) -> ReadPlan:
         """Resolve and check every request and allocate its output (the caller's where given):
-        the parts `read_boxes` then fetches, nothing read yet."""
+        the parts `read_boxes` then fetches, nothing read yet.  With `learn`, `SizesNeeded`
+        is raised before allocating for entries whose data files' sizes must be known first
+        (see `UNSIZED_CLAIM`): `learn_sizes`, then plan again (without `learn`)."""
         outs = list(outs) if outs is not None else [None] * len(requests)
         resolved = [self._resolve(name, box) for name, box in requests]
+        checked = [[(self._checked_entry(name, k, b, e, dtype), b, p) for b, k, e, p in stored]
+                   for name, dtype, _, stored in resolved]
+        if learn:
+            claims = {}
+            for (name, dtype, _, _), mine in zip(resolved, checked):
+                if dtype.kind == "O":
+                    claims.update(self._unsized(name, [e for (e, _), _, _ in mine],
+                                                lambda e: e.size + 8 * math.prod(entry_shape(e)) > UNSIZED_CLAIM))
+            if claims:
+                raise SizesNeeded(claims)
         results = []
         parts: list[_Part] = []
-        for (name, dtype, request, stored), out in zip(resolved, outs):
-            checked = [(self._checked_entry(name, k, b, e, dtype), b, p) for b, k, e, p in stored]
+        for (name, dtype, request, _), mine, out in zip(resolved, checked, outs):
             if out is None:
-                out = np.empty(request.size, dtype=dtype)
+                try:
+                    out = np.empty(request.size, dtype=dtype)
+                except (MemoryError, ValueError) as exc:  # ValueError: beyond the address space
+                    unsized = self._unsized(name, [e for (e, _), _, _ in mine], lambda e: True) if learn else {}
+                    if unsized:  # perhaps a hostile claim: is the entry inside its file at all?
+                        raise SizesNeeded(unsized) from None
+                    if isinstance(exc, MemoryError):
+                        raise
+                    raise CorruptCheckpointError(f"tensor {name!r} in {self._prefix}: {request.num_elements} "
+                                                 f"elements of {dtype} cannot be allocated ({exc})") from None
             elif out.shape != tuple(request.size) or out.dtype != dtype:
                 raise ShapeMismatchError(
                     f"tensor {name!r} in {self._prefix}: the output array is {out.dtype}{list(out.shape)}, "
                     f"the checkpoint holds {dtype}{list(request.size)}")
             results.append(out)
-            parts += [_Part(name, e, data_key, b, p, request, out) for (e, data_key), b, p in checked]
+            parts += [_Part(name, e, data_key, b, p, request, out) for (e, data_key), b, p in mine]
         direct = [p for p in parts if self._is_direct(p)]
         buffered = [(p, self._blocks(p)) for p in parts if not self._is_direct(p)]
         total = sum(p.entry.size for p in direct)
         total += sum(hi - lo for _, blocks in buffered for _, spans in blocks for lo, hi in spans)
         return ReadPlan(results, direct, buffered, total)
+
+    def _unsized(self, name: str, entries: Sequence[BundleEntry], claims: Callable[[BundleEntry], bool]
+                 ) -> dict[str, tuple[str, BundleEntry]]:
+        """Of tensor `name`'s `entries`, those that `claims` picks, in data files whose size is
+        not known: {data file key: (name, the entry reaching furthest into it)}."""
+        out: dict[str, tuple[str, BundleEntry]] = {}
+        for entry in entries:
+            key = data_filename(self._name, entry.shard_id, self._index.num_shards)
+            if entry.size <= 0 or self.versions.size(key) is not None or not claims(entry):
+                continue
+            other = out.get(key)
+            if other is None or other[1].offset + other[1].size < entry.offset + entry.size:
+                out[key] = (name, entry)
+        return out
+
+    async def learn_sizes(self, entries: Mapping[str, tuple[str, BundleEntry]]) -> None:
+        """The size of each data file of `entries` (key -> (tensor name, entry)), from one
+        ranged read of the entry's last byte, pinned and recorded as any read (`versions`):
+        an entry reaching past the end of its file is refused here, before anything is
+        allocated for it."""
+        pieces: list[Piece] = []
+        views: dict[PieceId, memoryview] = {}
+        named = sorted(entries.items())
+        for task, (key, (_, entry)) in enumerate(named):
+            pieces.append(Piece(key, entry.offset + entry.size - 1, 1, task, 0))
+            views[task, 0] = memoryview(bytearray(1))
+
+        def extent(piece: Piece) -> tuple[int, int]:
+            entry = named[piece.task][1][1]
+            return entry.offset, entry.offset + entry.size
+
+        await self.fetch(coalesce(pieces, gap=0, max_length=1), views,
+                         lambda piece: f"tensor {named[piece.task][1][0]!r} in {self._prefix}", extent=extent)
 
     def _resolve(self, name: str, box: BoxLike | None
                  ) -> tuple[str, np.dtype, Box, list[tuple[Box, bytes, BundleEntry, Box]]]:
@@ -239,18 +365,19 @@ class OpenCheckpoint:
     def _checked_entry(self, name: str, key: bytes, box: Box, entry: BundleEntry,
                        dtype: np.dtype) -> tuple[BundleEntry, str]:
         """The entry and its data file's key, after checking that it agrees with the tensor
-        and lies inside its data file (as listed when the reader opened)."""
+        and lies inside its data file where its size is known (listed when the reader
+        opened, or stated by an earlier answer)."""
         where = f"tensor {name!r} in {self._prefix}"
         tensor_dtype = self._index.entries[self._names[name]].dtype
         if entry.slices or entry.dtype != tensor_dtype or entry_shape(entry) != tuple(box.size):
             raise CorruptCheckpointError(f"{where}: slice entry {box.spec()} disagrees with the tensor")
         data_key = data_filename(self._name, entry.shard_id, self._index.num_shards)
         file = self._store.describe(data_key)
-        listed = self._data_files.get(data_key)
-        if listed is None:
+        pin = self.versions.pin(data_key)
+        if pin is None and self.versions.complete:
             raise CheckpointNotFoundError(f"{where}: data file missing: {file}")
-        file_size = listed.size
-        if entry.offset + entry.size > file_size:
+        file_size = None if pin is None else pin.size
+        if file_size is not None and entry.offset + entry.size > file_size:
             raise CorruptCheckpointError(
                 f"{where}: bytes {entry.offset}..{entry.offset + entry.size} lie outside {file} ({file_size} bytes)")
         count = box.num_elements
@@ -300,13 +427,14 @@ class OpenCheckpoint:
     async def _fetch(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
                      parts: Mapping[int, _Part], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
         cache = host_cache(self._options.host_cache, self._options.host_cache_bytes)
-        if cache is None:
+        if cache is None or self._data_files is None:  # a cache names its files by listed versions
             return await self._fetch_store(pieces, views, parts, on_bytes)
+        data_files = self._data_files
         expected = {(q.task, q.index): check for q in pieces
                     if (check := self._piece_check(parts[q.task], q)) is not None}
 
         def version(key: str) -> str:
-            info = self._data_files[key]
+            info = data_files[key]
             return f"{self._store.describe(key)}\0{info.etag or f'{info.size}:{info.mtime}'}"
 
         crcs = await cache.fetch(pieces, views, expected, version,
@@ -341,16 +469,26 @@ class OpenCheckpoint:
     async def _fetch_store(self, pieces: list[Piece], views: dict[tuple[int, int], memoryview],
                            parts: Mapping[int, _Part], on_bytes: OnBytes) -> dict[tuple[int, int], int]:
         ops = coalesce(pieces, gap=self._options.coalesce_gap, max_length=self._options.read_chunk)
+
+        def extent(piece: Piece) -> tuple[int, int]:
+            entry = parts[piece.task].entry
+            return entry.offset, entry.offset + entry.size
+
+        return await self.fetch(ops, views, lambda piece: f"tensor {parts[piece.task].name!r} in {self._prefix}",
+                                on_bytes, extent)
+
+    async def fetch(self, ops: Sequence[ReadOp], views: Mapping[PieceId, memoryview],
+                    describe: Callable[[Piece], str], on_bytes: OnBytes = None,
+                    extent: Callable[[Piece], tuple[int, int]] | None = None) -> dict[PieceId, int]:
+        """`engine.fetch.execute` on this checkpoint's store, every request pinned to its data
+        file's version (`versions`); a version that changed is reported as the checkpoint
+        replaced or deleted while it was being read."""
         try:
             return await execute(self._store, ops, views, max_concurrency=self._options.max_concurrency,
-                                 describe=lambda piece: f"tensor {parts[piece.task].name!r} in {self._prefix}",
-                                 on_bytes=on_bytes, etags={k: i.etag for k, i in self._data_files.items() if i.etag})
+                                 describe=describe, on_bytes=on_bytes, versions=self.versions, extent=extent)
         except CheckpointChangedError as exc:
             raise CheckpointChangedError(f"checkpoint {self._prefix} was replaced or deleted while it was being read "
                                          f"({exc}); open it again") from exc
-        except CheckpointNotFoundError as exc:
-            raise CheckpointChangedError(
-                f"checkpoint {self._prefix} was deleted while it was being read ({exc})") from exc
 
     async def _read_direct(self, parts: list[_Part], on_bytes: OnBytes) -> None:
         """Whole entries straight into their regions of the output arrays, in one plan."""

@@ -6,11 +6,12 @@ reads), straight into the destination tensor when it is a CPU tensor of the stor
 any world size and sharding can load any checkpoint.  A bundle without ``_DCP_METADATA``
 (written by TensorFlow or `remoteckpt.save`) loads too: its metadata is derived from the index.
 
-Every rank needs the whole index (and the list of data files, for their sizes and versions).
-DCP calls `read_metadata` on every rank and offers no hook to read it once, so with
-``process_group=`` the reader does it itself: the group's rank 0 lists the data files and
-fetches the index, and broadcasts both (or its error) to the others, which read nothing but
-their boxes.  One index read per job instead of one per rank.  The data too is then read
+Every rank needs the whole index.  DCP calls `read_metadata` on every rank and offers no hook
+to read it once, so with ``process_group=`` the reader does it itself: the group's rank 0
+fetches the index and broadcasts it (with its version, and the data files' listing where its
+reader made one: `CheckpointReader`), or its error, to the others, which read nothing but their
+boxes, each pinning the data files' versions as its reads meet them.  One index read per job
+instead of one per rank.  The data too is then read
 once per group (`engine.group`): every byte range that any rank needs is fetched by one rank
 and sent to the others that need it (data-parallel replicas restore one copy from storage).
 """
@@ -83,12 +84,17 @@ def metadata_from_index(reader: CheckpointReader) -> Metadata:
                     version=DCP_VERSION)
 
 
-class _SharedReader(CheckpointReader):
-    """A `CheckpointReader` whose index and data file listing are another rank's: `shared` is
-    (index bytes, listing), or None to read them as any reader does and keep them in `shared`
-    (the index encoded again) for the others."""
+Shared = tuple[bytes, list[ObjectInfo] | None, str]
+"""What rank 0 sends the others: the index (encoded again), the data files as listed (None:
+not listed) and the etag of the index's version."""
 
-    def __init__(self, prefix: str, shared: tuple[bytes, list[ObjectInfo]] | None, *,
+
+class _SharedReader(CheckpointReader):
+    """A `CheckpointReader` whose index (and data file listing, where there is one) are another
+    rank's: `shared` is a `Shared`, or None to read them as any reader does and keep them in
+    `shared` for the others."""
+
+    def __init__(self, prefix: str, shared: Shared | None, *,
                  storage_options: dict[str, Any] | None, options: IOOptions) -> None:
         self.shared = shared
         super().__init__(prefix, storage_options=storage_options, options=options)
@@ -98,12 +104,13 @@ class _SharedReader(CheckpointReader):
             store, index = await super()._open(prefix, storage_options)
             out = io.BytesIO()
             encode_index(index.header, index.entries, out)
-            self.shared = (out.getvalue(), list(self._data_files.values()))
+            listed = None if self._data_files is None else list(self._data_files.values())
+            self.shared = (out.getvalue(), listed, self._index_etag)
             return store, index
-        data, listing = self.shared
+        data, listing, self._index_etag = self.shared
         directory, name = split_prefix(prefix)
         store = open_store(directory, storage_options, self._options)
-        self._data_files = {i.key: i for i in listing}
+        self._data_files = None if listing is None else {i.key: i for i in listing}
         view = memoryview(data)
         try:
             return store, decode_index(lambda o, n: view[o : o + n], len(view))
@@ -119,10 +126,10 @@ class StorageReader(AtPrefix, _DCPStorageReader):
     `remoteckpt.CheckpointReader` (opened on first use).
 
     `process_group` (``torch.distributed.group.WORLD`` for the default group): the group's rank
-    0 alone reads the index and lists the data files, and broadcasts them to the others in
-    `read_metadata`; every rank of the group must then load with such a reader, as
-    ``dcp.load`` does (its collectives need every rank anyway).  Not for a load of one rank
-    alone (``no_dist=True``) in a job whose group is up: it would wait for the others.
+    0 alone reads the index and broadcasts it to the others in `read_metadata`; every rank
+    of the group must then load with such a reader, as ``dcp.load`` does (its collectives
+    need every rank anyway).  Not for a load of one rank alone (``no_dist=True``) in a job
+    whose group is up: it would wait for the others.
     With it, each byte range is also fetched by one rank of the group only and sent to the
     others that need it (`remoteckpt.engine.group`).
 

@@ -12,7 +12,10 @@ Contract, per method (every backend passes `tests/test_store_conformance.py`):
   delivered, which the caller checks.  A zero-length read issues no request.
 - Every object has an *etag*, the identity of one version of it: S3's ETag (unquoted), on local
   disk ``inode.mtime_ns.size`` (a replaced file is a new inode).  `head`, `list_info`,
-  `get_object` and a committed writer report it; it is never assumed to be a digest.
+  `get_object`, `read_scatter` and a committed writer report it; it is never assumed to be a
+  digest.  `read_scatter` reports the version its bytes came from and the object's size as
+  the answer stated it (`ScatterResult`), so that a reader can pin every later read of the
+  object to the version its first read met, without listing or HEAD first.
 - `writer(key)` streams one object.  Nothing is visible at `key` until `commit()` returns, and
   then the whole object is (local: temp file, fsync, rename, fsync of the directory; S3: one
   PUT or one CompleteMultipartUpload); the writer's `etag` is then the new version's.
@@ -68,11 +71,24 @@ class ByteRange:
 
 @dataclass(frozen=True)
 class ScatterResult:
-    """What `Store.read_scatter` delivered: bytes in all, and the CRC32C of each target as
-    filled (computed while the bytes were in cache, by whichever thread moved them)."""
+    """What `Store.read_scatter` delivered: bytes in all, the CRC32C of each target as filled
+    (computed while the bytes were in cache, by whichever thread moved them), and the version
+    read: its `etag` (as `head` reports it) and `size`, the whole object's length as the
+    answer stated it (S3: after the slash of Content-Range; local disk: ``fstat`` of the file
+    read).  A range reaching past the end of the object delivers fewer bytes (none when it
+    starts at or past the end) and still states `size` where the backend can (S3's 416
+    answers ``Content-Range: bytes */N``).  `etag` is "" only when the answer named no
+    version (S3's 416, or no request sent); `size` None when it stated no length."""
 
     delivered: int
     crcs: tuple[int, ...]
+    etag: str
+    size: int | None
+
+    @staticmethod
+    def nothing(targets: Sequence[tuple[int, memoryview]]) -> "ScatterResult":
+        """The result of a read that sent no request (empty targets)."""
+        return ScatterResult(0, tuple(0 for _ in targets), "", None)
 
 
 PROBE_PREFIX = ".remoteckpt-probe-"
@@ -220,8 +236,10 @@ class Store(abc.ABC):
         """Fill every ``(offset, view)`` of `targets` (sorted, disjoint, none before `start`)
         from `key`, in one request where the backend allows (bytes between targets are
         discarded).  `delivered` is the sum of the views' lengths unless the object ends
-        early; `crcs` are the CRC32C of each view's bytes.  No request for empty targets.
-        With `etag`, the bytes come from that version or `CheckpointChangedError` is raised."""
+        early; `crcs` are the CRC32C of each view's bytes; `etag` and `size` the version the
+        bytes came from (see `ScatterResult`).  No request for empty targets.  With `etag`,
+        the bytes come from that version or `CheckpointChangedError` is raised (also where a
+        server ignores ``If-Match``: the answer's own ETag is compared)."""
 
     @abc.abstractmethod
     def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,

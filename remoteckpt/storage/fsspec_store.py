@@ -77,16 +77,25 @@ class FsspecStore(Store):
 
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
                            etag: str | None = None) -> ScatterResult:
+        """The object's version and size are its `head`'s, looked at before the bytes are
+        read: a generic filesystem offers no ranged read pinned to a version, so this
+        narrows a race with a replacement without closing it (`capabilities`)."""
         end = max((offset + len(view) for offset, view in targets), default=start)
         if end <= start:  # an empty range would fetch the whole object on S3
-            return ScatterResult(0, tuple(0 for _ in targets))
-        if etag is not None and ((head := await self.head(key)) is None or head.etag != etag):
+            return ScatterResult.nothing(targets)
+        head = await self.head(key)
+        if head is None:
+            raise CheckpointNotFoundError(f"{self.describe(key)}: no such file or object")
+        if etag is not None and head.etag != etag:
             raise CheckpointChangedError(f"{self.describe(key)} changed while it was being read")
+        if start >= head.size:  # nothing there to read
+            return ScatterResult(0, tuple(0 for _ in targets), head.etag, head.size)
         try:
-            data = await self._call("cat_file", self.path(key), start=start, end=end)
+            data = await self._call("cat_file", self.path(key), start=start, end=min(end, head.size))
         except Exception as exc:
             raise translate(exc, self.describe(key)) from exc
-        return _scatter(memoryview(data), start, targets)
+        found = _scatter(memoryview(data), start, targets)
+        return ScatterResult(found.delivered, found.crcs, head.etag, head.size)
 
     def writer(self, key: str, *, exclusive: bool = False, if_match: str | None = None,
                size_hint: int | None = None) -> ObjectWriter:
@@ -142,13 +151,14 @@ class FsspecStore(Store):
 
 
 def _scatter(data: memoryview, start: int, targets: Sequence[tuple[int, memoryview]]) -> ScatterResult:
+    """`data` (the object's bytes from `start` on) copied into the targets (no version)."""
     delivered, crcs = 0, []
     for offset, view in targets:
         chunk = data[offset - start : offset - start + len(view)]
         view[: len(chunk)] = chunk
         delivered += len(chunk)
         crcs.append(crc32c(chunk))
-    return ScatterResult(delivered, tuple(crcs))
+    return ScatterResult(delivered, tuple(crcs), "", None)
 
 
 def _info(key: str, info: dict[str, Any]) -> ObjectInfo:

@@ -93,10 +93,12 @@ def _pread_all(fd: int, start: int, out: memoryview) -> int:
 
 def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]], etag: str | None) -> ScatterResult:
     """Straight into the caller's buffers (no intermediate copy), each checksummed right
-    after it lands, in this worker thread, while it is in cache."""
+    after it lands, in this worker thread, while it is in cache.  The version is the open
+    file's (``fstat``): a file replaced meanwhile is another inode, and this one is read."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        if etag is not None and etag_of(os.fstat(fd)) != etag:
+        st = os.fstat(fd)
+        if etag is not None and etag_of(st) != etag:
             raise CheckpointChangedError(f"{path} changed while it was being read (replaced or deleted: "
                                          "open the checkpoint again)")
         total, crcs = 0, []
@@ -104,7 +106,7 @@ def _pread_scatter(path: str, targets: Sequence[tuple[int, memoryview]], etag: s
             n = _pread_all(fd, offset, view)
             total += n
             crcs.append(crc32c(view[:n]))
-        return ScatterResult(total, tuple(crcs))
+        return ScatterResult(total, tuple(crcs), etag_of(st), st.st_size)
     finally:
         os.close(fd)
 
@@ -283,6 +285,8 @@ class LocalStore(Store):
 
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
                            etag: str | None = None) -> ScatterResult:
+        if max((offset + len(view) for offset, view in targets), default=start) <= start:
+            return ScatterResult.nothing(targets)
         try:
             return await asyncio.to_thread(_pread_scatter, str(self.path(key)), targets, etag)
         except Exception as exc:

@@ -11,8 +11,13 @@
 A body cut mid-transfer is resumed from its first missing byte with ``If-Match`` on the ETag
 of the bytes already received, so a resumed read never mixes two versions of an object; a
 caller that pins a version (`etag`) gets `CheckpointChangedError` if the object is no longer
-it.  An answer must be the range asked for: a 206 whose Content-Range starts elsewhere, or a
-200 carrying more than the range (a server that ignored the Range header), is refused.
+it (a 412, or an answer naming another ETag: some servers ignore ``If-Match``).  An answer
+must be the range asked for: a 206 whose Content-Range starts elsewhere, or a 200 carrying
+more than the range (a server that ignored the Range header), is refused.
+
+Every read reports the version it read (the answer's ETag) and the object's size (after the
+slash of a 206's Content-Range, a 200's length, or a 416's ``bytes */N``): the caller pins its
+later reads of the object to the first one's and refuses a range past the end by the size.
 """
 
 from __future__ import annotations
@@ -74,6 +79,18 @@ class ScatterSink:
         self._filled = [0] * len(self._targets)
         self._next = 0
         self._discard: memoryview | None = None
+        self.etag = ""
+        """The version the bytes came from (unquoted), once an answer named it."""
+        self.size: int | None = None
+        """The whole object's length, once an answer stated it."""
+
+    def answered(self, etag: str | None, size: int | None) -> None:
+        """Record what an answer said of the object's version and size (what it left out
+        keeps what an earlier answer said)."""
+        if etag:
+            self.etag = etag.strip('"')
+        if size is not None:
+            self.size = size
 
     async def finish(self) -> ScatterResult:
         """`result`, computed in a worker thread unless it is little work."""
@@ -84,7 +101,7 @@ class ScatterSink:
     def result(self) -> ScatterResult:
         """Bytes delivered, and each target's CRC32C over what it received."""
         crcs = tuple(crc32c(view[:n]) if n else 0 for (_, view), n in zip(self._targets, self._filled))
-        return ScatterResult(sum(self._filled), crcs)
+        return ScatterResult(sum(self._filled), crcs, self.etag, self.size)
 
     def next_buffer(self, limit: int) -> memoryview:
         """Where the stream's next bytes (at most `limit`, at least 1) go: the target they
@@ -148,20 +165,29 @@ async def read_range(client: S3Client, direct: DirectGets | None, bucket: str, k
                                          **params)
         except Exception as exc:
             if is_invalid_range(exc):  # starts at or past the end of the object
+                sink.answered(None, _stated_size(416, _error_header(exc, "content-range"), 0))
                 return await sink.finish()
             if pinned and is_precondition_failed(exc):
                 raise _changed(what) from exc
             raise translate(exc, what) from exc
         body = response["Body"]
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        content_range = str(response.get("ContentRange") or "")
+        length = int(response.get("ContentLength") or 0)
         try:
-            check_range(int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0),
-                        str(response.get("ContentRange") or ""), int(response.get("ContentLength") or 0),
-                        start, end - start)
+            check_range(status, content_range, length, start, end - start)
+            answered = str(response.get("ETag") or "").strip('"')
+            if pinned and answered and answered != pinned:  # a server that ignored If-Match
+                raise _changed(what)
         except BadResponse as exc:
             body.close()
             raise StorageError(f"{what}: {exc}") from exc
-        if response.get("ETag"):
-            pinned = str(response["ETag"]).strip('"')
+        except CheckpointChangedError:
+            body.close()
+            raise
+        sink.answered(answered, _stated_size(status, content_range, length))
+        if answered:
+            pinned = answered
         try:
             while sink.position < end:
                 chunk = await body.read(STREAM_CHUNK)
@@ -184,7 +210,7 @@ async def _read_direct(direct: DirectGets, bucket: str, key: str, what: str, sin
     pinned = quoted(etag) if etag else None
     for attempt in range(READ_ATTEMPTS):
         try:
-            await direct.get(bucket, key, sink, end, if_match=pinned, pause=pause)
+            status, headers = await direct.get(bucket, key, sink, end, if_match=pinned, pause=pause)
         except BodyCut as exc:
             if attempt + 1 == READ_ATTEMPTS:
                 raise translate(exc, what) from exc
@@ -198,6 +224,11 @@ async def _read_direct(direct: DirectGets, bucket: str, key: str, what: str, sin
             raise translate(exc, what) from exc
         except (OSError, asyncio.TimeoutError, BadResponse) as exc:
             raise translate(exc, what) from exc
+        answered = headers.get("etag", "").strip('"')
+        if pinned and answered and answered != pinned.strip('"'):  # a server that ignored If-Match
+            raise _changed(what)
+        sink.answered(answered, _stated_size(status, headers.get("content-range", ""),
+                                             int(headers.get("content-length") or 0)))
         return await sink.finish()  # 416 or a short body: the object ends before `end`
     raise AssertionError("unreachable")
 
@@ -251,6 +282,31 @@ def _object_size(status: int, headers: dict[str, str], received: int) -> int:
     if not total.isdigit():
         raise BadResponse(f"HTTP {status} without the object's size (Content-Range {headers.get('content-range')!r})")
     return int(total)
+
+
+def _stated_size(status: int, content_range: str, length: int) -> int | None:
+    """The whole object's size as an answer to a ranged GET states it: after the slash of
+    Content-Range (a 206's ``bytes A-B/N``, a 416's ``bytes */N``), or a 200's length (the
+    whole object); None where it is not stated (``/*``, or no Content-Range)."""
+    if status == 200:
+        return length
+    total = content_range.rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _error_header(exc: BaseException, name: str) -> str:
+    """Header `name` of the error answer behind `exc` (botocore keeps them in its
+    ``ClientError``, which s3fs chains under an ``OSError``), or ""."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            headers = (response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+            return str(headers.get(name, ""))
+        current = current.__cause__ or current.__context__
+    return ""
 
 
 def _changed(what: str) -> CheckpointChangedError:

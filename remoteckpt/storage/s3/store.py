@@ -126,12 +126,13 @@ class S3Store(Store):
 
     async def read_scatter(self, key: str, start: int, targets: Sequence[tuple[int, memoryview]], *,
                            etag: str | None = None) -> ScatterResult:
-        """One ranged GET into the targets (see `reads`), pinned to version `etag` if given.
+        """One ranged GET into the targets (see `reads`), pinned to version `etag` if given;
+        the result names the version the answer came from and the object's size.
         The targets are checksummed once the body is in, in a worker thread (CRC32C releases
         the GIL), so that the event loop, which receives every stream, does only the receiving."""
         end = max((offset + len(view) for offset, view in targets), default=start)
         if end <= start:
-            return ScatterResult(0, tuple(0 for _ in targets))
+            return ScatterResult.nothing(targets)
         return await read_range(self.client, await self._direct_gets(), self.bucket, self.object_key(key),
                                 self.describe(key), ScatterSink(start, targets), end, etag)
 
