@@ -22,7 +22,7 @@ from remoteckpt.engine.budget import MemoryBudget, process_budget
 from remoteckpt.format.bundle import decode_index, encode_index, index_filename
 from remoteckpt.management.state import format_state
 from remoteckpt.protocol.save import SaveReport
-from remoteckpt.storage import Store, open_store
+from remoteckpt.storage import Store, on_store
 
 MiB = 2**20
 TENSOR = 6 * MiB  # above S3's 5 MiB part minimum: an unchanged run of one tensor is copied there too
@@ -41,14 +41,7 @@ def weights(seed: int, n: int = 10) -> dict[str, Any]:
 
 
 def on(directory: str, body: Any) -> Any:
-    async def go() -> Any:
-        store = open_store(directory)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(directory, body)
 
 
 def save(tensors: dict[str, Any], prefix: str, incremental: bool | str = True, **kwargs: Any) -> SaveReport:

@@ -10,15 +10,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import remoteckpt
-from remoteckpt.engine import loop
 from remoteckpt.management.state import format_state
 from remoteckpt.options import IOOptions
-from remoteckpt.storage import Store, open_store
+from remoteckpt.storage import Store, on_store
 
 pytestmark = [pytest.mark.multiprocess]
 
@@ -39,15 +39,8 @@ def first_tensors() -> dict[str, np.ndarray]:
     return {f"w{i}": rng.random(6 * MiB // 4, dtype=np.float32) for i in range(6)}
 
 
-def on(directory: str, body: object) -> object:
-    async def go() -> object:
-        store = open_store(directory)
-        try:
-            return await body(store)  # type: ignore[operator]
-        finally:
-            await store.close()
-
-    return loop.run(go())
+def on(directory: str, body: Any) -> Any:
+    return on_store(directory, body)
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

@@ -18,7 +18,7 @@ from remoteckpt.engine.fetch import execute
 from remoteckpt.engine.ranges import Piece, ReadOp
 from remoteckpt.engine.versions import Versions
 from remoteckpt.errors import CheckpointChangedError, CheckpointNotFoundError, CorruptCheckpointError
-from remoteckpt.storage import ObjectInfo, open_store
+from remoteckpt.storage import ObjectInfo, on_store
 from remoteckpt.storage.base import ScatterResult, Store
 from remoteckpt.storage.local import LocalStore
 
@@ -43,15 +43,6 @@ def save_two(prefix: str, value: float, size: int = 64 * 1024, **kw: Any) -> Non
             f.result(timeout=120)
 
 
-def on_store(url: str, body: Any) -> Any:
-    async def go() -> Any:
-        store = open_store(url)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return loop.run(go())
 
 
 # --- requests of a restore, counted on S3 --------------------------------------------------

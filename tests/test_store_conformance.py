@@ -22,7 +22,7 @@ from remoteckpt.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
-from remoteckpt.storage import Store, open_store
+from remoteckpt.storage import Store, on_store, open_store
 from remoteckpt.storage.base import ScatterResult
 from remoteckpt.storage.s3 import PART_SIZE, S3Store
 
@@ -37,14 +37,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def run(url: str, body: Callable[[Store], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        store = open_store(url)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return loop.run(go())
+    return on_store(url, body)
 
 
 def test_put_get_size_exists(store_url: str) -> None:
