@@ -104,7 +104,10 @@ class _Handler(socketserver.BaseRequestHandler):
         buffered = b""
         while True:
             while b"\r\n\r\n" not in buffered:
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:  # the client closed or reset the connection: done with it
+                    return
                 if not chunk:
                     return
                 buffered += chunk
