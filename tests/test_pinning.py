@@ -286,3 +286,37 @@ def test_the_local_store_reports_the_version_of_the_file_it_read(tmp_path: Path)
         assert (result.etag, result.size) == (first, 10)
 
     loop.run(body())
+
+
+def test_an_entry_outside_a_file_of_known_size_is_refused_before_a_request(s3_server: Any, s3_prefix: str) -> None:
+    """Once an answer stated a data file's size, an entry reaching past it is refused from the
+    index alone, naming tensor, file and size, with no request for its bytes."""
+    import io
+
+    from faultproxy import FaultProxy, classify
+
+    from remoteckpt.format.bundle import decode_index, encode_index
+
+    prefix = f"{s3_prefix}/ck"
+    save_two(prefix, 1.0)
+
+    async def forge(store: Store) -> int:
+        size = len(await store.get("ck.data-00000-of-00002"))
+        data = await store.get("ck.index")
+        index = decode_index(lambda o, k: data[o : o + k], len(data))
+        index.entries[b"r0/w"].offset = size - 10  # its size unchanged: it reaches past the end
+        out = io.BytesIO()
+        encode_index(index.header, index.entries, out)
+        await store.put("ck.index", out.getvalue())
+        return size
+
+    size = on_store(s3_prefix, forge)
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        with remoteckpt.CheckpointReader(prefix, storage_options={"endpoint_url": proxy.endpoint_url}) as reader:
+            np.testing.assert_array_equal(reader.get_tensor("r0/b"), tensors(0, 1.0)["r0/b"])
+            before = len(proxy.log)
+            with pytest.raises(CorruptCheckpointError, match=rf"'r0/w'.*lie outside .*ck\.data-00000-of-00002 "
+                                                             rf"\({size} bytes\)"):
+                reader.get_tensor("r0/w")
+            # at most the error path's look at the index (replaced, or damaged?), no data GET
+            assert [key for m, t, _ in proxy.log[before:] if ".data-" in (key := classify(m, t)[1])] == []

@@ -46,6 +46,7 @@ S3_GET = ("tests/test_s3_get.py",)
 STORES = ("tests/test_store_conformance.py",)
 CLAIM = ("tests/test_claim.py",)
 INCREMENTAL = ("tests/test_incremental.py",)
+PINNING = ("tests/test_pinning.py",)
 MANAGEMENT = ("tests/test_management.py",)
 
 CATALOGUE: list[Mutation] = [
@@ -350,8 +351,9 @@ CATALOGUE: list[Mutation] = [
       "        if False:\n            raise CorruptCheckpointError(\n                f\"{where}: checksum mismatch in {file} (bytes {entry.offset}..{entry.offset + entry.size})\")",
       "damaged string elements are returned", API + CORRUPTION),
     m("reader-entry-inside-file", "engine/read.py",
-      "if entry.offset + entry.size > file_size:", "if entry.offset > file_size:",
-      "an entry reaching past its data file is read (and reported only as a checksum error)", API),
+      "if file_size is not None and entry.offset + entry.size > file_size:",
+      "if file_size is not None and entry.offset > file_size:",
+      "an entry reaching past a data file of known size is fetched before it is refused", API + PINNING),
     m("reader-slices-cover", "engine/read.py",
       "if covered != request.num_elements:", "if covered > request.num_elements:",
       "a tensor whose stored boxes leave holes is returned with uninitialised memory", API),
@@ -397,7 +399,7 @@ CATALOGUE: list[Mutation] = [
       "            pinned = exc.etag\n", "            pinned = None\n",
       "a resumed direct GET may read another version of the object", S3_GET),
     m("s3store-fallback-resume-unpinned", "storage/s3/reads.py",
-      "            pinned = str(response[\"ETag\"]).strip('\"')", "            pinned = None",
+      "        if answered:\n            pinned = answered\n", "        if answered:\n            pinned = None\n",
       "a resumed aiobotocore GET may read another version of the object", S3_GET),
     m("s3store-sink-first-byte", "storage/s3/reads.py",
       "            if offset <= self.position:\n", "            if offset < self.position:\n",
