@@ -69,3 +69,25 @@ def test_a_throttling_store_slows_the_client_down(s3_server: object, s3_prefix: 
         assert all(np.array_equal(got[k], v) for k, v in tensors.items())
         assert proxy.counters["throttled"] > 0, proxy.counters
         assert paced.slowdowns > 0 and paced.lowest < 64
+
+
+@pytest.mark.slow
+def test_reads_throttled_by_the_second_wait_long_enough_to_be_served(s3_server: object, s3_prefix: str) -> None:
+    """A store serving 10 reads a second, asked for 60 ranges at once: the throttled GETs back
+    off for seconds (botocore's full jitter), not the 50 ms of a cut connection, so the restore
+    completes within the default retries; and 503 answers never count as successes that raise
+    the pacer's limit."""
+    from faultproxy import FaultProxy
+
+    tensors = {f"t{i}": np.full(16_384, i, np.float32) for i in range(60)}
+    remoteckpt.save(tensors, f"{s3_prefix}/ck", storage_options={"endpoint_url": s3_server.endpoint_url})  # type: ignore[attr-defined]
+    with FaultProxy(s3_server.endpoint_url, throttle_above={"read": 10.0, "write": 1e9}) as proxy:  # type: ignore[attr-defined]
+        options = {"endpoint_url": proxy.endpoint_url}
+        with remoteckpt.CheckpointReader(f"{s3_prefix}/ck", storage_options=options,
+                                         options=remoteckpt.IOOptions(read_chunk=64 * 1024,
+                                                                      coalesce_gap=0)) as reader:
+            got = loop.run(reader.read_many(list(tensors)))
+            paced = reader.store.client.pacer  # type: ignore[attr-defined]
+        assert all(np.array_equal(got[k], v) for k, v in tensors.items())
+        assert proxy.counters["throttled"] > 0, proxy.counters
+        assert paced.slowdowns > 0 and paced.limit < 64

@@ -196,6 +196,7 @@ class S3Client:
             try:
                 async with self.pacer:
                     result: dict[str, Any] = await self._fs._call_s3(operation, **params)
+                self.pacer.succeeded()
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("S3 %s %s: %s, %.3f s", operation, _target(params),
                               (result.get("ResponseMetadata") or {}).get("HTTPStatusCode", "ok"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import ssl
 import time
@@ -51,6 +52,12 @@ ERROR_BODY_LIMIT = 64 * 1024
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 """Answers worth asking again (S3's InternalError and SlowDown among them)."""
+
+ANSWER_BACKOFF_CAP = 20.0
+"""Seconds an answer of `RETRY_STATUSES` is waited out at most before asking again: botocore's
+``max_backoff``.  Such answers wait botocore's full jitter, ``random() * 2**attempt`` seconds,
+not the short pause of a cut connection: a store that throttles by requests in the last second
+must see the retries spread over seconds, or every retry is throttled again."""
 
 HEADER_PARAMETERS = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer",
                      "ExpectedBucketOwner", "ChecksumMode")
@@ -291,7 +298,7 @@ class DirectGets:
         """GET bytes ``[sink.position, end)`` of `key` into `sink` (a 206 or 200 answer
         delivers its body; a 416, the range starting past the object, nothing); returns the
         answer's status and headers (lower-case names).  Retries answers of
-        `RETRY_STATUSES` and connections that fail before any body byte; a body cut short
+        `RETRY_STATUSES` (after botocore's backoff) and connections that fail before any body byte; a body cut short
         raises `BodyCut` (the caller resumes from ``sink.position``), other answers
         `ResponseError`, a stalled one `asyncio.TimeoutError`."""
         for attempt in range(self.attempts):
@@ -334,9 +341,11 @@ class DirectGets:
             log.debug("S3 %s: %s, %.3f s", what, conn.status, time.monotonic() - started)
             if conn.status == 503:
                 self._pacer.slow_down()
+            elif conn.status < 500:
+                self._pacer.succeeded()
             if conn.status in RETRY_STATUSES and attempt + 1 < self.attempts:
                 log.info("S3 %s: HTTP %s; retrying (%d/%d)", what, conn.status, attempt + 1, self.attempts - 1)
-                await pause(attempt)
+                await asyncio.sleep(random.random() * min(ANSWER_BACKOFF_CAP, 2.0**attempt))
                 continue
             if conn.status // 100 == 2 or conn.status == 416:
                 return conn.status, conn.headers

@@ -33,7 +33,9 @@ is one signal, not ten."""
 
 
 class Pacer:
-    """An adaptive gate for one client's requests (use ``async with pacer:`` around each)."""
+    """An adaptive gate for one client's requests: ``async with pacer:`` around each, then
+    `succeeded()` for an answer the store served (a 503 answer is a `slow_down()`, not a
+    success: counting it would raise the limit while the store pushes back)."""
 
     def __init__(self, *, start: int = START, ceiling: int = CEILING) -> None:
         self.limit = start
@@ -61,8 +63,6 @@ class Pacer:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self.in_flight -= 1
-        if exc_type is None:
-            self.succeeded()
         self._wake()
 
     def succeeded(self) -> None:
