@@ -39,10 +39,11 @@ checkpoint stays local.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -99,6 +100,37 @@ async def give_way(here: LocalStore, name: str, rank: int, world_size: int) -> N
     await here.delete(table_key(name, rank))
 
 
+async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, *, rank: int, world_size: int,
+                     overwrite: bool, needed: int) -> None:
+    """Step 1 on this worker's host tier (`here`, holding checkpoint `name` of remote `prefix`):
+    a copy committed there refused unless overwriting (then `give_way`), room under the cap
+    for `needed` bytes, the record."""
+    if not overwrite and await here.exists(index_filename(name)):
+        raise CheckpointExistsError.committed(here.describe(index_filename(name)))
+    await retention.settled(tier)
+    if overwrite:
+        await give_way(here, name, rank, world_size)
+    await retention.make_room(tier, needed)
+    await here.delete(name + DURABLE)  # of an older checkpoint of this name
+    await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
+
+
+async def write_host_part(here: LocalStore, layout: SaveLayout, tensors: Mapping[str, Any], *, attempt: str,
+                          options: IOOptions, progress: Reporter | None = None, report: SaveReport | None = None,
+                          incremental: bool | str = False) -> bytes:
+    """Worker ``layout.rank``'s data file written create-only on its host tier (`here`), and its
+    table beside it (what its drain sends, and what `recover` needs); returns the table.  A
+    data file of a dead attempt of this very save (never committed here: no local index) goes
+    first: this host's tier is this job's."""
+    name, rank, world_size = layout.name, layout.rank, layout.world_size
+    if not await here.exists(index_filename(name)):
+        await here.delete(data_filename(name, rank, world_size))
+    _, table = await write_part(here, layout, tensors, options=options, attempt=attempt, progress=progress,
+                                report=report, incremental=Incremental(base=None) if incremental else None)
+    await here.put(table_key(name, rank), table)  # before the report: `recover` needs it
+    return table
+
+
 async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, *, rank: int, world_size: int,
                        overwrite: bool = False, save_id: str | None = None,
                        storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
@@ -118,26 +150,15 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
         os.makedirs(tier_dir, exist_ok=True)
         here, store = LocalStore(tier_dir), open_store(remote_dir, storage_options, options)
         try:
-            if not overwrite:
-                for where, index in ((here, index_filename(name)), (store, index_filename(remote_name))):
-                    if await where.exists(index):
-                        raise CheckpointExistsError.committed(where.describe(index))
-            await retention.settled(tier)
-            if overwrite:
-                await give_way(here, name, rank, world_size)
-            await retention.make_room(tier, needed)
-            await here.delete(name + DURABLE)  # of an older checkpoint of this name
-            await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
+            if not overwrite and await store.exists(index_filename(remote_name)):
+                raise CheckpointExistsError.committed(store.describe(index_filename(remote_name)))
+            await ready_tier(here, tier, name, prefix, rank=rank, world_size=world_size, overwrite=overwrite,
+                             needed=needed)
 
             async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
-                # This host's tier is this job's: a data file of a dead attempt of this very
-                # save (never committed here: no local index) goes.
-                if not await here.exists(index_filename(name)):
-                    await here.delete(data_filename(name, rank, world_size))
-                _, table = await write_part(here, SaveLayout(name, rank, world_size, sid), tensors, options=options,
-                                            attempt=attempt, progress=reporter, report=written,
-                                            incremental=Incremental(base=None) if incremental else None)
-                await here.put(table_key(name, rank), table)  # before the report: `recover` needs it
+                table = await write_host_part(here, SaveLayout(name, rank, world_size, sid), tensors,
+                                              attempt=attempt, options=options, progress=reporter, report=written,
+                                              incremental=incremental)
                 return None, table
 
             reporter = Reporter(progress, prefix, rank, world_size)
@@ -167,10 +188,12 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
 async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: int, save_id: str | None,
                         overwrite: bool = False, storage_options: dict[str, Any] | None = None,
                         options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
-                        progress: ProgressCallback | None = None) -> str:
+                        progress: ProgressCallback | None = None, extra: Sequence[int] = ()) -> str:
     """This worker's side of the drain of the per-host checkpoint of remote prefix `remote` on
     `tier` (step 4 of the module docstring), in the order drains were started; then the tier's
-    retention.  Returns `remote`."""
+    retention.  `extra`: further data files of this host that this process drains as workers
+    of the same drain, alongside its own (the DCP coordinator's metadata file).  Returns
+    `remote`."""
     local = local_prefix(tier, remote)
     tier_dir, name = split_prefix(local)
     remote_dir, remote_name = split_prefix(remote)
@@ -180,46 +203,54 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
         here, store = LocalStore(tier_dir), open_store(remote_dir, storage_options, options)
         try:
             raw = await here.get(index_filename(name))
-            table = await here.get(table_key(name, rank))
             index = decode_index_bytes(raw)
             if index.num_shards != world_size:
                 raise CheckpointError(f"{here.describe(index_filename(name))} has {index.num_shards} data files; "
                                       f"a drain of {world_size} workers cannot send it")
-            mine = [(k, e) for k, e in index.entries.items() if e.shard_id == rank and not e.slices]
-            base = None
-            if any(digest_of(e) is not None for _, e in mine):
+            shards = (rank, *extra)
+            base = None  # the remote directory's latest checkpoint, if any entry may be copied from it
+            if any(digest_of(e) is not None for e in index.entries.values() if e.shard_id in shards and not e.slices):
                 found = await previous_checkpoint(store, remote_dir, remote_name)
                 base = await open_base(store, found) if found is not None else None
-            key = data_filename(remote_name, rank, world_size)
-            reporter = Reporter(progress, remote, rank, world_size)
-            total = sum(e.size for _, e in mine)
-
-            async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
-                if await store.exists(key):  # a dead attempt's (the protocol cleared the rest)
-                    await store.delete(key)
-                _, _, identity, _ = await copy_data_file(
-                    here, store, data_filename(name, rank, world_size), key, mine, options=options,
-                    budget=process_budget(options.memory_budget), reporter=reporter, total=total, base=base)
-                if identity is None:
-                    raise CheckpointNotFoundError(f"{here.describe(data_filename(name, rank, world_size))} is gone")
-                return identity, table
-
-            # Committed by an earlier drain of this very checkpoint (whose worker died before its
-            # marker): durable, and never replaced, even by a drain that may overwrite.
             remote_index = index_filename(remote_name)
-            if await drain.committed_as(store, remote_index, raw):
-                log.info("%s was committed by an earlier drain; marking it durable", remote)
-            else:
+
+            async def one(shard: int) -> int:
+                table = await here.get(table_key(name, shard))
+                mine = [(k, e) for k, e in index.entries.items() if e.shard_id == shard and not e.slices]
+                key = data_filename(remote_name, shard, world_size)
+                reporter = Reporter(progress, remote, shard, world_size)
+                total = sum(e.size for _, e in mine)
+
+                async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
+                    if await store.exists(key):  # a dead attempt's (the protocol cleared the rest)
+                        await store.delete(key)
+                    _, _, identity, _ = await copy_data_file(
+                        here, store, data_filename(name, shard, world_size), key, mine, options=options,
+                        budget=process_budget(options.memory_budget), reporter=reporter, total=total, base=base)
+                    if identity is None:
+                        raise CheckpointNotFoundError(f"{here.describe(data_filename(name, shard, world_size))} "
+                                                      "is gone")
+                    return identity, table
+
                 try:
-                    await save_worker(store, SaveLayout(remote_name, rank, world_size, drain_id(save_id)), {},
+                    await save_worker(store, SaveLayout(remote_name, shard, world_size, drain_id(save_id)), {},
                                       overwrite=overwrite, options=options, prefix=remote, part=part)
                 except CheckpointExistsError as exc:
                     if not exc.index_committed or not await drain.committed_as(store, remote_index, raw):
                         raise
                     log.info("%s was committed by an earlier drain; marking it durable", remote)
+                return total
+
+            # Committed by an earlier drain of this very checkpoint (whose worker died before its
+            # marker): durable, and never replaced, even by a drain that may overwrite.
+            total = 0
+            if await drain.committed_as(store, remote_index, raw):
+                log.info("%s was committed by an earlier drain; marking it durable", remote)
+            else:
+                total = sum(await asyncio.gather(*(one(shard) for shard in shards)))
             crash_point("drained")
             await drain.mark_durable(local, remote)
-            if rank == 0:
+            if 0 in shards:
                 try:
                     await store.delete(index_filename(meeting_name(remote_name)))
                 except CheckpointError:
