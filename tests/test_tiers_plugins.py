@@ -77,11 +77,3 @@ def test_dcp_storage_writer_and_reader(s3_prefix: str, tmp_path: Path) -> None:
     target = {"w": torch.zeros(5000), "b": torch.zeros(3, dtype=torch.int64)}
     dcp.load(target, storage_reader=rt.StorageReader(prefix, local_tier=tier), no_dist=True)
     assert torch.equal(target["w"], state["w"]) and torch.equal(target["b"], state["b"])
-
-
-def test_the_dcp_writer_refuses_a_per_host_tier(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    from remoteckpt.torch import StorageWriter
-
-    with pytest.raises(ValueError, match="per_host"):
-        StorageWriter(str(tmp_path / "ckpt"), local_tier=remoteckpt.LocalTier(path=str(tmp_path / "t"), per_host=True))

@@ -225,3 +225,37 @@ def race_rank(barrier: Any, init_file: str, rank: int, world_size: int, prefix: 
     with open(result_path, "w") as f:
         json.dump(record, f)
     os._exit(0)
+
+
+def per_host_tier_job(init_file: str, rank: int, world_size: int, prefixes: list[str], tiers: str) -> dict[str, Any]:
+    """Rank r on a host of its own, whose local tier is TIERS/host-r: each prefix saved with
+    `dcp.save` through per-host tiers (the second one incrementally, the third async), each
+    waited for until durable on this rank; then each loaded, resharded the other way, from the
+    nearest tier, and every value checked.  Returns the files of this host's tier."""
+    import remoteckpt
+
+    tier = remoteckpt.LocalTier(path=os.path.join(tiers, f"host-{rank}"), per_host=True, keep=5)
+    mesh = _join(init_file, rank, world_size)
+    try:
+        for i, prefix in enumerate(prefixes):
+            writer = rt.StorageWriter(prefix, local_tier=tier, incremental=i == 1)
+            if i == 2:
+                dcp.async_save(sharded_state(mesh), storage_writer=writer).result(timeout=120)
+            else:
+                dcp.save(sharded_state(mesh), storage_writer=writer)
+            assert remoteckpt.wait_durable(prefix, timeout=120) == prefix
+        full = full_state()
+        for prefix in prefixes:
+            state = sharded_state(mesh, zeros=True, cols="replicate")
+            dcp.load(state, storage_reader=rt.StorageReader(prefix, local_tier=tier))
+            for key in ("weight", "emb", "cols"):
+                got = state["model"][key]
+                got = got.full_tensor() if isinstance(got, DTensor) else got
+                assert torch.equal(got, full[f"model.{key}"]), (prefix, key)
+            for key in ("bias", "count", "mask"):
+                assert torch.equal(state["model"][key], full[f"model.{key}"]), (prefix, key)
+            assert {k: state[k] for k in EXTRA} == EXTRA
+        dist.barrier()
+        return {"files": sorted(os.listdir(tier.path))}
+    finally:
+        dist.destroy_process_group()

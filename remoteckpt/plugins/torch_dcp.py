@@ -39,6 +39,7 @@ in `torch_tensors`; what the writer and reader share is in `torch_common`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -67,6 +68,7 @@ from ..errors import (
     InvalidTensorsError,
     ShapeMismatchError,
 )
+from ..format.bundle import index_filename
 from ..locate import for_writing
 from ..management.state import previous_checkpoint
 from ..options import DEFAULT_OPTIONS, IOOptions
@@ -79,6 +81,8 @@ from ..protocol.records import DataIdentity
 from ..protocol.save import commit_tables, refuse_unsafe_store
 from ..protocol.worker import table_bytes, write_part
 from ..storage import Store, open_store, split_prefix
+from ..storage.local import LocalStore
+from ..tiers import collective, drain, hosts
 from ..tiers import save as tiered
 from ..tiers.layout import TierLike, as_tier, local_prefix
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
@@ -154,7 +158,11 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     default); ``use_collectives=False`` is refused.  With `local_tier` the checkpoint is
     committed on that local directory (shared by the ranks of one host) and drained to
     `prefix` in the background (`remoteckpt.wait_durable(prefix)` on the coordinator;
-    docs/tiered.md)."""
+    docs/tiered.md).  With ``LocalTier(per_host=True)`` every host has a tier of its own: each
+    rank's data file goes to its host's tier, the coordinator's DCP metadata file to its own,
+    the local commit is ``.tiers/NAME.index`` in the prefix's directory, and every rank drains
+    its own data file in the background (`remoteckpt.wait_durable(prefix)` on any rank;
+    `tiers.collective`)."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
@@ -162,9 +170,6 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
                  local_tier: TierLike | None = None) -> None:
         super().__init__()
         self.local_tier = as_tier(local_tier)
-        if self.local_tier is not None and self.local_tier.per_host:
-            raise ValueError("the DCP StorageWriter saves through a local tier shared by the ranks of a host; "
-                             "LocalTier(per_host=True) is taken by remoteckpt.save, Saver and CheckpointManager")
         self.prefix = None if prefix is None else os.fspath(prefix)
         self.overwrite = overwrite
         self.storage_options = storage_options
@@ -174,6 +179,7 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         self.save_id = uuid.uuid4().hex
         self.is_coordinator = False
         self.rank: int | None = None
+        self._shard = 0  # this rank's data file, as the coordinator's plan numbered it
         self._claim: _Held | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -226,8 +232,9 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         for item in plan.items:
             name, nbytes = self._add_item(tensors, item, planner.resolve_data(item))
             placed.append((item, name, nbytes))
-        identity, table = loop.run(self._write_shard(tensors, slot["shard_id"], slot["num_shards"],
-                                                     slot.get("attempt", "")))
+        self._shard = slot["shard_id"]
+        write = self._write_on_host if self._per_host else self._write_shard
+        identity, table = loop.run(write(tensors, slot["shard_id"], slot["num_shards"], slot.get("attempt", "")))
         results = [WriteResult(index=item.index, size_in_bytes=nbytes,
                                storage_data=_Written(name, slot["shard_id"], table, identity))
                    for item, name, nbytes in placed]
@@ -258,10 +265,18 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     # --- the work --------------------------------------------------------------------------
 
     @property
+    def _per_host(self) -> bool:
+        return self.local_tier is not None and self.local_tier.per_host
+
+    @property
     def _target(self) -> str:
-        """The prefix written: the checkpoint id, or ``ID/ckpt`` for a directory id (with a
-        local tier, that checkpoint's prefix on the tier)."""
+        """The prefix committed: the checkpoint id, or ``ID/ckpt`` for a directory id (with a
+        local tier, that checkpoint's prefix on the tier; with a per-host tier, the local
+        commit's prefix in the remote directory, ``.tiers/NAME``)."""
         assert self.prefix is not None
+        if self.local_tier is not None and self.local_tier.per_host:
+            remote_dir, name = collective.meeting(for_writing(self.prefix))
+            return f"{remote_dir.rstrip('/')}/{name}"
         if self.local_tier is not None:
             return local_prefix(self.local_tier, for_writing(self.prefix))
         return for_writing(self.prefix)
@@ -316,7 +331,9 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         earlier = _held_by_prefix.pop(self._target, None)
         if earlier is not None and earlier is not self._claim:
             await _let_go(earlier)
-        if self.local_tier is not None:
+        if self.local_tier is not None and self.local_tier.per_host:
+            await self._refuse_remote_index()
+        elif self.local_tier is not None:
             assert self.prefix is not None
             await tiered.begin(self.local_tier, for_writing(self.prefix), overwrite=self.overwrite, needed=0)
         directory, name = split_prefix(self._target)
@@ -360,6 +377,49 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
             return await write_part(store, SaveLayout(name, shard_id, num_shards), tensors, options=self.options,
                                     attempt=attempt, incremental=since)
 
+    async def _refuse_remote_index(self) -> None:
+        """A per-host save's first look: the remote checkpoint committed already is refused
+        unless overwriting (its drain then replaces it)."""
+        assert self.prefix is not None
+        directory, name = split_prefix(for_writing(self.prefix))
+        store = open_store(directory, self.storage_options, self.options)
+        try:
+            if not self.overwrite and await store.exists(index_filename(name)):
+                raise CheckpointExistsError.committed(store.describe(index_filename(name)))
+        finally:
+            await store.close()
+
+    async def _write_on_host(self, tensors: dict[str, Any], shard_id: int, num_shards: int,
+                             attempt: str) -> tuple[DataIdentity | None, bytes]:
+        """A rank's data file on its host's tier (no identity: the coordinator cannot fence a
+        file on another host's disk; its drain is fenced at the remote prefix), then, on a rank
+        other than the coordinator, its drain started in the background, once the coordinator
+        has committed."""
+        assert self.prefix is not None and self.local_tier is not None
+        prefix = for_writing(self.prefix)
+        tier_dir, name = split_prefix(local_prefix(self.local_tier, prefix))
+        os.makedirs(tier_dir, exist_ok=True)
+        future = drain.promise(prefix)
+        job = _job_id(attempt)
+        here = LocalStore(tier_dir)
+        try:
+            await hosts.ready_tier(here, self.local_tier, name, prefix, rank=shard_id, world_size=num_shards,
+                                   overwrite=self.overwrite, needed=tiered.payload_bytes(tensors))
+            table = await hosts.write_host_part(here, SaveLayout(name, shard_id, num_shards, job), tensors,
+                                                attempt=attempt, options=self.options,
+                                                incremental=bool(self.incremental))
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            await here.close()
+        if not self.is_coordinator:
+            collective.drain_when_committed(self.local_tier, prefix, rank=shard_id, world_size=num_shards,
+                                            save_id=job, overwrite=self.overwrite,
+                                            storage_options=self.storage_options, options=self.options,
+                                            future=future)
+        return None, table
+
     async def _commit(self, tables: list[bytes], identities: list[DataIdentity], blob: bytes) -> None:
         """The coordinator's metadata file (data file N of N + 1), the fence, then the merged
         index, committed; then the claim released, whatever happened."""
@@ -367,6 +427,8 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
         if held is None:
             raise RuntimeError("remoteckpt.torch.StorageWriter.finish without a claim "
                                "(prepare_global_plan did not run on this coordinator)")
+        if self._per_host:
+            return await self._commit_on_host(held, tables, blob)
         async with self._opened() as (store, name):
             try:
                 n = len(tables)
@@ -384,6 +446,50 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
             assert self.prefix is not None
             await tiered.finish(self.local_tier, for_writing(self.prefix), overwrite=self.overwrite,
                                 storage_options=self.storage_options, options=self.options)
+
+    async def _commit_on_host(self, held: _Held, tables: list[bytes], blob: bytes) -> None:
+        """Per-host tiers: the metadata file (data file N of N + 1) on the coordinator's tier,
+        the merged index committed as the local commit (``.tiers/NAME.index``), the claim
+        released; then the coordinator's drain (its data file and file N) started."""
+        assert self.prefix is not None and self.local_tier is not None and self.rank is not None
+        prefix = for_writing(self.prefix)
+        n = len(tables)
+        tier_dir, local_name = split_prefix(local_prefix(self.local_tier, prefix))
+        here = LocalStore(tier_dir)
+        try:
+            async with self._opened() as (store, name):
+                try:
+                    table = await hosts.write_host_part(
+                        here, SaveLayout(local_name, n, n + 1, _job_id(held.lease.attempt)),
+                        {METADATA_TENSOR: np.array(blob, dtype=object)}, attempt=held.lease.attempt,
+                        options=self.options)
+                    await held.lease.fresh()
+                    layout = SaveLayout(name, 0, n + 1)
+                    merged = await commit_tables(store, layout, [*tables, table], commit=self.commit)
+                finally:
+                    await self._release_claim()
+        finally:
+            await here.close()
+        await collective.commit_on_host(self.local_tier, prefix, merged, rank=self._shard, extra=[n])
+        collective.drain_now(self.local_tier, prefix, rank=self._shard, world_size=n + 1, extra=[n],
+                             save_id=_job_id(held.lease.attempt), overwrite=self.overwrite,
+                             storage_options=self.storage_options,
+                             options=self.options, future=_pending(prefix))
+
+
+def _job_id(attempt: str) -> str:
+    """The save id every rank's drain of a per-host save shares: each rank's writer has a save
+    id of its own, the attempt of the coordinator's claim is the job's."""
+    return f"dcp-{attempt}"
+
+
+def _pending(prefix: str) -> concurrent.futures.Future[str] | None:
+    """The durability future this rank's write_data registered for `prefix`, if still pending."""
+    try:
+        future = drain.durability(prefix)
+    except CheckpointError:
+        return None
+    return None if future.done() else future
 
 
 async def _let_go(held: _Held) -> None:

@@ -51,9 +51,10 @@ class UnnamedSaveWarning(UserWarning):
 
 
 async def commit_tables(store: Store, layout: SaveLayout, tables: Sequence[bytes | BundleIndex], *,
-                        commit: CommitProtocol = DEFAULT_COMMIT, report: SaveReport | None = None) -> None:
+                        commit: CommitProtocol = DEFAULT_COMMIT, report: SaveReport | None = None) -> bytes:
     """Merge the workers' tables (rank order; as written, or decoded already) into one index
-    and commit it.  No data is read, copied or renamed.  The caller has fenced the data files."""
+    and commit it; returns the index committed.  No data is read, copied or renamed.  The
+    caller has fenced the data files."""
     start = time.monotonic()
     decoded = [t if isinstance(t, BundleIndex) else read_table(t, rank, store.describe(layout.index))
                for rank, t in enumerate(tables)]
@@ -62,11 +63,13 @@ async def commit_tables(store: Store, layout: SaveLayout, tables: Sequence[bytes
     encode_index(merged.header, merged.entries, out)
     merged_at = time.monotonic()
     crash_point("merged")
-    await commit.commit(store, layout.index, out.getvalue())
+    index = out.getvalue()
+    await commit.commit(store, layout.index, index)
     crash_point("committed")
     if report is not None:
         report.merge_seconds = merged_at - start
         report.commit_seconds = time.monotonic() - merged_at
+    return index
 
 
 async def refuse_unsafe_store(store: Store, layout: SaveLayout) -> None:

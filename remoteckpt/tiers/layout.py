@@ -9,6 +9,9 @@ with two small records beside it that tie it to its remote prefix.
                          committed (and, when a drain finds it committed already, after its
                          bytes are found equal to the local index): only then is the
                          checkpoint reported durable
+    TIER/NAME.drains     {"rank": R, "shards": [N]}, on a per-host tier of a DCP job: the data
+                         files that worker R drains beside its own (the coordinator's
+                         metadata file), for a restarted job (`tiers.collective`)
     TIER/checkpoint      TensorFlow's state file, of the local tier's checkpoints
 
 ``NAME`` is the remote checkpoint's name as `remoteckpt cp` keeps it in a folder
@@ -33,6 +36,7 @@ from ..storage.local import LocalStore
 
 RECORD = ".tier"
 DURABLE = ".durable"
+DRAINS = ".drains"
 
 DEFAULT_KEEP = 2
 """Checkpoints kept on the local tier once durable: the newest for a fast restart, and the one
@@ -179,14 +183,32 @@ def checkpoints(tier: LocalTier) -> list[TierCheckpoint]:
 
 
 async def delete_local(tier: LocalTier, name: str) -> None:
-    """Remove checkpoint `name` from the tier: index, data files, workers' tables (per-host
-    tiers), marker, record."""
+    """Remove checkpoint `name` from the tier: index, data files, workers' tables and drains
+    (per-host tiers), marker, record."""
     store = LocalStore(tier.path)
     try:
         await delete_checkpoint(store, name)
         for key in await store.list(name + ".table-"):
             await store.delete(key)
         await store.delete(name + DURABLE)
+        await store.delete(name + DRAINS)
         await store.delete(name + RECORD)
     finally:
         await store.close()
+
+
+def extra_shards(local: str, rank: int) -> list[int]:
+    """The data files of checkpoint `local` (a per-host tier's) that worker `rank` drains beside
+    its own (`DRAINS`): none unless this worker's process wrote them as the DCP coordinator."""
+    try:
+        with open(local + DRAINS, "rb") as f:
+            record = json.loads(f.read(64 * 1024))
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
+        shards = [int(s) for s in record.get("shards", [])] if record.get("rank") == rank else []
+    except FileNotFoundError:
+        return []
+    except (ValueError, TypeError) as exc:
+        raise CorruptCheckpointError(f"{local + DRAINS} is not a record of the data files its host drains: "
+                                     f"{exc}") from None
+    return shards

@@ -4,7 +4,9 @@
 A shared tier's checkpoint is drained by the process that finds it (`drain.start`).  A
 per-host tier's checkpoint of several workers is drained by all of them together, each its own
 data file (`hosts.drain_on_host`): every worker of the restarted job resumes, with its rank (a
-`Saver` on every rank does this when it first touches its directory).
+`Saver` on every rank does this when it first touches its directory; a DCP job calls
+`resume_drains` on every rank, and its coordinator's worker also drains DCP's metadata file,
+as its tier's ``NAME.drains`` says).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..format.bundle import decode_index_bytes, index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import split_prefix
 from . import drain, hosts
-from .layout import LocalTier, TierCheckpoint, TierLike, as_tier, checkpoints, delete_local
+from .layout import LocalTier, TierCheckpoint, TierLike, as_tier, checkpoints, delete_local, extra_shards
 
 log = logging.getLogger("remoteckpt")
 
@@ -65,7 +67,8 @@ async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = No
             future = drain.start_work(
                 lambda c=c, after=after: hosts.drain_on_host(  # type: ignore[misc]
                     tier, c.remote, rank=rank, world_size=shards, save_id=save_id, overwrite=c.overwrite,
-                    storage_options=storage_options, options=options, after=after if rank == 0 else None),
+                    storage_options=storage_options, options=options, after=after if rank == 0 else None,
+                    extra=extra_shards(c.local, rank)),
                 c.local, c.remote)
         else:
             future = drain.start(c.local, c.remote, overwrite=c.overwrite, storage_options=storage_options,
