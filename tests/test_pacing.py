@@ -50,6 +50,20 @@ def test_the_gate_holds_requests_beyond_the_limit() -> None:
     assert loop.run(go()) == 2
 
 
+def _restore_paced(prefix: str, tensors: dict[str, np.ndarray], proxy: object) -> Pacer:
+    """Read every tensor of `prefix` back through `proxy`, a GET per 64 KiB; check the values
+    and that the proxy throttled; the reader's pacer."""
+    options = {"endpoint_url": proxy.endpoint_url}  # type: ignore[attr-defined]
+    with remoteckpt.CheckpointReader(prefix, storage_options=options,
+                                     options=remoteckpt.IOOptions(read_chunk=64 * 1024, coalesce_gap=0)) as reader:
+        got = loop.run(reader.read_many(list(tensors)))
+        paced: Pacer = reader.store.client.pacer  # type: ignore[attr-defined]
+    assert all(np.array_equal(got[k], v) for k, v in tensors.items())
+    assert proxy.counters["throttled"] > 0, proxy.counters  # type: ignore[attr-defined]
+    assert paced.slowdowns > 0
+    return paced
+
+
 @pytest.mark.slow
 def test_a_throttling_store_slows_the_client_down(s3_server: object, s3_prefix: str) -> None:
     """The fault proxy answers SlowDown above a request rate: save and restore complete, and
@@ -61,14 +75,7 @@ def test_a_throttling_store_slows_the_client_down(s3_server: object, s3_prefix: 
         tensors = {f"t{i}": np.full(300_000, i, np.float32) for i in range(40)}
         remoteckpt.save(tensors, f"{s3_prefix}/ck", storage_options=options,
                         options=remoteckpt.IOOptions(crc_chunk=64 * 1024, read_chunk=64 * 1024))
-        with remoteckpt.CheckpointReader(f"{s3_prefix}/ck", storage_options=options,
-                                         options=remoteckpt.IOOptions(read_chunk=64 * 1024,
-                                                                      coalesce_gap=0)) as reader:
-            got = loop.run(reader.read_many(list(tensors)))
-            paced = reader.store.client.pacer  # type: ignore[attr-defined]
-        assert all(np.array_equal(got[k], v) for k, v in tensors.items())
-        assert proxy.counters["throttled"] > 0, proxy.counters
-        assert paced.slowdowns > 0 and paced.lowest < 64
+        assert _restore_paced(f"{s3_prefix}/ck", tensors, proxy).lowest < 64
 
 
 @pytest.mark.slow
@@ -82,12 +89,4 @@ def test_reads_throttled_by_the_second_wait_long_enough_to_be_served(s3_server: 
     tensors = {f"t{i}": np.full(16_384, i, np.float32) for i in range(60)}
     remoteckpt.save(tensors, f"{s3_prefix}/ck", storage_options={"endpoint_url": s3_server.endpoint_url})  # type: ignore[attr-defined]
     with FaultProxy(s3_server.endpoint_url, throttle_above={"read": 10.0, "write": 1e9}) as proxy:  # type: ignore[attr-defined]
-        options = {"endpoint_url": proxy.endpoint_url}
-        with remoteckpt.CheckpointReader(f"{s3_prefix}/ck", storage_options=options,
-                                         options=remoteckpt.IOOptions(read_chunk=64 * 1024,
-                                                                      coalesce_gap=0)) as reader:
-            got = loop.run(reader.read_many(list(tensors)))
-            paced = reader.store.client.pacer  # type: ignore[attr-defined]
-        assert all(np.array_equal(got[k], v) for k, v in tensors.items())
-        assert proxy.counters["throttled"] > 0, proxy.counters
-        assert paced.slowdowns > 0 and paced.limit < 64
+        assert _restore_paced(f"{s3_prefix}/ck", tensors, proxy).limit < 64
