@@ -580,3 +580,54 @@ def _check_leftovers(run: HostRun, stays: list[str]) -> None:
             if f != "checkpoint" and (base == f or not os.path.exists(os.path.join(path, base + ".index"))):
                 run.problems.append(f"after the restart and gc: host {host}'s tier holds {f}, of no committed "
                                     "checkpoint")
+
+
+def replaced_main(directory: str, tiers: str, rank: int, world: int, env: dict[str, str], save_id: str,
+                  result_path: str) -> None:
+    """A restarted job's worker, its host perhaps replaced: its Saver adopts the directory (the
+    drains left resumed, a lost part's drain failed), the errors of those drains recorded; then
+    step 2 saved and waited for."""
+    import reliability_workers as rw
+
+    os.environ.update(env)
+    os.environ.pop(CRASH_ENV, None)
+    import logging
+    logging.getLogger("remoteckpt").setLevel(logging.CRITICAL)
+    with open(result_path, "a") as log:
+        try:
+            saver = remoteckpt.Saver(max_to_keep=3, rank=rank, world_size=world, save_id=save_id,
+                                     options=_options(RESTART_TIMEOUT), local_tier=tier_of(tiers, rank))
+            saver.adopt(directory)
+            try:
+                saver.wait_durable(BOUND / 2)
+            except remoteckpt.CheckpointError as exc:
+                log.write(json.dumps({"resumed": f"{type(exc).__name__}: {exc}"}) + "\n")
+            saver.save(tensors(STEPS, rank, world), f"{directory}/{NAME}", global_step=STEPS)
+            log.write(json.dumps({"durable": saver.wait_durable(BOUND / 2)}) + "\n")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            log.write(json.dumps(_error(STEPS, exc)) + "\n")
+            rw._exit_with(log, 1)
+        rw._exit_with(log, 0)
+
+
+def replaced_host(directory: str, tiers: str, env: dict[str, str]) -> dict[str, Any]:
+    """Two hosts of one worker save steps 0 and 1; worker 1 is killed right after step 1's local
+    commit (before its drain), and its host is replaced: its tier's directory is gone.  The job
+    restarts on both hosts.  What each restarted worker recorded, and the remote steps."""
+    import shutil
+
+    import reliability_workers as rw
+
+    ctx, world = rw.context(), 2
+    with tempfile.TemporaryDirectory(prefix="rk-replaced-") as scratch:
+        paths = [os.path.join(scratch, f"crash{r}.jsonl") for r in range(world)]
+        codes = _together(ctx, crash_main, [
+            (directory, tiers, r, world, 1, crash_spec("host-committed", world) if r == 1 else None, env,
+             "replaced", paths[r]) for r in range(world)], paths)
+        crashed = [_records(p) for p in paths]
+        shutil.rmtree(tier_of(tiers, 1).path)
+        paths = [os.path.join(scratch, f"restart{r}.jsonl") for r in range(world)]
+        _together(ctx, replaced_main, [(directory, tiers, r, world, env, "replaced-restart", paths[r])
+                                       for r in range(world)], paths)
+        return {"codes": codes, "crashed": crashed, "restart": [_records(p) for p in paths],
+                "steps": _steps(_remote_keys(directory)), "tier0": sorted(os.listdir(tier_of(tiers, 0).path))}

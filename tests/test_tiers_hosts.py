@@ -206,3 +206,22 @@ def test_an_overwrite_by_the_workers_of_one_host_keeps_every_new_data_file(s3_se
         assert record is not None and "error" not in record, records
         assert [f for f in record["local"] if ".data-" in f] == want, records
     _same(remoteckpt.load(prefix), hw.expected(1, world))
+
+
+def test_a_replaced_host_fails_the_drain_of_what_it_lost_at_once(s3_server: Any, s3_prefix: str,
+                                                                   tmp_path: Path) -> None:
+    """A host replaced after a local commit (its tier gone with the worker): the restarted
+    worker finds the local commit pending in the remote directory, holds nothing of it, and
+    fails that drain at once with an error naming itself; every worker gets that error (not a
+    timeout waiting for it), the next step saves and drains, the lost step never reaches the
+    remote directory."""
+    got = hw.replaced_host(f"{s3_prefix}/replaced", str(tmp_path / "tiers"), s3_server.env())
+    assert got["codes"][1] == -9, got
+    assert [r["step"] for r in got["crashed"][0] if r.get("ok")] == [0], got  # step 1's drain waited for worker 1
+    for rank, records in enumerate(got["restart"]):
+        resumed = [r["resumed"] for r in records if "resumed" in r]
+        assert len(resumed) == 1 and "worker 1's data file of" in resumed[0] and "host-1" in resumed[0], (rank, records)
+        durable = [r["durable"] for r in records if "durable" in r]
+        assert durable == [[f"{s3_prefix}/replaced/model.ckpt-{s}" for s in (0, 2)]], records
+    assert got["steps"] == [0, 2], got
+    assert "model.ckpt-1.index" in got["tier0"]  # still only local, on the surviving host

@@ -6,7 +6,9 @@ per-host tier's checkpoint of several workers is drained by all of them together
 data file (`hosts.drain_on_host`): every worker of the restarted job resumes, with its rank (a
 `Saver` on every rank does this when it first touches its directory; a DCP job calls
 `resume_drains` on every rank, and its coordinator's worker also drains DCP's metadata file,
-as its tier's ``NAME.drains`` says).
+as its tier's ``NAME.drains`` says).  A worker whose host tier lost a checkpoint pending in the
+remote directory (a replaced host) fails that drain at once (`replaced`), so that the others
+do not wait for it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ from ..engine import loop
 from ..format.bundle import decode_index_bytes, index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import split_prefix
-from . import drain, hosts
-from .layout import LocalTier, TierCheckpoint, TierLike, as_tier, checkpoints, delete_local, extra_shards
+from . import drain, hosts, replaced
+from .layout import (
+    LocalTier,
+    TierCheckpoint,
+    TierLike,
+    as_tier,
+    checkpoints,
+    delete_local,
+    extra_shards,
+    name_in_tier,
+)
 
 log = logging.getLogger("remoteckpt")
 
@@ -49,12 +60,30 @@ async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = No
     `after` of each drain (rank 0's, on a per-host tier).  `rank` and `save_id`: this
     worker's, for the drains of a per-host tier."""
     started = []
+    workers_lost: dict[str, int] = {}  # this worker's lost parts (a replaced host): workers of each drain
+    lost: list[TierCheckpoint] = []
     if tier.per_host:
         await hosts.recover(tier, storage_options=storage_options, options=options)
-    for c in pending(tier):
-        if remote_directory is not None and split_prefix(c.remote)[0] != remote_directory.rstrip("/"):
-            continue
+        if remote_directory is not None and tier.resume:
+            for remote, workers, when in await replaced.lost(tier, remote_directory, rank=rank,
+                                                             storage_options=storage_options, options=options):
+                workers_lost[remote] = workers
+                lost.append(TierCheckpoint(tier, name_in_tier(remote), remote, when, False, True, False, 0))
+    held = [c for c in pending(tier)
+            if remote_directory is None or split_prefix(c.remote)[0] == remote_directory.rstrip("/")]
+    # Oldest first, as every worker of a per-host job drains them: each waits for the others.
+    for c in sorted(held + lost, key=lambda c: c.time):
         if drain.running(c.remote):
+            continue
+        if c in lost:
+            log.warning("%s: committed locally, and worker %d's host tier %s holds nothing of it; failing its "
+                        "drain", c.remote, rank, tier.path)
+            future = drain.start_work(
+                lambda c=c: replaced.fail_drain(  # type: ignore[misc]
+                    tier, c.remote, rank=rank, world_size=workers_lost[c.remote], save_id=save_id,
+                    storage_options=storage_options, options=options),
+                c.local, c.remote)
+            started.append((c, future))
             continue
         if not tier.resume:
             log.info("dropping %s: committed locally, never drained (resume=False)", c.local)
