@@ -102,9 +102,12 @@ _CRASHING_SAVE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point", ["draining", "mid-copy"])
+@pytest.mark.parametrize("point", ["committed", "draining", "mid-copy"])
 def test_a_restarted_job_resumes_the_coordinators_drain_with_the_metadata_file(point: str, tmp_path: Path,
                                                                                s3_prefix: str) -> None:
+    """Killed right after the local commit (before its host's copy of the index), before its
+    drain, or in the middle of it: the restarted job gets the index back, and drains the
+    coordinator's data file and DCP's metadata file."""
     import torch
     import torch.distributed.checkpoint as dcp
 
@@ -124,4 +127,35 @@ def test_a_restarted_job_resumes_the_coordinators_drain_with_the_metadata_file(p
     dcp.load(target, storage_reader=rt.StorageReader(prefix), no_dist=True)
     assert torch.equal(target["w"], torch.arange(70000, dtype=torch.float32))
     directory = split_prefix(prefix)[0]
-    assert remoteckpt.gc(directory, older_than=0, local_tier=tier).removed == []
+    removed = remoteckpt.gc(directory, older_than=0, local_tier=tier).removed
+    assert removed == ([".tiers/step-1.claim"] if point == "committed" else []), removed  # the dead coordinator's
+    assert _remote_names(prefix) == ["step-1.data-00000-of-00002", "step-1.data-00001-of-00002", "step-1.index"]
+
+
+def test_a_failed_commit_fails_the_durability_future_and_the_next_save_drains(tmp_path: Path, s3_prefix: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from remoteckpt import torch as rt
+    from remoteckpt.plugins import torch_dcp
+
+    tier = remoteckpt.LocalTier(path=str(tmp_path / "host-0"), per_host=True)
+    prefix = f"{s3_prefix}/failed/step-1"
+    state = {"w": torch.arange(100, dtype=torch.float32)}
+    real = torch_dcp.commit_tables
+
+    async def refused(*args: object, **kwargs: object) -> bytes:
+        raise remoteckpt.SaveFailedError("the commit was refused")
+
+    monkeypatch.setattr(torch_dcp, "commit_tables", refused)
+    with pytest.raises(CheckpointException, match="the commit was refused"):
+        dcp.save(state, storage_writer=rt.StorageWriter(prefix, local_tier=tier), no_dist=True)
+    with pytest.raises(remoteckpt.SaveFailedError, match="the commit was refused"):
+        remoteckpt.wait_durable(prefix, timeout=30)
+    monkeypatch.setattr(torch_dcp, "commit_tables", real)
+    dcp.save(state, storage_writer=rt.StorageWriter(prefix, local_tier=tier), no_dist=True)
+    assert remoteckpt.wait_durable(prefix, timeout=60) == prefix
+    with remoteckpt.load_checkpoint(prefix) as reader:
+        np.testing.assert_array_equal(reader.get_tensor("w"), state["w"].numpy())

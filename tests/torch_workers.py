@@ -229,9 +229,10 @@ def race_rank(barrier: Any, init_file: str, rank: int, world_size: int, prefix: 
 
 def per_host_tier_job(init_file: str, rank: int, world_size: int, prefixes: list[str], tiers: str) -> dict[str, Any]:
     """Rank r on a host of its own, whose local tier is TIERS/host-r: each prefix saved with
-    `dcp.save` through per-host tiers (the second one incrementally, the third async), each
-    waited for until durable on this rank; then each loaded, resharded the other way, from the
-    nearest tier, and every value checked.  Returns the files of this host's tier."""
+    `dcp.save` through per-host tiers (the second one incrementally, the third async), one
+    after the other without waiting for their drains (each rank drains them in that order),
+    then each waited for until durable on this rank; then each loaded, resharded the other way,
+    from the nearest tier, and every value checked.  Returns the files of this host's tier."""
     import remoteckpt
 
     tier = remoteckpt.LocalTier(path=os.path.join(tiers, f"host-{rank}"), per_host=True, keep=5)
@@ -243,6 +244,7 @@ def per_host_tier_job(init_file: str, rank: int, world_size: int, prefixes: list
                 dcp.async_save(sharded_state(mesh), storage_writer=writer).result(timeout=120)
             else:
                 dcp.save(sharded_state(mesh), storage_writer=writer)
+        for prefix in prefixes:
             assert remoteckpt.wait_durable(prefix, timeout=120) == prefix
         full = full_state()
         for prefix in prefixes:

@@ -39,7 +39,6 @@ in `torch_tensors`; what the writer and reader share is in `torch_common`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -392,9 +391,8 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     async def _write_on_host(self, tensors: dict[str, Any], shard_id: int, num_shards: int,
                              attempt: str) -> tuple[DataIdentity | None, bytes]:
         """A rank's data file on its host's tier (no identity: the coordinator cannot fence a
-        file on another host's disk; its drain is fenced at the remote prefix), then, on a rank
-        other than the coordinator, its drain started in the background, once the coordinator
-        has committed."""
+        file on another host's disk; its drain is fenced at the remote prefix), then its drain
+        started in the background, to go once the coordinator has committed."""
         assert self.prefix is not None and self.local_tier is not None
         prefix = for_writing(self.prefix)
         tier_dir, name = split_prefix(local_prefix(self.local_tier, prefix))
@@ -413,11 +411,11 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
             raise
         finally:
             await here.close()
-        if not self.is_coordinator:
-            collective.drain_when_committed(self.local_tier, prefix, rank=shard_id, world_size=num_shards,
-                                            save_id=job, overwrite=self.overwrite,
-                                            storage_options=self.storage_options, options=self.options,
-                                            future=future)
+        # The coordinator also drains DCP's metadata file, the last one, which it writes in `finish`.
+        collective.drain_when_committed(self.local_tier, prefix, table, rank=shard_id, world_size=num_shards,
+                                        extra=[num_shards - 1] if self.is_coordinator else [], save_id=job,
+                                        overwrite=self.overwrite, storage_options=self.storage_options,
+                                        options=self.options, future=future)
         return None, table
 
     async def _commit(self, tables: list[bytes], identities: list[DataIdentity], blob: bytes) -> None:
@@ -448,10 +446,11 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
                                 storage_options=self.storage_options, options=self.options)
 
     async def _commit_on_host(self, held: _Held, tables: list[bytes], blob: bytes) -> None:
-        """Per-host tiers: the metadata file (data file N of N + 1) on the coordinator's tier,
-        the merged index committed as the local commit (``.tiers/NAME.index``), the claim
-        released; then the coordinator's drain (its data file and file N) started."""
-        assert self.prefix is not None and self.local_tier is not None and self.rank is not None
+        """Per-host tiers: the metadata file (data file N of N + 1) on the coordinator's tier and
+        named for its drain, the merged index committed as the local commit
+        (``.tiers/NAME.index``), the claim released; the index handed to this rank's drain, or
+        the failure."""
+        assert self.prefix is not None and self.local_tier is not None
         prefix = for_writing(self.prefix)
         n = len(tables)
         tier_dir, local_name = split_prefix(local_prefix(self.local_tier, prefix))
@@ -463,33 +462,24 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
                         here, SaveLayout(local_name, n, n + 1, _job_id(held.lease.attempt)),
                         {METADATA_TENSOR: np.array(blob, dtype=object)}, attempt=held.lease.attempt,
                         options=self.options)
+                    await collective.name_extra(self.local_tier, prefix, rank=self._shard, extra=[n])
                     await held.lease.fresh()
-                    layout = SaveLayout(name, 0, n + 1)
-                    merged = await commit_tables(store, layout, [*tables, table], commit=self.commit)
+                    merged = await commit_tables(store, SaveLayout(name, 0, n + 1), [*tables, table],
+                                                 commit=self.commit)
                 finally:
                     await self._release_claim()
+        except BaseException as exc:
+            collective.abandon(prefix, exc)
+            raise
         finally:
             await here.close()
-        await collective.commit_on_host(self.local_tier, prefix, merged, rank=self._shard, extra=[n])
-        collective.drain_now(self.local_tier, prefix, rank=self._shard, world_size=n + 1, extra=[n],
-                             save_id=_job_id(held.lease.attempt), overwrite=self.overwrite,
-                             storage_options=self.storage_options,
-                             options=self.options, future=_pending(prefix))
+        collective.handover(prefix, merged)
 
 
 def _job_id(attempt: str) -> str:
     """The save id every rank's drain of a per-host save shares: each rank's writer has a save
     id of its own, the attempt of the coordinator's claim is the job's."""
     return f"dcp-{attempt}"
-
-
-def _pending(prefix: str) -> concurrent.futures.Future[str] | None:
-    """The durability future this rank's write_data registered for `prefix`, if still pending."""
-    try:
-        future = drain.durability(prefix)
-    except CheckpointError:
-        return None
-    return None if future.done() else future
 
 
 async def _let_go(held: _Held) -> None:

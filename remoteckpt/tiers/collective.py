@@ -4,36 +4,46 @@ the meeting done by the group's collectives instead of the store.
 
     every rank, write_data      its host tier readied (`hosts.ready_tier`), its data file
                                 written there create-only with its table (`hosts.write_host_part`);
-                                then, in the background, `drain_when_committed`: the local
-                                commit awaited, its index copied to the tier, the data file
+                                then `drain_when_committed` starts, in the background: the local
+                                commit awaited, its index written on the tier, the data file
                                 drained (`hosts.drain_on_host`)
-    coordinator, finish         its extra data files (DCP's metadata) written on its own tier,
-                                every table merged and committed create-only as
-                                REMOTE/.tiers/NAME.index (the local commit, `commit_on_host`);
-                                its drain started at once, of its own data file and the extra
-                                ones, which ``NAME.drains`` on its tier names for a restarted
-                                job (`layout.extra_shards`)
+    coordinator, finish         its extra data files (DCP's metadata) written on its own tier
+                                and named in ``NAME.drains`` (`name_extra`: for a restarted
+                                job, before the commit); every table merged and committed
+                                create-only as REMOTE/.tiers/NAME.index (the local commit); the
+                                index handed to its own waiter (`handover`), or the failure
+                                (`abandon`)
 
-The coordinator holds the claim of REMOTE/.tiers/NAME from its plan to its commit, as
-`hosts` does through the save protocol, so the two kinds of jobs exclude each other.  A
-worker learns of the commit by reading REMOTE/.tiers/NAME.index, at times drawn as the save
-protocol's waits are (jittered, growing, learned from the job's rhythm): the collective that
-ends the save tells it nothing, since DCP runs no code of the storage after `finish`.  A
-worker whose commit never comes (the save failed on some rank) gives up after
-``commit_timeout``; `gc` removes its data file.
+The coordinator holds the claim of REMOTE/.tiers/NAME from its plan to its commit, as `hosts`
+does through the save protocol, so the two kinds of jobs exclude each other.  A worker other
+than the coordinator learns of the commit by reading REMOTE/.tiers/NAME.index, at times drawn
+as the save protocol's waits are (jittered, growing, learned from the job's rhythm): DCP runs
+no code of the storage after `finish`.
+
+A process's waiters drain in the order their saves were written, as the hosts' drains do (each
+worker of a drain waits for the others: two workers taking two drains in opposite orders would
+each wait for the other).  DCP's saves are collectives, one after another: when a rank writes a
+save, every earlier save of the job has committed or failed, so each earlier waiter still
+waiting looks once more, at once, and gives up if its commit is not there.  A waiter whose
+commit never comes and that no later save settles gives up after ``commit_timeout``; `gc`
+removes its data file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CheckpointNotFoundError, SaveFailedError
-from ..format.bundle import index_filename
+from ..errors import CheckpointError, CheckpointNotFoundError, SaveFailedError
+from ..format.bundle import decode_index_bytes, index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..protocol import poll
+from ..protocol.worker import read_table
 from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from . import drain, hosts
@@ -41,9 +51,22 @@ from .layout import DRAINS, LocalTier, local_prefix
 
 log = logging.getLogger("remoteckpt")
 
-_waiting: dict[str, object] = {}
-"""The newest save of each remote prefix whose local commit this process awaits: an earlier
-waiter of the same prefix (a save that failed on another rank) stops at its next look."""
+
+@dataclass(eq=False)
+class _Waiter:
+    """One rank's wait for the local commit of one save, then its drain."""
+
+    prefix: str
+    nudge: asyncio.Event = field(default_factory=asyncio.Event)
+    merged: bytes | None = None          # handed over by this process's coordinator
+    error: BaseException | None = None   # the coordinator's failure
+    final: bool = False                  # a later save began: look once more, then give up
+    turn: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    """Done once this waiter is queued at the drain lock, or has ended."""
+
+
+_queue: list[_Waiter] = []
+"""This process's waiters, in the order of their saves (on remoteckpt's loop)."""
 
 
 def meeting(prefix: str) -> tuple[str, str]:
@@ -53,73 +76,142 @@ def meeting(prefix: str) -> tuple[str, str]:
     return remote_dir, hosts.meeting_name(remote_name)
 
 
-async def commit_on_host(tier: LocalTier, prefix: str, merged: bytes, *, rank: int, extra: list[int]) -> None:
-    """The coordinator's side after its commit of `merged` (REMOTE/.tiers/NAME.index): the index
-    on its own host tier, and the extra data files it drains named there."""
+async def name_extra(tier: LocalTier, prefix: str, *, rank: int, extra: Sequence[int]) -> None:
+    """The coordinator's record, before its commit, of the data files of remote `prefix` it
+    drains beside its own (`layout.extra_shards` reads it after a restart)."""
     tier_dir, name = split_prefix(local_prefix(tier, prefix))
     here = LocalStore(tier_dir)
     try:
-        await here.put(name + DRAINS, json.dumps({"rank": rank, "shards": extra}).encode())
-        await here.put(index_filename(name), merged)
+        await here.put(name + DRAINS, json.dumps({"rank": rank, "shards": list(extra)}).encode())
     finally:
         await here.close()
 
 
-def drain_when_committed(tier: LocalTier, prefix: str, *, rank: int, world_size: int, save_id: str | None,
-                         overwrite: bool, storage_options: dict[str, Any] | None = None,
-                         options: IOOptions = DEFAULT_OPTIONS, future: Future[str] | None = None) -> Future[str]:
-    """Start, in the background, worker `rank`'s wait for the local commit of remote `prefix`
-    and then its drain; the durability future (`future`, or a fresh `drain.promise`)."""
-    token = _waiting[prefix] = object()
-    local = local_prefix(tier, prefix)
+def _waiter(prefix: str) -> _Waiter | None:
+    return next((w for w in reversed(_queue) if w.prefix == prefix), None)
+
+
+def handover(prefix: str, merged: bytes) -> None:
+    """This process's coordinator committed `merged` for `prefix`: its waiter drains at once."""
+    waiter = _waiter(prefix)
+    if waiter is not None:
+        waiter.merged = merged
+        waiter.nudge.set()
+
+
+def abandon(prefix: str, error: BaseException) -> None:
+    """This process's coordinator failed to commit `prefix`: its waiter ends with `error`."""
+    waiter = _waiter(prefix)
+    if waiter is not None and waiter.merged is None:
+        waiter.error = error
+        waiter.nudge.set()
+
+
+def drain_when_committed(tier: LocalTier, prefix: str, table: bytes, *, rank: int, world_size: int,
+                         extra: Sequence[int] = (), save_id: str | None, overwrite: bool,
+                         storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
+                         future: Future[str] | None = None) -> Future[str]:
+    """On remoteckpt's loop, once worker `rank` wrote its data file (whose table is `table`):
+    settle every earlier waiter of this process, then start this one (the module docstring);
+    the durability future (`future`, or a fresh `drain.promise`)."""
+    for earlier in _queue:
+        if earlier.merged is None:
+            earlier.final = True
+            earlier.nudge.set()
+    before = _queue[-1].turn if _queue else None
+    waiter = _Waiter(prefix)
+    _queue.append(waiter)
 
     async def work() -> str:
-        await _await_commit(tier, prefix, token, world_size, options)
-        return await hosts.drain_on_host(tier, prefix, rank=rank, world_size=world_size, save_id=save_id,
-                                         overwrite=overwrite, storage_options=storage_options, options=options)
-
-    async def _await_commit(tier: LocalTier, prefix: str, token: object, pollers: int, options: IOOptions) -> None:
-        remote_dir, name = meeting(prefix)
-        key = index_filename(name)
-        tier_dir, local_name = split_prefix(local)
-        store, here = open_store(remote_dir, storage_options, options), LocalStore(tier_dir)
-        begun = poll.clock()
-        kind = ("host-commit", prefix.rsplit("/", 1)[0], rank)
         try:
-            async for _ in poll.backoff_polls(options.poll_interval, begun + options.commit_timeout,
-                                              cap=poll.interval_cap(pollers), share=poll.WAIT_SHARE, at_once=False,
-                                              not_before=poll.waits.not_before(kind, begun)):
-                if _waiting.get(prefix) is not token:
-                    raise SaveFailedError(f"{prefix}: a later save of it in this process replaced this one "
-                                          "before its local commit")
-                try:
-                    merged = await store.get(key)
-                except CheckpointNotFoundError:
-                    continue
-                poll.waits.learn(kind, poll.clock() - begun)
-                await here.put(index_filename(local_name), merged)
-                return
+            merged = await _await_commit(tier, waiter, table, rank, world_size, storage_options, options)
+            tier_dir, name = split_prefix(local_prefix(tier, prefix))
+            here = LocalStore(tier_dir)
+            try:
+                await here.put(index_filename(name), merged)  # this host's copy of the local commit
+            finally:
+                await here.close()
+            if before is not None:
+                await asyncio.shield(before)
+            waiter.turn.set_result(None)  # the drain below queues at the drain lock before any other runs
+            return await hosts.drain_on_host(tier, prefix, rank=rank, world_size=world_size, save_id=save_id,
+                                             overwrite=overwrite, storage_options=storage_options, options=options,
+                                             extra=extra)
         finally:
-            if _waiting.get(prefix) is token:
-                del _waiting[prefix]
-            await store.close()
-            await here.close()
+            if not waiter.turn.done():
+                waiter.turn.set_result(None)
+            _queue.remove(waiter)
+
+    return drain.start_work(work, local_prefix(tier, prefix), prefix, future)
+
+
+async def _await_commit(tier: LocalTier, waiter: _Waiter, table: bytes, rank: int, world_size: int,
+                        storage_options: dict[str, Any] | None, options: IOOptions) -> bytes:
+    """The index of `waiter`'s local commit, once it is there (checked to hold this worker's
+    table); raises once it cannot come."""
+    remote_dir, name = meeting(waiter.prefix)
+    key = index_filename(name)
+    store = open_store(remote_dir, storage_options, options)
+    begun = poll.clock()
+    kind = ("host-commit", remote_dir, rank)
+
+    async def look() -> bytes | None:
+        try:
+            return await store.get(key)
+        except CheckpointNotFoundError:
+            return None
+
+    async def polls() -> bytes:
+        async for _ in poll.backoff_polls(options.poll_interval, begun + options.commit_timeout,
+                                          cap=poll.interval_cap(world_size), share=poll.WAIT_SHARE, at_once=False,
+                                          not_before=poll.waits.not_before(kind, begun)):
+            found = await look()
+            if found is not None:
+                poll.waits.learn(kind, poll.clock() - begun)
+                return found
         raise SaveFailedError(
-            f"{prefix} was not committed locally within {options.commit_timeout:g} s: "
+            f"{waiter.prefix} was not committed locally within {options.commit_timeout:g} s: "
             f"{store.describe(key)} never appeared (the save failed on some rank, or its coordinator died); "
-            f"worker {rank}'s data file stays on {tier.path} until `gc`")
+            f"worker {rank}'s data file stays on {tier.path} until gc")
 
-    return drain.start_work(work, local, prefix, future)
+    try:
+        poller = asyncio.ensure_future(polls())
+        nudged = asyncio.ensure_future(waiter.nudge.wait())
+        try:
+            await asyncio.wait({poller, nudged}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (poller, nudged):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(poller, nudged, return_exceptions=True)
+        if poller.done() and not poller.cancelled():
+            merged = poller.result()
+        elif waiter.merged is not None:
+            merged = waiter.merged
+        elif waiter.error is not None:
+            raise waiter.error
+        else:  # a later save began: this one committed by now, or never will
+            found = await look()
+            if found is None:
+                raise SaveFailedError(f"{waiter.prefix} was not committed locally ({store.describe(key)} is not "
+                                      f"there) and the job has moved on to its next save; worker {rank}'s data "
+                                      f"file stays on {tier.path} until gc")
+            merged = found
+    finally:
+        await store.close()
+    _check_holds(merged, table, rank, waiter.prefix, store.describe(key))
+    return merged
 
 
-def drain_now(tier: LocalTier, prefix: str, *, rank: int, world_size: int, extra: list[int], save_id: str | None,
-              overwrite: bool, storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
-              future: Future[str] | None = None) -> Future[str]:
-    """The coordinator's drain, started once it committed: its own data file and `extra`."""
-    _waiting.pop(prefix, None)
-    return drain.start_work(
-        lambda: hosts.drain_on_host(tier, prefix, rank=rank, world_size=world_size, save_id=save_id,
-                                    overwrite=overwrite, storage_options=storage_options, options=options,
-                                    extra=extra),
-        local_prefix(tier, prefix), prefix, future)
+def _check_holds(merged: bytes, table: bytes, rank: int, prefix: str, where: str) -> None:
+    """Refuse a local commit that is not of this save: its entries of data file `rank` must be
+    exactly the ones this worker wrote."""
+    index = decode_index_bytes(merged)
+    mine = {k: e for k, e in read_table(table, rank, where).entries.items() if not e.slices}
+    theirs = {k: e for k, e in index.entries.items() if e.shard_id == rank and not e.slices}
+    def placed(entries: dict[bytes, Any]) -> dict[bytes, tuple[int, int, int]]:
+        return {k: (e.offset, e.size, e.crc32c) for k, e in entries.items()}
 
+    if placed(mine) != placed(theirs):
+        raise CheckpointError(f"{where} is not the local commit of the save worker {rank} wrote for {prefix} "
+                              "(another save committed it): its drain is not started")

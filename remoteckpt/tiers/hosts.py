@@ -49,6 +49,7 @@ from typing import Any
 
 from ..engine.budget import process_budget
 from ..engine.digest import digest_of
+from ..engine.fetch import gather_or_cancel
 from ..engine.incremental import Incremental, open_base
 from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point
@@ -64,7 +65,7 @@ from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes
+from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes
 
 log = logging.getLogger("remoteckpt")
 
@@ -112,6 +113,7 @@ async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, 
         await give_way(here, name, rank, world_size)
     await retention.make_room(tier, needed)
     await here.delete(name + DURABLE)  # of an older checkpoint of this name
+    await here.delete(name + DRAINS)   # likewise (a DCP coordinator's, `collective`)
     await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
 
 
@@ -214,7 +216,7 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                 base = await open_base(store, found) if found is not None else None
             remote_index = index_filename(remote_name)
 
-            async def one(shard: int) -> int:
+            async def one(shard: int) -> None:
                 table = await here.get(table_key(name, shard))
                 mine = [(k, e) for k, e in index.entries.items() if e.shard_id == shard and not e.slices]
                 key = data_filename(remote_name, shard, world_size)
@@ -239,22 +241,23 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                     if not exc.index_committed or not await drain.committed_as(store, remote_index, raw):
                         raise
                     log.info("%s was committed by an earlier drain; marking it durable", remote)
-                return total
 
             # Committed by an earlier drain of this very checkpoint (whose worker died before its
             # marker): durable, and never replaced, even by a drain that may overwrite.
-            total = 0
+            total = sum(e.size for e in index.entries.values() if e.shard_id in shards and not e.slices)
             if await drain.committed_as(store, remote_index, raw):
                 log.info("%s was committed by an earlier drain; marking it durable", remote)
             else:
-                total = sum(await asyncio.gather(*(one(shard) for shard in shards)))
+                tasks = [asyncio.ensure_future(one(shard)) for shard in shards]
+                await gather_or_cancel(tasks)
             crash_point("drained")
             await drain.mark_durable(local, remote)
-            if 0 in shards:
+            meeting_index = index_filename(meeting_name(remote_name))
+            if 0 in shards and await drain.committed_as(store, meeting_index, raw):  # not a newer save's
                 try:
-                    await store.delete(index_filename(meeting_name(remote_name)))
+                    await store.delete(meeting_index)
                 except CheckpointError:
-                    log.warning("could not remove %s", store.describe(index_filename(meeting_name(remote_name))))
+                    log.warning("could not remove %s", store.describe(meeting_index))
         finally:
             await here.close()
             await store.close()
