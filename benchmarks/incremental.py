@@ -14,7 +14,8 @@ it, then each scenario saves a new prefix, in an order rotated from one repetiti
               computed while streaming)
 
 and on S3 the drain of a local tier (docs/tiered.md): the 90% checkpoint, saved on local disk
-with digests (untimed), copied to the directory by `tools.copy.copy_async`:
+as a tier saves it (untimed: incrementally, against the base saved there before it), copied to
+the directory by `tools.copy.copy_async`:
 
   drain       without a base: every byte uploaded (the reference of the next)
   drain 90%   with the directory's latest as the base (what a local tier's drain does): the
@@ -153,8 +154,13 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
                 print(f"  {backend} {r}: {label:<8} {seconds:7.2f} s  cpu {cpu:6.2f} s  uploaded "
                       f"{uploaded / MiB:8.1f} MiB  copied {report.bytes_copied / MiB:8.1f} MiB", flush=True)
             if proxy is not None:
+                # As a local tier holds it: the base saved there first, then the 90% checkpoint saved
+                # incrementally against it (its unchanged tensors laid out in runs, as the drain
+                # copies them).
                 local = stack.enter_context(tempfile.TemporaryDirectory(prefix="rk-tier-"))
-                loop.run(api.save_checkpoint(ninety, f"{local}/ninety", incremental=True))
+                loop.run(api.save_checkpoint(base, f"{local}/base", incremental=True))
+                _mark(local, {}, "base")
+                loop.run(api.save_checkpoint(ninety, f"{local}/ninety", incremental=True, unchanged_last=True))
                 for label, with_base in (("drain", None), ("drain 90%", True))[:: 1 if r % 2 == 0 else -1]:
                     proxy.control("phase", name=label)
                     start, cpu = time.perf_counter(), _cpu()

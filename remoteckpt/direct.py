@@ -23,10 +23,11 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
                           storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
                           commit: CommitProtocol = DEFAULT_COMMIT,
                           progress: ProgressCallback | None = None,
-                          incremental: bool | str = False) -> SaveReport:
+                          incremental: bool | str = False, unchanged_last: bool = False) -> SaveReport:
     """Coroutine form of `save`, returning the worker's `SaveReport` (bytes, timings).
     `incremental` may also name the base: a checkpoint of the prefix's directory, by its name
-    there (``model.ckpt-1000``)."""
+    there (``model.ckpt-1000``).  `unchanged_last`: see `engine.incremental.Incremental` (a
+    local tier's saves)."""
     prefix = for_writing(prefix)
     directory, name = split_prefix(prefix)
     layout = SaveLayout(name, rank, world_size, SaveLayout.default_save_id() if save_id is None else save_id)
@@ -35,7 +36,7 @@ async def save_checkpoint(tensors: Mapping[str, Any], prefix: str, *, rank: int 
         since = None
         if incremental:
             base = incremental if isinstance(incremental, str) else await previous_checkpoint(store, directory, name)
-            since = Incremental(base=base)
+            since = Incremental(base=base, unchanged_last=unchanged_last)
         return await save_worker(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
                                  prefix=prefix, progress=Reporter(progress, prefix, rank, world_size),
                                  incremental=since)

@@ -551,3 +551,29 @@ def test_copy_with_a_base_that_changes_sends_the_file_whole(s3_prefix: str, tmp_
     report = loop.run(copy_async(str(tmp_path / "m-2"), f"{s3_prefix}/m-2", base=True))
     assert report.copied == 0
     assert_restores(f"{s3_prefix}/m-2", tensors)
+
+
+def test_a_local_tier_lays_unchanged_tensors_last_so_its_drain_copies_them_all(
+        s3_prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Changes interleaved with unchanged tensors: the tier's incremental save lays the changed
+    ones first and the unchanged after them, so its drain sends the changed bytes (12 MiB, past
+    S3's 5 MiB part minimum) and has every unchanged tensor copied by the store; laid out in
+    the save's order, each changed tensor would drag a neighbour along to reach a part
+    boundary."""
+    import logging
+
+    rng = np.random.default_rng(5)
+    step0 = {f"t{i}": rng.random(TENSOR // 4, dtype=np.float32) for i in range(6)}
+    step1 = {k: v + 1 if k in ("t0", "t3") else v for k, v in step0.items()}
+    tier = remoteckpt.LocalTier(path=str(tmp_path / "tier"))
+    remoteckpt.save(step0, f"{s3_prefix}/m-0", local_tier=tier, incremental=True)
+    remoteckpt.wait_durable(f"{s3_prefix}/m-0")
+    with caplog.at_level(logging.INFO, logger="remoteckpt"):
+        remoteckpt.save(step1, f"{s3_prefix}/m-1", local_tier=tier, incremental=True)
+        remoteckpt.wait_durable(f"{s3_prefix}/m-1")
+    index = decode_index_of(str(tmp_path / "tier" / "m-1"))
+    order = sorted(step1, key=lambda k: index.entries[k.encode()].offset)
+    assert order[:2] == ["t0", "t3"], order
+    drained = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drained ")]
+    assert drained and f"({4 * TENSOR} of them copied by the remote store)" in drained[-1], drained
+    assert_restores(f"{s3_prefix}/m-1", step1)

@@ -74,9 +74,14 @@ MAX_BASE_INDEX_BYTES = 2**30
 class Incremental:
     """How a save is incremental: `base` names the checkpoint (in the save's store) whose
     unchanged bytes it copies, or is None (the first save of a series: every tensor is
-    written, with the digests the next save compares against)."""
+    written, with the digests the next save compares against).  `unchanged_last`: every
+    unchanged payload goes after every changed one (a local tier's copy: its drain then sends
+    the changed bytes first and copies the unchanged ones inside the remote store in whole
+    parts, as an incremental save to S3 lays them out); else each run goes out as soon as the
+    writer may copy."""
 
     base: str | None = None
+    unchanged_last: bool = False
 
 
 @dataclass
@@ -173,9 +178,11 @@ class _Unchanged:
 
 
 async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseCheckpoint, options: IOOptions,
-                             on_bytes: Callable[[int], None] | None = None) -> CopyReport:
+                             on_bytes: Callable[[int], None] | None = None, *,
+                             unchanged_last: bool = False) -> CopyReport:
     """Write `plan` to `writer`, copying unchanged payloads from `base` (see the module
-    docstring); fills in every entry's offset, checksums and digest.  Does not commit."""
+    docstring; `unchanged_last`: see `Incremental`); fills in every entry's offset, checksums
+    and digest.  Does not commit."""
     report = CopyReport()
     budget = process_budget(options.memory_budget)
     keys = {id(entry): key for key, entry in plan.entries.items()}
@@ -212,7 +219,7 @@ async def stream_incremental(writer: ObjectWriter, plan: BundlePlan, base: BaseC
                     queue.append(_Unchanged(p, old))
                     report.unchanged += 1
                     continue
-            if queue:
+            if queue and not unchanged_last:
                 await out.drain()
                 if writer.bytes_before_copy() == 0:
                     placed = await _place(writer, out, base, queue, placed, report, on_bytes, budget, final=False)

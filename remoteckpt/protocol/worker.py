@@ -126,7 +126,9 @@ async def write_part(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
             async with store.writer(key, exclusive=True, size_hint=plan.size) as writer:
                 if base is not None and writer.server_side_copy:
                     copies = await stream_incremental(writer, plan, base, options,
-                                                      lambda n: progress.add("written", n, plan.size))
+                                                      lambda n: progress.add("written", n, plan.size),
+                                                      unchanged_last=incremental is not None
+                                                      and incremental.unchanged_last)
                     written, copied = copies.written + copies.copied, copies.copied
                     log.info("%s: %d of %d bytes copied from %s by the store (%d unchanged tensors)",
                              store.describe(key), copied, written, store.describe(base.name), copies.unchanged)

@@ -123,12 +123,17 @@ async def write_host_part(here: LocalStore, layout: SaveLayout, tensors: Mapping
     """Worker ``layout.rank``'s data file written create-only on its host tier (`here`), and its
     table beside it (what its drain sends, and what `recover` needs); returns the table.  A
     data file of a dead attempt of this very save (never committed here: no local index) goes
-    first: this host's tier is this job's."""
+    first: this host's tier is this job's.  `incremental`: with digests, its tensors unchanged
+    since the host's latest checkpoint on the tier copied from it (a tensor whose data file is
+    another host's makes it write them all) and laid after the changed ones, in runs the drain
+    copies inside the remote store as whole parts."""
     name, rank, world_size = layout.name, layout.rank, layout.world_size
     if not await here.exists(index_filename(name)):
         await here.delete(data_filename(name, rank, world_size))
+    since = (Incremental(base=await previous_checkpoint(here, here.url, name), unchanged_last=True)
+             if incremental else None)
     _, table = await write_part(here, layout, tensors, options=options, attempt=attempt, progress=progress,
-                                report=report, incremental=Incremental(base=None) if incremental else None)
+                                report=report, incremental=since)
     await here.put(table_key(name, rank), table)  # before the report: `recover` needs it
     return table
 

@@ -113,7 +113,8 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
     local save and the durability future (`durable`, if given, is the one resolved).
     `after` runs (rank 0) once the checkpoint is durable, in drain order.  `more`: further
     options of `direct.save_checkpoint` for the local save (``incremental``: its base is the
-    tier's latest checkpoint).  A per-host tier's save of several workers is `hosts.save_on_host`
+    tier's latest checkpoint, its unchanged tensors laid after the changed ones, as the drain
+    copies them).  A per-host tier's save of several workers is `hosts.save_on_host`
     (with the default commit protocol)."""
     if tier.per_host and world_size > 1:
         return await hosts.save_on_host(tensors, prefix, tier, rank=rank, world_size=world_size, overwrite=overwrite,
@@ -130,7 +131,7 @@ async def save_tiered(tensors: Mapping[str, Any], prefix: str, tier: LocalTier, 
             await begin(tier, prefix, overwrite=overwrite, needed=payload_bytes(tensors) * world_size)
         report = await save_checkpoint(tensors, local, rank=rank, world_size=world_size, overwrite=overwrite,
                                        save_id=save_id, options=options, commit=commit, progress=progress,
-                                       **more)
+                                       unchanged_last=True, **more)
     except BaseException as exc:
         if not future.done():
             future.set_exception(exc)
