@@ -59,8 +59,7 @@ class _Waiter:
     prefix: str
     nudge: asyncio.Event = field(default_factory=asyncio.Event)
     merged: bytes | None = None          # handed over by this process's coordinator
-    error: BaseException | None = None   # the coordinator's failure
-    final: bool = False                  # a later save began: look once more, then give up
+    error: BaseException | None = None   # the coordinator's failure (its commit may still have landed)
     turn: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     """Done once this waiter is queued at the drain lock, or has ended."""
 
@@ -114,9 +113,8 @@ def drain_when_committed(tier: LocalTier, prefix: str, table: bytes, *, rank: in
     """On remoteckpt's loop, once worker `rank` wrote its data file (whose table is `table`):
     settle every earlier waiter of this process, then start this one (the module docstring);
     the durability future (`future`, or a fresh `drain.promise`)."""
-    for earlier in _queue:
+    for earlier in _queue:  # a later save began: each looks once more, then gives up
         if earlier.merged is None:
-            earlier.final = True
             earlier.nudge.set()
     before = _queue[-1].turn if _queue else None
     waiter = _Waiter(prefix)
@@ -188,10 +186,10 @@ async def _await_commit(tier: LocalTier, waiter: _Waiter, table: bytes, rank: in
             merged = poller.result()
         elif waiter.merged is not None:
             merged = waiter.merged
-        elif waiter.error is not None:
-            raise waiter.error
-        else:  # a later save began: this one committed by now, or never will
+        else:  # the coordinator failed, or a later save began: committed by now, or never
             found = await look()
+            if found is None and waiter.error is not None:
+                raise waiter.error
             if found is None:
                 raise SaveFailedError(f"{waiter.prefix} was not committed locally ({store.describe(key)} is not "
                                       f"there) and the job has moved on to its next save; worker {rank}'s data "

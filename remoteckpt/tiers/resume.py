@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..engine import loop
+from ..errors import CheckpointError
 from ..format.bundle import decode_index_bytes, index_filename
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import split_prefix
@@ -60,28 +61,33 @@ async def resume(tier: LocalTier, *, storage_options: dict[str, Any] | None = No
     `after` of each drain (rank 0's, on a per-host tier).  `rank` and `save_id`: this
     worker's, for the drains of a per-host tier."""
     started = []
-    workers_lost: dict[str, int] = {}  # this worker's lost parts (a replaced host): workers of each drain
-    lost: list[TierCheckpoint] = []
+    commits: list[replaced.PendingCommit] = []
     if tier.per_host:
         await hosts.recover(tier, storage_options=storage_options, options=options)
         if remote_directory is not None and tier.resume:
-            for remote, workers, when in await replaced.lost(tier, remote_directory, rank=rank,
-                                                             storage_options=storage_options, options=options):
-                workers_lost[remote] = workers
-                lost.append(TierCheckpoint(tier, name_in_tier(remote), remote, when, False, True, False, 0))
-    held = [c for c in pending(tier)
-            if remote_directory is None or split_prefix(c.remote)[0] == remote_directory.rstrip("/")]
-    # Oldest first, as every worker of a per-host job drains them: each waits for the others.
-    for c in sorted(held + lost, key=lambda c: c.time):
+            try:
+                commits = await replaced.pending_commits(remote_directory, storage_options=storage_options,
+                                                         options=options)
+            except CheckpointError as exc:
+                log.warning("could not list the local commits pending in %s (%s); resuming what this host holds",
+                            remote_directory, exc)
+    order = {c.remote: c.order for c in commits}
+    gone = {c.remote: c for c in replaced.lost(commits, tier, rank)}
+    held = [c for c in pending(tier) if c.remote not in gone
+            and (remote_directory is None or split_prefix(c.remote)[0] == remote_directory.rstrip("/"))]
+    lost = [TierCheckpoint(tier, name_in_tier(remote), remote, c.order[0], c.over, True, False, 0)
+            for remote, c in gone.items()]
+    # Every worker of a per-host job in one order (the listing's): each drain waits for all.
+    for c in sorted(held + lost, key=lambda c: order.get(c.remote, (c.time, c.name))):
         if drain.running(c.remote):
             continue
-        if c in lost:
+        if c.remote in gone:
             log.warning("%s: committed locally, and worker %d's host tier %s holds nothing of it; failing its "
                         "drain", c.remote, rank, tier.path)
             future = drain.start_work(
                 lambda c=c: replaced.fail_drain(  # type: ignore[misc]
-                    tier, c.remote, rank=rank, world_size=workers_lost[c.remote], save_id=save_id,
-                    storage_options=storage_options, options=options),
+                    tier, gone[c.remote], rank=rank, save_id=save_id, storage_options=storage_options,
+                    options=options),
                 c.local, c.remote)
             started.append((c, future))
             continue
