@@ -161,7 +161,8 @@ class StorageWriter(AtPrefix, _DCPStorageWriter):
     rank's data file goes to its host's tier, the coordinator's DCP metadata file to its own,
     the local commit is ``.tiers/NAME.index`` in the prefix's directory, and every rank drains
     its own data file in the background (`remoteckpt.wait_durable(prefix)` on any rank;
-    `tiers.collective`)."""
+    `tiers.collective`); there `incremental` (true, or a name: either way) copies on each host
+    from its own latest checkpoint, and each drain from the remote directory's latest."""
 
     def __init__(self, prefix: str | os.PathLike[str] | None = None, *, overwrite: bool = False,
                  storage_options: dict[str, Any] | None = None, options: IOOptions = DEFAULT_OPTIONS,
