@@ -253,9 +253,11 @@ def crash_main(directory: str, tiers: str, rank: int, world: int, per_host: int,
 
 
 def restart_main(directory: str, tiers: str, rank: int, world: int, per_host: int, resume: bool,
-                 env: dict[str, str], save_id: str, result_path: str) -> None:
+                 env: dict[str, str], save_id: str, result_path: str, record_resumed: bool = False) -> None:
     """A restarted job's worker: its Saver adopts the directory and its host's tier (the
-    drains left unfinished resumed, or dropped), then saves step 2 and waits for its drains."""
+    drains left unfinished resumed, or dropped), then saves step 2 and waits for its drains.
+    `record_resumed`: the directory adopted first, and the error of the drains it resumed
+    (a replaced host's lost part) recorded before step 2."""
     import reliability_workers as rw
 
     os.environ.update(env)
@@ -267,6 +269,12 @@ def restart_main(directory: str, tiers: str, rank: int, world: int, per_host: in
             saver = remoteckpt.Saver(max_to_keep=3, rank=rank, world_size=world, save_id=save_id,
                                      options=_options(RESTART_TIMEOUT),
                                      local_tier=tier_of(tiers, rank, per_host, resume=resume))
+            if record_resumed:
+                saver.adopt(directory)
+                try:
+                    saver.wait_durable(BOUND / 2)
+                except remoteckpt.CheckpointError as exc:
+                    log.write(json.dumps({"resumed": f"{type(exc).__name__}: {exc}"}) + "\n")
             saver.save(tensors(STEPS, rank, world), f"{directory}/{NAME}", global_step=STEPS)
             log.write(json.dumps({"durable": saver.wait_durable(BOUND / 2)}) + "\n")
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -582,34 +590,6 @@ def _check_leftovers(run: HostRun, stays: list[str]) -> None:
                                     "checkpoint")
 
 
-def replaced_main(directory: str, tiers: str, rank: int, world: int, env: dict[str, str], save_id: str,
-                  result_path: str) -> None:
-    """A restarted job's worker, its host perhaps replaced: its Saver adopts the directory (the
-    drains left resumed, a lost part's drain failed), the errors of those drains recorded; then
-    step 2 saved and waited for."""
-    import reliability_workers as rw
-
-    os.environ.update(env)
-    os.environ.pop(CRASH_ENV, None)
-    import logging
-    logging.getLogger("remoteckpt").setLevel(logging.CRITICAL)
-    with open(result_path, "a") as log:
-        try:
-            saver = remoteckpt.Saver(max_to_keep=3, rank=rank, world_size=world, save_id=save_id,
-                                     options=_options(RESTART_TIMEOUT), local_tier=tier_of(tiers, rank))
-            saver.adopt(directory)
-            try:
-                saver.wait_durable(BOUND / 2)
-            except remoteckpt.CheckpointError as exc:
-                log.write(json.dumps({"resumed": f"{type(exc).__name__}: {exc}"}) + "\n")
-            saver.save(tensors(STEPS, rank, world), f"{directory}/{NAME}", global_step=STEPS)
-            log.write(json.dumps({"durable": saver.wait_durable(BOUND / 2)}) + "\n")
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            log.write(json.dumps(_error(STEPS, exc)) + "\n")
-            rw._exit_with(log, 1)
-        rw._exit_with(log, 0)
-
-
 def replaced_host(directory: str, tiers: str, env: dict[str, str]) -> dict[str, Any]:
     """Two hosts of one worker save steps 0 and 1; worker 1 is killed right after step 1's local
     commit (before its drain), and its host is replaced: its tier's directory is gone.  The job
@@ -627,7 +607,7 @@ def replaced_host(directory: str, tiers: str, env: dict[str, str]) -> dict[str, 
         crashed = [_records(p) for p in paths]
         shutil.rmtree(tier_of(tiers, 1).path)
         paths = [os.path.join(scratch, f"restart{r}.jsonl") for r in range(world)]
-        _together(ctx, replaced_main, [(directory, tiers, r, world, env, "replaced-restart", paths[r])
-                                       for r in range(world)], paths)
+        _together(ctx, restart_main, [(directory, tiers, r, world, 1, True, env, "replaced-restart", paths[r], True)
+                                      for r in range(world)], paths)
         return {"codes": codes, "crashed": crashed, "restart": [_records(p) for p in paths],
                 "steps": _steps(_remote_keys(directory)), "tier0": sorted(os.listdir(tier_of(tiers, 0).path))}
