@@ -38,7 +38,7 @@ from .management.state import CheckpointState, get_checkpoint_state
 from .options import IOOptions
 from .progress import ProgressBar, ProgressEvent
 from .protocol.commit import CommitProtocol, CreateOnlyCommit
-from .reader import CheckpointReader
+from .reader import CheckpointReader, Opening
 from .tiers.drain import durability, wait_durable
 from .tiers.layout import LocalTier
 from .tiers.resume import resume_drains
@@ -60,6 +60,7 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CheckpointReader",
+    "Opening",
     "CommitProtocol",
     "CreateOnlyCommit",
     "IOOptions",

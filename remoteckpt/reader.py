@@ -14,14 +14,24 @@ A host cache (`IOOptions.host_cache`) names the bytes it shares by their data fi
 before it fetches them, and a local tier routes each data file by its size: there the data
 files are listed first (one request per thousand files), before the index, and reads are
 pinned to the versions listed.
+
+A job that restores on many ranks can open the checkpoint once: one rank's reader hands its
+`Opening` (the index as fetched, its version, the data files as listed) to the others through
+whatever the job broadcasts with (a torch process group: `remoteckpt.torch`'s
+``StorageReader(process_group=)`` does this; MPI; JAX's multihost utilities), and they open with
+`CheckpointReader.from_opening`, sending no request until their first read.  One index GET per
+job instead of one per rank: at a thousand ranks that is the difference between the index being
+the hottest key of the bucket and being read once.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +41,7 @@ from .engine import loop
 from .engine.hostcache import host_cache
 from .engine.read import BoxLike, OpenCheckpoint
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
-from .format.bundle import BundleEntry, BundleIndex, decode_index, entry_shape, index_filename
+from .format.bundle import BundleEntry, BundleIndex, decode_index, encode_index, entry_shape, index_filename
 from .locate import DIRECTORY_CHECKPOINT, in_directory, is_directory_id, strip_file_suffix
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback
@@ -39,7 +49,7 @@ from .storage import ObjectInfo, Store, open_store, split_prefix
 from .tiers.layout import TierLike, as_tier
 from .tiers.nearest import NearestStore, open_nearest
 
-__all__ = ["BoxLike", "CheckpointReader", "MAX_INDEX_BYTES", "being_read"]
+__all__ = ["BoxLike", "CheckpointReader", "MAX_INDEX_BYTES", "Opening", "being_read"]
 
 log = logging.getLogger("remoteckpt")
 
@@ -53,12 +63,31 @@ def _decode_name(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What opening a checkpoint read, for readers in other processes to open it from without
+    a request (`CheckpointReader.opening`, `CheckpointReader.from_opening`).  Picklable; its
+    size is the index's (about 100 bytes per tensor or slice) plus the listing's.
+
+    `index` is the index encoded again from the decoded one (the same entries, validated
+    where it was read, and decoded again where it is used); `index_etag` the version it was
+    read at; `data_files` the data files as listed when the reader listed them (a host cache's
+    reader), else None: every reader then pins the data files' versions as its reads meet them,
+    so readers opened from one `Opening` agree on the index, and each still detects a
+    checkpoint replaced under it."""
+
+    prefix: str
+    index: bytes
+    index_etag: str
+    data_files: tuple[ObjectInfo, ...] | None = None
 
 
 class CheckpointReader:
     """Reads the checkpoint at `prefix` (``PREFIX.index`` + ``PREFIX.data-*``) on local disk or
     any fsspec URL.  Raises `CheckpointNotFoundError` if there is no ``PREFIX.index`` and
     `CorruptCheckpointError` if the index is invalid.  Safe to use from several threads."""
+
+    _given: Opening | None = None  # set by `from_opening`: opened from another reader's opening
 
     def __init__(self, prefix: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
                  options: IOOptions = DEFAULT_OPTIONS, local_tier: TierLike | None = None) -> None:
@@ -101,6 +130,8 @@ class CheckpointReader:
     async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
         """The store and the decoded index (its etag in `_index_etag`); the data files listed
         into `_data_files` where the reads need their versions before fetching."""
+        if self._given is not None:
+            return await self._open_given(self._given, storage_options)
         if self._tier is not None:
             self._data_files = {}
             return await open_nearest(prefix, self._tier, storage_options, self._options, self._data_files)
@@ -128,6 +159,44 @@ class CheckpointReader:
         except BaseException:
             await store.close()  # whatever failed, the store's connections are released
             raise
+
+    async def _open_given(self, given: Opening,
+                          storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
+        directory, name = split_prefix(given.prefix)
+        store = open_store(directory, storage_options, self._options)
+        self._index_etag = given.index_etag
+        self._data_files = None if given.data_files is None else {i.key: i for i in given.data_files}
+        view = memoryview(given.index)
+        try:
+            return store, decode_index(lambda o, n: view[o : o + n], len(view))
+        except CorruptCheckpointError as exc:
+            await store.close()
+            raise CorruptCheckpointError(f"{store.describe(index_filename(name))}: {exc}") from None
+
+    @classmethod
+    def from_opening(cls, opening: Opening, *, storage_options: dict[str, Any] | None = None,
+                     options: IOOptions = DEFAULT_OPTIONS) -> CheckpointReader:
+        """A reader of the checkpoint another reader opened (`opening`), made without a
+        request: the index is `opening`'s.  `storage_options` and `options` are this
+        process's (its credentials, its memory budget)."""
+        reader = cls.__new__(cls)
+        reader._given = opening
+        reader.__init__(opening.prefix, storage_options=storage_options, options=options)  # type: ignore[misc]
+        return reader
+
+    def opening(self) -> Opening:
+        """This reader's `Opening`, to open the same checkpoint in other processes without a
+        request (`from_opening`).  A reader through a local tier has none (`ValueError`): its
+        reads are routed by what its own host's tier holds."""
+        if self._tier is not None:
+            raise ValueError(f"{self._prefix}: a reader through a local tier cannot hand its opening on; "
+                             "open the remote prefix without `local_tier` to share one")
+        if self._given is not None:
+            return self._given
+        out = io.BytesIO()
+        encode_index(self._index.header, self._index.entries, out)
+        listed = None if self._data_files is None else tuple(self._data_files.values())
+        return Opening(self._prefix, out.getvalue(), self._index_etag, listed)
 
     # --- what is in it -------------------------------------------------------------------
 

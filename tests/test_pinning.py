@@ -74,6 +74,76 @@ def test_a_restore_sends_one_index_get_and_no_list_or_head(cached: bool, s3_serv
             np.testing.assert_array_equal(got[name], value)
 
 
+# --- one opening for many readers -----------------------------------------------------------
+
+@pytest.mark.parametrize("cached", [False, True], ids=["plain", "host-cache"])
+def test_readers_opened_from_one_opening_send_no_request_to_open(cached: bool, s3_server: Any, s3_prefix: str,
+                                                                 tmp_path: Path) -> None:
+    """A job's rank opens, broadcasts its `Opening` (here: pickled), and the others open from it
+    with no request at all: one index GET per job.  Their reads are those of any reader."""
+    import pickle
+
+    from faultproxy import FaultProxy, classify
+
+    prefix = f"{s3_prefix}/ck"
+    save_two(prefix, 1.0)
+    options = remoteckpt.IOOptions(host_cache=str(tmp_path / "cache")) if cached else remoteckpt.IOOptions()
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        opts = {"endpoint_url": proxy.endpoint_url}
+        with remoteckpt.CheckpointReader(prefix, storage_options=opts, options=options) as first:
+            sent = pickle.dumps(first.opening())
+        proxy.log.clear()
+        opening = pickle.loads(sent)
+        assert isinstance(opening, remoteckpt.Opening) and opening.prefix == prefix
+        assert (opening.data_files is not None) == cached
+        readers = [remoteckpt.CheckpointReader.from_opening(opening, storage_options=opts, options=options)
+                   for _ in range(3)]
+        assert proxy.log == []
+        try:
+            for reader in readers:
+                assert reader.opening() is opening and reader.prefix == prefix
+                got = loop.run(reader.read_many(reader.get_variable_to_shape_map()))
+                for rank in (0, 1):
+                    for name, value in tensors(rank, 1.0).items():
+                        np.testing.assert_array_equal(got[name], value)
+        finally:
+            for reader in readers:
+                reader.close()
+        targets = [classify(method, target) for method, target, _ in proxy.log]
+    assert not any(key.endswith(".index") for _, key in targets)
+    assert {kind for kind, _ in targets} == {"GET"}
+
+
+def test_a_reader_opened_from_an_opening_still_sees_the_checkpoint_replaced(base: str) -> None:
+    """The opening's index is the one its readers check every byte against: a checkpoint
+    replaced after it was taken is reported as replaced, never read as the new values."""
+    prefix = f"{base}/ck"
+    save_two(prefix, 1.0)
+    with remoteckpt.CheckpointReader(prefix) as first:
+        opening = first.opening()
+    save_two(prefix, 2.0, overwrite=True)
+    with remoteckpt.CheckpointReader.from_opening(opening) as reader:
+        with pytest.raises(CheckpointChangedError, match="replaced or deleted"):
+            reader.get_tensor("r0/w")
+
+
+def test_an_opening_is_refused_where_it_cannot_be_shared(tmp_path: Path) -> None:
+    """A reader through a local tier routes its reads by its own host's tier; a damaged opening
+    is refused like a damaged index."""
+    import dataclasses
+
+    prefix = str(tmp_path / "remote" / "ck")
+    save_two(prefix, 1.0)
+    with remoteckpt.CheckpointReader(prefix) as plain:
+        opening = plain.opening()
+    with remoteckpt.CheckpointReader(prefix, local_tier=str(tmp_path / "tier")) as tiered:
+        with pytest.raises(ValueError, match="local tier"):
+            tiered.opening()
+    damaged = dataclasses.replace(opening, index=opening.index[:-9] + bytes(9))
+    with pytest.raises(CorruptCheckpointError, match=r"ck\.index"):
+        remoteckpt.CheckpointReader.from_opening(damaged)
+
+
 # --- replaced or deleted under an open reader ----------------------------------------------
 
 @pytest.mark.parametrize("change", ["same-layout", "shorter", "deleted"])

@@ -8,12 +8,12 @@ any world size and sharding can load any checkpoint.  A bundle without ``_DCP_ME
 
 Every rank needs the whole index.  DCP calls `read_metadata` on every rank and offers no hook
 to read it once, so with ``process_group=`` the reader does it itself: the group's rank 0
-fetches the index and broadcasts it (with its version, and the data files' listing where its
-reader made one: `CheckpointReader`), or its error, to the others, which read nothing but their
-boxes, each pinning the data files' versions as its reads meet them.  One index read per job
-instead of one per rank.  The data too is then read
-once per group (`engine.group`): every byte range that any rank needs is fetched by one rank
-and sent to the others that need it (data-parallel replicas restore one copy from storage).
+fetches the index and broadcasts its `Opening` (the index, its version, and the data files'
+listing where its reader made one: `CheckpointReader.opening`), or its error, to the others,
+which read nothing but their boxes, each pinning the data files' versions as its reads meet
+them.  One index read per job instead of one per rank.  The data too is then read once per
+group (`engine.group`): every byte range that any rank needs is fetched by one rank and sent
+to the others that need it (data-parallel replicas restore one copy from storage).
 """
 
 from __future__ import annotations
@@ -39,12 +39,9 @@ from torch.futures import Future
 
 from ..engine import loop
 from ..errors import CorruptCheckpointError, ShapeMismatchError, UnsupportedDTypeError
-from ..format.bundle import BundleIndex, decode_index, encode_index, index_filename
 from ..format.slices import Box
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..reader import CheckpointReader
-from ..storage import Store, open_store, split_prefix
-from ..storage.base import ObjectInfo
 from .torch_common import BYTES_PREFIX, DCP_VERSION, METADATA_TENSOR, AtPrefix, refuse_credentials
 from .torch_metadata import FORMAT, decode_metadata
 from .torch_tensors import TO_TORCH, numel, numpy_to_tensor, writable_view
@@ -82,41 +79,6 @@ def metadata_from_index(reader: CheckpointReader) -> Metadata:
                                             chunks=chunks)
     return Metadata(state_dict_metadata=items, storage_data={"format": FORMAT, "derived": True},
                     version=DCP_VERSION)
-
-
-Shared = tuple[bytes, list[ObjectInfo] | None, str]
-"""What rank 0 sends the others: the index (encoded again), the data files as listed (None:
-not listed) and the etag of the index's version."""
-
-
-class _SharedReader(CheckpointReader):
-    """A `CheckpointReader` whose index (and data file listing, where there is one) are another
-    rank's: `shared` is a `Shared`, or None to read them as any reader does and keep them in
-    `shared` for the others."""
-
-    def __init__(self, prefix: str, shared: Shared | None, *,
-                 storage_options: dict[str, Any] | None, options: IOOptions) -> None:
-        self.shared = shared
-        super().__init__(prefix, storage_options=storage_options, options=options)
-
-    async def _open(self, prefix: str, storage_options: dict[str, Any] | None) -> tuple[Store, BundleIndex]:
-        if self.shared is None:
-            store, index = await super()._open(prefix, storage_options)
-            out = io.BytesIO()
-            encode_index(index.header, index.entries, out)
-            listed = None if self._data_files is None else list(self._data_files.values())
-            self.shared = (out.getvalue(), listed, self._index_etag)
-            return store, index
-        data, listing, self._index_etag = self.shared
-        directory, name = split_prefix(prefix)
-        store = open_store(directory, storage_options, self._options)
-        self._data_files = None if listing is None else {i.key: i for i in listing}
-        view = memoryview(data)
-        try:
-            return store, decode_index(lambda o, n: view[o : o + n], len(view))
-        except CorruptCheckpointError as exc:
-            await store.close()
-            raise CorruptCheckpointError(f"{store.describe(index_filename(name))}: {exc}") from None
 
 
 class StorageReader(AtPrefix, _DCPStorageReader):
@@ -193,19 +155,19 @@ class StorageReader(AtPrefix, _DCPStorageReader):
         payload: list[Any] = [None]
         if dist.get_rank(group) == 0:
             try:
-                mine = _SharedReader(str(self.prefix), None, storage_options=self.storage_options,
-                                     options=self.options)
-                payload[0] = ("ok", mine.prefix, mine.shared)
+                mine = CheckpointReader(str(self.prefix), storage_options=self.storage_options, options=self.options)
+                payload[0] = ("ok", mine.opening())
             except Exception as exc:  # every rank raises it
-                payload[0] = ("error", exc, None)
+                payload[0] = ("error", exc)
         dist.broadcast_object_list(payload, src=dist.get_global_rank(group, 0), group=group)
-        kind, value, shared = payload[0]
+        kind, value = payload[0]
         if kind == "error":
             raise value
         if dist.get_rank(group) == 0:
             self._reader = mine
-        else:  # the prefix as rank 0 resolved it (a directory id names a checkpoint in it)
-            self._reader = _SharedReader(value, shared, storage_options=self.storage_options, options=self.options)
+        else:  # opened as rank 0 resolved it (a directory id names a checkpoint in it)
+            self._reader = CheckpointReader.from_opening(value, storage_options=self.storage_options,
+                                                         options=self.options)
 
     def read_metadata(self, *args: Any) -> Metadata:
         if self._reader is None and self.process_group is not None:
