@@ -1,5 +1,6 @@
 """The simulated fleet (benchmarks/scale, ``make scale``) at 16 ranks, as a subprocess: every
-rank saves and restores, and the JSON record holds every quantity docs/scale.md reports."""
+rank saves and restores (each opening the checkpoint, then from one rank's broadcast opening),
+and the JSON record holds every quantity docs/scale.md reports."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_fleet_of_16_ranks_records_every_quantity(tmp_path: Path) -> None:
     assert set(record["targets"]) == {"worker requests beyond its data parts", "coordinator LIST pages",
                                       "busiest key, requests/s (save)", "commit latency, s",
                                       "index GETs per restoring rank", "HEADs per restoring rank",
-                                      "LIST pages per restoring rank", "busiest key, requests/s (restore)"}
+                                      "LIST pages per restoring rank", "busiest key, requests/s (restore)",
+                                      "index GETs per restore, shared opening",
+                                      "busiest key, requests/s (restore, shared opening)"}
     [run] = record["runs"]
     assert run["world"] == 16
     save, restore = run["save"], run["restore"]
@@ -48,5 +51,11 @@ def test_fleet_of_16_ranks_records_every_quantity(tmp_path: Path) -> None:
     assert restore["rank_requests"]["by_kind"]["LIST"]["max"] == restore["rank_requests"]["by_kind"]["HEAD"]["max"] == 0
     assert restore["rank_requests"]["data_gets"]["max"] >= 1
     assert restore["seconds"] > 0 and restore["busiest_keys"]
+    shared = run["restore_shared"]  # rank 0 opened and "broadcast": one index GET in all
+    assert shared["ranks_ok"] == 16 and not shared["errors"]
+    assert shared["index_gets"] == 1 and restore["index_gets"] == 16
+    assert shared["rank_requests"]["by_kind"]["LIST"]["max"] == shared["rank_requests"]["by_kind"]["HEAD"]["max"] == 0
+    assert shared["rank_requests"]["data_gets"]["max"] >= 1
     assert set(run["verdicts"]) == set(record["targets"])
+    assert run["verdicts"]["index GETs per restore, shared opening"]
     assert "N=16" in out.stdout and "commit latency" in out.stdout  # the summary table

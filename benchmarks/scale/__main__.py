@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore-concurrency", type=int, default=Config.restore_concurrency,
                         help="ranks of one process restoring at once (default 64)")
     parser.add_argument("--no-restore", action="store_true", help="save only")
+    parser.add_argument("--no-shared-restore", action="store_true",
+                        help="restore only with every rank opening the checkpoint (not again from one opening)")
     parser.add_argument("--saves", type=int, default=Config.saves,
                         help="checkpoints saved in a row, the last measured (default 1)")
     parser.add_argument("--nice", type=int, default=Config.nice,
@@ -48,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     cfg = Config(ranks=args.ranks, processes=args.processes, throttle=throttle,
                  restore_concurrency=args.restore_concurrency, timeout=args.timeout,
-                 restore=not args.no_restore, saves=args.saves, nice=args.nice)
+                 restore=not args.no_restore, shared_restore=not args.no_shared_restore, saves=args.saves,
+                 nice=args.nice)
     path, record = run(cfg, args.out, keep_logs=args.keep_logs, argv=sys.argv[1:] if argv is None else argv)
     print()
     print(table(record))
     chart = charts(record, Path(args.charts or args.out), "scale-throttled" if throttle else "scale")
     print(f"\nresults: {path}" + (f"\nchart: {chart}" if chart else "\n(matplotlib is not installed: no chart)"))
     failed = [r["world"] for r in record["runs"]
-              if r["save"]["ranks_ok"] != r["world"] or (r["restore"] and r["restore"]["ranks_ok"] != r["world"])]
+              if r["save"]["ranks_ok"] != r["world"] or any(r.get(k) and r[k]["ranks_ok"] != r["world"]
+                                                             for k in ("restore", "restore_shared"))]
     if failed:
         print(f"ranks failed in the fleet(s) of {failed}: see the record's errors", file=sys.stderr)
         return 1

@@ -119,8 +119,9 @@ def save_summary(log: list[list[Any]], world: int, directory: str, ranks: list[d
     }
 
 
-def restore_summary(log: list[list[Any]], world: int, directory: str, ranks: list[dict[str, Any]]) -> dict[str, Any]:
-    records = [r for r in log if r[2] == "restore"]
+def restore_summary(log: list[list[Any]], world: int, directory: str, ranks: list[dict[str, Any]],
+                    phase: str = "restore") -> dict[str, Any]:
+    records = [r for r in log if r[2] == phase]
     counts = per_rank(records)
     index_gets: collections.Counter[int] = collections.Counter()
     data_gets: collections.Counter[int] = collections.Counter()
@@ -149,5 +150,6 @@ def restore_summary(log: list[list[Any]], world: int, directory: str, ranks: lis
                           "data_gets": _spread([data_gets[r] for r in everyone])},
         "busiest_keys": [dict(b, key=_short(b["key"], directory, False)) for b in busiest_keys(records)],
         "peak_requests_per_s": peak_rate(sorted(r[0] for r in records)),
+        "index_gets": sum(index_gets.values()),
     }
 

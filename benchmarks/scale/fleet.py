@@ -16,14 +16,19 @@ rank reads its half box), and its own two tensors; every value read is checked.
 
 The process talks to its driver through a pipe: ``ready`` once every store has sent one
 request (so that creating clients is not timed), then ``("save", NAME)`` (as often as the
-driver asks: the stores stay open, as a job's do) and ``restore`` on command,
-each answered with the ranks' timings and errors and the process's CPU seconds.
+driver asks: the stores stay open, as a job's do) and ``("restore", OPENING)`` on command,
+each answered with the ranks' timings and errors and the process's CPU seconds.  OPENING is
+None (each rank opens the checkpoint itself, one index GET per rank), or the pickled
+`remoteckpt.Opening` that rank 0's process answered ``open`` with: a job with a process group
+restores that way, one rank opening and broadcasting (`remoteckpt.torch`'s
+``StorageReader(process_group=)``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pickle
 import time
 import traceback
 from typing import Any
@@ -114,13 +119,19 @@ async def _close(stores: dict[int, Any]) -> None:
     await asyncio.gather(*(s.close() for s in stores.values()), return_exceptions=True)
 
 
-def _restore_one(rank: int, spec: dict[str, Any], options: Any) -> dict[str, Any]:
+def _restore_one(rank: int, spec: dict[str, Any], options: Any, opening: bytes | None) -> dict[str, Any]:
+    """Rank `rank` opens the checkpoint (or, given the `opening` another rank broadcast, opens
+    from it: `CheckpointReader.from_opening`), reads its boxes and checks every value."""
     from remoteckpt import CheckpointReader
     from remoteckpt.engine import loop
 
     out: dict[str, Any] = {"rank": rank, "start": time.monotonic()}
     try:
-        reader = CheckpointReader(spec["prefix"], storage_options=storage_options(rank, spec), options=options)
+        if opening is None:
+            reader = CheckpointReader(spec["prefix"], storage_options=storage_options(rank, spec), options=options)
+        else:  # each rank decodes what it received, as after a broadcast
+            reader = CheckpointReader.from_opening(pickle.loads(opening), storage_options=storage_options(rank, spec),
+                                                   options=options)
         out["opened"] = time.monotonic()
         try:
             arrays = loop.run(reader.read_boxes(restore_requests(rank, spec)))
@@ -172,13 +183,19 @@ def serve(spec: dict[str, Any], ranks: list[int], conn: Any) -> None:
             results = loop.run(_profiled(_save_all(stores, {**spec, "name": command[1]}, options), ranks))
             conn.send(("saved", {"ranks": results, "cpu": time.process_time() - cpu, "start": start,
                                  "end": time.monotonic()}))
-        elif command == "restore":
+        elif command == "open":  # rank 0's process: the opening it would broadcast to a process group
+            from remoteckpt import CheckpointReader
+
+            start = time.monotonic()
+            with CheckpointReader(spec["prefix"], storage_options=storage_options(0, spec), options=options) as reader:
+                conn.send(("opening", {"opening": pickle.dumps(reader.opening()), "start": start}))
+        elif isinstance(command, tuple) and command[0] == "restore":
             loop.run(_close(stores))  # the save's clients: a restoring rank opens a reader of its own
             stores = {}
             cpu, start = time.process_time(), time.monotonic()
             workers = max(1, min(len(ranks), spec["restore_concurrency"]))
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(lambda r: _restore_one(r, spec, options), ranks))
+                results = list(pool.map(lambda r: _restore_one(r, spec, options, command[1]), ranks))
             conn.send(("restored", {"ranks": results, "cpu": time.process_time() - cpu, "start": start,
                                     "end": time.monotonic()}))
         else:

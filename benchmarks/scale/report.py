@@ -47,6 +47,10 @@ ROWS: list[Row] = [
     ("busiest key, requests/s (restore)", "busiest key, requests/s (restore)",
      lambda r: f"{r['restore']['busiest_keys'][0]['peak_per_s']} {r['restore']['busiest_keys'][0]['key']}"),
     ("SlowDowns (restore)", "", lambda r: r["restore"]["slowdowns"]),
+    ("restore from one opening, s", "", lambda r: r["restore_shared"]["seconds"]),
+    ("  index GETs in all", "index GETs per restore, shared opening", lambda r: r["restore_shared"]["index_gets"]),
+    ("  busiest key, requests/s", "busiest key, requests/s (restore, shared opening)",
+     lambda r: f"{r['restore_shared']['busiest_keys'][0]['peak_per_s']} {r['restore_shared']['busiest_keys'][0]['key']}"),
     ("ranks ok (save / restore)", "", lambda r: f"{r['save']['ranks_ok']} / {r['restore']['ranks_ok']}"),
 ]
 
