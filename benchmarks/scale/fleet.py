@@ -147,11 +147,12 @@ def _restore_one(rank: int, spec: dict[str, Any], options: Any, opening: bytes |
 
 async def _profiled(work: Any, ranks: list[int]) -> Any:
     """`work`, profiled on the I/O loop's thread when $SCALE_PROFILE names a directory (the
-    profile of the process holding rank 1 is written there)."""
+    profiles of the coordinator's process and of the process holding rank 1 are written there,
+    one file per save: ``scale-save-<N ranks of the process>-<rank>-<n>.prof``)."""
     import os
 
     where = os.environ.get("SCALE_PROFILE")
-    if not where or 1 not in ranks:
+    if not where or (0 not in ranks and 1 not in ranks):
         return await work
     import cProfile
 
@@ -161,7 +162,8 @@ async def _profiled(work: Any, ranks: list[int]) -> Any:
         return await work
     finally:
         profile.disable()
-        profile.dump_stats(os.path.join(where, f"scale-save-{len(ranks)}.prof"))
+        count = len([n for n in os.listdir(where) if n.startswith(f"scale-save-{len(ranks)}-{ranks[0]}-")])
+        profile.dump_stats(os.path.join(where, f"scale-save-{len(ranks)}-{ranks[0]}-{count + 1}.prof"))
 
 
 def serve(spec: dict[str, Any], ranks: list[int], conn: Any) -> None:
