@@ -193,13 +193,17 @@ def load(prefix: str | os.PathLike[str], names: Iterable[str] | None = None, *,
     plus every name in `out` (caller-owned arrays, filled in place and returned; their shapes
     and dtypes must match the checkpoint).  Reads run concurrently, only the needed ranges.
     With `process_group` (a `torch.distributed` group, ``torch.distributed.group.WORLD``
-    for the default one), every rank of the group calls `load` at once and each unique byte
-    range is fetched by one rank only, then sent to the others that need it
-    (`CheckpointReader.read_boxes_shared`); `progress` is not reported then.
+    for the default one), every rank of the group calls `load` at once: the index is fetched
+    by one rank (`CheckpointReader.opened_once`) and each unique byte range by one rank only,
+    then sent to the others that need it (`CheckpointReader.read_boxes_shared`); `progress`
+    is not reported then.
     With `local_tier`, remote `prefix` is read from its nearest tier (docs/tiered.md)."""
     start = time.monotonic()
-    with CheckpointReader(prefix, storage_options=storage_options, options=options,
-                          local_tier=local_tier) as reader:
+    if process_group is None or local_tier is not None:
+        opened = CheckpointReader(prefix, storage_options=storage_options, options=options, local_tier=local_tier)
+    else:  # the group's rank 0 fetches the index for all
+        opened = CheckpointReader.opened_once(prefix, process_group, storage_options=storage_options, options=options)
+    with opened as reader:
         wanted = list(reader.get_variable_to_shape_map()) if names is None and out is None else list(names or [])
         wanted += [n for n in (out or {}) if n not in wanted]
         if process_group is None or local_tier is not None:  # a tier is per host: each rank reads its own

@@ -15,9 +15,11 @@ class IOOptions:
     """Bytes of temporary buffers held at once, per process: every save, read and copy of a
     process with the same value draws on one budget (`engine.budget`).  It bounds blocks of
     tensors converted while they are written (non-contiguous, big-endian), a partial read's
-    blocks, string payloads, and S3 upload parts in flight (``memory_budget // part_size``
-    per writer).  The tensors being saved and the arrays a read returns are the caller's,
-    not counted; an operation that needs one buffer larger than the budget gets it alone."""
+    blocks, string payloads, a copy's or a drain's pieces, until the S3 upload parts sending
+    them are done (``memory_budget // part_size`` parts in flight per writer, and besides the
+    budget at most one part being filled per writer).  The tensors being saved and the arrays a
+    read returns are the caller's, not counted; an operation that needs one buffer larger than
+    the budget gets it alone."""
 
     max_concurrency: int = 16
     """Requests in flight at once per save or load."""

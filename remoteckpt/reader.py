@@ -63,6 +63,17 @@ def _decode_name(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
 
+def _collective(process_group: Any) -> Any:
+    """`process_group` as an `engine.group.Collective` (a torch group is wrapped)."""
+    from .engine.group import Collective
+
+    if isinstance(process_group, Collective):
+        return process_group
+    from .plugins.torch_group import as_collective
+
+    return as_collective(process_group)
+
+
 @dataclass(frozen=True)
 class Opening:
     """What opening a checkpoint read, for readers in other processes to open it from without
@@ -183,6 +194,33 @@ class CheckpointReader:
         reader._given = opening
         reader.__init__(opening.prefix, storage_options=storage_options, options=options)  # type: ignore[misc]
         return reader
+
+    @classmethod
+    def opened_once(cls, prefix: str | os.PathLike[str], process_group: Any, *,
+                    storage_options: dict[str, Any] | None = None,
+                    options: IOOptions = DEFAULT_OPTIONS) -> CheckpointReader:
+        """A reader on every rank of `process_group` (a `torch.distributed` group, e.g.
+        ``torch.distributed.group.WORLD``, or an `engine.group.Collective`), which every rank
+        calls at once: the group's rank 0 opens the checkpoint and broadcasts its `Opening`,
+        or its error, which every rank then raises; the others open from it.  One index GET
+        per group instead of one per rank."""
+        group = _collective(process_group)
+        mine: CheckpointReader | None = None
+        try:
+            if group.rank == 0:
+                mine = cls(prefix, storage_options=storage_options, options=options)
+                payload: tuple[str, Any] = ("ok", mine.opening())
+        except Exception as exc:  # every rank raises it
+            if mine is not None:
+                mine.close()
+                mine = None
+            payload = ("error", exc)
+        kind, value = group.broadcast_object(payload if group.rank == 0 else None, 0)
+        if kind == "error":
+            raise value
+        if mine is not None:
+            return mine
+        return cls.from_opening(value, storage_options=storage_options, options=options)
 
     def opening(self) -> Opening:
         """This reader's `Opening`, to open the same checkpoint in other processes without a
@@ -305,13 +343,9 @@ class CheckpointReader:
         others (`engine.group`).  A `torch.distributed` process group (``None`` is not
         one: pass ``torch.distributed.group.WORLD``) or an `engine.group.Collective`.
         Call from the caller's thread, on every rank of the group."""
-        from .engine.group import Collective, read_shared
+        from .engine.group import read_shared
 
-        if not isinstance(process_group, Collective):
-            from .plugins.torch_group import as_collective
-
-            process_group = as_collective(process_group)
-        return read_shared(self._checkpoint, requests, outs, process_group)
+        return read_shared(self._checkpoint, requests, outs, _collective(process_group))
 
 
     def close(self) -> None:

@@ -67,8 +67,8 @@ class _UnknownOutcomeWriter(ObjectWriter):
         self.key = inner.key
         self._inner, self._settle = inner, settle
 
-    async def write(self, data: Buffer) -> None:
-        await self._inner.write(data)
+    async def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
+        await self._inner.write(data, release)
 
     async def commit(self) -> None:
         await self._settle(self._inner)

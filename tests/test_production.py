@@ -277,6 +277,40 @@ def test_retry_and_timeout_settings_reach_the_client(caplog: pytest.LogCaptureFi
         for n in (1, 2)], retried
 
 
+@pytest.mark.parametrize("text", ["2026-12-07T11:17:58.000Z", "2026-12-07T11:17:58Z", "2026-12-07T11:17:58.123456Z",
+                                  "2026-12-07T11:17:58+02:00", "Mon, 07 Dec 2026 11:17:58 GMT", "1700000000"])
+def test_timestamps_of_answers_parse_as_botocore_parses_them(text: str) -> None:
+    """Listings' timestamps are parsed by the standard library (botocore's dateutil parser was
+    most of a coordinator's CPU on its listings); every form gives botocore's value."""
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    from remoteckpt.storage.s3.client import parse_timestamp
+
+    parsed = parse_timestamp(text)
+    assert parsed == botocore_parse(text) and parsed.tzinfo is not None
+
+
+def test_a_listing_parses_no_time_with_dateutil(s3_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import dateutil.parser
+
+    from remoteckpt.storage import on_store
+
+    calls: list[str] = []
+    original = dateutil.parser.parse
+    monkeypatch.setattr(dateutil.parser, "parse", lambda text, *a, **k: calls.append(text) or original(text, *a, **k))
+
+    async def body(store: Any) -> list[Any]:
+        for key in ("a", "b", "c"):
+            await store.put(key, b"1")
+        return list(await store.list_info(""))
+
+    infos = on_store(f"{s3_prefix}/listed", body)
+    assert len(infos) == 3 and all(abs(i.mtime - time.time()) < 600 for i in infos)
+    assert calls == []
+
+
 def test_regions(monkeypatch: pytest.MonkeyPatch) -> None:
     from remoteckpt.storage.s3.client import s3fs_options
 

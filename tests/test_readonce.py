@@ -84,7 +84,7 @@ def _ranges(log: list[tuple[str, str]], name: str) -> dict[str, list[tuple[int, 
 def test_four_ranks_fetch_each_range_once(hosts: list[str] | None, tmp_path: Path, s3_server: Any,
                                           s3_prefix: str) -> None:
     """4 gloo ranks load a replicated checkpoint (and overlapping row boxes of it) through a
-    counting proxy: no byte of a data file is fetched twice, every rank gets every value; a
+    counting proxy: the index is fetched once, no byte of a data file is fetched twice, every rank gets every value; a
     damaged chunk is caught by the rank that fetched it and raised on every rank.  On one
     host the ranks share the bytes through shared memory; as two hosts (of two ranks each),
     through gloo broadcasts and sends."""
@@ -107,7 +107,12 @@ def test_four_ranks_fetch_each_range_once(hosts: list[str] | None, tmp_path: Pat
         results = run_ranks(w.load_job, 4, tmp_path, [chunked, whole], whole_proxy.endpoint_url,
                             boxes_proxy.endpoint_url, damaged, hosts)
         whole_log, boxes_log = list(whole_proxy.ranges), list(boxes_proxy.ranges)
+        whole_requests = list(whole_proxy.log)
     assert results == [[chunked, whole]] * 4
+    for prefix in (chunked, whole):  # the group's rank 0 fetched the index, for all four
+        index = prefix.rsplit("/", 1)[1] + ".index"
+        assert sum(1 for method, target, _ in whole_requests
+                   if method == "GET" and target.split("?")[0].endswith(index)) == 1, index
     state = w.state()
     size = sum(v.nbytes for v in state.values() if v.dtype.kind != "O")
     for prefix in (chunked, whole):

@@ -92,6 +92,12 @@ class Collective(abc.ABC):
     def broadcast(self, buffer: np.ndarray, src: int) -> None:
         """`src`'s buffer into every other rank's."""
 
+    def broadcast_object(self, value: Any, src: int) -> Any:
+        """`src`'s `value` (picklable; ignored on the other ranks), on every rank.  By default
+        an all-gather of it (every other rank contributing None): a group that can broadcast
+        objects says so, and moves it once."""
+        return self.all_gather_object(value if self.rank == src else None)[src]
+
     @abc.abstractmethod
     def send(self, buffer: np.ndarray, dst: int) -> None: ...
 

@@ -17,8 +17,8 @@ An array whose memory is not laid out as its payload (strided, transposed, big-e
 its checksum: each block is fresh memory drawn from the process's memory budget
 (`engine.budget`) before it is made and given back once its write is done, so such a save
 holds at most about two blocks beyond the caller's tensors, never a copy of a whole tensor.
-(A writer may keep a block it was given until its upload part is sent: S3 keeps at most
-``memory_budget // part_size`` parts in flight.)
+(A writer may keep a block it was given until its upload part is sent: the block's budget
+is then given back when the writer lets go of it, not when its `write` returns.)
 """
 
 from __future__ import annotations
@@ -46,6 +46,20 @@ OVERLAP_MIN = 1 * 2**20
 tensors, strings) a task per write would cost more than the overlap saves."""
 
 
+class _Once:
+    """`release`, run at most once however often it is called."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def __call__(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
 class OneAhead:
     """Hands blocks to `writer` one at a time, returning before the write is done so that
     the caller can prepare the next block meanwhile."""
@@ -57,7 +71,8 @@ class OneAhead:
         self._pending_size = 0
 
     async def write(self, block: Buffer, *, release: Callable[[], None] | None = None) -> None:
-        """Hand `block` on; `release()` once its write is over (done, failed or cancelled),
+        """Hand `block` on; `release()` once the writer keeps no reference to it (its write,
+        or the upload parts sending it, done, failed or cancelled: `ObjectWriter.write`),
         whatever the caller is waiting for meanwhile."""
         try:
             await self.drain()
@@ -66,18 +81,15 @@ class OneAhead:
                 release()
             raise
         size = memoryview(block).nbytes
+        once = None if release is None else _Once(release)
         if size < OVERLAP_MIN:  # not worth a task: nothing to prepare meanwhile
-            try:
-                await self._writer.write(block)
-            finally:
-                if release is not None:
-                    release()
+            await self._writer.write(block, once)
             if self._on_bytes is not None:
                 self._on_bytes(size)
             return
-        self._pending = asyncio.ensure_future(self._writer.write(block))
-        if release is not None:
-            self._pending.add_done_callback(lambda _: release())
+        self._pending = asyncio.ensure_future(self._writer.write(block, once))
+        if once is not None:  # a write cancelled before it began never saw `once`
+            self._pending.add_done_callback(lambda task: once() if task.cancelled() else None)
         self._pending_size = size
 
     async def drain(self) -> None:

@@ -147,27 +147,11 @@ class StorageReader(AtPrefix, _DCPStorageReader):
     def _open_shared(self) -> None:
         """Rank 0 of the process group reads what every reader needs and broadcasts it (or
         its error, which every rank then raises)."""
-        import torch.distributed as dist
-
         if self.prefix is None:
             self.reader  # noqa: B018 - raises the error naming the missing prefix
-        group = self.process_group
-        payload: list[Any] = [None]
-        if dist.get_rank(group) == 0:
-            try:
-                mine = CheckpointReader(str(self.prefix), storage_options=self.storage_options, options=self.options)
-                payload[0] = ("ok", mine.opening())
-            except Exception as exc:  # every rank raises it
-                payload[0] = ("error", exc)
-        dist.broadcast_object_list(payload, src=dist.get_global_rank(group, 0), group=group)
-        kind, value = payload[0]
-        if kind == "error":
-            raise value
-        if dist.get_rank(group) == 0:
-            self._reader = mine
-        else:  # opened as rank 0 resolved it (a directory id names a checkpoint in it)
-            self._reader = CheckpointReader.from_opening(value, storage_options=self.storage_options,
-                                                         options=self.options)
+        # rank 0 opens; the others open as it resolved the id (a directory names a checkpoint in it)
+        self._reader = CheckpointReader.opened_once(str(self.prefix), self.process_group,
+                                                    storage_options=self.storage_options, options=self.options)
 
     def read_metadata(self, *args: Any) -> Metadata:
         if self._reader is None and self.process_group is not None:

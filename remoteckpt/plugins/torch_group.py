@@ -45,6 +45,11 @@ class TorchGroup(Collective):
             return host.to(self.device), host
         return torch.empty(host.shape, dtype=torch.uint8, device=self.device), host
 
+    def broadcast_object(self, value: Any, src: int) -> Any:
+        payload = [value if self.rank == src else None]
+        dist.broadcast_object_list(payload, src=self._global(src), group=self.group)
+        return payload[0]
+
     def broadcast(self, buffer: np.ndarray, src: int) -> None:
         moved, host = self._tensor(buffer, self.rank == src)
         dist.broadcast(moved, src=self._global(src), group=self.group)

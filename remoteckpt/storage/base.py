@@ -43,7 +43,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -144,9 +144,17 @@ class ObjectWriter(abc.ABC):
     """The committed version's etag (set by `commit`)."""
 
     @abc.abstractmethod
-    async def write(self, data: Buffer) -> None:
+    async def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
         """Append `data`.  The writer may keep a reference to the buffer (not a copy) until
-        `commit` or `abort` returns: the caller must not change it before then."""
+        `commit` or `abort` returns: the caller must not change it before then.
+
+        `release`, for a buffer the caller made for this write and counts in its memory
+        budget (`engine.budget`): called exactly once, on the event loop, as soon as the
+        writer keeps no reference to `data`: when `write` returns (or fails) for a writer that
+        keeps none, else once the upload parts holding it are sent, failed or cancelled.  A
+        writer never waits for more of the caller's bytes while it keeps such a buffer (what
+        would wait in a part still being filled is copied), so a caller that waits on its
+        budget before its next write waits only for uploads in flight."""
 
     server_side_copy: bool = False
     """Whether `copy` moves the bytes inside the store (else it reads and writes them)."""

@@ -23,7 +23,7 @@ import asyncio
 import builtins
 import datetime
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import fsspec
@@ -203,9 +203,13 @@ class _StreamingWriter(ObjectWriter):
         self._async_file = False
         self._opened = False  # the temporary name may exist
 
-    async def write(self, data: Buffer) -> None:
+    async def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
         try:
-            self._gathered.append(bytes(data))
+            try:
+                self._gathered.append(bytes(data))  # a copy: the caller's buffer is free at once
+            finally:
+                if release is not None:
+                    release()
             self._gathered_size += len(self._gathered[-1])
             if self._gathered_size >= GATHER:
                 await self._flush()

@@ -25,7 +25,7 @@ import errno
 import fcntl
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +158,15 @@ class LocalWriter(ObjectWriter):
         self._offset = 0
         self._done = False
 
-    async def write(self, data: Buffer) -> None:
+    async def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
         try:
-            if self._file is None:
-                self._file = await self._open_temp()
-            await self._file.write(data)
+            try:
+                if self._file is None:
+                    self._file = await self._open_temp()
+                await self._file.write(data)
+            finally:  # in the file, or failed: the buffer is the caller's again
+                if release is not None:
+                    release()
             size = memoryview(data).nbytes
             if writeback.wanted(size):  # the commit's fsync then waits for the tail only
                 await asyncio.to_thread(writeback.start, self._file.fileno(), self._offset, size)

@@ -27,6 +27,7 @@ A base replaced or deleted meanwhile makes that data file be sent whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -241,9 +242,11 @@ async def copy_data_file(src: Store, dst: Store, src_key: str, dst_key: str, ent
                     pending.append(asyncio.ensure_future(fetch(at, min(chunk, hi - at))))
                 try:
                     verifier.feed(start, memoryview(buf))
-                    await writer.write(buf)
-                finally:
+                except BaseException:
                     budget.release_now(len(buf))
+                    raise
+                # its budget held until the writer lets go of it (S3: once its part is sent)
+                await writer.write(buf, functools.partial(budget.release_now, len(buf)))
                 if first:
                     crash_point("mid-copy")
                     first = False

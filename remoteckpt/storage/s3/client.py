@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import hashlib
 import logging
 import os
@@ -83,7 +84,25 @@ def _shared_session(session_kwargs: dict[str, Any]) -> Any:
     session = per_loop.get(key)
     if session is None:
         session = per_loop[key] = aiobotocore.session.AioSession(**session_kwargs)
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
     return session
+
+
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """A timestamp of an S3 answer: ISO 8601 (a listing's ``LastModified``, one per key) by the
+    standard library, anything else (HTTP dates of headers, epoch numbers) by botocore.
+    botocore's own parser goes through dateutil for every one, about 0.1 ms each: at a
+    thousand keys a page, the larger part of the CPU a coordinator spends on its listings."""
+    if isinstance(value, str) and len(value) >= 20 and value[10] == "T":
+        try:
+            parsed = datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.timezone.utc)
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    return botocore_parse(value)
 
 
 def s3fs_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 conditionally.
 
 A writer buffers up to one part and uploads parts concurrently, at most `parts_in_flight` at a
-time (each sent from the caller's buffers, see body.py); its commit is the one request that
+time (each sent from the caller's buffers, see body.py; a buffer the caller counts in its memory
+budget is handed back once the parts sending it are done, and what of it would wait in the part
+being filled is copied); its commit is the one request that
 makes the object visible: the PUT, or CompleteMultipartUpload, with ``If-None-Match: *`` when
 exclusive or ``If-Match: ETAG`` when replacing one version.  Nothing is visible before it, and
 a failed writer aborts its upload.
@@ -24,6 +26,7 @@ import asyncio
 import builtins
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ... import faults
@@ -96,6 +99,25 @@ class UploadTarget:
     """The object name prefix of the store's root: copies name their source by store key."""
 
 
+class _Hold:
+    """A caller's buffer kept by a writer: its `release` runs when the last of the parts
+    sending it and the `write` placing it lets go."""
+
+    __slots__ = ("count", "release")
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.count = 1  # the write placing it
+        self.release = release
+
+    def take(self) -> None:
+        self.count += 1
+
+    def drop(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.release()
+
+
 class S3Writer(ObjectWriter):
     """One S3 object: a single PUT when it fits in one part, else a multipart upload.
 
@@ -135,25 +157,40 @@ class S3Writer(ObjectWriter):
         self._closed = False
         self._stray_uploads = False
         self._copy_slots = asyncio.Semaphore(COPIES_IN_FLIGHT)
+        self._holding: _Hold | None = None  # the buffer `write` is placing, if its caller counts it
         self._ended_short = False  # a copy shorter than a part was made: it must be the last part
 
     def bytes_before_copy(self) -> int:
         return 0 if self._pending_size == 0 or self._pending_size >= MIN_PART_SIZE else (
             MIN_PART_SIZE - self._pending_size)
 
-    async def write(self, data: Buffer) -> None:
-        self._raise_failed()
-        if self._ended_short and memoryview(data).nbytes:
-            raise ValueError(f"{self._what}: nothing may follow a copy shorter than {MIN_PART_SIZE} bytes")
-        view = memoryview(data).cast("B")
-        while len(view):
-            take = min(len(view), self._part_size - self._pending_size)
-            self._pending.append(view[:take])  # a view: copied only if a part spans buffers
-            self._pending_size += take
-            self._written += take
-            view = view[take:]
-            if self._pending_size == self._part_size:
-                await self._upload_pending()
+    async def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
+        hold = None if release is None else _Hold(release)
+        try:
+            self._raise_failed()
+            if self._ended_short and memoryview(data).nbytes:
+                raise ValueError(f"{self._what}: nothing may follow a copy shorter than {MIN_PART_SIZE} bytes")
+            view = memoryview(data).cast("B")
+            self._holding = hold
+            waiting = False  # whether the last view taken of `data` waits in the part being filled
+            while len(view):
+                take = min(len(view), self._part_size - self._pending_size)
+                self._pending.append(view[:take])  # a view: copied only if a part spans buffers
+                self._pending_size += take
+                self._written += take
+                view = view[take:]
+                waiting = True
+                if self._pending_size == self._part_size:
+                    waiting = False
+                    await self._upload_pending()
+            if hold is not None and waiting:
+                # Its tail waits in the part being filled, for bytes the caller may first need
+                # its budget back to make: copied (at most a part per writer), the buffer freed.
+                self._pending[-1] = memoryview(bytes(self._pending[-1]))
+        finally:
+            self._holding = None
+            if hold is not None:
+                hold.drop()
 
     def _conditions(self) -> dict[str, str]:
         if self._exclusive:
@@ -181,13 +218,23 @@ class S3Writer(ObjectWriter):
         # Sent from the caller's buffers as they are: no part is ever copied (see body.py).
         body = PartBody(self._pending)
         self._pending, self._pending_size = [], 0
-        await self._start_upload()
-        number, self._next_part = self._next_part, self._next_part + 1
-        await self._slots.acquire()
-        self._raise_failed()
+        hold = self._holding  # the buffer being written, if its caller counts it: this part keeps it
+        if hold is not None:
+            hold.take()
+        try:
+            await self._start_upload()
+            number, self._next_part = self._next_part, self._next_part + 1
+            await self._slots.acquire()
+            self._raise_failed()
+        except BaseException:
+            if hold is not None:
+                hold.drop()
+            raise
         task = asyncio.ensure_future(self._upload_part(number, body))
         self._tasks.add(task)
         task.add_done_callback(self._part_done)
+        if hold is not None:
+            task.add_done_callback(lambda _: hold.drop())  # sent, failed or cancelled, even unstarted
 
     async def copy(self, source: str, start: int, length: int, *, etag: str | None = None) -> None:
         """Parts made on the server from bytes ``[start, start + length)`` of `source` (see the
