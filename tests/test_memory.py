@@ -137,3 +137,25 @@ def test_saving_an_array_laid_out_otherwise_stays_within_the_budget(tmp_path: Pa
 
     stored = remoteckpt.CheckpointReader(tmp_path / "ck").get_slice("t", (slice(100, 102), slice(5000, 5003)))
     np.testing.assert_array_equal(stored, np.ones((2, 3), np.float32))
+
+
+def test_a_copy_to_s3_stays_within_the_budget(tmp_path: Path, s3_prefix: str) -> None:
+    """`remoteckpt cp` (the drain of a local tier is the same copy) of a 512 MiB data file to
+    S3 under a 64 MiB budget: pieces fetched, verified and handed to the upload are given back
+    once their part is sent, and nothing else keeps them; the copy never holds the file."""
+    prefix = tensorflow_style_checkpoint(tmp_path, 2**17, 1024)
+    budget = 64 * MiB
+    result = peak_growth(
+        f"""
+        import remoteckpt
+        from remoteckpt.tools.copy import copy_checkpoint
+        options = remoteckpt.IOOptions(memory_budget={budget})
+        """,
+        f"""
+        copy_checkpoint({prefix!r}, {s3_prefix + "/copied"!r}, options=options)
+        """)
+    assert result["growth"] <= budget + SLACK, f"{result['growth'] / MiB:.0f} MiB above the RSS before the copy"
+    import remoteckpt
+
+    with remoteckpt.CheckpointReader(s3_prefix + "/copied") as reader:
+        assert not reader.get_slice("big", (slice(2**17 - 1, 2**17),)).any()

@@ -27,6 +27,7 @@ A base replaced or deleted meanwhile makes that data file be sent whole.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import math
@@ -231,12 +232,14 @@ async def copy_data_file(src: Store, dst: Store, src_key: str, dst_key: str, ent
         """Bytes ``[lo, hi)`` from the source into `writer`, READ_AHEAD chunks in flight."""
         nonlocal first
         starts = list(range(lo, hi, chunk))
-        pending = [asyncio.ensure_future(fetch(s, min(chunk, hi - s))) for s in starts[:READ_AHEAD]]
-        taken = 0  # buffers handed to the loop below, which gives their budget back
+        # Fetches not yet taken, oldest first: a taken one leaves the queue at once, so that
+        # no finished task keeps its buffer alive after the writer lets go of it.
+        pending = collections.deque(asyncio.ensure_future(fetch(s, min(chunk, hi - s)))
+                                    for s in starts[:READ_AHEAD])
         try:
             for i, start in enumerate(starts):
-                buf = await pending[i]
-                taken = i + 1
+                buf = await pending[0]
+                pending.popleft()
                 if i + READ_AHEAD < len(starts):
                     at = starts[i + READ_AHEAD]
                     pending.append(asyncio.ensure_future(fetch(at, min(chunk, hi - at))))
@@ -251,10 +254,11 @@ async def copy_data_file(src: Store, dst: Store, src_key: str, dst_key: str, ent
                     crash_point("mid-copy")
                     first = False
                 reporter.add("written", len(buf), total)
+                del buf
         finally:
-            for task in pending[taken:]:
+            for task in pending:
                 task.cancel()
-            for left in await asyncio.gather(*pending[taken:], return_exceptions=True):
+            for left in await asyncio.gather(*pending, return_exceptions=True):
                 if isinstance(left, bytearray):  # fetched, never taken
                     budget.release_now(len(left))
 
