@@ -463,3 +463,85 @@ def test_whole_objects_on_seaweedfs_empty_ones_through_aiobotocore(s3_prefix: st
             await store.close()
 
     assert loop.run(go()) == [b"", b"x" * 300, OBJECT]
+
+
+KEYS = ["plain", "with space/and+plus", "t~ilde=eq&amp", "uni/é中", "per%cent", "a//double/slash", "star*(paren)"]
+
+
+@pytest.fixture(scope="module")
+def signed_s3() -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """A server that checks every request's signature: (its bucket's URL, storage options, it)."""
+    from remoteckpt.testing import SeaweedServer
+
+    with SeaweedServer(bucket="signed", verify_signatures=True) as server:
+        yield f"s3://{server.bucket}/presign", server.storage_options(), server
+
+
+def test_cheaply_signed_urls_read_every_key(signed_s3: tuple[str, dict[str, Any], Any]) -> None:
+    """After the first URL of a bucket, URLs are signed by botocore's S3 signer on the first
+    one's base (`presign`): keys with spaces, reserved and non-ASCII characters read back,
+    each signed the cheap way on a server that checks signatures, and a cheap URL has the
+    form of botocore's."""
+    from remoteckpt.storage.s3.presign import Presigner
+
+    prefix, options, _ = signed_s3
+
+    async def body() -> None:
+        store = open_store(prefix, options)
+        try:
+            for key in KEYS:
+                await store.put(key, key.encode())
+            direct = await store._direct_gets()
+            assert direct is not None
+            for key in KEYS:
+                assert await store.get(key) == key.encode(), key
+            cheap = [c for (_, k), (_, _, c) in direct._urls.items()]
+            assert cheap.count(False) == 1 and cheap.count(True) == len(KEYS) - 1
+            signer = Presigner(await store.client.botocore_client())
+            first, was_cheap = await signer.url(store.bucket, store.object_key("plain"), 60)
+            second, now_cheap = await signer.url(store.bucket, store.object_key("plain"), 60)
+            assert (was_cheap, now_cheap) == (False, True)
+            assert first.split("?")[0] == second.split("?")[0]
+            names = lambda url: sorted(p.split("=")[0] for p in url.split("?")[1].split("&"))  # noqa: E731
+            assert names(first) == names(second)
+        finally:
+            await store.close()
+
+    loop.run(body())
+
+
+def test_a_refused_cheap_url_is_asked_again_through_botocore(signed_s3: tuple[str, dict[str, Any], Any],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A store that refuses the cheaply signed URL (here: signed with a wrong secret) answers
+    403 once; the read is asked again with botocore's URL, and every later one too."""
+    from remoteckpt.storage.s3 import presign
+
+    prefix, options, server = signed_s3
+
+    async def body() -> None:
+        store = open_store(prefix, options)
+        try:
+            await store.put("a", b"A")
+            await store.put("b", b"B")
+            direct = await store._direct_gets()
+            assert direct is not None
+            assert await store.get("a") == b"A"  # the first URL: botocore's
+
+            async def wrong(self: Any) -> Any:
+                from botocore.credentials import ReadOnlyCredentials
+
+                return ReadOnlyCredentials(server.access_key, "not-the-secret", None)
+
+            original = presign.Presigner._credentials
+            presign.Presigner._credentials = wrong  # type: ignore[method-assign]
+            try:
+                with caplog.at_level("WARNING", logger="remoteckpt"):
+                    assert await store.get("b") == b"B"
+            finally:
+                presign.Presigner._credentials = original  # type: ignore[method-assign]
+            assert not direct._presigner.cheap
+            assert "refused (403)" in caplog.text
+        finally:
+            await store.close()
+
+    loop.run(body())

@@ -15,9 +15,10 @@ bytes belong in and the kernel writes them there: one copy, a few Python calls p
 read.  On loopback that halves the client's CPU per GiB, which on a small machine is the CPU
 the server needs.
 
-Requests are presigned by the store's own botocore client, so credentials (refreshed when they
-expire), region, addressing style and endpoint are botocore's; a URL is reused for a key for
-`PRESIGN_REUSE` seconds.  Only plain setups take this path: an ``http``/``https`` endpoint
+Requests are presigned from the store's own botocore client, so credentials (refreshed when they
+expire), region, addressing style and endpoint are botocore's (`presign`: the first URL of a
+bucket by the client, the next ones by botocore's signer on the same base); a URL is reused for
+a key for `PRESIGN_REUSE` seconds.  Only plain setups take this path: an ``http``/``https`` endpoint
 reached without a proxy.  `DirectGets.usable` says; the store reads through aiobotocore
 otherwise.  Presigned URLs carry credentials: they never appear in messages or logs here.
 """
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 from ..errors import ResponseError
 from .pacing import Pacer
+from .presign import Presigner
 
 log = logging.getLogger("remoteckpt")
 
@@ -271,7 +273,8 @@ class DirectGets:
         self._verify = verify
         self._max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[_GetProtocol]] = {}
-        self._urls: dict[tuple[str, str], tuple[float, urllib.parse.SplitResult]] = {}
+        self._urls: dict[tuple[str, str], tuple[float, urllib.parse.SplitResult, bool]] = {}
+        self._presigner = Presigner(client)
         self._ssl: ssl.SSLContext | None = None
         config = client.meta.config
         self.read_timeout = float(config.read_timeout or 60)
@@ -302,7 +305,7 @@ class DirectGets:
         raises `BodyCut` (the caller resumes from ``sink.position``), other answers
         `ResponseError`, a stalled one `asyncio.TimeoutError`."""
         for attempt in range(self.attempts):
-            url = await self._url(bucket, key, fresh=attempt > 0)
+            url, cheap = await self._url(bucket, key, fresh=attempt > 0)
             lines = [f"GET {url.path}?{url.query} HTTP/1.1", f"Host: {url.netloc}",
                      f"Range: bytes={sink.position}-{end - 1}", "Accept-Encoding: identity",
                      "User-Agent: remoteckpt"]
@@ -339,6 +342,9 @@ class DirectGets:
                 raise
             self._release(url, conn)
             log.debug("S3 %s: %s, %.3f s", what, conn.status, time.monotonic() - started)
+            if conn.status == 403 and cheap and self._presigner.cheap and attempt + 1 < self.attempts:
+                self._presigner.refused()  # asked again, signed by botocore's client
+                continue
             if conn.status == 503:
                 self._pacer.slow_down()
             elif conn.status < 500:
@@ -359,16 +365,16 @@ class DirectGets:
         self._idle.clear()
         self._urls.clear()
 
-    async def _url(self, bucket: str, key: str, *, fresh: bool) -> urllib.parse.SplitResult:
+    async def _url(self, bucket: str, key: str, *, fresh: bool) -> tuple[urllib.parse.SplitResult, bool]:
+        """A presigned URL of `key` and whether it was signed the cheap way (`presign`)."""
         now = time.monotonic()
         cached = self._urls.get((bucket, key))
         if cached is not None and not fresh and now - cached[0] < PRESIGN_REUSE:
-            return cached[1]
-        text = await self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(3 * PRESIGN_REUSE))
+            return cached[1], cached[2]
+        text, cheap = await self._presigner.url(bucket, key, int(3 * PRESIGN_REUSE))
         url = urllib.parse.urlsplit(text)
-        self._urls[bucket, key] = now, url
-        return url
+        self._urls[bucket, key] = now, url, cheap
+        return url, cheap
 
     async def _connection(self, url: urllib.parse.SplitResult) -> _GetProtocol:
         where = _endpoint(url)
