@@ -63,6 +63,18 @@ def _decode_name(key: bytes) -> str:
     return key.decode("utf-8", "surrogateescape")
 
 
+def _sendable(exc: Exception) -> Exception:
+    """`exc` if it survives pickling (the other ranks raise it as it is), else a
+    `CheckpointError` with its class name and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return CheckpointError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
 def _collective(process_group: Any) -> Any:
     """`process_group` as an `engine.group.Collective` (a torch group is wrapped)."""
     from .engine.group import Collective
@@ -206,16 +218,22 @@ class CheckpointReader:
         per group instead of one per rank."""
         group = _collective(process_group)
         mine: CheckpointReader | None = None
-        try:
-            if group.rank == 0:
+        payload: tuple[str, Any] | None = None
+        if group.rank == 0:
+            try:
                 mine = cls(prefix, storage_options=storage_options, options=options)
-                payload: tuple[str, Any] = ("ok", mine.opening())
-        except Exception as exc:  # every rank raises it
+                payload = ("ok", mine.opening())
+            except Exception as exc:  # every rank raises it
+                if mine is not None:
+                    mine.close()
+                    mine = None
+                payload = ("error", _sendable(exc))
+        try:
+            kind, value = group.broadcast_object(payload, 0)
+        except BaseException:
             if mine is not None:
                 mine.close()
-                mine = None
-            payload = ("error", exc)
-        kind, value = group.broadcast_object(payload if group.rank == 0 else None, 0)
+            raise
         if kind == "error":
             raise value
         if mine is not None:

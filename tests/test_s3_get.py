@@ -7,6 +7,7 @@ wrong (retryable statuses, a server that ignores Range, cut and stalled bodies, 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import socketserver
@@ -532,11 +533,17 @@ def test_a_refused_cheap_url_is_asked_again_through_botocore(signed_s3: tuple[st
 
                 return ReadOnlyCredentials(server.access_key, "not-the-secret", None)
 
+            keys = [f"k{i}" for i in range(8)]
+            for key in keys:
+                await store.put(key, key.encode())
             original = presign.Presigner._credentials
             presign.Presigner._credentials = wrong  # type: ignore[method-assign]
             try:
                 with caplog.at_level("WARNING", logger="remoteckpt"):
-                    assert await store.get("b") == b"B"
+                    # reads in flight together when the first refusal comes back: each asked again
+                    got = await asyncio.gather(store.get("b"), *(store.get(k) for k in keys))
+                    assert got == [b"B", *(k.encode() for k in keys)]
+                    assert await store.get("k0") == b"k0"  # its cached URL: botocore's by now
             finally:
                 presign.Presigner._credentials = original  # type: ignore[method-assign]
             assert not direct._presigner.cheap

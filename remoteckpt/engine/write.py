@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -44,20 +44,6 @@ vanishes, small enough to keep the next block's checksum work close behind the I
 OVERLAP_MIN = 1 * 2**20
 """Blocks from this size on are written while the next one is checksummed; below it (small
 tensors, strings) a task per write would cost more than the overlap saves."""
-
-
-class _Once:
-    """`release`, run at most once however often it is called."""
-
-    __slots__ = ("_release",)
-
-    def __init__(self, release: Callable[[], None]) -> None:
-        self._release: Callable[[], None] | None = release
-
-    def __call__(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
 
 
 class OneAhead:
@@ -81,15 +67,25 @@ class OneAhead:
                 release()
             raise
         size = memoryview(block).nbytes
-        once = None if release is None else _Once(release)
+
+        def write() -> Awaitable[None]:  # a writer's `release` only where there is one to call
+            return self._writer.write(block) if release is None else self._writer.write(block, release)
+
         if size < OVERLAP_MIN:  # not worth a task: nothing to prepare meanwhile
-            await self._writer.write(block, once)
+            await write()
             if self._on_bytes is not None:
                 self._on_bytes(size)
             return
-        self._pending = asyncio.ensure_future(self._writer.write(block, once))
-        if once is not None:  # a write cancelled before it began never saw `once`
-            self._pending.add_done_callback(lambda task: once() if task.cancelled() else None)
+        began = False
+
+        async def writing() -> None:
+            nonlocal began
+            began = True
+            await write()
+
+        self._pending = asyncio.ensure_future(writing())
+        if release is not None:  # a write cancelled before it began never saw `release`
+            self._pending.add_done_callback(lambda _: None if began else release())
         self._pending_size = size
 
     async def drain(self) -> None:

@@ -304,8 +304,9 @@ class DirectGets:
         `RETRY_STATUSES` (after botocore's backoff) and connections that fail before any body byte; a body cut short
         raises `BodyCut` (the caller resumes from ``sink.position``), other answers
         `ResponseError`, a stalled one `asyncio.TimeoutError`."""
+        doubted = False  # a cheaply signed URL of this read was refused: botocore's is asked now
         for attempt in range(self.attempts):
-            url, cheap = await self._url(bucket, key, fresh=attempt > 0)
+            url, cheap = await self._url(bucket, key, fresh=attempt > 0, botocore=doubted)
             lines = [f"GET {url.path}?{url.query} HTTP/1.1", f"Host: {url.netloc}",
                      f"Range: bytes={sink.position}-{end - 1}", "Accept-Encoding: identity",
                      "User-Agent: remoteckpt"]
@@ -342,9 +343,11 @@ class DirectGets:
                 raise
             self._release(url, conn)
             log.debug("S3 %s: %s, %.3f s", what, conn.status, time.monotonic() - started)
-            if conn.status == 403 and cheap and self._presigner.cheap and attempt + 1 < self.attempts:
-                self._presigner.refused()  # asked again, signed by botocore's client
+            if conn.status == 403 and cheap and attempt + 1 < self.attempts:
+                doubted = True  # asked again, signed by botocore's client
                 continue
+            if doubted and conn.status != 403:
+                self._presigner.refused()  # botocore's URL was taken where the cheap one was not
             if conn.status == 503:
                 self._pacer.slow_down()
             elif conn.status < 500:
@@ -365,13 +368,16 @@ class DirectGets:
         self._idle.clear()
         self._urls.clear()
 
-    async def _url(self, bucket: str, key: str, *, fresh: bool) -> tuple[urllib.parse.SplitResult, bool]:
-        """A presigned URL of `key` and whether it was signed the cheap way (`presign`)."""
+    async def _url(self, bucket: str, key: str, *, fresh: bool,
+                   botocore: bool = False) -> tuple[urllib.parse.SplitResult, bool]:
+        """A presigned URL of `key` and whether it was signed the cheap way (`presign`; never
+        when `botocore`, nor once the cheap way was refused)."""
         now = time.monotonic()
         cached = self._urls.get((bucket, key))
-        if cached is not None and not fresh and now - cached[0] < PRESIGN_REUSE:
+        if (cached is not None and not fresh and now - cached[0] < PRESIGN_REUSE
+                and not (cached[2] and (botocore or not self._presigner.cheap))):
             return cached[1], cached[2]
-        text, cheap = await self._presigner.url(bucket, key, int(3 * PRESIGN_REUSE))
+        text, cheap = await self._presigner.url(bucket, key, int(3 * PRESIGN_REUSE), botocore=botocore)
         url = urllib.parse.urlsplit(text)
         self._urls[bucket, key] = now, url, cheap
         return url, cheap

@@ -17,8 +17,9 @@ about 60 microseconds each.
 The cheap path is taken only where the first URL has exactly the form above (SigV4, the host
 header alone signed, no other parameter) and the client's credentials are the ones its scope
 names; anything else (another signature version, unsigned access, extra parameters) keeps
-botocore's path for every URL.  A cheaply signed URL that the store refuses with 403 turns the
-cheap path off for good (`refused`), and the read is asked again through botocore's.
+botocore's path for every URL.  A read whose cheaply signed URL the store refuses with 403 is
+asked again with botocore's URL; if that one is taken, the cheap path is off for good
+(`refused`), else the refusal was the key's own (access denied) and is reported as such.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ class Presigner:
         self._bases: dict[str, tuple[str, str] | None] = {}  # bucket: (URL up to the key, region) or None
         self.cheap = True
 
-    async def url(self, bucket: str, key: str, expires: int) -> tuple[str, bool]:
-        """A presigned GET URL of `key` valid for `expires` seconds, and whether it was signed
-        the cheap way."""
-        base = self._bases.get(bucket) if self.cheap else None
+    async def url(self, bucket: str, key: str, expires: int, *, botocore: bool = False) -> tuple[str, bool]:
+        """A presigned GET URL of `key` valid for `expires` seconds (by botocore's client if
+        `botocore`), and whether it was signed the cheap way."""
+        base = self._bases.get(bucket) if self.cheap and not botocore else None
         if base is not None:
             signed = await self._sign(base, key, expires)
             if signed is not None:
@@ -64,7 +65,8 @@ class Presigner:
         return text, False
 
     def refused(self) -> None:
-        """A cheaply signed URL was refused: botocore signs every URL from now on."""
+        """A cheaply signed URL was refused where botocore's URL of the same key was not:
+        botocore signs every URL from now on."""
         if self.cheap:
             self.cheap = False
             log.warning("S3: a presigned URL signed without botocore's client was refused (403); "
