@@ -390,3 +390,47 @@ def test_an_entry_outside_a_file_of_known_size_is_refused_before_a_request(s3_se
                 reader.get_tensor("r0/w")
             # at most the error path's look at the index (replaced, or damaged?), no data GET
             assert [key for m, t, _ in proxy.log[before:] if ".data-" in (key := classify(m, t)[1])] == []
+
+
+class _OneRank:
+    """A group of one rank, as `engine.group.Collective` (broadcasts are the value itself)."""
+
+    rank, size = 0, 1
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        import pickle
+
+        return [pickle.loads(pickle.dumps(value))]
+
+    def broadcast(self, buffer: Any, src: int) -> None:
+        pass
+
+    def send(self, buffer: Any, dst: int) -> None:
+        pass
+
+    def recv(self, buffer: Any, src: int) -> None:
+        pass
+
+
+def test_opened_once_by_a_group_and_its_errors_travel(tmp_path: Path) -> None:
+    """Rank 0 opens and sends its opening (or its error: one the other ranks could not unpickle
+    travels as a `CheckpointError` naming it)."""
+    from remoteckpt.engine.group import Collective
+    from remoteckpt.reader import _sendable
+
+    group = type("OneRank", (_OneRank, Collective), {})()
+    prefix = str(tmp_path / "ck")
+    save_two(prefix, 1.0)
+    with remoteckpt.CheckpointReader.opened_once(prefix, group) as reader:
+        np.testing.assert_array_equal(reader.get_tensor("r1/b"), tensors(1, 1.0)["r1/b"])
+    with pytest.raises(CheckpointNotFoundError):
+        remoteckpt.CheckpointReader.opened_once(str(tmp_path / "missing"), group)
+
+    class Unpicklable(Exception):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__(f"{a}/{b}")
+
+    sent = _sendable(Unpicklable(1, 2))
+    assert isinstance(sent, remoteckpt.CheckpointError) and str(sent) == "Unpicklable: 1/2"
+    plain = CheckpointNotFoundError("gone")
+    assert _sendable(plain) is plain
