@@ -157,7 +157,10 @@ class CheckpointReader:
             return await self._open_given(self._given, storage_options)
         if self._tier is not None:
             self._data_files = {}
-            return await open_nearest(prefix, self._tier, storage_options, self._options, self._data_files)
+            nearest, index = await open_nearest(prefix, self._tier, storage_options, self._options, self._data_files)
+            if not nearest.listed:
+                self._data_files = None
+            return nearest, index
         directory, name = split_prefix(prefix)
         store = open_store(directory, storage_options, self._options)
         key = index_filename(name)

@@ -434,3 +434,21 @@ def test_opened_once_by_a_group_and_its_errors_travel(tmp_path: Path) -> None:
     assert isinstance(sent, remoteckpt.CheckpointError) and str(sent) == "Unpicklable: 1/2"
     plain = CheckpointNotFoundError("gone")
     assert _sendable(plain) is plain
+
+
+def test_a_tier_holding_nothing_reads_as_a_plain_restore(s3_server: Any, s3_prefix: str, tmp_path: Path) -> None:
+    """A restore through a local tier that holds nothing of the checkpoint (a replaced node):
+    one GET of the index and the data's ranged GETs, no listing: today's S3 restore."""
+    from faultproxy import FaultProxy, classify
+
+    prefix = f"{s3_prefix}/ck"
+    save_two(prefix, 1.0)
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        opts = {"endpoint_url": proxy.endpoint_url}
+        got = remoteckpt.load(prefix, storage_options=opts, local_tier=str(tmp_path / "empty-tier"))
+        kinds = [classify(method, target) for method, target, _ in proxy.log]
+    assert {kind for kind, _ in kinds} == {"GET"}
+    assert sum(1 for _, key in kinds if key.endswith("ck.index")) == 1
+    for rank in (0, 1):
+        for name, value in tensors(rank, 1.0).items():
+            np.testing.assert_array_equal(got[name], value)

@@ -8,7 +8,8 @@ Opening remote `PREFIX` with a local tier (`open_nearest`):
      drain copies the index byte for byte), else the local copy is another checkpoint and is
      ignored; an index that does not decode (a flipped bit) is ignored for the other
   3. each data file is read from local disk if the tier holds it with the remote size (or
-     the remote has none), else from the remote prefix
+     the remote has none), else from the remote prefix; a tier holding nothing of the
+     checkpoint (a replaced node) leaves a plain remote read, which lists nothing
 A durable local copy (its marker: the remote index was committed from it) whose data files
 are all there is read at once: the remote index is fetched in the background and compared
 after the first read (`NearestStore.confirm`); should it differ (the remote prefix replaced by
@@ -44,8 +45,11 @@ class NearestStore(Store):
     store it was routed to when the checkpoint was opened (`routes`), else the remote one."""
 
     def __init__(self, local: Store | None, remote: Store, routes: dict[str, Store],
-                 check: tuple[asyncio.Task[bytes | None], bytes] | None = None) -> None:
+                 check: tuple[asyncio.Task[bytes | None], bytes] | None = None, *, listed: bool = True) -> None:
         self.local, self.remote, self.routes = local, remote, routes
+        self.listed = listed
+        """Whether the data files were listed when the checkpoint was opened (else every read
+        pins its file's version as a plain reader's does)."""
         self.url = remote.url
         self.capabilities = StoreCapabilities(conditional_writes=False)
         self._check = check  # (the remote index being fetched, the local index's bytes)
@@ -209,22 +213,25 @@ async def open_nearest(prefix: str, tier: LocalTier, storage_options: dict[str, 
                                               + (f", nor {here.describe(key)}" if here is not None else ""))
             missing.index_missing = True  # type: ignore[attr-defined]
             raise missing
-        if local_index is None:
-            here_files: dict[str, ObjectInfo] = {}
-        else:
-            assert here is not None
-            here_files = {i.key: i for i in await here.list_info(f"{name}.data-")}
+        if local_index is None:  # nothing of it here: a plain remote read, which lists nothing
+            if here is not None:
+                await here.close()
+            assert remote_index is not None
+            data_files.clear()
+            return NearestStore(None, remote, {key: remote}, listed=False), remote_index
+        assert here is not None
+        here_files = {i.key: i for i in await here.list_info(f"{name}.data-")}
         there_files = {i.key: i for i in await remote.list_info(f"{name}.data-")} if remote_bytes is not None else {}
         routes = {}
         data_files.clear()
         for file in sorted(set(here_files) | set(there_files)):
             mine, theirs = here_files.get(file), there_files.get(file)
             if mine is not None and (theirs is None or theirs.size == mine.size):
-                routes[file], data_files[file] = here, mine  # type: ignore[assignment]
+                routes[file], data_files[file] = here, mine
             elif theirs is not None:
                 routes[file], data_files[file] = remote, theirs
         index = local_index if local_index is not None else remote_index
-        routes[key] = here if local_index is not None else remote  # type: ignore[assignment]
+        routes[key] = here if local_index is not None else remote
         assert index is not None
         return NearestStore(here, remote, routes), index
     except BaseException:
