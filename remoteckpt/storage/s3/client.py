@@ -1,7 +1,8 @@
 """The S3 client layer: configuration, sessions and calls, for the S3 store's reads and writes.
 
 This is the only module that touches the internals of s3fs and aiobotocore (s3fs's
-``_call_s3``, ``set_session``, its client holder): the version ranges it was tested with are
+``_call_s3``, ``set_session``, its client holder; a client's credentials, for `presign`,
+through `frozen_credentials`): the version ranges it was tested with are
 declared in ``pyproject.toml``.  Everything else calls `S3Client.call` with botocore's
 operation names and parameters, and classifies failures with `storage.errors` (by HTTP status
 and S3 error code).
@@ -86,6 +87,17 @@ def _shared_session(session_kwargs: dict[str, Any]) -> Any:
         session = per_loop[key] = aiobotocore.session.AioSession(**session_kwargs)
         session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
     return session
+
+
+async def frozen_credentials(client: Any) -> Any:
+    """The credentials `client` signs with now (botocore's ``ReadOnlyCredentials``: access
+    key, secret key, token; refreshed first if they are about to expire), or None if the
+    client has none (unsigned access) or keeps them where this version does not look."""
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if credentials is None:
+        return None
+    frozen = credentials.get_frozen_credentials()
+    return await frozen if hasattr(frozen, "__await__") else frozen
 
 
 def parse_timestamp(value: Any) -> datetime.datetime:

@@ -28,6 +28,8 @@ import logging
 import urllib.parse
 from typing import Any
 
+from .client import frozen_credentials
+
 log = logging.getLogger("remoteckpt")
 
 EXPECTED_PARAMETERS = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
@@ -73,11 +75,7 @@ class Presigner:
                         "signing every read through botocore from now on")
 
     async def _credentials(self) -> Any:
-        credentials = getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
-        if credentials is None:
-            return None
-        frozen = credentials.get_frozen_credentials()
-        return await frozen if hasattr(frozen, "__await__") else frozen
+        return await frozen_credentials(self._client)
 
     async def _base_of(self, text: str, key: str) -> tuple[str, str] | None:
         url = urllib.parse.urlsplit(text)
