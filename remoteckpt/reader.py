@@ -11,9 +11,9 @@ being reported as the checkpoint replaced.  The reads themselves are `engine.rea
 byte ranges needed, many at once, verified.
 
 A host cache (`IOOptions.host_cache`) names the bytes it shares by their data file's version
-before it fetches them, and a local tier routes each data file by its size: there the data
-files are listed first (one request per thousand files), before the index, and reads are
-pinned to the versions listed.
+before it fetches them, and a local tier holding a copy routes each data file by its size:
+there the data files are listed when the checkpoint is opened (one request per thousand
+files), and reads are pinned to the versions listed.
 
 A job that restores on many ranks can open the checkpoint once: one rank's reader hands its
 `Opening` (the index as fetched, its version, the data files as listed) to the others through
