@@ -41,7 +41,7 @@ from .engine import loop
 from .engine.hostcache import host_cache
 from .engine.read import BoxLike, OpenCheckpoint
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
-from .format.bundle import BundleEntry, BundleIndex, decode_index, encode_index, entry_shape, index_filename
+from .format.bundle import BundleEntry, BundleIndex, decode_index_bytes, encode_index, entry_shape, index_filename
 from .locate import DIRECTORY_CHECKPOINT, in_directory, is_directory_id, strip_file_suffix
 from .options import DEFAULT_OPTIONS, IOOptions
 from .progress import ProgressCallback
@@ -177,9 +177,8 @@ class CheckpointReader:
                 missing.index_missing = True  # type: ignore[attr-defined]
                 raise missing from None
             self._index_etag = found.etag
-            view = memoryview(found.data)
             try:
-                return store, decode_index(lambda o, n: view[o : o + n], len(view))
+                return store, decode_index_bytes(found.data)
             except CorruptCheckpointError as exc:
                 raise CorruptCheckpointError(f"{store.describe(key)}: {exc}") from None
         except BaseException:
@@ -192,9 +191,8 @@ class CheckpointReader:
         store = open_store(directory, storage_options, self._options)
         self._index_etag = given.index_etag
         self._data_files = None if given.data_files is None else {i.key: i for i in given.data_files}
-        view = memoryview(given.index)
         try:
-            return store, decode_index(lambda o, n: view[o : o + n], len(view))
+            return store, decode_index_bytes(given.index)
         except CorruptCheckpointError as exc:
             await store.close()
             raise CorruptCheckpointError(f"{store.describe(index_filename(name))}: {exc}") from None
@@ -343,8 +341,7 @@ class CheckpointReader:
                         self._prefix)
             await self._fall_back(store)
         if other is not None:  # the remote checkpoint is another one: its index from now on
-            view = memoryview(other)
-            self._index = decode_index(lambda o, n: view[o : o + n], len(view))
+            self._index = decode_index_bytes(other)
             self._checkpoint = OpenCheckpoint(self._store, self._index, self._prefix, self._name, self._data_files,
                                               self._options)
             self._names = self._checkpoint._names

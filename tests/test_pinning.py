@@ -34,6 +34,13 @@ def tensors(rank: int, value: float, size: int = 64 * 1024) -> dict[str, np.ndar
     return {f"r{rank}/w": np.full(size, value + rank, np.float32), f"r{rank}/b": np.arange(10.0) + value}
 
 
+def assert_saved(got: dict[str, np.ndarray], value: float) -> None:
+    """`got` holds both workers' tensors of `save_two(..., value)`."""
+    for rank in (0, 1):
+        for name, expected in tensors(rank, value).items():
+            np.testing.assert_array_equal(got[name], expected)
+
+
 def save_two(prefix: str, value: float, size: int = 64 * 1024, **kw: Any) -> None:
     """A checkpoint of two data files, by two workers (threads meeting through the storage)."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -69,9 +76,7 @@ def test_a_restore_sends_one_index_get_and_no_list_or_head(cached: bool, s3_serv
     assert kinds.count("LIST") == (1 if cached else 0)
     assert kinds.count("HEAD") == 0
     assert sum(1 for method, target, _ in proxy.log if classify(method, target)[1].endswith(".index")) == 1
-    for rank in (0, 1):
-        for name, value in tensors(rank, 1.0).items():
-            np.testing.assert_array_equal(got[name], value)
+    assert_saved(got, 1.0)
 
 
 # --- one opening for many readers -----------------------------------------------------------
@@ -103,9 +108,7 @@ def test_readers_opened_from_one_opening_send_no_request_to_open(cached: bool, s
             for reader in readers:
                 assert reader.opening() is opening and reader.prefix == prefix
                 got = loop.run(reader.read_many(reader.get_variable_to_shape_map()))
-                for rank in (0, 1):
-                    for name, value in tensors(rank, 1.0).items():
-                        np.testing.assert_array_equal(got[name], value)
+                assert_saved(got, 1.0)
         finally:
             for reader in readers:
                 reader.close()
@@ -449,6 +452,4 @@ def test_a_tier_holding_nothing_reads_as_a_plain_restore(s3_server: Any, s3_pref
         kinds = [classify(method, target) for method, target, _ in proxy.log]
     assert {kind for kind, _ in kinds} == {"GET"}
     assert sum(1 for _, key in kinds if key.endswith("ck.index")) == 1
-    for rank in (0, 1):
-        for name, value in tensors(rank, 1.0).items():
-            np.testing.assert_array_equal(got[name], value)
+    assert_saved(got, 1.0)

@@ -218,7 +218,6 @@ def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: P
             dumped = proxy.control("dump", path=str(path))
             log = json.loads(path.read_text())
     save_ranks = [r for answer in saved for r in answer["ranks"]]
-    restore_ranks = [r for answer in restored for r in answer["ranks"]]
     save = analysis.save_summary(log, world, directory.split("/", 3)[-1] + "/", save_ranks,
                                  {"coordinator": saved[0]["cpu"]})
     save["proxy_cpu_seconds"] = round(cpu1 - cpu0, 3)
@@ -230,19 +229,20 @@ def run_fleet(world: int, endpoint: str, bucket: str, cfg: Config, *, log_dir: P
             world, directory.split("/", 3)[-1] + "/", [r for answer in answers for r in answer["ranks"]],
             {"coordinator": answers[0]["cpu"]}).items() if k in EARLIER_KEYS}
         for i, answers in enumerate(earlier, 1)]
-    restore: dict[str, Any] | None = None
-    if restored:
-        restore = analysis.restore_summary(log, world, directory.split("/", 3)[-1] + "/", restore_ranks)
-        restore["proxy_cpu_seconds"] = round(cpu2 - cpu1, 3)
-        restore["fleet_cpu_seconds"] = round(sum(a["cpu"] for a in restored), 3)
-        restore["server_cpu_seconds"] = round(server2 - server1, 3)
-    restore_shared: dict[str, Any] | None = None
-    if shared:
-        restore_shared = analysis.restore_summary(log, world, directory.split("/", 3)[-1] + "/",
-                                                  [r for answer in shared for r in answer["ranks"]], "restore-shared")
-        restore_shared["proxy_cpu_seconds"] = round(cpu3 - cpu2, 3)
-        restore_shared["fleet_cpu_seconds"] = round(sum(a["cpu"] for a in shared), 3)
-        restore_shared["server_cpu_seconds"] = round(server3 - server2, 3)
+    prefix = directory.split("/", 3)[-1] + "/"
+
+    def restore_record(answers: list[Any], phase: str, proxy_cpu: float, server_cpu: float) -> dict[str, Any] | None:
+        """A restore phase's summary and the CPU seconds each side spent on it."""
+        if not answers:
+            return None
+        summary = analysis.restore_summary(log, world, prefix, [r for a in answers for r in a["ranks"]], phase)
+        summary["proxy_cpu_seconds"] = round(proxy_cpu, 3)
+        summary["fleet_cpu_seconds"] = round(sum(a["cpu"] for a in answers), 3)
+        summary["server_cpu_seconds"] = round(server_cpu, 3)
+        return summary
+
+    restore = restore_record(restored, "restore", cpu2 - cpu1, server2 - server1)
+    restore_shared = restore_record(shared, "restore-shared", cpu3 - cpu2, server3 - server2)
     return {"world": world, "processes": len(groups), "setup_seconds": round(setup_seconds, 3),
             "throttle": throttle, "proxy": {k: dumped[k] for k in ("peak_connections", "upstream_opened")},
             "save": save, "restore": restore, "restore_shared": restore_shared}

@@ -28,6 +28,9 @@ import logging
 import urllib.parse
 from typing import Any
 
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+
 from .client import frozen_credentials
 
 log = logging.getLogger("remoteckpt")
@@ -94,9 +97,6 @@ class Presigner:
         return f"{url.scheme}://{url.netloc}{url.path[: len(url.path) - len(quoted)]}", scope[2]
 
     async def _sign(self, base: tuple[str, str], key: str, expires: int) -> str | None:
-        from botocore.auth import S3SigV4QueryAuth
-        from botocore.awsrequest import AWSRequest
-
         frozen = await self._credentials()
         if frozen is None:
             return None
