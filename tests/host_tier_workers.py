@@ -82,6 +82,30 @@ def save_job(rank: int, world: int, env: dict[str, str], directory: str, tiers: 
     return {"files": sorted(os.listdir(tier_of(tiers, rank).path)), "durable": saver.durable_checkpoints}
 
 
+def frozen(rank: int) -> dict[str, np.ndarray]:
+    return {f"rank{rank}/frozen-{i}": np.arange(3 * 2**19, dtype=np.float32) + rank + i for i in range(2)}
+
+
+def counted_job(rank: int, world: int, per_host: int, env: dict[str, str], directory: str, tiers: str,
+                steps: int) -> dict[str, Any]:
+    """Incremental saves of steps ``0 .. steps - 1`` at ``DIRECTORY/model.ckpt-S`` (plain
+    `save` calls: no overwrite), each drain waited for; a changing tensor and two frozen ones
+    of 6 MiB each (the drains of later steps send the first, in the part the changed bytes
+    begin, and copy the second).  The access key is ``rank<R>``, by
+    which a recording proxy tells the workers' requests apart."""
+    os.environ.update(env)
+    os.environ["AWS_ACCESS_KEY_ID"] = f"rank{rank}"
+    options = IOOptions(commit_timeout=60, poll_interval=0.02, lease_timeout=5)
+    tier = tier_of(tiers, rank, per_host)
+    for step in range(steps):
+        prefix = f"{directory}/model.ckpt-{step}"
+        remoteckpt.save({**frozen(rank), f"rank{rank}/state": np.full(1000, step * 10 + rank, np.int64)}, prefix, rank=rank,
+                        world_size=world, save_id=f"counted-{step}", options=options, local_tier=tier,
+                        incremental=True)
+        remoteckpt.wait_durable(prefix, timeout=120)
+    return {"files": sorted(os.listdir(tier.path))}
+
+
 def restore_job(rank: int, world: int, env: dict[str, str], prefix: str, tiers: str) -> dict[str, Any]:
     """Restore the whole checkpoint through this worker's tier; the tensors, as lists."""
     os.environ.update(env)

@@ -62,6 +62,52 @@ def test_each_host_keeps_its_own_data_files_and_the_drain_commits_them_all(s3_se
     _same(got, hw.expected(2, world))
 
 
+def test_the_workers_of_a_host_share_their_reads_of_the_keys_every_worker_needs(s3_server: Any, s3_prefix: str,
+                                                                                 tmp_path: Path) -> None:
+    """Four workers, two hosts of two, three incremental saves each drained, through a
+    recording proxy: the keys every worker of a job would read (the remote index, the local
+    commit's index, the state file, the base's index) are read once per host or by rank 0, not
+    by every worker; the drains of later steps copy a frozen tensor from what the host sent
+    (its durable marker), and every step restores exactly."""
+    from faultproxy import FaultProxy
+
+    world, per_host, steps, tiers = 4, 2, 3, str(tmp_path / "tiers")
+    with FaultProxy(s3_server.endpoint_url, record=True) as proxy:
+        env = {**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
+        results = run_each(hw.counted_job, [(r, world, per_host, env, s3_prefix, tiers, steps)
+                                            for r in range(world)], 300)
+        records = list(proxy.records or [])
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    directory = s3_prefix.split("/", 3)[3]
+
+    def requests(rank: int, key: str, kind: str | None = None) -> int:
+        return sum(1 for r in records if r[6] == f"rank{rank}" and r[5] == f"{directory}/{key}"
+                   and (kind is None or r[4] == kind))
+
+    for step in range(steps):
+        name = f"model.ckpt-{step}"
+        for rank in range(1, world):
+            # rank 0 looks at the prefix for all; a worker may look while it waits for an invitation
+            assert requests(rank, f"{name}.index") <= 1, (rank, step)
+        for host in range(world // per_host):
+            ranks = range(host * per_host, (host + 1) * per_host)
+            fetched = sum(requests(r, f".tiers/{name}.index", "GET") for r in ranks)
+            assert fetched <= 1 + (host == 0), (host, step, fetched)  # rank 0 also checks it before removing it
+        if step:
+            for rank in range(1, world):  # the base comes from the host's tier
+                assert requests(rank, f"model.ckpt-{step - 1}.index") == 0, (rank, step)
+                sent = sum(r[10] for r in records if r[6] == f"rank{rank}" and r[4] == "PUT"
+                           and r[5].startswith(f"{directory}/{name}.data-"))
+                assert sent < 7 * 2**20, (rank, step, sent)  # of 12 MiB frozen, 6 copied
+        want = {f"rank{r}/state": np.full(1000, step * 10 + r, np.int64) for r in range(world)}
+        want |= {k: v for r in range(world) for k, v in hw.frozen(r).items()}
+        _same(remoteckpt.load(f"{s3_prefix}/{name}"), want)
+    for rank in range(1, world):
+        assert requests(rank, "checkpoint") <= 1, rank  # at the first drain only: nothing on the tier yet
+
+
 @dataclass(frozen=True)
 class Case:
     """A crash scenario (tests/host_tier_workers.py's `run`): `world` workers, `per_host` a host,

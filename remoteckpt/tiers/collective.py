@@ -134,7 +134,7 @@ def drain_when_committed(tier: LocalTier, prefix: str, table: bytes, *, rank: in
             waiter.turn.set_result(None)  # the drain below queues at the drain lock before any other runs
             return await hosts.drain_on_host(tier, prefix, rank=rank, world_size=world_size, save_id=save_id,
                                              overwrite=overwrite, storage_options=storage_options, options=options,
-                                             extra=extra)
+                                             extra=extra, fresh=True)
         finally:
             if not waiter.turn.done():
                 waiter.turn.set_result(None)

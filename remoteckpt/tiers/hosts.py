@@ -9,15 +9,17 @@ workers meet through the remote store (`LocalTier(per_host=True)`).
                                     on its own host's disk (one point all hosts agree on)
 
 Per save, every worker (`save_on_host`), in this order:
-  1. its tier: a checkpoint committed there, or at the remote prefix, is refused unless
-     overwriting (then the host's copy stops being committed, and each worker removes its own
-     files of it: `give_way`); room under the cap for its own part; the record
-  2. the save protocol (`protocol.save`) at remote ``.tiers/NAME``: claim, notices, reports,
-     merge, commit, every worker's part being its data file written create-only to its own
-     tier (`worker.write_part` on the tier's directory); its table travels in its report.
-     The protocol's commit of ``.tiers/NAME.index`` is the local commit
-  3. the merged index is written on its tier as ``NAME.index``, its table as ``NAME.table-R``;
-     the call returns
+  1. the save protocol (`protocol.save`) at remote ``.tiers/NAME``: claim, notices, reports,
+     merge, commit, every worker's part being (2) on its own tier; its table travels in its
+     report.  The protocol's commit of ``.tiers/NAME.index`` is the local commit
+  2. its part: a checkpoint committed at the remote prefix refused unless overwriting (rank 0
+     looks; its refusal is the attempt's verdict on every rank), and one on its tier likewise
+     (each looks at its own; overwriting, the host's copy stops being committed and each
+     worker removes its own files of it: `give_way`); room under the cap for its own part; the
+     record; its data file written create-only to its tier (`worker.write_part` on the tier's
+     directory) and its table beside it as ``NAME.table-R``
+  3. the merged index written on its tier as ``NAME.index``, fetched once per host
+     (`index_once_per_host`); the call returns
   4. the drain starts in the background (`drain_on_host`): the save protocol at the remote
      prefix itself, every worker's part its local data file streamed as it is
      (`tools.copy.copy_data_file`: CRC-checked; tensors unchanged since the remote directory's
@@ -50,8 +52,8 @@ from typing import Any
 from ..engine.budget import process_budget
 from ..engine.digest import digest_of
 from ..engine.fetch import gather_or_cancel
-from ..engine.incremental import Incremental, open_base
-from ..errors import CheckpointError, CheckpointExistsError, CheckpointNotFoundError
+from ..engine.incremental import BaseCheckpoint, Incremental, open_base
+from ..errors import CheckpointChangedError, CheckpointError, CheckpointExistsError, CheckpointNotFoundError
 from ..faults import crash_point
 from ..format.bundle import data_filename, decode_index_bytes, index_filename
 from ..management.state import previous_checkpoint
@@ -62,10 +64,12 @@ from ..protocol.records import DataIdentity
 from ..protocol.save import SaveReport, save_worker
 from ..protocol.worker import write_part
 from ..storage import open_store, split_prefix
+from ..storage.base import Store
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes
+from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes, record_locked
+from .sent import mark_durable_with, sent_base
 
 log = logging.getLogger("remoteckpt")
 
@@ -107,7 +111,10 @@ async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, 
     a copy committed there refused unless overwriting (then `give_way`), room under the cap
     for `needed` bytes, the record."""
     if not overwrite and await here.exists(index_filename(name)):
-        raise CheckpointExistsError.committed(here.describe(index_filename(name)))
+        # Not `CheckpointExistsError.committed` (the remote prefix's case, which every worker
+        # finds alike): reported, so that the whole attempt fails with it at once.
+        raise CheckpointExistsError(f"{here.describe(index_filename(name))} already exists: this host's tier holds "
+                                    f"a committed copy of {prefix} (pass overwrite=True to replace it)")
     await retention.settled(tier)
     if overwrite:
         await give_way(here, name, rank, world_size)
@@ -115,6 +122,22 @@ async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, 
     await here.delete(name + DURABLE)  # of an older checkpoint of this name
     await here.delete(name + DRAINS)   # likewise (a DCP coordinator's, `collective`)
     await here.put(name + RECORD, record_bytes(prefix, overwrite=overwrite))
+
+
+async def index_once_per_host(here: LocalStore, store: Store, name: str, key: str) -> bytes:
+    """Step 3's index (the local commit, `key` in the remote `store`) on this host's tier as
+    checkpoint `name`'s: fetched by the first worker of the host to come, under its record's
+    lock (`layout.record_locked`), and found there by the others: one GET per host, not per
+    worker.  An index on the tier is this save's: none of an older checkpoint of the name
+    outlives the save's start on any of the host's workers (refused, or removed by `give_way`),
+    and each of them starts before the commit."""
+    async with record_locked(os.path.join(here.root, name)):
+        try:
+            return await here.get(index_filename(name))
+        except CheckpointNotFoundError:
+            merged = await store.get(key)
+            await here.put(index_filename(name), merged)
+            return merged
 
 
 async def write_host_part(here: LocalStore, layout: SaveLayout, tensors: Mapping[str, Any], *, attempt: str,
@@ -157,12 +180,13 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
         os.makedirs(tier_dir, exist_ok=True)
         here, store = LocalStore(tier_dir), open_store(remote_dir, storage_options, options)
         try:
-            if not overwrite and await store.exists(index_filename(remote_name)):
-                raise CheckpointExistsError.committed(store.describe(index_filename(remote_name)))
-            await ready_tier(here, tier, name, prefix, rank=rank, world_size=world_size, overwrite=overwrite,
-                             needed=needed)
-
             async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
+                # Rank 0 alone looks at the remote prefix; its refusal reaches every worker as
+                # the attempt's verdict (a look by each would be a request per rank on one key).
+                if rank == 0 and not overwrite and await store.exists(index_filename(remote_name)):
+                    raise CheckpointExistsError.committed(store.describe(index_filename(remote_name)))
+                await ready_tier(here, tier, name, prefix, rank=rank, world_size=world_size, overwrite=overwrite,
+                                 needed=needed)
                 table = await write_host_part(here, SaveLayout(name, rank, world_size, sid), tensors,
                                               attempt=attempt, options=options, progress=reporter, report=written,
                                               incremental=incremental)
@@ -174,8 +198,7 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
             report = await save_worker(store, meeting, {}, overwrite=overwrite, options=options, prefix=prefix,
                                        progress=reporter, part=part)
             report.bytes_written, report.write_seconds = written.bytes_written, written.write_seconds
-            merged = await store.get(meeting.index)
-            await here.put(index_filename(name), merged)
+            await index_once_per_host(here, store, name, meeting.index)
             crash_point("host-committed")
         finally:
             await here.close()
@@ -186,7 +209,7 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
         raise
     work = lambda: drain_on_host(tier, prefix, rank=rank, world_size=world_size, save_id=sid,  # noqa: E731
                                  overwrite=overwrite, storage_options=storage_options, options=options,
-                                 after=after if rank == 0 else None, progress=progress)
+                                 after=after if rank == 0 else None, progress=progress, fresh=True)
     future = drain.start_work(work, local, prefix, future)
     retention.trim_later(tier)
     return report, future
@@ -195,12 +218,16 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
 async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: int, save_id: str | None,
                         overwrite: bool = False, storage_options: dict[str, Any] | None = None,
                         options: IOOptions = DEFAULT_OPTIONS, after: Callable[[], Awaitable[None]] | None = None,
-                        progress: ProgressCallback | None = None, extra: Sequence[int] = ()) -> str:
+                        progress: ProgressCallback | None = None, extra: Sequence[int] = (),
+                        fresh: bool = False) -> str:
     """This worker's side of the drain of the per-host checkpoint of remote prefix `remote` on
     `tier` (step 4 of the module docstring), in the order drains were started; then the tier's
     retention.  `extra`: further data files of this host that this process drains as workers
-    of the same drain, alongside its own (the DCP coordinator's metadata file).  Returns
-    `remote`."""
+    of the same drain, alongside its own (the DCP coordinator's metadata file).  `fresh`: the
+    drain's first start, right after the local commit in this process (not a resumed one): no
+    earlier drain of this checkpoint can have committed it, since a commit needs every
+    worker's report, this one's included, and the look for one is skipped (a GET per worker
+    of one key).  Returns `remote`."""
     local = local_prefix(tier, remote)
     tier_dir, name = split_prefix(local)
     remote_dir, remote_name = split_prefix(remote)
@@ -215,11 +242,16 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                 raise CheckpointError(f"{here.describe(index_filename(name))} has {index.num_shards} data files; "
                                       f"a drain of {world_size} workers cannot send it")
             shards = (rank, *extra)
-            base = None  # the remote directory's latest checkpoint, if any entry may be copied from it
+            base = None  # what unchanged entries are copied from, if any entry may be
             if any(digest_of(e) is not None for e in index.entries.values() if e.shard_id in shards and not e.slices):
-                found = await previous_checkpoint(store, remote_dir, remote_name)
-                base = await open_base(store, found) if found is not None else None
+                # what this host sent of its latest durable checkpoint, else the remote
+                # directory's latest (each worker reading the state file and the base's index)
+                base = sent_base(tier, store, name, remote_dir)
+                if base is None:
+                    found = await previous_checkpoint(store, remote_dir, remote_name)
+                    base = await open_base(store, found) if found is not None else None
             remote_index = index_filename(remote_name)
+            sent: list[DataIdentity] = []
 
             async def one(shard: int) -> None:
                 table = await here.get(table_key(name, shard))
@@ -231,12 +263,24 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
                 async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
                     if await store.exists(key):  # a dead attempt's (the protocol cleared the rest)
                         await store.delete(key)
-                    _, _, identity, _ = await copy_data_file(
-                        here, store, data_filename(name, shard, world_size), key, mine, options=options,
-                        budget=process_budget(options.memory_budget), reporter=reporter, total=total, base=base)
+
+                    def copy(with_base: BaseCheckpoint | None) -> Awaitable[tuple[int, int, DataIdentity | None, int]]:
+                        return copy_data_file(here, store, data_filename(name, shard, world_size), key, mine,
+                                              options=options, budget=process_budget(options.memory_budget),
+                                              reporter=reporter, total=total, base=with_base)
+                    try:
+                        _, _, identity, _ = await copy(base)
+                    except (CheckpointChangedError, CheckpointNotFoundError) as exc:
+                        if base is None:
+                            raise
+                        log.warning("draining %s: the base %s changed or vanished (%s); sending it whole",
+                                    here.describe(data_filename(name, shard, world_size)),
+                                    store.describe(base.name), exc)
+                        _, _, identity, _ = await copy(None)
                     if identity is None:
                         raise CheckpointNotFoundError(f"{here.describe(data_filename(name, shard, world_size))} "
                                                       "is gone")
+                    sent.append(identity)
                     return identity, table
 
                 try:
@@ -250,13 +294,13 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
             # Committed by an earlier drain of this very checkpoint (whose worker died before its
             # marker): durable, and never replaced, even by a drain that may overwrite.
             total = sum(e.size for e in index.entries.values() if e.shard_id in shards and not e.slices)
-            if await drain.committed_as(store, remote_index, raw):
+            if not fresh and await drain.committed_as(store, remote_index, raw):
                 log.info("%s was committed by an earlier drain; marking it durable", remote)
             else:
                 tasks = [asyncio.ensure_future(one(shard)) for shard in shards]
                 await gather_or_cancel(tasks)
             crash_point("drained")
-            await drain.mark_durable(local, remote)
+            await mark_durable_with(local, remote, sent)
             meeting_index = index_filename(meeting_name(remote_name))
             if 0 in shards and await drain.committed_as(store, meeting_index, raw):  # not a newer save's
                 try:

@@ -8,7 +8,9 @@ with two small records beside it that tie it to its remote prefix.
     TIER/NAME.durable    {"remote": PREFIX, "time": T}, written AFTER the remote index is
                          committed (and, when a drain finds it committed already, after its
                          bytes are found equal to the local index): only then is the
-                         checkpoint reported durable
+                         checkpoint reported durable; on a per-host tier, with
+                         "sent": the data files this host's drains wrote, and their versions
+                         (the next incremental drain's base: `sent`)
     TIER/NAME.drains     {"rank": R, "shards": [N]}, on a per-host tier of a DCP job: the data
                          files that worker R drains beside its own (the coordinator's
                          metadata file), for a restarted job (`tiers.collective`)
@@ -21,13 +23,17 @@ ignores the two records: every tier holds checkpoints that `tf.train.load_checkp
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..format.bundle import index_filename
 from ..locate import name_to_keep
 from ..management.delete import delete_checkpoint
@@ -135,6 +141,36 @@ def read_record(path: str) -> dict[str, Any] | None:
         return record
     except ValueError as exc:
         raise CorruptCheckpointError(f"{path} is not a local tier record: {exc}") from None
+
+
+LOCK_POLL_FIRST, LOCK_POLL_MAX = 0.002, 0.05
+"""Seconds between tries of a record's lock held by another worker of the host: it holds it
+for a GET of a small object and a local write, milliseconds."""
+
+
+@contextlib.asynccontextmanager
+async def record_locked(prefix: str) -> AsyncIterator[None]:
+    """Checkpoint `prefix`'s record (``PREFIX.tier``) locked, exclusively, among the workers
+    of one host (`flock`: each open of the file is a holder of its own, so the workers may be
+    processes or tasks of one process; a dead holder's lock goes with it).  Tried without
+    blocking, so an event loop waiting for it runs on.  The record must not be replaced while
+    it is held (it is written once, before the save protocol starts)."""
+    try:
+        fd = os.open(prefix + RECORD, os.O_RDONLY)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{prefix + RECORD} is gone: the tier no longer holds {prefix}") from None
+    try:
+        pause = LOCK_POLL_FIRST
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, LOCK_POLL_MAX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _size(tier: LocalTier, name: str) -> int:
