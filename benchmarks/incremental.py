@@ -2,6 +2,7 @@
 the request-counting proxy (tests/faultproxy.py's ProxyProcess: every request body's length).
 
     PYTHONPATH=tests python -m benchmarks.incremental [--mib 512] [--tensors 64] [--repeat 3] [--backend both|s3|local]
+        [--local-dir DIR]
 
 One checkpoint of `--mib` MiB in `--tensors` float32 tensors of one size.  Per repetition, a
 fresh directory gets a base checkpoint (an incremental save, untimed) and a state file naming
@@ -106,9 +107,9 @@ def _uploaded(proxy: Any, phase: str) -> int:
     return sum(r[10] for r in log if r[2] == phase and r[4] in ("PUT", "POST"))
 
 
-def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
+def run(mib: int, tensors: int, repeat: int, backend: str, local_dir: str | None = None) -> dict[str, Any]:
     """Every scenario `repeat` times on `backend` ("s3": SeaweedFS through the proxy; "local":
-    a temporary directory, where written bytes are the writer's count)."""
+    a temporary directory, in `local_dir` if given, where written bytes are the writer's count)."""
     size = mib * MiB // tensors // 4
     rng = np.random.default_rng(1)
     base = {f"layer{i:03d}/w": rng.random(size, dtype=np.float32) for i in range(tensors)}
@@ -129,7 +130,8 @@ def run(mib: int, tensors: int, repeat: int, backend: str) -> dict[str, Any]:
             proxy = stack.enter_context(faultproxy.ProxyProcess(server.endpoint_url))
             root, options = f"s3://{server.bucket}", {"endpoint_url": proxy.endpoint_url}
         else:
-            root, options = stack.enter_context(tempfile.TemporaryDirectory(prefix="rk-incremental-")), {}
+            root, options = stack.enter_context(tempfile.TemporaryDirectory(prefix="rk-incremental-",
+                                                                            dir=local_dir)), {}
         for r in range(repeat):
             directory = f"{root}/incremental-{uuid.uuid4().hex[:8]}"
             loop.run(api.save_checkpoint(base, f"{directory}/base", incremental=True, storage_options=options))
@@ -196,11 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default="build/bench")
     parser.add_argument("--backend", choices=("s3", "local", "both"), default="both")
+    parser.add_argument("--local-dir", default=None,
+                        help="where the local scenarios write (default: the system's temporary directory)")
     args = parser.parse_args(argv)
     rates = hash_rates()
     print(f"one core: CRC32C {rates['crc32c']:.2f} GB/s, BLAKE3-128 {rates['blake3-128']:.2f} GB/s, "
           f"SHA-256 {rates['sha256']:.2f} GB/s, BLAKE2b-128 {rates['blake2b-128']:.2f} GB/s", flush=True)
-    summary = {b: run(args.mib, args.tensors, args.repeat, b)
+    summary = {b: run(args.mib, args.tensors, args.repeat, b, args.local_dir)
                for b in (("s3", "local") if args.backend == "both" else (args.backend,))}
     print(f"{'backend':<8}{'scenario':<10}{'seconds':>9}{'x full':>8}{'cpu s':>8}{'x full':>8}{'uploaded':>10}")
     for backend, rows in summary.items():

@@ -608,7 +608,7 @@ def _check_leftovers(run: HostRun, stays: list[str]) -> None:
     for host in range(run.hosts):
         path = tier_of(run.tiers, host * run.per_host, run.per_host).path
         for f in _host_files(run, host):
-            base = re.sub(r"\.(index|tier|durable|data-\d{5}-of-\d{5}|table-\d{5})$", "", f)
+            base = re.sub(r"\.(index|tier|durable|lock|data-\d{5}-of-\d{5}|table-\d{5})$", "", f)
             if f != "checkpoint" and (base == f or not os.path.exists(os.path.join(path, base + ".index"))):
                 run.problems.append(f"after the restart and gc: host {host}'s tier holds {f}, of no committed "
                                     "checkpoint")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,6 +63,28 @@ def test_two_hosts_save_drain_and_load_through_their_own_tiers(tmp_path: Path, s
             assert reader.index.num_shards == 3
             np.testing.assert_array_equal(reader.get_tensor("model.weight"), full["model.weight"].numpy())
             np.testing.assert_array_equal(reader.get_tensor("model.cols"), full["model.cols"].numpy())
+
+
+def test_one_rank_of_each_host_reads_the_local_commit(tmp_path: Path, s3_server: Any, s3_prefix: str) -> None:
+    """Four ranks, two a host, through a recording proxy: a rank other than the coordinator
+    learns of the local commit by reading `.tiers/NAME.index`, but only one rank of each host
+    reads it from the store (the host's looker); the other finds it on the tier."""
+    import torch_workers as w
+    from faultproxy import FaultProxy
+
+    prefixes = [f"{s3_prefix}/run/step-{i}" for i in (100, 200)]
+    with FaultProxy(s3_server.endpoint_url, record=True) as proxy:
+        results = run_ranks(w.host_pairs_tier_job, 4, tmp_path, prefixes, str(tmp_path / "tiers"),
+                            proxy.endpoint_url)
+        records = list(proxy.records or [])
+    assert all("step-200.index" in r["files"] for r in results)
+    directory = s3_prefix.split("/", 3)[3]
+    for step in (100, 200):
+        key = f"{directory}/run/.tiers/step-{step}.index"
+        readers = {r[6] for r in records if r[5] == key and r[4] == "GET"}
+        # host 0: the coordinator (rank 0) has it handed over, and rank 1 may check it before
+        # removing it; host 1: one of ranks 2 and 3, never both
+        assert len(readers & {"rank2", "rank3"}) == 1, (step, readers)
 
 
 def test_a_single_process_job_drains_its_data_and_metadata_files(tmp_path: Path, s3_prefix: str) -> None:

@@ -227,6 +227,32 @@ def race_rank(barrier: Any, init_file: str, rank: int, world_size: int, prefix: 
     os._exit(0)
 
 
+def host_pairs_tier_job(init_file: str, rank: int, world_size: int, prefixes: list[str], tiers: str,
+                        endpoint: str) -> dict[str, Any]:
+    """Two ranks a host (rank r on TIERS/host-(r // 2)), S3 through `endpoint` with the access
+    key ``rank<R>`` (a recording proxy tells the ranks apart by it): each prefix saved with
+    `dcp.save` through per-host tiers, then waited for until durable and loaded back."""
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": f"rank{rank}"})
+    import remoteckpt
+
+    tier = remoteckpt.LocalTier(path=os.path.join(tiers, f"host-{rank // 2}"), per_host=True)
+    mesh = _join(init_file, rank, world_size)
+    try:
+        for prefix in prefixes:
+            dcp.save(sharded_state(mesh), storage_writer=rt.StorageWriter(prefix, local_tier=tier))
+        for prefix in prefixes:
+            assert remoteckpt.wait_durable(prefix, timeout=120) == prefix
+        full = full_state()
+        state = sharded_state(mesh, zeros=True)
+        dcp.load(state, storage_reader=rt.StorageReader(prefixes[-1], local_tier=tier))
+        got = state["model"]["weight"].full_tensor()
+        assert torch.equal(got, full["model.weight"])
+        dist.barrier()
+        return {"files": sorted(os.listdir(tier.path))}
+    finally:
+        dist.destroy_process_group()
+
+
 def per_host_tier_job(init_file: str, rank: int, world_size: int, prefixes: list[str], tiers: str) -> dict[str, Any]:
     """Rank r on a host of its own, whose local tier is TIERS/host-r: each prefix saved with
     `dcp.save` through per-host tiers (the second one incrementally, the third async), one

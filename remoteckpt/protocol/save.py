@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..engine.incremental import Incremental
@@ -91,16 +91,19 @@ async def refuse_unsafe_store(store: Store, layout: SaveLayout) -> None:
 async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol = DEFAULT_COMMIT, prefix: str = "",
                       progress: Reporter | None = None, incremental: Incremental | None = None,
-                      part: Part | None = None) -> SaveReport:
+                      part: Part | None = None, check: Callable[[], Awaitable[None]] | None = None) -> SaveReport:
     """Run one worker's side of the protocol (and the coordinator's on rank 0) for `tensors`
     (as `remoteckpt.save` takes them); `incremental`: see `worker.write_part`.  `part` writes
     the worker's part instead (`worker.Part`: a local tier's data files, or a drain's), and
-    `tensors` are then unused; data files outside the store are not fenced."""
+    `tensors` are then unused; data files outside the store are not fenced.  `check` (rank 0):
+    a look of the coordinator's own once the prefix is claimed and prepared, before any worker
+    is invited; an error it raises is every rank's, and no worker writes anything (a per-host
+    tier's refusal of a committed remote checkpoint)."""
     report = SaveReport(prefix or layout.name, layout.rank, layout.world_size)
     progress = progress or Reporter(None, report.prefix)
     if layout.rank == 0:
         await _coordinate(store, layout, tensors, overwrite=overwrite, options=options, commit=commit,
-                          progress=progress, report=report, incremental=incremental, part=part)
+                          progress=progress, report=report, incremental=incremental, part=part, check=check)
     else:
         await run_worker(store, layout, tensors, overwrite=overwrite, options=options, progress=progress,
                          report=report, incremental=incremental, part=part)
@@ -110,7 +113,8 @@ async def save_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, An
 
 async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, Any], *, overwrite: bool,
                       options: IOOptions, commit: CommitProtocol, progress: Reporter, report: SaveReport,
-                      incremental: Incremental | None, part: Part | None) -> None:
+                      incremental: Incremental | None, part: Part | None,
+                      check: Callable[[], Awaitable[None]] | None = None) -> None:
     await refuse_unsafe_store(store, layout)
     lease = await claims.acquire(store, layout, options)
     attempt = report.attempt = lease.attempt
@@ -120,8 +124,13 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     def notice(state: str, error: Failure | None = None) -> Notice:
         return Notice(save_id=layout.save_id, world_size=layout.world_size, attempt=attempt, state=state, error=error)
 
+    checking = False  # an error now is the verdict of workers not invited yet
     try:
         await coordinator.prepare(store, layout, lease, overwrite=overwrite)
+        if check is not None:
+            checking = True
+            await check()
+            checking = False
         if multi:
             notices = await coordinator.notify(store, layout, notice("writing"))
         if part is not None:
@@ -144,8 +153,9 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
     except BaseException as exc:
         # Invited workers get the verdict, but only while the claim is still this attempt's: a
         # newer attempt that took it over writes its own notices, which must not be overwritten.
-        # (Workers not invited see what stopped this save themselves: the index, or the claim.)
-        if not notices or not await _still_held(lease):
+        # (Workers not invited see what stopped this save themselves: the index, or the claim;
+        # but for `check`'s error, which they could not see, the verdict is published.)
+        if (not notices and not (checking and multi)) or not await _still_held(lease):
             await _release(lease)
             raise
         failure = exc.failure if isinstance(exc, coordinator.WorkerFailed) else Failure.of(exc, rank=0)

@@ -18,7 +18,10 @@ The coordinator holds the claim of REMOTE/.tiers/NAME from its plan to its commi
 does through the save protocol, so the two kinds of jobs exclude each other.  A worker other
 than the coordinator learns of the commit by reading REMOTE/.tiers/NAME.index, at times drawn
 as the save protocol's waits are (jittered, growing, learned from the job's rhythm): DCP runs
-no code of the storage after `finish`.
+no code of the storage after `finish`.  One worker of each host reads it (the first to take
+the checkpoint's host lock: `layout.HostLock`) and writes it on the tier; the others of the
+host look for it there, and read it from the store themselves only for a last look (their
+save settled by the next one, or their coordinator's failure).
 
 A process's waiters drain in the order their saves were written, as the hosts' drains do (each
 worker of a drain waits for the others: two workers taking two drains in opposite orders would
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -47,7 +51,7 @@ from ..protocol.worker import read_table
 from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from . import drain, hosts
-from .layout import DRAINS, LocalTier, local_prefix
+from .layout import DRAINS, HostLock, LocalTier, local_prefix
 
 log = logging.getLogger("remoteckpt")
 
@@ -123,12 +127,8 @@ def drain_when_committed(tier: LocalTier, prefix: str, table: bytes, *, rank: in
     async def work() -> str:
         try:
             merged = await _await_commit(tier, waiter, table, rank, world_size, storage_options, options)
-            tier_dir, name = split_prefix(local_prefix(tier, prefix))
-            here = LocalStore(tier_dir)
-            try:
-                await here.put(index_filename(name), merged)  # this host's copy of the local commit
-            finally:
-                await here.close()
+            if not os.path.exists(index_filename(local_prefix(tier, prefix))):  # handed over, or found late
+                await _put_local(local_prefix(tier, prefix), merged)
             if before is not None:
                 await asyncio.shield(before)
             waiter.turn.set_result(None)  # the drain below queues at the drain lock before any other runs
@@ -149,15 +149,36 @@ async def _await_commit(tier: LocalTier, waiter: _Waiter, table: bytes, rank: in
     table); raises once it cannot come."""
     remote_dir, name = meeting(waiter.prefix)
     key = index_filename(name)
+    local = local_prefix(tier, waiter.prefix)
     store = open_store(remote_dir, storage_options, options)
+    try:
+        host = HostLock(local)  # the host's looker holds it
+    except OSError:
+        await store.close()
+        raise
     begun = poll.clock()
     kind = ("host-commit", remote_dir, rank)
 
-    async def look() -> bytes | None:
+    async def look(last: bool = False) -> bytes | None:
+        """The local commit's index: on the tier, if a worker of this host found it; else
+        from the store, if this worker is the host's looker (the first to take the lock;
+        another takes over once it lets go) or this is its `last` look; the looker writes
+        it on the tier."""
         try:
-            return await store.get(key)
+            with open(index_filename(local), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            pass
+        if not host.try_take() and not last:
+            return None
+        try:
+            found = await store.get(key)
         except CheckpointNotFoundError:
             return None
+        _check_holds(found, table, rank, waiter.prefix, store.describe(key))
+        if host.held:
+            await _put_local(local, found)
+        return found
 
     async def polls() -> bytes:
         async for _ in poll.backoff_polls(options.poll_interval, begun + options.commit_timeout,
@@ -187,7 +208,7 @@ async def _await_commit(tier: LocalTier, waiter: _Waiter, table: bytes, rank: in
         elif waiter.merged is not None:
             merged = waiter.merged
         else:  # the coordinator failed, or a later save began: committed by now, or never
-            found = await look()
+            found = await look(last=True)
             if found is None and waiter.error is not None:
                 raise waiter.error
             if found is None:
@@ -196,9 +217,19 @@ async def _await_commit(tier: LocalTier, waiter: _Waiter, table: bytes, rank: in
                                       f"file stays on {tier.path} until gc")
             merged = found
     finally:
+        host.close()
         await store.close()
     _check_holds(merged, table, rank, waiter.prefix, store.describe(key))
     return merged
+
+
+async def _put_local(local: str, index: bytes) -> None:
+    tier_dir, name = split_prefix(local)
+    here = LocalStore(tier_dir)
+    try:
+        await here.put(index_filename(name), index)  # this host's copy of the local commit
+    finally:
+        await here.close()
 
 
 def _check_holds(merged: bytes, table: bytes, rank: int, prefix: str, where: str) -> None:

@@ -12,21 +12,23 @@ Per save, every worker (`save_on_host`), in this order:
   1. the save protocol (`protocol.save`) at remote ``.tiers/NAME``: claim, notices, reports,
      merge, commit, every worker's part being (2) on its own tier; its table travels in its
      report.  The protocol's commit of ``.tiers/NAME.index`` is the local commit
-  2. its part: a checkpoint committed at the remote prefix refused unless overwriting (rank 0
-     looks; its refusal is the attempt's verdict on every rank), and one on its tier likewise
-     (each looks at its own; overwriting, the host's copy stops being committed and each
-     worker removes its own files of it: `give_way`); room under the cap for its own part; the
-     record; its data file written create-only to its tier (`worker.write_part` on the tier's
-     directory) and its table beside it as ``NAME.table-R``
+  2. a checkpoint committed at the remote prefix refused unless overwriting: rank 0 looks, once
+     it holds the claim and before it invites anyone (the protocol's `check`: its refusal is
+     every worker's verdict, and none writes anything); then each worker's part: a checkpoint
+     committed on its tier likewise refused (each looks at its own; overwriting, the host's
+     copy stops being committed and each worker removes its own files of it: `give_way`); room
+     under the cap for its own part; the record; its data file written create-only to its tier
+     (`worker.write_part` on the tier's directory) and its table beside it as ``NAME.table-R``
   3. the merged index written on its tier as ``NAME.index``, fetched once per host
      (`index_once_per_host`); the call returns
   4. the drain starts in the background (`drain_on_host`): the save protocol at the remote
      prefix itself, every worker's part its local data file streamed as it is
-     (`tools.copy.copy_data_file`: CRC-checked; tensors unchanged since the remote directory's
-     latest checkpoint copied by the store when the save was incremental).  The tables are the
-     same, so the index committed is byte for byte the local one.  Then every worker marks its
-     tier durable; rank 0 removes ``.tiers/NAME.index`` and runs `after` (a Saver's state file
-     and remote retention)
+     (`tools.copy.copy_data_file`: CRC-checked; when the save was incremental, tensors
+     unchanged since what the host sent of its newest durable checkpoint of the directory,
+     `sent.sent_base`, else since the directory's latest, copied by the store).  The tables
+     are the same, so the index committed is byte for byte the local one.  Then every worker
+     marks its tier durable, adding what it sent; rank 0 removes ``.tiers/NAME.index`` and runs
+     `after` (a Saver's state file and remote retention)
 
 A kill at any point leaves the remote prefix with the previous checkpoint or the complete new
 one (its index is committed last, after every data file is fenced), and the local commit with
@@ -68,7 +70,7 @@ from ..storage.base import Store
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes, record_locked
+from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, host_locked, local_prefix, record_bytes
 from .sent import mark_durable_with, sent_base
 
 log = logging.getLogger("remoteckpt")
@@ -107,7 +109,7 @@ async def give_way(here: LocalStore, name: str, rank: int, world_size: int) -> N
 
 async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, *, rank: int, world_size: int,
                      overwrite: bool, needed: int) -> None:
-    """Step 1 on this worker's host tier (`here`, holding checkpoint `name` of remote `prefix`):
+    """Step 2 on this worker's host tier (`here`, holding checkpoint `name` of remote `prefix`):
     a copy committed there refused unless overwriting (then `give_way`), room under the cap
     for `needed` bytes, the record."""
     if not overwrite and await here.exists(index_filename(name)):
@@ -127,11 +129,11 @@ async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, 
 async def index_once_per_host(here: LocalStore, store: Store, name: str, key: str) -> bytes:
     """Step 3's index (the local commit, `key` in the remote `store`) on this host's tier as
     checkpoint `name`'s: fetched by the first worker of the host to come, under its record's
-    lock (`layout.record_locked`), and found there by the others: one GET per host, not per
+    lock (`layout.HostLock`), and found there by the others: one GET per host, not per
     worker.  An index on the tier is this save's: none of an older checkpoint of the name
     outlives the save's start on any of the host's workers (refused, or removed by `give_way`),
     and each of them starts before the commit."""
-    async with record_locked(os.path.join(here.root, name)):
+    async with host_locked(os.path.join(here.root, name)):
         try:
             return await here.get(index_filename(name))
         except CheckpointNotFoundError:
@@ -180,11 +182,11 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
         os.makedirs(tier_dir, exist_ok=True)
         here, store = LocalStore(tier_dir), open_store(remote_dir, storage_options, options)
         try:
-            async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
-                # Rank 0 alone looks at the remote prefix; its refusal reaches every worker as
-                # the attempt's verdict (a look by each would be a request per rank on one key).
-                if rank == 0 and not overwrite and await store.exists(index_filename(remote_name)):
+            async def refuse_committed() -> None:
+                if await store.exists(index_filename(remote_name)):
                     raise CheckpointExistsError.committed(store.describe(index_filename(remote_name)))
+
+            async def part(attempt: str) -> tuple[DataIdentity | None, bytes]:
                 await ready_tier(here, tier, name, prefix, rank=rank, world_size=world_size, overwrite=overwrite,
                                  needed=needed)
                 table = await write_host_part(here, SaveLayout(name, rank, world_size, sid), tensors,
@@ -195,8 +197,10 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
             reporter = Reporter(progress, prefix, rank, world_size)
             written = SaveReport(prefix, rank, world_size)  # what `part` wrote on the tier
             meeting = SaveLayout(meeting_name(remote_name), rank, world_size, sid)
+            # Rank 0 alone looks at the remote prefix, before inviting anyone: its refusal is
+            # every worker's verdict (a look by each would be a request per worker on one key).
             report = await save_worker(store, meeting, {}, overwrite=overwrite, options=options, prefix=prefix,
-                                       progress=reporter, part=part)
+                                       progress=reporter, part=part, check=None if overwrite else refuse_committed)
             report.bytes_written, report.write_seconds = written.bytes_written, written.write_seconds
             await index_once_per_host(here, store, name, meeting.index)
             crash_point("host-committed")
@@ -246,7 +250,7 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
             if any(digest_of(e) is not None for e in index.entries.values() if e.shard_id in shards and not e.slices):
                 # what this host sent of its latest durable checkpoint, else the remote
                 # directory's latest (each worker reading the state file and the base's index)
-                base = sent_base(tier, store, name, remote_dir)
+                base = sent_base(tier, store, name, remote_dir, shards)
                 if base is None:
                     found = await previous_checkpoint(store, remote_dir, remote_name)
                     base = await open_base(store, found) if found is not None else None

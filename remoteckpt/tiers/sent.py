@@ -5,7 +5,7 @@ incremental drain, found on the host's own disk.
                          "sent": {"NAME.data-RRRRR-of-NNNNN": ETAG, ...}}
 
 Each worker of the host adds the data files its drain wrote to the remote directory, with the
-version the store gave them (under the record's lock: `layout.record_locked`).  An
+version the store gave them (under the host's lock: `layout.HostLock`).  An
 incremental drain's base is then the host's newest durable checkpoint of the same remote
 directory: its entries read from the tier's copy of its index (byte for byte the remote one),
 its data files pinned to the versions this host sent.  No request reads a key every worker
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..engine.digest import digest_of
 from ..engine.incremental import BaseCheckpoint
@@ -28,13 +28,16 @@ from ..protocol.records import DataIdentity
 from ..storage import split_prefix
 from ..storage.base import Store
 from ..storage.local import LocalStore
-from .layout import DURABLE, LocalTier, checkpoints, read_record, record_bytes, record_locked
+from .layout import DURABLE, RECORD, LocalTier, checkpoints, host_locked, log, read_record, record_bytes
 
 
 async def mark_durable_with(local: str, remote: str, sent: Iterable[DataIdentity]) -> None:
     """The durable marker of checkpoint `local` (a per-host tier's), with the data files of
     `sent` added to those of the host's other workers."""
-    async with record_locked(local):
+    async with host_locked(local):
+        if not os.path.exists(local + RECORD):  # evicted once durable, by another worker's trim
+            log.info("%s left the tier before this worker marked it durable", local)
+            return
         try:
             marker = read_record(local + DURABLE)
         except CheckpointError:
@@ -51,11 +54,12 @@ async def mark_durable_with(local: str, remote: str, sent: Iterable[DataIdentity
             await here.close()
 
 
-def sent_base(tier: LocalTier, store: Store, name: str, remote_dir: str) -> BaseCheckpoint | None:
-    """The base of an incremental drain of checkpoint `name` of `tier` to `store` (the remote
-    directory `remote_dir`): the tier's newest other checkpoint durable there whose data files
-    this host sent, with its entries in those files only; None if there is none (the drain
-    then looks in the remote directory)."""
+def sent_base(tier: LocalTier, store: Store, name: str, remote_dir: str,
+              shards: Sequence[int]) -> BaseCheckpoint | None:
+    """The base of an incremental drain of data files `shards` of checkpoint `name` of `tier`
+    to `store` (the remote directory `remote_dir`): the tier's newest other checkpoint durable
+    there of which this host sent one of those data files, with its entries in the data files
+    the host sent only; None if there is none (the drain then looks in the remote directory)."""
     for c in reversed(checkpoints(tier)):
         directory, remote_name = split_prefix(c.remote)
         if c.name == name or not (c.durable and c.committed) or directory.rstrip("/") != remote_dir.rstrip("/"):
@@ -76,5 +80,6 @@ def sent_base(tier: LocalTier, store: Store, name: str, remote_dir: str) -> Base
                 base.pin(shard, etag)
         base.entries = {k: e for k, e in index.entries.items()
                         if base.pinned(e.shard_id) and not e.slices and digest_of(e) is not None}
-        return base if base.entries else None
+        if base.entries and any(base.pinned(s) for s in shards):
+            return base
     return None

@@ -27,7 +27,7 @@ from ..management.state import STATE_FILENAME, read_state
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import Store, on_store, split_prefix
 from . import hosts
-from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints
+from .layout import DRAINS, DURABLE, LOCK, RECORD, LocalTier, checkpoints
 
 log = logging.getLogger("remoteckpt")
 
@@ -82,7 +82,7 @@ def gc_tier(tier: LocalTier, *, older_than: float = 3600.0, dry_run: bool = Fals
             continue
         tables = [os.path.join(os.path.dirname(c.local), f) for f in os.listdir(os.path.dirname(c.local))
                   if f.startswith(os.path.basename(c.local) + ".table-")]
-        for path in (c.local + DURABLE, c.local + DRAINS, *tables, c.local + RECORD):
+        for path in (c.local + DURABLE, c.local + DRAINS, *tables, c.local + RECORD, c.local + LOCK):
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
