@@ -106,6 +106,22 @@ def counted_job(rank: int, world: int, per_host: int, env: dict[str, str], direc
     return {"files": sorted(os.listdir(tier.path))}
 
 
+def refused_job(rank: int, world: int, env: dict[str, str], prefix: str, tiers: str) -> dict[str, Any]:
+    """Save step 0 at `prefix` (no overwrite); the error raised, the seconds it took, and what
+    this worker's tier holds after."""
+    os.environ.update(env)
+    options = IOOptions(commit_timeout=60, poll_interval=0.02, lease_timeout=5)
+    start, error = time.monotonic(), None
+    try:
+        remoteckpt.save(tensors(0, rank, world), prefix, rank=rank, world_size=world, save_id="refused",
+                        options=options, local_tier=tier_of(tiers, rank))
+    except remoteckpt.CheckpointError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    path = tier_of(tiers, rank).path
+    return {"error": error, "seconds": time.monotonic() - start,
+            "files": sorted(os.listdir(path)) if os.path.isdir(path) else []}
+
+
 def restore_job(rank: int, world: int, env: dict[str, str], prefix: str, tiers: str) -> dict[str, Any]:
     """Restore the whole checkpoint through this worker's tier; the tensors, as lists."""
     os.environ.update(env)

@@ -62,6 +62,23 @@ def test_each_host_keeps_its_own_data_files_and_the_drain_commits_them_all(s3_se
     _same(got, hw.expected(2, world))
 
 
+def test_a_save_over_a_committed_remote_checkpoint_is_refused_on_every_worker_before_any_writes(
+        s3_server: Any, s3_prefix: str, tmp_path: Path) -> None:
+    """Rank 0 alone looks at the remote prefix (the protocol's check, before it invites anyone):
+    every worker raises its `CheckpointExistsError` at once, and no tier gets a data file."""
+    prefix, tiers = f"{s3_prefix}/model.ckpt-7", str(tmp_path / "tiers")
+    remoteckpt.save({"x": np.ones(3)}, prefix)
+    results = run_each(hw.refused_job, [(r, 3, s3_server.env(), prefix, tiers) for r in range(3)], 120)
+    for rank, result in enumerate(results):
+        if isinstance(result, BaseException):
+            raise result
+        assert result["error"] and result["error"].startswith("CheckpointExistsError"), (rank, result)
+        assert "model.ckpt-7.index already exists" in result["error"], (rank, result)
+        assert result["seconds"] < 30, (rank, result)  # not a worker's wait of commit_timeout (60 s)
+        assert not [f for f in result["files"] if ".data-" in f or ".table-" in f], (rank, result)
+    assert remoteckpt.load(prefix)["x"].tolist() == [1, 1, 1]
+
+
 def test_the_workers_of_a_host_share_their_reads_of_the_keys_every_worker_needs(s3_server: Any, s3_prefix: str,
                                                                                  tmp_path: Path) -> None:
     """Four workers, two hosts of two, three incremental saves each drained, through a
