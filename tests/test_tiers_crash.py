@@ -52,6 +52,7 @@ def runs(s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple
         tier = str(tmp_path_factory.mktemp(f"tier-{tag}"))
         return tw.run(rw.scenario_directory(base, tag), tier, world, point, victim, env, options)
 
+    tmp_path_factory.getbasetemp()  # made once, before the threads ask for directories in it
     with ThreadPoolExecutor(CONCURRENT) as pool:
         return dict(zip(CASES, pool.map(one, CASES)))
 

@@ -181,6 +181,7 @@ def runs(request: pytest.FixtureRequest, s3_server: Any,
         return hw.run(remote, str(tmp_path_factory.mktemp("hosts")), case.world, case.per_host, case.point,
                       case.victim, env, resume=case.resume, gc_first=case.gc_first)
 
+    tmp_path_factory.getbasetemp()  # made once, before the threads ask for directories in it
     with ThreadPoolExecutor(CONCURRENT) as pool:
         runs = dict(zip(selected, pool.map(one, selected)))
     for case, run in runs.items():  # shown with -s

@@ -52,7 +52,8 @@ committed index or another job's claim itself (plus its own share of `poll.sprea
 least): a coordinator that is coming has invited it by then, so a join costs no look.  What
 stops a coordinator before it invites (a committed checkpoint, another job's live claim) the
 workers find by this look, a quarter lease later than their coordinator did; another job's
-claim is then watched for a whole lease anyway."""
+claim is then watched for a whole lease anyway.  (A failure of the coordinator's own `check`,
+which they could not see, is published to them as a failed verdict instead.)"""
 
 CLAIM_ATTEMPTS = 4
 """Create-only PUTs the coordinator tries before giving up: each failed one either finds a

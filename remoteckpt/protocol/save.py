@@ -3,7 +3,8 @@
 Coordinator (rank 0; the only worker when n = 1):
   1. claim the prefix for a fresh attempt (`claim.acquire`; a lease renewed in the
      background) and prepare it (`coordinator.prepare`: a committed index refused, or retired
-     when overwriting; a dead attempt's leftovers cleared)
+     when overwriting; a dead attempt's leftovers cleared); the caller's `check`, if any (an
+     error of it is published as the verdict at once: no worker writes)
   2. n > 1: invite the workers (the group notices name the attempt)
   3. write its own part (`worker.write_part`)
   4. n > 1: collect the workers' reports (`coordinator.collect`)
@@ -160,7 +161,10 @@ async def _coordinate(store: Store, layout: SaveLayout, tensors: Mapping[str, An
             raise
         failure = exc.failure if isinstance(exc, coordinator.WorkerFailed) else Failure.of(exc, rank=0)
         notices = await coordinator.publish(store, layout, notice("failed", failure))
-        await _finish(store, layout, lease, attempt, notices, options, None)
+        if notices:
+            await _finish(store, layout, lease, attempt, notices, options, None)
+        else:  # not published: no acknowledgement can come (the workers judge alone)
+            await _release(lease)
         if isinstance(exc, Exception):  # every rank raises the same error
             raise failure.error() from (exc.__cause__ if isinstance(exc, coordinator.WorkerFailed) else exc)
         raise

@@ -58,9 +58,20 @@ log = logging.getLogger("remoteckpt")
 REJOINS = 3
 """Times a worker follows its job into a newer attempt before it gives up."""
 
-concluded: set[str] = set()
-"""Attempts whose verdict this process has read (a later save of the same job must not take
-an earlier attempt's failure, still on the notices, for its own)."""
+concluded: set[tuple[str, int]] = set()
+"""(attempt, rank) of the verdicts this process's workers have read (a later save of the same
+job must not take an earlier attempt's failure, still on the notices, for its own); by rank,
+as the workers of one save may be threads of one process, each to read the verdict itself."""
+
+
+@dataclass(frozen=True)
+class _ConcludedBy:
+    """The attempts whose verdict worker `rank` of this process has read."""
+
+    rank: int
+
+    def __contains__(self, attempt: object) -> bool:
+        return (attempt, self.rank) in concluded
 
 
 @dataclass
@@ -226,7 +237,8 @@ async def run_worker(store: Store, layout: SaveLayout, tensors: Mapping[str, Any
     `part`, the worker's part is written by it instead of `write_part`."""
     for _ in range(REJOINS + 1):
         begun = poll.clock()
-        attempt, ended = await claims.join(store, layout, options, overwrite=overwrite, concluded=concluded)
+        attempt, ended = await claims.join(store, layout, options, overwrite=overwrite,
+                                           concluded=_ConcludedBy(layout.rank))
         report.attempt = attempt
         if ended is not None:  # the attempt failed before this worker joined it
             await _acknowledge(store, layout, attempt)
@@ -320,7 +332,7 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
                 continue  # the coordinator is alive: keep waiting
             # No coordinator to acknowledge to: withdraw the report instead (a newer attempt
             # has cleared this one's staging, or will find it dead).
-            concluded.add(attempt)
+            concluded.add((attempt, layout.rank))
             try:
                 await store.delete(layout.report(attempt, layout.rank))
             except CheckpointError:
@@ -331,7 +343,7 @@ async def await_verdict(store: Store, layout: SaveLayout, attempt: str, identity
 
 
 async def _acknowledge(store: Store, layout: SaveLayout, attempt: str) -> None:
-    concluded.add(attempt)
+    concluded.add((attempt, layout.rank))
     try:
         await store.put(layout.ack(attempt, layout.rank), b"")
     except CheckpointError:  # the coordinator stops waiting after a while

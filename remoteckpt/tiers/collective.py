@@ -19,7 +19,7 @@ does through the save protocol, so the two kinds of jobs exclude each other.  A 
 than the coordinator learns of the commit by reading REMOTE/.tiers/NAME.index, at times drawn
 as the save protocol's waits are (jittered, growing, learned from the job's rhythm): DCP runs
 no code of the storage after `finish`.  One worker of each host reads it (the first to take
-the checkpoint's host lock: `layout.HostLock`) and writes it on the tier; the others of the
+the checkpoint's host lock: `hostlock`) and writes it on the tier; the others of the
 host look for it there, and read it from the store themselves only for a last look (their
 save settled by the next one, or their coordinator's failure).
 
@@ -51,7 +51,8 @@ from ..protocol.worker import read_table
 from ..storage import open_store, split_prefix
 from ..storage.local import LocalStore
 from . import drain, hosts
-from .layout import DRAINS, HostLock, LocalTier, local_prefix
+from .hostlock import HostLock
+from .layout import DRAINS, LocalTier, local_prefix
 
 log = logging.getLogger("remoteckpt")
 

@@ -55,7 +55,13 @@ from ..engine.budget import process_budget
 from ..engine.digest import digest_of
 from ..engine.fetch import gather_or_cancel
 from ..engine.incremental import BaseCheckpoint, Incremental, open_base
-from ..errors import CheckpointChangedError, CheckpointError, CheckpointExistsError, CheckpointNotFoundError
+from ..errors import (
+    CheckpointChangedError,
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    SaveFailedError,
+)
 from ..faults import crash_point
 from ..format.bundle import data_filename, decode_index_bytes, index_filename
 from ..management.state import previous_checkpoint
@@ -70,7 +76,8 @@ from ..storage.base import Store
 from ..storage.local import LocalStore
 from ..tools.copy import copy_data_file
 from . import drain, retention
-from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, host_locked, local_prefix, record_bytes
+from .hostlock import host_locked
+from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints, local_prefix, record_bytes
 from .sent import mark_durable_with, sent_base
 
 log = logging.getLogger("remoteckpt")
@@ -199,8 +206,14 @@ async def save_on_host(tensors: Mapping[str, Any], prefix: str, tier: LocalTier,
             meeting = SaveLayout(meeting_name(remote_name), rank, world_size, sid)
             # Rank 0 alone looks at the remote prefix, before inviting anyone: its refusal is
             # every worker's verdict (a look by each would be a request per worker on one key).
-            report = await save_worker(store, meeting, {}, overwrite=overwrite, options=options, prefix=prefix,
-                                       progress=reporter, part=part, check=None if overwrite else refuse_committed)
+            try:
+                report = await save_worker(store, meeting, {}, overwrite=overwrite, options=options, prefix=prefix,
+                                           progress=reporter, part=part,
+                                           check=None if overwrite else refuse_committed)
+            except SaveFailedError:
+                if rank > 0 and not overwrite:  # came after rank 0's refusal was withdrawn: say what stopped it
+                    await refuse_committed()
+                raise
             report.bytes_written, report.write_seconds = written.bytes_written, written.write_seconds
             await index_once_per_host(here, store, name, meeting.index)
             crash_point("host-committed")

@@ -14,8 +14,7 @@ with two small records beside it that tie it to its remote prefix.
     TIER/NAME.drains     {"rank": R, "shards": [N]}, on a per-host tier of a DCP job: the data
                          files that worker R drains beside its own (the coordinator's
                          metadata file), for a restarted job (`tiers.collective`)
-    TIER/NAME.lock       empty: its `flock` is the host's lock of the checkpoint (`HostLock`),
-                         serialising what the host's workers read or write once for all
+    TIER/NAME.lock       empty: the host's lock of the checkpoint (`hostlock`)
     TIER/checkpoint      TensorFlow's state file, of the local tier's checkpoints
 
 ``NAME`` is the remote checkpoint's name as `remoteckpt cp` keeps it in a folder
@@ -25,15 +24,9 @@ ignores the two records: every tier holds checkpoints that `tf.train.load_checkp
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fcntl
 import json
-import logging
 import os
 import time
-import weakref
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +36,11 @@ from ..locate import name_to_keep
 from ..management.delete import delete_checkpoint
 from ..protocol.layout import DATA_FILE
 from ..storage.local import LocalStore
+from .hostlock import host_locked
 
 RECORD = ".tier"
 DURABLE = ".durable"
 DRAINS = ".drains"
-LOCK = ".lock"
-
-log = logging.getLogger("remoteckpt")
 
 DEFAULT_KEEP = 2
 """Checkpoints kept on the local tier once durable: the newest for a fast restart, and the one
@@ -150,82 +141,6 @@ def read_record(path: str) -> dict[str, Any] | None:
         raise CorruptCheckpointError(f"{path} is not a local tier record: {exc}") from None
 
 
-LOCK_POLL_FIRST, LOCK_POLL_MAX = 0.002, 0.05
-"""Seconds between tries of a checkpoint's host lock held by another worker of the host: the
-short holders hold it for a GET of a small object or a local write, milliseconds."""
-
-LOCK_TIMEOUT = 60.0
-"""Seconds a worker waits for a host lock before it goes on without it (logged): the lock only
-saves requests and keeps a marker's additions together, and a holder that never lets go (a
-process stopped, not dead) must not stop the host's saves."""
-
-_open_locks: weakref.WeakSet[HostLock] = weakref.WeakSet()
-
-
-class HostLock:
-    """Checkpoint `prefix`'s lock among the workers of one host: `flock` on ``PREFIX.lock``,
-    made on first use and never replaced (each open of the file is a holder of its own, so the
-    workers may be processes or tasks of one process; a dead holder's lock goes with it; a
-    forked child closes its copies, so that a DataLoader's workers never keep it).  Taken
-    without blocking, so an event loop waiting for it runs on."""
-
-    def __init__(self, prefix: str) -> None:
-        self.path = prefix + LOCK
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.held = False
-        _open_locks.add(self)
-
-    def try_take(self) -> bool:
-        """Take the lock if no other holder has it; whether this one holds it now."""
-        if not self.held and self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.held = True
-            except BlockingIOError:
-                pass
-        return self.held
-
-    async def take(self, timeout: float = LOCK_TIMEOUT) -> bool:
-        """Wait (bounded) for the lock; whether it is held (else logged: the caller goes on)."""
-        deadline, pause = time.monotonic() + timeout, LOCK_POLL_FIRST
-        while not self.try_take():
-            if time.monotonic() >= deadline:
-                log.warning("%s was held by another worker of this host for %g s; going on without it",
-                            self.path, timeout)
-                return False
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, LOCK_POLL_MAX)
-        return True
-
-    def close(self) -> None:
-        """Let go of the lock (if held) and of the file."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd, self.held = None, False
-
-
-def _close_in_child() -> None:
-    for lock in list(_open_locks):
-        lock.close()
-
-
-os.register_at_fork(after_in_child=_close_in_child)
-
-
-@contextlib.asynccontextmanager
-async def host_locked(prefix: str, timeout: float = LOCK_TIMEOUT) -> AsyncIterator[bool]:
-    """Checkpoint `prefix`'s `HostLock` for the block; whether it is held (see `take`)."""
-    try:
-        lock = HostLock(prefix)
-    except FileNotFoundError:  # its directory is gone: nothing of it left to guard
-        yield False
-        return
-    try:
-        yield await lock.take(timeout)
-    finally:
-        lock.close()
-
-
 def _size(tier: LocalTier, name: str) -> int:
     directory, base = os.path.split(os.path.join(tier.path, name))
     total = 0
@@ -276,14 +191,15 @@ async def delete_local(tier: LocalTier, name: str) -> None:
     (per-host tiers), marker, record, lock."""
     store = LocalStore(tier.path)
     try:
-        async with host_locked(os.path.join(tier.path, name)):  # not while a worker adds to its marker
+        async with host_locked(os.path.join(tier.path, name)) as lock:  # not while a worker adds to its marker
             await delete_checkpoint(store, name)
             for key in await store.list(name + ".table-"):
                 await store.delete(key)
             await store.delete(name + DURABLE)
             await store.delete(name + DRAINS)
             await store.delete(name + RECORD)
-        await store.delete(name + LOCK)
+            if lock is not None:
+                lock.unlink()
     finally:
         await store.close()
 

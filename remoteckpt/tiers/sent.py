@@ -5,7 +5,7 @@ incremental drain, found on the host's own disk.
                          "sent": {"NAME.data-RRRRR-of-NNNNN": ETAG, ...}}
 
 Each worker of the host adds the data files its drain wrote to the remote directory, with the
-version the store gave them (under the host's lock: `layout.HostLock`).  An
+version the store gave them (under the host's lock: `hostlock`).  An
 incremental drain's base is then the host's newest durable checkpoint of the same remote
 directory: its entries read from the tier's copy of its index (byte for byte the remote one),
 its data files pinned to the versions this host sent.  No request reads a key every worker
@@ -17,6 +17,7 @@ the copy fail, and the data file is sent whole instead, never other bytes copied
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -28,15 +29,22 @@ from ..protocol.records import DataIdentity
 from ..storage import split_prefix
 from ..storage.base import Store
 from ..storage.local import LocalStore
-from .layout import DURABLE, RECORD, LocalTier, checkpoints, host_locked, log, read_record, record_bytes
+from .hostlock import host_locked
+from .layout import DURABLE, RECORD, LocalTier, checkpoints, read_record, record_bytes
+
+log = logging.getLogger("remoteckpt")
 
 
 async def mark_durable_with(local: str, remote: str, sent: Iterable[DataIdentity]) -> None:
     """The durable marker of checkpoint `local` (a per-host tier's), with the data files of
     `sent` added to those of the host's other workers."""
-    async with host_locked(local):
-        if not os.path.exists(local + RECORD):  # evicted once durable, by another worker's trim
-            log.info("%s left the tier before this worker marked it durable", local)
+    if not os.path.exists(local + RECORD):  # evicted once durable, by another worker's trim
+        log.info("%s left the tier before this worker marked it durable", local)
+        return
+    async with host_locked(local) as lock:
+        if not os.path.exists(local + RECORD):  # evicted meanwhile: its lock's file goes with it
+            if lock is not None:
+                lock.unlink()
             return
         try:
             marker = read_record(local + DURABLE)

@@ -27,7 +27,8 @@ from ..management.state import STATE_FILENAME, read_state
 from ..options import DEFAULT_OPTIONS, IOOptions
 from ..storage import Store, on_store, split_prefix
 from . import hosts
-from .layout import DRAINS, DURABLE, LOCK, RECORD, LocalTier, checkpoints
+from .hostlock import LOCK
+from .layout import DRAINS, DURABLE, RECORD, LocalTier, checkpoints
 
 log = logging.getLogger("remoteckpt")
 
@@ -82,7 +83,7 @@ def gc_tier(tier: LocalTier, *, older_than: float = 3600.0, dry_run: bool = Fals
             continue
         tables = [os.path.join(os.path.dirname(c.local), f) for f in os.listdir(os.path.dirname(c.local))
                   if f.startswith(os.path.basename(c.local) + ".table-")]
-        for path in (c.local + DURABLE, c.local + DRAINS, *tables, c.local + RECORD, c.local + LOCK):
+        for path in (c.local + DURABLE, c.local + DRAINS, *tables, c.local + RECORD):
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
@@ -94,4 +95,8 @@ def gc_tier(tier: LocalTier, *, older_than: float = 3600.0, dry_run: bool = Fals
             report.bytes_freed += stat.st_size
             if not dry_run:
                 os.remove(path)
+        if os.path.relpath(c.local + RECORD, tier.path) in report.removed and os.path.exists(c.local + LOCK):
+            report.removed.append(os.path.relpath(c.local + LOCK, tier.path))  # the checkpoint's last file
+            if not dry_run:
+                os.remove(c.local + LOCK)
     return report
