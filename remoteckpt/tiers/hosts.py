@@ -263,7 +263,7 @@ async def drain_on_host(tier: LocalTier, remote: str, *, rank: int, world_size: 
             if any(digest_of(e) is not None for e in index.entries.values() if e.shard_id in shards and not e.slices):
                 # what this host sent of its latest durable checkpoint, else the remote
                 # directory's latest (each worker reading the state file and the base's index)
-                base = sent_base(tier, store, name, remote_dir, shards)
+                base = await asyncio.to_thread(sent_base, tier, store, name, remote_dir, shards)  # reads an index
                 if base is None:
                     found = await previous_checkpoint(store, remote_dir, remote_name)
                     base = await open_base(store, found) if found is not None else None
