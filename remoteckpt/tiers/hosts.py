@@ -135,8 +135,8 @@ async def ready_tier(here: LocalStore, tier: LocalTier, name: str, prefix: str, 
 
 async def index_once_per_host(here: LocalStore, store: Store, name: str, key: str) -> bytes:
     """Step 3's index (the local commit, `key` in the remote `store`) on this host's tier as
-    checkpoint `name`'s: fetched by the first worker of the host to come, under its record's
-    lock (`layout.HostLock`), and found there by the others: one GET per host, not per
+    checkpoint `name`'s: fetched by the first worker of the host to come, under the
+    checkpoint's host lock (`hostlock`), and found there by the others: one GET per host, not per
     worker.  An index on the tier is this save's: none of an older checkpoint of the name
     outlives the save's start on any of the host's workers (refused, or removed by `give_way`),
     and each of them starts before the commit."""
