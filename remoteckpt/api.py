@@ -86,7 +86,7 @@ def save(tensors: Mapping[str, Any], prefix: str | os.PathLike[str], *, rank: in
     (the one its ``checkpoint`` state file names, as `Saver` and `CheckpointManager` keep it;
     without one, the one whose index was committed last) are copied from that checkpoint by
     the store instead of being sent (S3: UploadPartCopy; local disk: copy_file_range), judged
-    by dtype, shape, CRC32C and a 128-bit SHA-256 digest that such saves keep in the index;
+    by dtype, shape, CRC32C and a 128-bit BLAKE3 digest that such saves keep in the index;
     the checkpoint written is complete and independent
     (`remoteckpt.engine.incremental`).
     With `local_tier` (a directory on local disk, or a `LocalTier`), the checkpoint is

@@ -6,6 +6,7 @@ Each test is a coroutine run on remoteckpt's I/O loop against a fresh, empty sto
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -557,3 +558,75 @@ def test_reads_report_the_version_and_size_they_read(store_url: str) -> None:
         assert await store.read_scatter("v", 0, []) == ScatterResult(0, (), "", None)  # no request
 
     run(store_url, body)
+
+
+def test_checked_writes_check_each_piece_before_it_lands(store_url: str) -> None:
+    """`write_checked` calls its check on each piece, in order, and lands the same bytes as
+    `write`, between plain writes (buffered on local disk) and before a copy; a check that
+    raises fails the write, and nothing is committed."""
+    rng = np.random.default_rng(11)
+    big = rng.integers(0, 255, 5 * MiB + 77, dtype=np.uint8)
+    source = _source_bytes(2 * MiB)
+
+    async def body(store: Store) -> None:
+        etag = await store.put("src", source)
+        seen: list[bytes] = []
+        async with store.writer("checked") as writer:
+            await writer.write(b"head")  # small: waits in the local file's buffer
+            await writer.write_checked(memoryview(big), lambda piece: seen.append(bytes(piece)), MiB)
+            await writer.write(b"middle")
+            await writer.write_checked(memoryview(big)[:100], lambda piece: seen.append(bytes(piece)), MiB)
+            await writer.copy("src", 10, MiB, etag=etag)
+        assert [len(p) for p in seen] == [MiB] * 5 + [77, 100]
+        assert b"".join(seen) == big.tobytes() + big.tobytes()[:100]
+        assert await store.get("checked") == b"head" + big.tobytes() + b"middle" + big.tobytes()[:100] \
+            + source[10 : MiB + 10]
+
+        def refuse(piece: memoryview) -> None:
+            if len(seen) == 9:
+                raise ValueError("this piece is refused")
+            seen.append(bytes(piece))
+
+        with pytest.raises(ValueError, match="refused"):
+            async with store.writer("refused") as writer:
+                await writer.write_checked(memoryview(big), refuse, MiB)
+        assert not await store.exists("refused")
+
+    run(store_url, body)
+
+
+def test_a_cancelled_checked_write_leaves_no_file_and_no_stray_write(tmp_path: Path) -> None:
+    """Cancelled while its thread writes, a local `write_checked` waits for that thread to
+    stop before the writer closes its file: a descriptor closed under a running write may
+    already name the next file opened (here: the one opened right after)."""
+    import threading
+
+    root = tmp_path / "root"
+    big = np.zeros(64 * MiB, dtype=np.uint8)
+    started = threading.Event()
+    pieces: list[int] = []
+
+    def check(piece: memoryview) -> None:
+        pieces.append(len(piece))
+        started.set()
+        threading.Event().wait(0.005)  # a slow check: cancellation lands mid-write
+
+    async def body(store: Store) -> None:
+        writer = store.writer("cancelled")
+        task = asyncio.ensure_future(writer.write_checked(memoryview(big), check, MiB))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        done = len(pieces)
+        victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT)  # takes the lowest free descriptor
+        try:
+            await asyncio.sleep(0.05)
+            assert os.fstat(victim).st_size == 0
+        finally:
+            os.close(victim)
+        assert len(pieces) == done < 64  # stopped, and stopped for good
+        assert not any(root.iterdir())
+
+    run(str(root), body)

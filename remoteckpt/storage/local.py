@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,42 @@ def _copy_range(source: Path, out_fd: int, start: int, length: int, at: int, eta
         os.close(fd)
 
 
+def _write_checked(fd: int, view: memoryview, check: Callable[[memoryview], None], step: int,
+                   stop: threading.Event) -> None:
+    """Each `step`-byte piece of `view` checked, then written to `fd` at once: the write
+    copies the piece from the cache the check just filled.  Returns early once `stop` is set."""
+    for at in range(0, len(view), step):
+        if stop.is_set():
+            return
+        piece = view[at : at + step]
+        check(piece)
+        while len(piece):
+            piece = piece[os.write(fd, piece):]
+
+
+async def _in_thread_to_the_end(work: Callable[[threading.Event], None]) -> None:
+    """``work(stop)`` in a worker thread.  Cancelled, this sets `stop` and waits for `work`
+    to return before it raises: the caller then closes the file `work` writes to, and a
+    descriptor closed under a running write may already name another file."""
+    stop = threading.Event()
+    running = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop.set()
+        while not running.done():  # a bounded wait: `work` stops at its next piece
+            try:
+                await asyncio.wait({running})
+            except asyncio.CancelledError:
+                pass
+        if not running.cancelled():
+            running.exception()  # retrieved: the cancellation is what the caller sees
+        raise
+
+
 class LocalWriter(ObjectWriter):
     server_side_copy = True
+    checks_while_writing = True
 
     def __init__(self, store: "LocalStore", key: str, exclusive: bool, if_match: str | None) -> None:
         self.key = key
@@ -156,6 +191,7 @@ class LocalWriter(ObjectWriter):
         self._if_match = if_match
         self._file: Any = None
         self._offset = 0
+        self._buffered = False  # bytes may wait in the buffered file
         self._done = False
 
     async def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
@@ -164,6 +200,7 @@ class LocalWriter(ObjectWriter):
                 if self._file is None:
                     self._file = await self._open_temp()
                 await self._file.write(data)
+                self._buffered = True
             finally:  # in the file, or failed: the buffer is the caller's again
                 if release is not None:
                     release()
@@ -174,6 +211,32 @@ class LocalWriter(ObjectWriter):
         except BaseException as exc:
             await asyncio.shield(self.abort())
             if not isinstance(exc, Exception):
+                raise
+            raise translate(exc, str(self._path)) from exc
+
+    async def write_checked(self, data: Buffer, check: Callable[[memoryview], None], step: int) -> None:
+        """One worker thread checks each piece and writes it straight to the file descriptor,
+        the buffered file flushed first; the descriptor's offset moves past these bytes, and
+        the buffered file's next bytes go there."""
+        try:
+            if self._file is None:
+                self._file = await self._open_temp()
+            if self._buffered:  # what was written lies before these bytes
+                await self._file.flush()
+                self._buffered = False
+            view = memoryview(data).cast("B")
+            fd, offset, size = self._file.fileno(), self._offset, len(view)
+
+            def write(stop: threading.Event) -> None:
+                _write_checked(fd, view, check, step, stop)
+                if writeback.wanted(size):  # the commit's fsync then waits for the tail only
+                    writeback.start(fd, offset, size)
+
+            await _in_thread_to_the_end(write)
+            self._offset += size
+        except BaseException as exc:
+            await asyncio.shield(self.abort())
+            if not isinstance(exc, OSError):  # cancelled, or the caller's check failed
                 raise
             raise translate(exc, str(self._path)) from exc
 

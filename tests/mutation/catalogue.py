@@ -265,6 +265,13 @@ CATALOGUE: list[Mutation] = [
       "        return 0 if self._pending_size == 0 or self._pending_size >= MIN_PART_SIZE else (",
       "        return 0 if True else (",
       "a copy follows fewer than 5 MiB of written bytes: S3 refuses the part at completion", STORES),
+    m("localwrite-checked-unflushed", "storage/local.py",
+      "            if self._buffered:  # what was written lies before these bytes", "            if False:",
+      "bytes waiting in the local file's buffer land after the checked bytes written past them", STORES),
+    m("localwrite-checked-cancel-unwaited", "storage/local.py",
+      "            await _in_thread_to_the_end(write)", "            await asyncio.to_thread(write, threading.Event())",
+      "a cancelled checked write's thread writes on into a descriptor the writer closed, which may name "
+      "another file by then", STORES),
     m("localcopy-overwritten", "storage/local.py",
       "            await self._file.seek(self._offset)  # the next write follows the copy", "            pass",
       "bytes written after a copy land over the copied ones", STORES),
