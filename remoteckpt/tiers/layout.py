@@ -24,6 +24,7 @@ ignores the two records: every tier holds checkpoints that `tf.train.load_checkp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -188,10 +189,12 @@ def checkpoints(tier: LocalTier) -> list[TierCheckpoint]:
 
 async def delete_local(tier: LocalTier, name: str) -> None:
     """Remove checkpoint `name` from the tier: index, data files, workers' tables and drains
-    (per-host tiers), marker, record, lock."""
+    (per-host tiers), marker, record, and a per-host tier's host lock."""
     store = LocalStore(tier.path)
+    path = os.path.join(tier.path, name)
     try:
-        async with host_locked(os.path.join(tier.path, name)) as lock:  # not while a worker adds to its marker
+        # not while a worker adds to its marker (per-host tiers: `sent`); a shared tier has no lock
+        async with host_locked(path) if tier.per_host else contextlib.nullcontext() as lock:
             await delete_checkpoint(store, name)
             for key in await store.list(name + ".table-"):
                 await store.delete(key)
