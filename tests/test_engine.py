@@ -484,3 +484,35 @@ def test_local_writes_start_writeback_of_what_they_wrote(tmp_path: Path, monkeyp
     assert (tmp_path / "f").stat().st_size == 3 * big + 2 * small
     if sys.platform.startswith("linux"):
         assert writeback._sync_file_range is not None  # the real call is found where it exists
+
+
+@pytest.mark.parametrize("crc_chunk", [640 * 1024, 0, 4 * 2**20])
+def test_a_local_save_checksumming_as_it_writes_lays_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    crc_chunk: int) -> None:
+    """A local file checksums each chunk as it writes it, in blocks of `CHECKED_BLOCK`
+    (`write_checked`); across several blocks, a short tail and a block smaller than a chunk,
+    its index and data file are byte for byte those of a store checksummed a block ahead
+    (an in-memory one), and read back verified."""
+    from remoteckpt.engine import write
+
+    monkeypatch.setattr(write, "CHECKED_BLOCK", 3 * 2**20)  # several blocks per tensor
+    rng = np.random.default_rng(5)
+    tensors = {
+        "blocks_and_tail": rng.integers(0, 255, 2 * 3 * 2**20 + 100, dtype=np.uint8),
+        "small_tail": rng.integers(0, 255, 3 * 2**20 + 512 * 1024, dtype=np.uint8),
+        "one_block": rng.standard_normal(3 * 2**20 // 4).astype(np.float32),
+        "tiny": np.arange(10, dtype=np.int64),
+    }
+    options = IOOptions(crc_chunk=crc_chunk)
+    local = str(tmp_path / "model.ckpt")
+    remoteckpt.save(tensors, local, options=options)
+    memory = f"memory://checked-{crc_chunk}/model.ckpt"
+    remoteckpt.save(tensors, memory, options=options)
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for suffix in (".index", ".data-00000-of-00001"):
+        with open(local + suffix, "rb") as f:
+            assert f.read() == fs.cat_file(memory[len("memory://"):] + suffix), suffix
+    for name, value in remoteckpt.load(local).items():
+        np.testing.assert_array_equal(value, tensors[name])

@@ -25,6 +25,7 @@ from remoteckpt.errors import (
 )
 from remoteckpt.storage import Store, on_store, open_store
 from remoteckpt.storage.base import ScatterResult
+from remoteckpt.storage.local import LocalWriter
 from remoteckpt.storage.s3 import PART_SIZE, S3Store
 
 
@@ -572,10 +573,17 @@ def test_checked_writes_check_each_piece_before_it_lands(store_url: str) -> None
         etag = await store.put("src", source)
         seen: list[bytes] = []
         async with store.writer("checked") as writer:
+            temp = writer._temp if isinstance(writer, LocalWriter) else None  # its bytes so far can be seen
+
+            def check(piece: memoryview) -> None:
+                if temp is not None:  # this piece is not in the file yet
+                    assert os.stat(temp).st_size == 4 + sum(map(len, seen[:6])) + 6 * (len(seen) >= 6)
+                seen.append(bytes(piece))
+
             await writer.write(b"head")  # small: waits in the local file's buffer
-            await writer.write_checked(memoryview(big), lambda piece: seen.append(bytes(piece)), MiB)
+            await writer.write_checked(memoryview(big), check, MiB)
             await writer.write(b"middle")
-            await writer.write_checked(memoryview(big)[:100], lambda piece: seen.append(bytes(piece)), MiB)
+            await writer.write_checked(memoryview(big)[:100], check, MiB)
             await writer.copy("src", 10, MiB, etag=etag)
         assert [len(p) for p in seen] == [MiB] * 5 + [77, 100]
         assert b"".join(seen) == big.tobytes() + big.tobytes()[:100]
@@ -604,12 +612,15 @@ def test_a_cancelled_checked_write_leaves_no_file_and_no_stray_write(tmp_path: P
     root = tmp_path / "root"
     big = np.zeros(64 * MiB, dtype=np.uint8)
     started = threading.Event()
+    checking = threading.Event()  # set while a check runs
     pieces: list[int] = []
 
     def check(piece: memoryview) -> None:
+        checking.set()
         pieces.append(len(piece))
         started.set()
         threading.Event().wait(0.005)  # a slow check: cancellation lands mid-write
+        checking.clear()
 
     async def body(store: Store) -> None:
         writer = store.writer("cancelled")
@@ -619,6 +630,7 @@ def test_a_cancelled_checked_write_leaves_no_file_and_no_stray_write(tmp_path: P
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert not checking.is_set()  # the writing thread is done before the file is closed
         done = len(pieces)
         victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT)  # takes the lowest free descriptor
         try:

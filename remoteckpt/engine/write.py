@@ -3,8 +3,9 @@
 Each numeric payload is walked once in `crc_chunk` steps: the chunk's CRC32C is computed while
 the chunk is in cache, the running CRC of the whole payload is extended from it with
 `crc32c_combine` (no second pass), and the bytes are handed to the store's writer in blocks of
-up to `WRITE_BLOCK` straight from the caller's memory.  Payloads larger than one chunk also get
-the per-chunk CRC extension (see protos/), which lets later partial reads be verified.
+up to `WRITE_BLOCK` (`CHECKED_BLOCK` for a local file) straight from the caller's memory.
+Payloads larger than one chunk also get the per-chunk CRC extension (see protos/), which lets
+later partial reads be verified.
 
 Checksumming and writing overlap: block k+1 is checksummed in a worker thread (CRC32C releases
 the GIL) while block k's ``write`` is in flight (the network for S3), one write at a time so
@@ -48,12 +49,18 @@ vanishes, small enough to keep the next block's checksum work close behind the I
 
 CHECKED_BLOCK = 64 * 2**20
 """Bytes per `write_checked` call: each call is a hand-off to a worker thread and back, which
-on a virtual machine with an idle core costs up to a millisecond (waking that core); 64 MiB
-makes that a few percent of a RAM disk's write time, and keeps progress reports frequent."""
+on a virtual machine with an idle core can cost as much as writing a MiB (waking that core);
+64 MiB made such saves measurably faster on a RAM disk than 8 MiB (docs/benchmarks.md).  A
+local save reports progress, and starts the writeback of what it wrote, once per block."""
+
+CHECKED_CHUNK = 1 * 2**20
+"""Bytes checked at a time in a `write_checked` call when there are no chunk CRCs
+(``crc_chunk=0``): small enough to be in the cache still when they are written."""
 
 OVERLAP_MIN = 1 * 2**20
-"""Blocks from this size on are written while the next one is checksummed; below it (small
-tensors, strings) a task per write would cost more than the overlap saves."""
+"""Blocks from this size on are written while the next one is checksummed (or, for a local
+file, checksummed and written in a worker thread); below it (small tensors, strings) a task
+or a thread per write would cost more than it saves."""
 
 
 class OneAhead:
@@ -212,10 +219,11 @@ async def _stream_numeric(out: OneAhead, payload: Payload, crc_chunk: int, budge
     converted = payload.source is not None  # fresh blocks, two at most at once: within the budget
     chunk_crcs: list[int] = []
     running = 0
-    # A content digest (7.6 GB/s) would make the writing thread several times slower than the
-    # CRC alone: it stays a block ahead, in another thread, with the CRC.
+    # A content digest (BLAKE3, about half the CRC's speed) would hold the writing thread back
+    # more than the second pass over memory costs: it stays a block ahead, with the CRC.
     fused = not converted and digest is None and out.checks_while_writing
     if fused:
+        step = crc_chunk or CHECKED_CHUNK  # chunk CRCs, or only for the cache: none are kept
         block = max(step, CHECKED_BLOCK // step * step)
     for start in range(0, size, block):
         stop = min(size, start + block)

@@ -168,7 +168,8 @@ class ObjectWriter(abc.ABC):
         `checks_while_writing` calls `check` in the worker thread that writes, right before
         the piece's write, while the piece is still in the CPU's cache: the bytes cross
         memory once for both.  This default checks every piece in a worker thread, then
-        writes.  An exception from `check` fails the write (nothing of its piece is written)."""
+        writes.  An exception from `check` fails the write (nothing of its piece, or after it, is
+        written) and may leave the writer aborted, as any failed write does: abort it."""
         view = memoryview(data).cast("B")
         await asyncio.to_thread(check_pieces, view, check, step)
         await self.write(data)

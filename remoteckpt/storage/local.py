@@ -116,9 +116,10 @@ COPY_FALLBACK_BLOCK = 8 * 2**20
 """Bytes per read and write where ``copy_file_range`` is refused: as `engine.write`'s blocks."""
 
 
-def _copy_range(source: Path, out_fd: int, start: int, length: int, at: int, etag: str | None) -> None:
+def _copy_range(source: Path, out_fd: int, start: int, length: int, at: int, etag: str | None,
+                stop: threading.Event | None = None) -> None:
     """Bytes ``[start, start + length)`` of `source` into `out_fd` at `at`, inside the kernel
-    where it can."""
+    where it can; returns early once `stop` is set."""
     fd = os.open(source, os.O_RDONLY)
     try:
         st = os.fstat(fd)
@@ -128,7 +129,7 @@ def _copy_range(source: Path, out_fd: int, start: int, length: int, at: int, eta
             raise CorruptCheckpointError(f"{source} is {st.st_size} bytes: it has no bytes "
                                          f"[{start}, {start + length}) to copy")
         done = 0
-        while done < length:
+        while done < length and not (stop is not None and stop.is_set()):
             try:
                 n = os.copy_file_range(fd, out_fd, length - done, start + done, at + done)
             except OSError as exc:
@@ -145,17 +146,28 @@ def _copy_range(source: Path, out_fd: int, start: int, length: int, at: int, eta
         os.close(fd)
 
 
+WRITE_MIN = 1 * 2**20
+"""Bytes per write system call of `_write_checked` at least (where there are that many): a
+small CRC chunk (4 KiB at least) is checked alone, but checked chunks are written together,
+one call per MiB rather than one per chunk."""
+
+
 def _write_checked(fd: int, view: memoryview, check: Callable[[memoryview], None], step: int,
                    stop: threading.Event) -> None:
-    """Each `step`-byte piece of `view` checked, then written to `fd` at once: the write
-    copies the piece from the cache the check just filled.  Returns early once `stop` is set."""
+    """Each `step`-byte piece of `view` checked, then written to `fd` (with the pieces checked
+    just before it, `WRITE_MIN` bytes at a time): the write copies bytes the check just brought
+    into the cache.  Returns early once `stop` is set."""
+    begin = 0  # checked, not yet written: view[begin:at]
     for at in range(0, len(view), step):
         if stop.is_set():
             return
-        piece = view[at : at + step]
-        check(piece)
-        while len(piece):
-            piece = piece[os.write(fd, piece):]
+        check(view[at : at + step])
+        end = min(len(view), at + step)
+        if end - begin >= WRITE_MIN or end == len(view):
+            pending = view[begin:end]
+            while len(pending):
+                pending = pending[os.write(fd, pending):]
+            begin = end
 
 
 async def _in_thread_to_the_end(work: Callable[[threading.Event], None]) -> None:
@@ -229,14 +241,14 @@ class LocalWriter(ObjectWriter):
 
             def write(stop: threading.Event) -> None:
                 _write_checked(fd, view, check, step, stop)
-                if writeback.wanted(size):  # the commit's fsync then waits for the tail only
+                if writeback.wanted(size) and not stop.is_set():  # the commit's fsync then waits for the tail only
                     writeback.start(fd, offset, size)
 
             await _in_thread_to_the_end(write)
             self._offset += size
         except BaseException as exc:
             await asyncio.shield(self.abort())
-            if not isinstance(exc, OSError):  # cancelled, or the caller's check failed
+            if not isinstance(exc, OSError):  # cancelled, or the caller's check failed: its own error
                 raise
             raise translate(exc, str(self._path)) from exc
 
@@ -245,8 +257,8 @@ class LocalWriter(ObjectWriter):
             if self._file is None:
                 self._file = await self._open_temp()
             await self._file.flush()  # what was written lies before the copy
-            await asyncio.to_thread(_copy_range, self._store.path(source), self._file.fileno(), start, length,
-                                    self._offset, etag)
+            path, fd, at = self._store.path(source), self._file.fileno(), self._offset
+            await _in_thread_to_the_end(lambda stop: _copy_range(path, fd, start, length, at, etag, stop))
             self._offset += length
             await self._file.seek(self._offset)  # the next write follows the copy
             faults.crash_point("part-copied")
