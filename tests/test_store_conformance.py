@@ -642,3 +642,45 @@ def test_a_cancelled_checked_write_leaves_no_file_and_no_stray_write(tmp_path: P
         assert not any(root.iterdir())
 
     run(str(root), body)
+
+
+def test_a_cancelled_local_copy_stops_before_its_file_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local `copy` runs in a worker thread; cancelled, it stops that thread and waits for
+    it before the writer closes its file, as a checked write does."""
+    import threading
+
+    root = tmp_path / "root"
+    real = os.copy_file_range
+    copying = threading.Event()  # set while a piece is being copied
+    calls: list[int] = []
+
+    def slow(src: int, dst: int, count: int, offset_src: int | None = None, offset_dst: int | None = None) -> int:
+        copying.set()
+        calls.append(count)
+        threading.Event().wait(0.005)  # cancellation lands mid-copy
+        n = real(src, dst, min(count, MiB), offset_src, offset_dst)
+        copying.clear()
+        return n
+
+    async def body(store: Store) -> None:
+        etag = await store.put("src", bytes(64 * MiB))
+        monkeypatch.setattr(os, "copy_file_range", slow)
+        writer = store.writer("copied")
+        task = asyncio.ensure_future(writer.copy("src", 0, 64 * MiB, etag=etag))
+        while not calls:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not copying.is_set()
+        done = len(calls)
+        victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT)  # takes the lowest free descriptor
+        try:
+            await asyncio.sleep(0.05)
+            assert os.fstat(victim).st_size == 0
+        finally:
+            os.close(victim)
+        assert len(calls) == done < 64
+        assert sorted(p.name for p in root.iterdir()) == ["src"]
+
+    run(str(root), body)

@@ -272,6 +272,10 @@ CATALOGUE: list[Mutation] = [
       "            await _in_thread_to_the_end(write)", "            await asyncio.to_thread(write, threading.Event())",
       "a cancelled checked write's thread writes on into a descriptor the writer closed, which may name "
       "another file by then", STORES),
+    m("localcopy-cancel-unwaited", "storage/local.py",
+      "            await _in_thread_to_the_end(lambda stop: _copy_range(path, fd, start, length, at, etag, stop))",
+      "            await asyncio.to_thread(_copy_range, path, fd, start, length, at, etag)",
+      "a cancelled local copy's thread copies on into a descriptor the writer closed", STORES),
     m("localcopy-overwritten", "storage/local.py",
       "            await self._file.seek(self._offset)  # the next write follows the copy", "            pass",
       "bytes written after a copy land over the copied ones", STORES),
