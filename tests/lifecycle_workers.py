@@ -107,6 +107,7 @@ def worker_main(prefix: str, world: int, save_id: str, spec: Rank, storage_optio
         record.update(error=type(exc).__name__, message=str(exc)[:1000],
                       remoteckpt=isinstance(exc, remoteckpt.CheckpointError), traceback=traceback.format_exc()[-2000:])
     record["seconds"] = time.monotonic() - started
+    record["began"] = started  # the host's monotonic clock: comparable across the job's ranks
     with open(result_path, "w") as f:
         json.dump(record, f)
     os._exit(0)
