@@ -603,6 +603,17 @@ def test_checked_writes_check_each_piece_before_it_lands(store_url: str) -> None
     run(store_url, body)
 
 
+async def _nothing_lands_in_the_next_file_opened(path: Path) -> None:
+    """A file opened at `path` (taking the lowest free descriptor, which a writer just closed)
+    receives no byte within 50 ms: no thread goes on writing through the closed descriptor."""
+    victim = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        await asyncio.sleep(0.05)
+        assert os.fstat(victim).st_size == 0
+    finally:
+        os.close(victim)
+
+
 def test_a_cancelled_checked_write_leaves_no_file_and_no_stray_write(tmp_path: Path) -> None:
     """Cancelled while its thread writes, a local `write_checked` waits for that thread to
     stop before the writer closes its file: a descriptor closed under a running write may
@@ -632,12 +643,7 @@ def test_a_cancelled_checked_write_leaves_no_file_and_no_stray_write(tmp_path: P
             await task
         assert not checking.is_set()  # the writing thread is done before the file is closed
         done = len(pieces)
-        victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT)  # takes the lowest free descriptor
-        try:
-            await asyncio.sleep(0.05)
-            assert os.fstat(victim).st_size == 0
-        finally:
-            os.close(victim)
+        await _nothing_lands_in_the_next_file_opened(tmp_path / "victim")
         assert len(pieces) == done < 64  # stopped, and stopped for good
         assert not any(root.iterdir())
 
@@ -674,12 +680,7 @@ def test_a_cancelled_local_copy_stops_before_its_file_is_closed(tmp_path: Path, 
             await task
         assert not copying.is_set()
         done = len(calls)
-        victim = os.open(tmp_path / "victim", os.O_WRONLY | os.O_CREAT)  # takes the lowest free descriptor
-        try:
-            await asyncio.sleep(0.05)
-            assert os.fstat(victim).st_size == 0
-        finally:
-            os.close(victim)
+        await _nothing_lands_in_the_next_file_opened(tmp_path / "victim")
         assert len(calls) == done < 64
         assert sorted(p.name for p in root.iterdir()) == ["src"]
 
